@@ -1,0 +1,71 @@
+"""The command-line shell: `attdarts fmt/check/compile/search/train/...`.
+
+A thin layer. Each command lives in `attdarts/commands/<module>.py` as a click command and is
+imported only when invoked, so front-end commands never pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+# command name -> (module under attdarts.commands, attribute, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "fmt": ("frontend", "fmt", "Rewrite genotype files in canonical form."),
+    "check": ("frontend", "check", "Report every problem in genotype files."),
+    "import": ("interop", "import_", "Convert DARTS-family genotype files into the DSL."),
+    "export": ("interop", "export", "Write genotypes in DARTS or Att-DARTS formats."),
+    "compile": ("compile", "compile_", "Build the discrete network and print its size."),
+    "search": ("search", "search", "Run an Att-DARTS architecture search."),
+    "train": ("train", "train", "Train a genotype from scratch (evaluation recipe)."),
+    "test": ("train", "test", "Evaluate a training checkpoint on the test split."),
+    "render": ("render", "render", "Draw cells with graphviz."),
+    "diff": ("diff", "diff", "Semantic diff of two genotypes."),
+    "plot": ("plot", "plot", "Plot architecture weights of a search run."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attribute, short_help = COMMANDS[name]
+        try:
+            module = importlib.import_module(f"attdarts.commands.{module_name}")
+        except ModuleNotFoundError as error:
+            if error.name and error.name.startswith("attdarts.commands"):
+                return _unavailable(name, short_help)
+            raise
+        return getattr(module, attribute)
+
+
+def _unavailable(name: str, short_help: str) -> click.Command:
+    @click.command(name=name, short_help=f"{short_help} (not available in this build)")
+    def command() -> None:
+        raise click.ClickException(f"'attdarts {name}' is not available in this build")
+
+    return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="attdarts")
+def cli() -> None:
+    """attdarts: differentiable architecture search with attention (Att-DARTS).
+
+    Cells and genotypes are text files in the attdarts DSL (see genotypes/ for the zoo).
+    """
+
+
+def main() -> None:
+    cli(prog_name="attdarts")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
