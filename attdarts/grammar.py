@@ -27,9 +27,13 @@ def grammar_text() -> str:
     return grammar_path().read_text(encoding="utf-8")
 
 
-def build_parser(*, strict: bool = False, lexer_callbacks: dict | None = None) -> lark.Lark:
+def build_parser(*, strict: bool = False, lexer_callbacks: dict | None = None,
+                 cache: bool = False) -> lark.Lark:
+    """The LALR parser. With `cache`, lark stores the built tables in the temp directory,
+    keyed by a hash of the grammar and options, so later processes start in milliseconds."""
     return lark.Lark(
         grammar_text(),
+        cache=cache,
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=True,
@@ -47,7 +51,10 @@ def parse_tree(text: str) -> tuple[lark.Tree, list[lark.Token]]:
 
 @functools.cache
 def _parser() -> lark.Lark:
-    return build_parser(lexer_callbacks={"COMMENT": _collect})
+    try:
+        return build_parser(lexer_callbacks={"COMMENT": _collect}, cache=True)
+    except OSError:  # an unwritable temp directory only costs start-up time
+        return build_parser(lexer_callbacks={"COMMENT": _collect})
 
 
 _sink: list[lark.Token] | None = None

@@ -31,7 +31,7 @@ Location = Literal[
 ]
 Mixing = Literal["sum", "product"]
 
-_PRESENTATION = frozenset({"span", "name_spans", "comments", "closing"})
+_PRESENTATION = frozenset({"span", "name_spans", "comments", "closing", "setting_comments"})
 
 
 class _Node(BaseModel):

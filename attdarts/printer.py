@@ -116,7 +116,8 @@ def _value(value: Value) -> str:
 
 
 def quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return '"' + escaped + '"'
 
 
 _SPACE_ORDER = ("operations", "attentions", "nodes", "keep", "location", "mixing")

@@ -55,6 +55,11 @@ def read_source(path: str | Path) -> str:
         raise DslError.single("is a directory, not a genotype file").located(name, None) from None
     except OSError as error:
         raise DslError.single(f"cannot read file: {error.strerror or error}").located(name, None) from None
+    return decode_source(data, name)
+
+
+def decode_source(data: bytes, name: str | None = None) -> str:
+    """Bytes of a genotype file -> text; too large or non-UTF-8 input is a DslError."""
     if len(data) > MAX_BYTES:
         raise DslError.single(f"file is too large ({len(data)} bytes; limit {MAX_BYTES})").located(name, None)
     try:
@@ -145,14 +150,18 @@ def _syntax_problem(error: lark.exceptions.UnexpectedInput, text: str) -> Proble
     hint = None
     no_edges = re.search(r"([A-Za-z_]\w*)\s*=\s*([A-Za-z_]\w*)\s*$", before)
     if token.type == "EQUAL" and expected == {"LPAR"} and no_edges:
-        return Problem(f"node '{no_edges.group(1)}' has no edges", span,
+        start = no_edges.start(1)
+        node_line = text.count("\n", 0, start) + 1
+        node_column = start - (text.rfind("\n", 0, start) + 1) + 1
+        node_span = Span(node_line, node_column, node_line, node_column + len(no_edges.group(1)))
+        return Problem(f"node '{no_edges.group(1)}' has no edges", node_span,
                        "a node sums one or more edges, e.g. sep_conv_3x3(c_k1)")
     if token.type == "LPAR" and expected == {"EQUAL"}:
         name = re.search(r"([A-Za-z_]\w*)\s*$", before)
         called = name.group(1) if name else "..."
         return Problem(f"expected '=' after '{called}', found '('", span,
                        f"if '{called}(...)' is another edge of the node above, join edges with '+'")
-    if token.type == "RBRACE" and "NAME" in expected and "C_K" in expected:
+    if token.type == "RBRACE" and "NAME" in expected and expected <= {"NAME", "PLUS", "__ANON_0", "C_K"}:
         return Problem("the cell has no output", span,
                        "end every cell with its output, e.g. c_k = concat(n0, n1, n2, n3)")
     if "PLUS" in expected and token.type not in ("RBRACE",):
@@ -452,6 +461,9 @@ def _check_value(parameter: catalog.Parameter, key: str, value, span) -> Problem
     return None
 
 
+_ESCAPES = {"n": "\n", "t": "\t"}
+
+
 def _unquote(token: Token) -> str:
     body = str(token)[1:-1]
-    return re.sub(r"\\(.)", lambda m: m.group(1), body)
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), body)

@@ -1,0 +1,77 @@
+"""Public functions of the front end; the CLI is a thin shell over these.
+
+Heavier stages (network, supernet, search, train) have their own public functions in their
+modules; they are not imported here so that `import attdarts.api` stays free of torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import atomic_write_text
+from .errors import DslError, Problem
+from .ir import Document
+from .printer import format_document
+from .transform import parse_file, parse_text, read_source
+
+GENOTYPE_SUFFIXES = (".geno",)
+
+
+def expand_paths(paths) -> list[Path]:
+    """Files as given; directories expand to the genotype files under them, sorted."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix in GENOTYPE_SUFFIXES and p.is_file()))
+        else:
+            files.append(path)
+    return files
+
+
+def format_text(text: str, path: str | None = None) -> str:
+    """Canonical text for `text`, verified like black: the output must parse back to the same IR
+    (comments included) and format to itself; otherwise nothing is returned for writing."""
+    document = parse_text(text, path)
+    formatted = format_document(document)
+    again = parse_text(formatted, path)
+    if again.model_dump() != document.model_dump() or again != document:
+        raise DslError.single("internal error: formatting changed the meaning of the file; "
+                              "nothing was written (please report this)").located(path, None)
+    if format_document(again) != formatted:
+        raise DslError.single("internal error: formatting is not stable; nothing was written "
+                              "(please report this)").located(path, None)
+    return formatted
+
+
+@dataclass(frozen=True)
+class FormatResult:
+    path: Path
+    changed: bool
+
+
+def format_file(path: str | Path, *, write: bool = True) -> FormatResult:
+    """Format one file in place (atomically) if it is not already canonical."""
+    path = Path(path)
+    text = read_source(path)
+    formatted = format_text(text, str(path))
+    changed = formatted != text
+    if changed and write:
+        atomic_write_text(path, formatted)
+    return FormatResult(path, changed)
+
+
+def check_file(path: str | Path) -> list[DslError]:
+    """Every problem in one file, as located errors (empty when the file is fine)."""
+    try:
+        document = parse_file(path)
+    except DslError as error:
+        return [error]
+    if not document.items:
+        return [DslError([Problem("the file defines no genotype or space",
+                                  hint="start with 'genotype NAME {' or 'space NAME {'")], str(path), None)]
+    return []
+
+
+def load_document(path: str | Path) -> Document:
+    return parse_file(path)
