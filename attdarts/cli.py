@@ -28,7 +28,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 class LazyGroup(click.Group):
-    """A group whose commands are imported on first use."""
+    """A group whose commands are imported on first use, and which turns a `DslError` that a
+    command lets through into its rendered message (exit status 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from .errors import DslError
+
+        try:
+            return super().invoke(ctx)
+        except DslError as error:
+            click.echo(error.render(), err=True)
+            ctx.exit(1)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

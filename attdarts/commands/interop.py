@@ -1,0 +1,124 @@
+"""`attdarts import` and `attdarts export`: the click shell over `attdarts.interop`.
+
+Neither command imports torch. Output files are written atomically (temporary file + rename), and
+imported DSL is re-parsed before it is written: if the printed text does not read back as the same
+genotypes, nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from .. import interop
+from ..errors import DslError
+from ..ir import Document
+from ..printer import format_document
+from ..transform import parse_text, read_source
+
+
+@click.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--name", help="Import only the genotype of this name; names an unnamed one "
+                             "(JSON, NAS-Bench-201) instead of the file name.")
+@click.option("--from", "source_format", type=click.Choice(interop.IMPORT_FORMATS), default="auto",
+              show_default=True, help="Input format; auto decides by file name and first character.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the DSL to this file instead of stdout.")
+@click.option("--split", type=click.Path(file_okay=False, path_type=Path),
+              help="Write one NAME.geno per genotype into this directory.")
+def import_(file: Path, name: str | None, source_format: str, output: Path | None,
+            split: Path | None) -> None:
+    """Convert a DARTS / Att-DARTS / pt.darts genotypes.py, a genotype.json or a NAS-Bench-201
+    string into the DSL."""
+    if output is not None and split is not None:
+        raise click.UsageError("give either -o/--output or --split, not both")
+    try:
+        document = interop.import_file(file, format=source_format, name=name)
+        if split is not None:
+            texts = {split / f"{g.name}.geno": _checked_text(Document(items=(g,))) for g in document.genotypes}
+            split.mkdir(parents=True, exist_ok=True)
+            for path, text in texts.items():
+                _write(path, text)
+                click.echo(f"wrote {path}", err=True)
+            return
+        text = _checked_text(document)
+        if output is not None:
+            _write(output, text)
+        else:
+            click.echo(text, nl=False)
+    except DslError as error:
+        _fail(error)
+
+
+@click.command("export")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--genotype", "genotype_name", help="Export only this genotype (default: all).")
+@click.option("--format", "format_", type=click.Choice(interop.EXPORT_FORMATS), required=True,
+              help="darts-py: DARTS's Genotype with 2-tuples; att-darts-py / att-darts-json: the "
+                   "Att-DARTS authors' 3-tuples with *_bottleneck fields.")
+@click.option("--drop-attention", is_flag=True,
+              help="darts-py only: write the operations of a genotype that has attentions.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write to this file instead of stdout.")
+def export(file: Path, genotype_name: str | None, format_: str, drop_attention: bool,
+           output: Path | None) -> None:
+    """Write genotypes of a DSL file in DARTS or Att-DARTS formats."""
+    try:
+        source = read_source(file)
+        document = parse_text(source, str(file))
+        if genotype_name is not None or format_ == "att-darts-json":
+            genotypes = [document.genotype(genotype_name)]
+        else:
+            genotypes = list(document.genotypes)
+        try:
+            text = interop.export_genotypes(genotypes, format_, drop_attention=drop_attention)
+        except DslError as error:
+            raise error.located(str(file), source) from None
+        if output is not None:
+            _write(output, text)
+        else:
+            click.echo(text, nl=False)
+    except DslError as error:
+        if error.path is None:
+            error = error.located(str(file), None)
+        _fail(error)
+
+
+def _checked_text(document: Document) -> str:
+    """The document as DSL text, refused unless it parses back to the same genotypes."""
+    text = format_document(document)
+    try:
+        same = parse_text(text) == document
+    except DslError:
+        same = False
+    if not same:
+        raise DslError.single("internal error: the imported genotypes do not print back the same; "
+                              "nothing was written", None, "please report this with the input file")
+    return text
+
+
+def _write(path: Path, text: str) -> None:
+    """Write atomically: a temporary file beside `path`, then a rename."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise DslError.single(f"cannot write file: {error.strerror or error}").located(str(path), None) from None
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise DslError.single(f"cannot write file: {error.strerror or error}").located(str(path), None) from None
+
+
+def _fail(error: DslError) -> None:
+    click.echo(str(error), err=True)
+    raise click.exceptions.Exit(1)

@@ -1,0 +1,10 @@
+from collections import namedtuple
+
+Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
+
+TYPO = Genotype(
+    normal=[('sep_conv_3x4', 0), ('sep_conv_3x3', 1)],
+    normal_concat=[2],
+    reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1)],
+    reduce_concat=[2],
+)
