@@ -76,13 +76,15 @@ class ReLUConvBN(nn.Sequential):
     ) -> None:
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(channels_in, channels_out, kernel, stride=stride, padding=padding, bias=False),
+            nn.Conv2d(
+                channels_in, channels_out, kernel, stride=stride, padding=padding, bias=False
+            ),
             nn.BatchNorm2d(channels_out, affine=affine),
         )
 
 
 class SeparableConv(nn.Sequential):
-    """DARTS's sep_conv_kxk: [ReLU, depthwise kxk (stride s), 1x1, BN], then the block at stride 1."""
+    """DARTS's sep_conv_kxk: [ReLU, depthwise kxk (stride s), 1x1, BN], then again at stride 1."""
 
     def __init__(
         self, channels_in: int, channels_out: int, kernel: int, stride: int, affine: bool = True

@@ -1,0 +1,132 @@
+"""`attdarts diff` (semantic diff of genotype files) and `attdarts git-diff-driver` (the same,
+behind git's external diff interface)."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+
+import click
+
+from ..diff import ItemDiff, diff_documents, diff_genotypes, format_json, format_text, is_same
+from ..errors import DslError
+from ..transform import parse_file, parse_text, read_source
+
+DEV_NULL = "/dev/null"
+
+
+@click.command(name="diff")
+@click.argument("a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--genotype", "name", metavar="NAME", help="Compare the genotype NAME of both files.")
+@click.option("--a-genotype", metavar="NAME", help="Genotype of A to compare (overrides --genotype).")
+@click.option("--b-genotype", metavar="NAME", help="Genotype of B to compare (overrides --genotype).")
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Lines of text, or one JSON object.")
+@click.option("--meta", is_flag=True, help="Also report changed names and metadata (source = ...).")
+def diff(a: Path, b: Path, name: str | None, a_genotype: str | None, b_genotype: str | None,
+         output_format: str, meta: bool) -> None:
+    """Semantic diff of the genotypes in files A and B.
+
+    Per cell and node: edges added or removed, operations or attentions changed on an edge (an
+    edge is named by its node and its input), changes of the output's concatenation and of its
+    attention. A node's edges are unordered; layout and comments never count. Without a genotype
+    name, files holding one genotype each are compared whatever the names, and files holding
+    several are paired by name. The same file may be given twice with --a-genotype/--b-genotype.
+
+    \b
+    Exit status: 0 no difference, 1 differences, 2 trouble (as diff(1)).
+    Git: see `attdarts git-diff-driver --help`.
+    """
+    try:
+        documents = (parse_file(a), parse_file(b))
+        a_name = a_genotype or name
+        b_name = b_genotype or name
+        if a_name is None and b_name is None:
+            diffs = diff_documents(*documents, meta=meta)
+        else:
+            first = _pick(documents[0], a_name, a)
+            second = _pick(documents[1], b_name, b)
+            diffs = (ItemDiff("genotype", first.name, second.name,
+                              diff_genotypes(first, second, meta=meta)),)
+    except DslError as error:
+        click.echo(str(error), err=True)
+        sys.exit(2)
+    if output_format == "json":
+        click.echo(format_json(diffs, str(a), str(b)), nl=False)
+    else:
+        click.echo(format_text(diffs), nl=False)
+    sys.exit(0 if is_same(diffs) else 1)
+
+
+def _pick(document, name, path):
+    try:
+        return document.genotype(name)
+    except DslError as error:
+        raise error.located(str(path), None) from None
+
+
+@click.command(name="git-diff-driver", context_settings={"ignore_unknown_options": True})
+@click.argument("arguments", nargs=-1, type=click.UNPROCESSED)
+def git_diff_driver(arguments: tuple[str, ...]) -> None:
+    """Git's external diff interface: show semantic diffs of *.geno files in `git diff`/`log -p`.
+
+    Git calls it with 7 arguments (path old-file old-hex old-mode new-file new-hex new-mode) and 9
+    for a rename. Set it up once per repository:
+
+    \b
+        echo '*.geno diff=attdarts' >> .gitattributes
+        git config diff.attdarts.command 'attdarts git-diff-driver'
+
+    It always exits 0 (git stops at a failing driver). A file that does not parse, and a file
+    added or deleted, is shown as a plain unified diff with the reason on top.
+    """
+    if len(arguments) not in (7, 9):
+        raise click.UsageError(
+            f"expected git's 7 or 9 external-diff arguments, got {len(arguments)}")
+    path, old_file, _, _, new_file, _, _ = arguments[:7]
+    new_path = arguments[7] if len(arguments) == 9 else path
+    click.echo(git_diff_text(path, new_path, old_file, new_file), nl=False)
+
+
+def git_diff_text(path: str, new_path: str, old_file: str, new_file: str) -> str:
+    old_label = DEV_NULL if old_file == DEV_NULL else f"a/{path}"
+    new_label = DEV_NULL if new_file == DEV_NULL else f"b/{new_path}"
+    header = f"diff --attdarts a/{path} b/{new_path}\n--- {old_label}\n+++ {new_label}\n"
+    old_text = "" if old_file == DEV_NULL else _read(old_file)
+    new_text = "" if new_file == DEV_NULL else _read(new_file)
+    if old_file == DEV_NULL or new_file == DEV_NULL:
+        return header + _unified(old_text, new_text)
+    try:
+        old = parse_text(old_text, old_label)
+        new = parse_text(new_text, new_label)
+    except DslError as error:
+        reason = "".join(f"# {line}\n" for line in str(error).splitlines())
+        return header + "# attdarts: not a valid genotype file; plain diff follows\n" + reason + \
+            _unified(old_text, new_text)
+    diffs = diff_documents(old, new, meta=True)
+    if is_same(diffs):
+        if old_text == new_text:
+            return ""
+        return header + "(no semantic change: layout or comments only)\n"
+    return header + format_text(diffs)
+
+
+def _read(file: str) -> str:
+    try:
+        return read_source(file)
+    except DslError as error:
+        return f"<{error}>\n"
+
+
+def _unified(old: str, new: str) -> str:
+    lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                 n=3, lineterm="\n")
+    out = []
+    for position, line in enumerate(lines):
+        if position < 2:  # difflib's own ---/+++ lines: the header already has them
+            continue
+        out.append(line if line.endswith("\n") else line + "\n")
+    return "".join(out)
+

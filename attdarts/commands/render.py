@@ -1,0 +1,66 @@
+"""`attdarts render`: draw a genotype's cells with graphviz (paper, Figure 4)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import DslError
+from ..render import (
+    CELL_KINDS, GraphvizMissing, RenderFailed, genotype_dot, output_format, write_drawing,
+)
+from ..transform import parse_file
+
+
+@click.command(name="render")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--genotype", "name", metavar="NAME",
+              help="Genotype to draw (needed when the file defines several).")
+@click.option("--cell", type=click.Choice(["normal", "reduce", "both"]), default="both",
+              show_default=True, help="Which cell to draw.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT",
+              help="Write OUT.svg, .png, .pdf or .dot (format from the suffix); "
+                   "default: DOT text on stdout.")
+def render(file: Path, name: str | None, cell: str, output: Path | None) -> None:
+    """Draw the cells of the genotype in FILE, in the style of the paper's Figure 4.
+
+    Edges carry their operation and, in red, their attention; an attention on the cell output
+    is drawn between the intermediate nodes and c_k. The DOT text is deterministic, so drawings
+    can be committed. SVG, PNG and PDF need graphviz's `dot` program. Without it, the DOT text
+    is written beside OUT (OUT with suffix .dot), the command says what to install and exits
+    with status 1.
+
+    \b
+    Exit status: 0 drawn; 1 graphviz missing (.dot written instead); 2 bad input.
+    """
+    try:
+        genotype = parse_file(file).genotype(name)
+    except DslError as error:
+        _fail(str(error.located(str(file), None)))
+    cells = CELL_KINDS if cell == "both" else (cell,)
+    dot_text = genotype_dot(genotype, cells)
+    if output is None:
+        click.echo(dot_text, nl=False)
+        return
+    try:
+        output_format(output)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'-o' / '--output'") from None
+    try:
+        write_drawing(dot_text, output)
+    except GraphvizMissing as missing:
+        fallback = write_drawing(dot_text, output.with_suffix(".dot"))
+        click.echo(f"attdarts render: {missing}", err=True)
+        click.echo(f"attdarts render: wrote the DOT text to {fallback} instead of {output}; "
+                   f"once graphviz is installed run: dot -T{output_format(output)} {fallback} "
+                   f"-o {output}", err=True)
+        sys.exit(1)
+    except (RenderFailed, OSError) as error:
+        _fail(f"attdarts render: {error}")
+
+
+def _fail(message: str) -> None:
+    click.echo(message, err=True)
+    sys.exit(2)

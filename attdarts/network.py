@@ -1,0 +1,458 @@
+"""Compile an `ir.Genotype` into the discrete network trained from scratch (DARTS's NetworkCIFAR /
+NetworkImageNet, with one attention module per edge as Att-DARTS).
+
+Every name, index and stride is resolved here, at construction: `forward` only indexes Python
+lists with precomputed integers. Nodes and edges are `nn.ModuleList`s in the genotype's text
+order, so parameter names follow the genotype (``cells.3.nodes.1.edges.0.attention...``).
+
+The skeleton follows REFERENCE.md ("Operations and network skeleton"): CIFAR stem 3C, reduction
+cells at L//3 and 2L//3 doubling the channels, auxiliary head after cell 2L//3; ImageNet two-conv
+stem plus one more stride-2 conv, 224 input, 7x7 final pool. Each edge is its operation (stride 2
+on the edges leaving the two inputs of a reduction cell) followed by its attention module, built
+for the spatial size that edge's output really has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from attdarts import ir
+from attdarts.ops import ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, ReLUConvBN
+
+__all__ = [
+    "DATASETS",
+    "CellModule",
+    "CellSummary",
+    "EdgeModule",
+    "Network",
+    "NodeModule",
+    "compile_network",
+    "count_multiply_adds",
+    "count_parameters",
+    "describe_network",
+    "drop_path",
+]
+
+DropPathRule = Literal["authors", "darts"]
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What the skeleton needs to know about a dataset: class count, input size, stem kind."""
+
+    num_classes: int
+    input_size: int
+    imagenet_stem: bool
+
+
+DATASETS: dict[str, DatasetShape] = {
+    "cifar10": DatasetShape(10, 32, imagenet_stem=False),
+    "cifar100": DatasetShape(100, 32, imagenet_stem=False),
+    "imagenet": DatasetShape(1000, 224, imagenet_stem=True),
+}
+
+STEM_MULTIPLIER = 3  # CIFAR stem width = 3C (DARTS)
+
+
+def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
+    """Zero each sample's tensor with probability `prob`, scale survivors by 1 / (1 - prob).
+
+    The Bernoulli mask is drawn on `x`'s device in `x`'s dtype, so there is no host sync and no
+    dtype promotion under autocast.
+    """
+    keep = 1.0 - prob
+    mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+def _halve(size: int) -> int:
+    """Output size of every stride-2 layer here (3x3 pad 1, 1x1 stride 2, factorized reduce)."""
+    return (size + 1) // 2
+
+
+def _stem_size(imagenet_stem: bool, input_size: int) -> int:
+    """Height of the stem's output: the ImageNet stems halve 3 times, the CIFAR stem keeps it."""
+    return _halve(_halve(_halve(input_size))) if imagenet_stem else input_size
+
+
+class EdgeModule(nn.Module):
+    """One edge i -> j: operation, then its attention module (or none), then drop path.
+
+    `droppable` is decided at construction by the drop-path rule (see `compile_network`).
+    """
+
+    def __init__(
+        self, operation: nn.Module, attention: nn.Module | None, input_index: int, droppable: bool
+    ) -> None:
+        super().__init__()
+        self.operation = operation
+        self.attention = attention
+        self.input_index = input_index
+        self.droppable = droppable
+
+    def forward(self, x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+        h = self.operation(x)
+        if self.attention is not None:
+            h = self.attention(h)
+        if self.droppable and self.training and drop_prob > 0.0:
+            h = drop_path(h, drop_prob)
+        return h
+
+    def extra_repr(self) -> str:
+        return f"input_index={self.input_index}, droppable={self.droppable}"
+
+
+class NodeModule(nn.Module):
+    """An intermediate node: the sum of its incoming edges (paper Eq. 11)."""
+
+    def __init__(self, edges: list[EdgeModule]) -> None:
+        super().__init__()
+        self.edges = nn.ModuleList(edges)
+
+    def forward(self, states: list[torch.Tensor], drop_prob: float) -> torch.Tensor:
+        total = None
+        for edge in self.edges:
+            h = edge(states[edge.input_index], drop_prob)
+            total = h if total is None else total + h
+        return total
+
+
+class CellModule(nn.Module):
+    """A discrete cell: preprocess both inputs to C channels, compute the nodes, concatenate.
+
+    The output has ``C * len(concat)`` channels and is optionally followed by an attention module
+    (the authors' "end" location).
+    """
+
+    def __init__(
+        self,
+        cell: ir.Cell,
+        *,
+        channels_prev_prev: int,
+        channels_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        spatial_in: int,
+        drop_path_rule: DropPathRule,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.channels = channels
+        self.spatial_in = spatial_in
+        self.spatial_out = _halve(spatial_in) if reduction else spatial_in
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(channels_prev_prev, channels)
+        else:
+            self.preprocess0 = ReLUConvBN(channels_prev_prev, channels, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(channels_prev, channels, 1, 1, 0)
+
+        nodes = []
+        for node in cell.nodes:
+            edges = []
+            for edge in node.edges:
+                from_input = edge.input in ir.INPUTS
+                stride = 2 if reduction and from_input else 1
+                operation = OPERATIONS.get(edge.operation.name)(
+                    channels, stride, affine=True, **edge.operation.kwargs_dict()
+                )
+                attention = _build_attention(edge.attention, channels, self.spatial_out)
+                edges.append(EdgeModule(
+                    operation,
+                    attention,
+                    cell.index_of(edge.input),
+                    _droppable(operation, attention, drop_path_rule),
+                ))
+            nodes.append(NodeModule(edges))
+        self.nodes = nn.ModuleList(nodes)
+        self.concat = tuple(cell.index_of(name) for name in cell.output.nodes)
+        self.channels_out = channels * len(self.concat)
+        self.attention = _build_attention(
+            cell.output.attention, self.channels_out, self.spatial_out
+        )
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for node in self.nodes:
+            states.append(node(states, drop_prob))
+        out = torch.cat([states[index] for index in self.concat], dim=1)
+        if self.attention is not None:
+            out = self.attention(out)
+        return out
+
+    def extra_repr(self) -> str:
+        kind = "reduce" if self.reduction else "normal"
+        return f"{kind}, channels_out={self.channels_out}, spatial_out={self.spatial_out}"
+
+
+def _build_attention(call: ir.Call | None, channels: int, spatial: int) -> nn.Module | None:
+    if call is None:
+        return None
+    return ATTENTIONS.get(call.name)(channels, spatial=spatial, **call.kwargs_dict())
+
+
+def _droppable(operation: nn.Module, attention: nn.Module | None, rule: DropPathRule) -> bool:
+    """Whether drop path applies to an edge (REFERENCE.md, "Evaluation").
+
+    DARTS skips edges whose operation is the identity. The authors' code also skips edges whose
+    attention is an identity; it builds an identity module for an edge without attention, so
+    under that rule an edge with no attention (None) is spared too, and a plain DARTS genotype
+    gets no drop path on any edge. The rules agree on the Att-DARTS cell, where every edge has
+    an attention; "darts" is the default.
+    """
+    identity_operation = isinstance(operation, nn.Identity)
+    if rule == "darts":
+        return not identity_operation
+    if rule == "authors":
+        identity_attention = attention is None or isinstance(attention, IdentityAttention)
+        return not (identity_operation or identity_attention)
+    raise ValueError(f"unknown drop path rule {rule!r}; expected 'authors' or 'darts'")
+
+
+class AuxiliaryHeadCIFAR(nn.Sequential):
+    """DARTS's auxiliary classifier for an 8x8 input (after cell 2L//3)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),  # 8x8 -> 2x2
+            nn.Conv2d(channels, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=False),
+            nn.Flatten(1),
+            nn.Linear(768, num_classes),
+        )
+
+
+class AuxiliaryHeadImageNet(nn.Sequential):
+    """DARTS's ImageNet auxiliary classifier (7x7 input): pool stride 2, no BN after 2x2 conv."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),  # 7x7 -> 2x2
+            nn.Conv2d(channels, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(128, 768, 2, bias=False),  # 2x2 -> 1x1
+            nn.ReLU(inplace=False),
+            nn.Flatten(1),
+            nn.Linear(768, num_classes),
+        )
+
+
+class Network(nn.Module):
+    """The discrete network. `forward` returns ``(logits, aux_logits)``; aux_logits is None in
+    eval mode or without an auxiliary head. Set `drop_path_prob` (a float) before each epoch."""
+
+    def __init__(
+        self,
+        genotype: ir.Genotype,
+        *,
+        dataset: str,
+        channels: int,
+        layers: int,
+        auxiliary: bool,
+        num_classes: int,
+        input_size: int,
+        drop_path_rule: DropPathRule,
+    ) -> None:
+        super().__init__()
+        shape = DATASETS[dataset]
+        self.genotype = genotype
+        self.dataset = dataset
+        self.input_size = input_size
+        self.num_classes = num_classes
+        self.drop_path_prob = 0.0
+        self.imagenet_stem = shape.imagenet_stem
+
+        if shape.imagenet_stem:
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(3, channels // 2, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(channels // 2),
+                nn.ReLU(inplace=False),
+                nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+            self.stem1 = nn.Sequential(
+                nn.ReLU(inplace=False),
+                nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+            )
+            channels_prev_prev = channels_prev = channels_current = channels
+            reduction_prev = True  # stem1 halved the size after stem0: c_{k-2} needs a reduce
+        else:
+            stem_channels = STEM_MULTIPLIER * channels
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, stem_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(stem_channels),
+            )
+            channels_prev_prev = channels_prev = stem_channels
+            channels_current = channels
+            reduction_prev = False
+
+        spatial = _stem_size(shape.imagenet_stem, input_size)
+        reduction_indices = {layers // 3, 2 * layers // 3}
+        self.auxiliary_index = 2 * layers // 3 if auxiliary else -1
+        cells = []
+        channels_auxiliary = 0
+        for index in range(layers):
+            reduction = index in reduction_indices
+            if reduction:
+                channels_current *= 2
+            cell = CellModule(
+                genotype.reduce if reduction else genotype.normal,
+                channels_prev_prev=channels_prev_prev,
+                channels_prev=channels_prev,
+                channels=channels_current,
+                reduction=reduction,
+                reduction_prev=reduction_prev,
+                spatial_in=spatial,
+                drop_path_rule=drop_path_rule,
+            )
+            cells.append(cell)
+            reduction_prev = reduction
+            channels_prev_prev, channels_prev = channels_prev, cell.channels_out
+            spatial = cell.spatial_out
+            if index == self.auxiliary_index:
+                channels_auxiliary = channels_prev
+        self.cells = nn.ModuleList(cells)
+
+        self.auxiliary_head: nn.Module | None = None
+        if auxiliary:
+            head = AuxiliaryHeadImageNet if shape.imagenet_stem else AuxiliaryHeadCIFAR
+            self.auxiliary_head = head(channels_auxiliary, num_classes)
+        if shape.imagenet_stem:
+            self.global_pooling: nn.Module = nn.AvgPool2d(7)
+        else:
+            self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels_prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.imagenet_stem:
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        else:
+            s0 = s1 = self.stem(x)
+        drop_prob = float(self.drop_path_prob)
+        aux_logits = None
+        for index, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, drop_prob)
+            if index == self.auxiliary_index and self.training:
+                aux_logits = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return logits, aux_logits
+
+
+def compile_network(
+    genotype: ir.Genotype,
+    *,
+    dataset: str = "cifar10",
+    channels: int = 36,
+    layers: int = 20,
+    auxiliary: bool = True,
+    num_classes: int | None = None,
+    input_size: int | None = None,
+    drop_path_rule: DropPathRule = "darts",
+) -> Network:
+    """Build the discrete network of `genotype` for `dataset` ("cifar10", "cifar100", "imagenet").
+
+    `num_classes` and `input_size` default to the dataset's (10/100/1000; 32/32/224). The spatial
+    size matters at construction because GE-theta+ sizes its global kernel from it. Drop path
+    (probability `model.drop_path_prob`, applied in training mode only) follows `drop_path_rule`:
+    "darts" drops every edge whose operation is not the identity; "authors" (the Att-DARTS code)
+    also spares edges whose attention is the identity or missing.
+    """
+    if dataset not in DATASETS:
+        known = ", ".join(repr(name) for name in DATASETS)
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {known}")
+    if drop_path_rule not in ("authors", "darts"):
+        raise ValueError(
+            f"unknown drop path rule {drop_path_rule!r}; expected 'authors' or 'darts'"
+        )
+    shape = DATASETS[dataset]
+    return Network(
+        genotype,
+        dataset=dataset,
+        channels=channels,
+        layers=layers,
+        auxiliary=auxiliary,
+        num_classes=shape.num_classes if num_classes is None else num_classes,
+        input_size=shape.input_size if input_size is None else input_size,
+        drop_path_rule=drop_path_rule,
+    )
+
+
+def count_parameters(model: nn.Module, *, auxiliary: bool) -> int:
+    """Number of weights; without the auxiliary head when `auxiliary` is False (the number every
+    DARTS paper reports)."""
+    total = sum(p.numel() for p in model.parameters())
+    head = getattr(model, "auxiliary_head", None)
+    if not auxiliary and head is not None:
+        total -= sum(p.numel() for p in head.parameters())
+    return total
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """One row of `describe_network`."""
+
+    index: int
+    kind: Literal["normal", "reduce"]
+    channels_out: int
+    spatial: int
+    parameters: int
+
+
+def _probe(model: Network, input_size: int | None) -> torch.Tensor:
+    size = model.input_size if input_size is None else input_size
+    parameter = next(model.parameters())
+    return torch.zeros((1, 3, size, size), dtype=parameter.dtype, device=parameter.device)
+
+
+def describe_network(model: Network, input_size: int | None = None) -> list[CellSummary]:
+    """Per-cell rows (index, normal/reduce, output channels, output height, parameters) for an
+    `input_size` x `input_size` image (default: the size the network was built for).
+
+    Sizes follow the same arithmetic as construction (every stride-2 layer gives ceil(H / 2)), so
+    no forward pass is needed.
+    """
+    size = model.input_size if input_size is None else input_size
+    spatial = _stem_size(model.imagenet_stem, size)
+    rows = []
+    for index, cell in enumerate(model.cells):
+        if cell.reduction:
+            spatial = _halve(spatial)
+        rows.append(CellSummary(
+            index=index,
+            kind="reduce" if cell.reduction else "normal",
+            channels_out=cell.channels_out,
+            spatial=spatial,
+            parameters=sum(p.numel() for p in cell.parameters()),
+        ))
+    return rows
+
+
+def count_multiply_adds(model: Network, input_size: int | None = None) -> int:
+    """Multiply-adds of one image (batch 1, eval mode, so no auxiliary head).
+
+    Counted by `torch.utils.flop_counter.FlopCounterMode`, which reports FLOPs = 2 x MACs for
+    convolutions and matrix products; pooling and element-wise work are not counted (as usual).
+    """
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(_probe(model, input_size))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
