@@ -1,0 +1,213 @@
+"""`attdarts train` and `attdarts test`: training a genotype from scratch and scoring checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import DslError
+
+# option name -> TrainConfig field, for options that override the recipe
+_OVERRIDES = {
+    "dataset": "dataset",
+    "data_dir": "data_dir",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "channels": "channels",
+    "layers": "layers",
+    "lr": "lr",
+    "seed": "seed",
+    "deterministic": "deterministic",
+    "amp": "amp",
+    "channels_last": "channels_last",
+    "max_steps_per_epoch": "max_steps_per_epoch",
+    "workers": "workers",
+}
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _validation_message(error) -> str:
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"])
+        option = "--" + field.replace("_", "-") if field else "the configuration"
+        message = problem["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, "):]
+        lines.append(f"{option}: {message} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Per-epoch lines on stderr, from rank 0 only (and nothing but warnings with --quiet)."""
+    rank = int(os.environ.get("RANK", "0"))
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("attdarts")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO if rank == 0 and verbose else logging.WARNING)
+    logger.propagate = False
+
+
+@click.command()
+@click.argument("genotype_file", required=False,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--genotype", "genotype_name", help="Which genotype of the file (needed if it has several).")
+@click.option("--dataset", help="cifar10 (default), cifar100, imagenet, folder:PATH or synthetic.")
+@click.option("--data-dir", help="Where the dataset lives (CIFAR: the folder holding cifar-10-batches-py).")
+@click.option("--epochs", type=int, help="Epochs [600; ImageNet 250].")
+@click.option("--batch-size", type=int, help="Global batch size, split among GPUs [96; ImageNet 128].")
+@click.option("--channels", type=int, help="Initial channels C [36; ImageNet 48].")
+@click.option("--layers", type=int, help="Cells L [20; ImageNet 14].")
+@click.option("--lr", type=float, help="Initial learning rate [0.025; ImageNet 0.1].")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Run directory [runs/GENOTYPE-DATASET-TIME].")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Continue the run in this directory from its last.pt.")
+@click.option("--device", help="cpu, cuda, cuda:1, ... [cuda when available].")
+@click.option("--amp", type=click.Choice(["bf16"]), help="Mixed precision with bfloat16 autocast.")
+@click.option("--channels-last", is_flag=True, help="Use the channels-last memory format.")
+@click.option("--seed", type=int, help="Random seed [0].")
+@click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on GPU).")
+@click.option("--max-steps-per-epoch", type=int,
+              help="Cap the training and test batches per epoch (quick checks).")
+@click.option("--workers", type=int, help="Data loading workers (ImageNet) / decoding threads.")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")
+@click.pass_context
+def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | None,
+          out_dir: Path | None, resume_dir: Path | None, device: str | None, quiet: bool,
+          **options: Any) -> None:
+    """Train a genotype from scratch with the paper's evaluation recipe.
+
+    Defaults are the Att-DARTS/DARTS CIFAR settings (600 epochs, batch 96, C=36, L=20, SGD 0.025
+    cosine, cutout 16, drop path 0.2, auxiliary 0.4); --dataset imagenet switches to DARTS's
+    ImageNet recipe. Start under `torchrun --nproc_per_node N` for data-parallel training.
+    """
+    from pydantic import ValidationError
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from .. import train as training
+    from ..checkpoint import CheckpointError
+    from ..data import DataError
+
+    overrides = {field: options[name] for name, field in _OVERRIDES.items() if _explicit(ctx, name)}
+    _check_device(device)
+    _setup_logging(not quiet)
+    try:
+        if resume_dir is not None:
+            if out_dir is not None and out_dir.resolve() != resume_dir.resolve():
+                raise click.UsageError("--out and --resume name different directories; "
+                                       "a resumed run stays in its own directory")
+            state = training.load_run_checkpoint(resume_dir / "last.pt")
+            stored_genotype = training.stored_genotype(state, resume_dir / "last.pt")
+            genotype = stored_genotype
+            if genotype_file is not None:
+                genotype = _read_genotype(genotype_file, genotype_name)
+                if not training.same_cells(genotype, stored_genotype):
+                    raise CheckpointError(
+                        f"{resume_dir / 'last.pt'}: the checkpoint was written for genotype "
+                        f"'{stored_genotype.name}', whose cells differ from '{genotype.name}' in "
+                        f"{genotype_file}; resume with the genotype it was trained on")
+            stored = training.TrainConfig(**state["config"])
+            for field, value in overrides.items():
+                if field not in training.RESUMABLE_OVERRIDES and getattr(stored, field) != value:
+                    option = "--" + field.replace("_", "-")
+                    raise click.UsageError(
+                        f"{option} cannot change when resuming (the run used "
+                        f"{getattr(stored, field)!r}); start a new run to change it")
+            config = stored.model_copy(update={k: v for k, v in overrides.items()
+                                               if k in training.RESUMABLE_OVERRIDES})
+            run_dir = resume_dir
+        else:
+            if genotype_file is None:
+                raise click.UsageError("missing argument 'GENOTYPE_FILE' (or use --resume RUN_DIR)")
+            genotype = _read_genotype(genotype_file, genotype_name)
+            dataset = overrides.pop("dataset", "cifar10")
+            config = training.TrainConfig.recipe(dataset, **overrides)
+            run_dir = out_dir or Path("runs") / (
+                f"{genotype.name}-{config.spec.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+            if (run_dir / "last.pt").exists():
+                raise click.UsageError(f"{run_dir} already holds a run; continue it with "
+                                       f"--resume {run_dir} or choose another --out")
+        with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]):
+            result = training.run_training(config, genotype, run_dir=run_dir, device=device,
+                                           resume=resume_dir is not None, progress=not quiet)
+    except ValidationError as error:
+        raise click.UsageError(_validation_message(error)) from None
+    except DslError as error:
+        raise click.ClickException(error.render()) from None
+    except (CheckpointError, DataError) as error:
+        raise click.ClickException(str(error)) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"{result.run_dir}: best test top-1 {result.best_top1:.2f}% (epoch "
+                   f"{result.best_epoch}), last {result.last_top1:.2f}%, "
+                   f"{result.parameters:,} weights")
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"unknown device '{device}' (try cpu, cuda, cuda:1)",
+                                 param_hint="--device") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available here; use --device cpu",
+                                 param_hint="--device")
+
+
+def _read_genotype(path: Path, name: str | None):
+    from ..transform import parse_file
+
+    return parse_file(path).genotype(name)
+
+
+@click.command()
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dataset", help="Dataset to score on [the one the run trained on].")
+@click.option("--data-dir", help="Where the dataset lives [the run's].")
+@click.option("--device", help="cpu, cuda, ... [cuda when available].")
+@click.option("--batch-size", type=int, help="Evaluation batch size [the run's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, device: str | None,
+         batch_size: int | None, as_json: bool) -> None:
+    """Score a training checkpoint (last.pt / best.pt) on the test split: top-1, top-5, loss."""
+    from .. import train as training
+    from ..checkpoint import CheckpointError
+    from ..data import DataError, parse_spec
+
+    _check_device(device)
+    if batch_size is not None and batch_size < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--batch-size")
+    if dataset is not None:
+        try:
+            parse_spec(dataset)
+        except DataError as error:
+            raise click.BadParameter(str(error), param_hint="--dataset") from None
+    try:
+        result = training.evaluate_checkpoint(checkpoint_path, dataset=dataset, data_dir=data_dir,
+                                              device=device, batch_size=batch_size)
+    except DataError as error:
+        raise click.ClickException(str(error)) from None
+    except CheckpointError as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    synthetic = " [synthetic data]" if result["synthetic"] else ""
+    click.echo(f"{result['genotype']} (epoch {result['epoch']}) on {result['dataset']}{synthetic}: "
+               f"top-1 {result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%  "
+               f"loss {result['test_loss']:.4f}  ({result['images']:,} images)")

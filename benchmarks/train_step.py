@@ -1,0 +1,155 @@
+"""Time training steps of the paper's evaluation network (C=36, L=20, auxiliary head, drop path
+0.2, batch 96) for the Att-DARTS cell and DARTS_V2.
+
+Each step is the real one of `attdarts train`: a batch from the on-device loader (crop, flip,
+normalisation, cutout), forward, loss with the auxiliary head, backward, clipping, SGD. After
+`--warmup` steps, `--steps` steps are timed between two device synchronisations. Printed per
+genotype and mode (fp32, bf16 autocast, channels_last, both): ms/step, images/s, peak memory,
+and the hours that 600 epochs of 50,000 images would take at that rate (evaluation excluded).
+
+    python benchmarks/train_step.py                       # cuda when available
+    python benchmarks/train_step.py --device cpu --steps 3 --warmup 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from attdarts import data, train  # noqa: E402
+from attdarts.transform import parse_file  # noqa: E402
+
+MODES = {
+    "fp32": dict(amp=None, channels_last=False),
+    "bf16": dict(amp="bf16", channels_last=False),
+    "channels_last": dict(amp=None, channels_last=True),
+    "bf16+channels_last": dict(amp="bf16", channels_last=True),
+}
+GENOTYPES = {"att_darts": ROOT / "genotypes" / "att_darts.geno",
+             "darts_v2": ROOT / "genotypes" / "darts_v2.geno"}
+EPOCHS, IMAGES_PER_EPOCH = 600, 50_000
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def benchmark(genotype_path: Path, mode: str, args, device: torch.device) -> dict:
+    settings = MODES[mode]
+    config = train.TrainConfig(batch_size=args.batch_size, channels=args.channels,
+                               layers=args.layers, **settings)
+    genotype = parse_file(genotype_path).genotype()
+    torch.manual_seed(0)
+    model = train.build_model(genotype, train.model_config(
+        config, data.parse_spec("cifar10"), num_classes=10, input_size=32))
+    parameters = train.count_parameters(model)[1]
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).train()
+    model.drop_path_prob = config.drop_path_prob
+    optimizer = train.make_optimizer(model, config)
+    pool = data.synthetic_dataset(train=True, size=4 * args.batch_size)
+    loader = data.DeviceLoader(pool.images, pool.labels, batch_size=args.batch_size, device=device,
+                               augment=True, cutout=config.cutout, mean=pool.mean, std=pool.std,
+                               channels_last=config.channels_last)
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+
+    def step():
+        images, labels = next(stream)
+        train.train_step(model, optimizer, images, labels, auxiliary_weight=config.auxiliary_weight,
+                         grad_clip=config.grad_clip, amp=config.amp)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(args.warmup):
+        step()
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    synchronize(device)
+    seconds = (time.perf_counter() - started) / args.steps
+    images_per_s = args.batch_size / seconds
+    return {
+        "genotype": genotype.name,
+        "mode": mode,
+        "parameters": parameters,
+        "ms_per_step": 1000 * seconds,
+        "images_per_s": images_per_s,
+        "peak_memory_mib": peak_memory_mib(device),
+        "hours_600_epochs": EPOCHS * IMAGES_PER_EPOCH / images_per_s / 3600,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=50, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--batch-size", type=int, default=96)
+    parser.add_argument("--channels", type=int, default=36)
+    parser.add_argument("--layers", type=int, default=20)
+    parser.add_argument("--genotypes", default=",".join(GENOTYPES),
+                        help=f"comma-separated, from {', '.join(GENOTYPES)} or .geno paths")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
+        parser.error("--steps and --batch-size must be at least 1, --warmup at least 0")
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    device = torch.device(args.device)
+    train.configure_determinism(False)  # cudnn.benchmark on, as in training
+    paths = [GENOTYPES.get(name.strip(), Path(name.strip())) for name in args.genotypes.split(",")]
+
+    print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch_size}, "
+          f"C={args.channels}, L={args.layers}, auxiliary, drop path 0.2; "
+          f"{args.warmup} warmup + {args.steps} timed steps")
+    header = (f"{'genotype':<12} {'mode':<20} {'weights':>10} {'ms/step':>9} {'img/s':>9} "
+              f"{'peak MiB':>9} {'h/600 ep':>9}")
+    print(header)
+    print("-" * len(header))
+    results = []
+    for path in paths:
+        for mode in modes:
+            row = benchmark(path, mode, args, device)
+            results.append(row)
+            print(f"{row['genotype']:<12} {mode:<20} {row['parameters']:>10,} "
+                  f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>9.1f} "
+                  f"{row['peak_memory_mib']:>9.0f} {row['hours_600_epochs']:>9.1f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"device": device_name(device), "batch_size": args.batch_size,
+                                         "steps": args.steps, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
