@@ -1,0 +1,141 @@
+"""`attdarts search`: run (or resume) an Att-DARTS architecture search."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from attdarts.errors import DslError
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear the progress bars (both go to stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=click.get_text_stream("stderr"))
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("attdarts")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got '{value}'") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise click.BadParameter("give one or more distinct seeds, e.g. --seeds 1,2,3,4")
+    return seeds
+
+
+@click.command()
+@click.argument("space_file", required=False, type=click.Path(path_type=Path))
+@click.option("--space", "space_name", help="Space name when the file defines several.")
+@click.option("--dataset", default="cifar10", show_default=True,
+              help="cifar10, cifar100, synthetic or folder:PATH (ImageFolder with train/).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where CIFAR lives (default ./data).")
+@click.option("--epochs", type=int, default=50, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True,
+              help="First- or second-order (DARTS unrolled) architecture gradient.")
+@click.option("--second-order", "second_order", type=click.Choice(["darts", "authors"]),
+              default="darts", show_default=True,
+              help="Second-order variant: exact DARTS, or the authors' code (no momentum, alpha moved).")
+@click.option("--seed", type=int, default=2, show_default=True)
+@click.option("--seeds", help="Several seeds run one after another into OUT/seed-N, e.g. 1,2,3,4.")
+@click.option("--channels", type=int, default=16, show_default=True)
+@click.option("--layers", type=int, default=8, show_default=True)
+@click.option("--lr-min", type=float, default=0.001, show_default=True,
+              help="End of the cosine schedule (the paper: 0; the reference codes: 0.001).")
+@click.option("--arch-init", type=click.Choice(["zeros", "randn"]), default="zeros",
+              show_default=True, help="zeros (the paper) or 1e-3 * randn (the authors' code).")
+@click.option("--no-augment", is_flag=True, help="No random crop / flip on the search data.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/search-SPACE-TIME).")
+@click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available).")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
+@click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-identical resume).")
+@click.option("--max-steps-per-epoch", type=int, help="Cap the iterations of every epoch (smoke runs).")
+@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+              help="Also checkpoint every N iterations inside an epoch (0: at epoch ends only).")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+def search(space_file, space_name, dataset, data_dir, epochs, batch_size, order, second_order,
+           seed, seeds, channels, layers, lr_min, arch_init, no_augment, out, device, resume,
+           deterministic, max_steps_per_epoch, checkpoint_every, quiet) -> None:
+    """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
+
+    Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
+    checkpoint.pt into the run directory; --resume RUN_DIR continues an interrupted run.
+    """
+    import pydantic
+
+    from attdarts import checkpoint, data, search as api
+
+    if not quiet:
+        _configure_logging()
+    seed_list = _seeds(seeds)
+    try:
+        if resume is not None:
+            if space_file is not None:
+                raise click.UsageError("--resume takes its settings from the run directory; "
+                                       "give no SPACE_FILE")
+            outcome = api.resume_search(resume, device=device, progress=not quiet)
+            _report(outcome, resume)
+            return
+        if space_file is None:
+            raise click.UsageError("missing SPACE_FILE (or --resume RUN_DIR)")
+        if not space_file.is_file():
+            raise click.BadParameter(f"'{space_file}' does not exist", param_hint="SPACE_FILE")
+        space = api.load_space(space_file, space_name)
+        config = api.SearchConfig(
+            space_file=str(space_file.resolve()), space=space_name, dataset=dataset,
+            data_dir=None if data_dir is None else str(data_dir.resolve()), epochs=epochs,
+            batch_size=batch_size, order=int(order), second_order=second_order,
+            seed=seed_list[0] if seed_list else seed, channels=channels, layers=layers,
+            lr_min=lr_min, arch_init=arch_init, augment=not no_augment,
+            max_steps_per_epoch=max_steps_per_epoch, checkpoint_every=checkpoint_every,
+            deterministic=deterministic)
+        if out is None:
+            out = Path("runs") / f"search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if seed_list:
+            outcome = api.run_seeds(config, seed_list, out, device=device, progress=not quiet)
+        else:
+            outcome = api.run_search(config, out, device=device, progress=not quiet)
+        _report(outcome, out)
+    except DslError as error:
+        raise click.ClickException(str(error)) from None
+    except pydantic.ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise click.ClickException(f"invalid settings: {problems}") from None
+    except (api.SearchError, data.DataError, checkpoint.CheckpointError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _report(outcome, out: Path) -> None:
+    from attdarts import search as api
+
+    if isinstance(outcome, list):
+        summary = api.summarise(outcome, Path(out))
+        click.echo(f"searched {len(outcome)} seeds into {out} (summary.json):")
+        for row in summary["seeds"]:
+            same = f", same cells as seed {row['same_cells_as']}" if row["same_cells_as"] else ""
+            click.echo(f"  seed {row['seed']}: {row['genotype']} (val accuracy "
+                       f"{row['val_accuracy']:.4f}{same})")
+            for kind, line in row["cells"].items():
+                click.echo(f"    {kind}: {line}")
+        return
+    click.echo(f"{outcome.run_dir / api.FINAL_GENOTYPE} (epoch {outcome.epochs}, val accuracy "
+               f"{outcome.metrics['val_accuracy']:.4f}):")
+    click.echo((outcome.run_dir / api.FINAL_GENOTYPE).read_text(), nl=False)

@@ -1,0 +1,463 @@
+"""Compile an `ir.Space` into the Att-DARTS search supernet (softmax mixtures on every edge).
+
+The supernet is DARTS's search network (Liu et al. 2019) with Att-DARTS's attention mixtures
+(Nakai et al. 2020, Eq. 7-11): C = 16 initial channels, 8 cells, reduction cells at L//3 and
+2L//3 doubling the channels, a 3C stem, operations without affine BN and each pooling followed by
+a non-affine BN; attention modules keep their own (affine) BN and are built for the spatial size
+they really see (32, 16, 8 on CIFAR), because GE-theta+ sizes its global kernel from it.
+
+Architecture parameters live in `model.arch` and are kept apart from the weights: `weights()` /
+`named_weights()` and `architecture()` / `named_architecture()` give the two disjoint sets the two
+optimisers take (SGD for w, Adam for alpha/beta/gamma, Eq. 12-13). Per cell type (normal, reduce):
+
+- alpha (edges x candidates of the first mixture): operations; for the mixed locations the
+  columns are the operations followed by the attentions (one softmax over both);
+- beta (edges x attentions): the attention mixture after each edge's operation mixture (Eq. 8,
+  10); for `double_mixed` the second mixture, over the same columns as alpha;
+- gamma (1 x attentions): the attention mixture on the cell's concatenated output (`end`).
+
+Attention locations (the authors' one knob, REFERENCE.md "Attention locations"):
+
+| location | edge | cell output |
+|---|---|---|
+| after_every (paper) | op mixture (alpha) -> attention mixture (beta) | - |
+| end | op mixture | attention mixture (gamma) |
+| after_every_and_end | both | both |
+| mixed_with_operation | one mixture over ops + attentions (alpha); at stride 2 an attention is preceded by a factorized reduce | - |
+| double_mixed | that mixture (alpha), then the same candidates at stride 1 (beta) | - |
+| no_attention | op mixture (plain DARTS) | - |
+
+Mixing of an attention mixture: `sum` (Att-DARTS-S, Eq. 10) is the weighted sum of the modules'
+outputs; `product` (Att-DARTS-P, Eq. 17) is ``exp(sum_a t_a log mask_a(h)) * h`` with each module's
+``mask(h)`` clamped to at least `MASK_FLOOR` before the log.
+
+`forward` computes each softmax once per cell type and indexes precomputed integers only: no
+string lookups, no data-dependent Python branches, no host synchronisation. The `none` operation
+is not evaluated: its output is zero, so its term ``s_none * 0`` adds nothing to Eq. 9 (its alpha
+still receives its gradient through the softmax of the other terms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attdarts import ir
+from attdarts.catalog import ADDITIVE_ATTENTIONS
+from attdarts.ops import ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, ReLUConvBN, Zero
+
+__all__ = [
+    "ARCHITECTURE_PREFIX",
+    "MASK_FLOOR",
+    "Architecture",
+    "MixedAttention",
+    "MixedOperation",
+    "SearchCell",
+    "SearchEdge",
+    "Supernet",
+    "column_names",
+    "compile_supernet",
+    "edge_names",
+]
+
+MASK_FLOOR = 1e-6  # masks are clamped to at least this before log (Eq. 17)
+ARCHITECTURE_PREFIX = "arch."
+CELL_KINDS = ("normal", "reduce")
+STEM_MULTIPLIER = 3
+
+MIXED_LOCATIONS = frozenset({"mixed_with_operation", "double_mixed"})
+EDGE_ATTENTION_LOCATIONS = frozenset({"after_every", "after_every_and_end"})
+OUTPUT_ATTENTION_LOCATIONS = frozenset({"end", "after_every_and_end"})
+
+Init = Literal["zeros", "randn"]
+
+
+def _halve(size: int) -> int:
+    """Output size of every stride-2 layer (3x3 pad 1, factorized reduce)."""
+    return (size + 1) // 2
+
+
+def edge_names(nodes: int) -> list[str]:
+    """DARTS edge order: node j reads c_k2, c_k1, n0 .. n{j-1}; e.g. 'n1<-c_k2'."""
+    names = []
+    for node in range(nodes):
+        for source in (*ir.INPUTS, *(f"n{i}" for i in range(node))):
+            names.append(f"n{node}<-{source}")
+    return names
+
+
+def column_names(space: ir.Space) -> dict[str, list[str]]:
+    """Candidate names labelling the columns of alpha, beta and gamma (those the space has)."""
+    operations = [call.name for call in space.operations]
+    attentions = [call.name for call in space.attentions]
+    location = space.location
+    if location == "no_attention":
+        return {"alpha": operations}
+    if location == "mixed_with_operation":
+        return {"alpha": operations + attentions}
+    if location == "double_mixed":
+        return {"alpha": operations + attentions, "beta": operations + attentions}
+    columns = {"alpha": operations}
+    if location in EDGE_ATTENTION_LOCATIONS:
+        columns["beta"] = attentions
+    if location in OUTPUT_ATTENTION_LOCATIONS:
+        columns["gamma"] = attentions
+    return columns
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixtures
+
+
+class MixedOperation(nn.Module):
+    """Eq. 9: ``sum_o s_o o(x)`` over the candidates (operations, or operations + attentions)."""
+
+    def __init__(self, candidates: list[nn.Module]) -> None:
+        super().__init__()
+        self.candidates = nn.ModuleList(candidates)
+        active = tuple(i for i, module in enumerate(candidates) if not isinstance(module, Zero))
+        # an all-`none` mixture still needs an output of the right shape
+        self.active = active or (0,)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = None
+        for index in self.active:
+            term = weights[index] * self.candidates[index](x)
+            out = term if out is None else out + term
+        return out
+
+
+class MixedAttention(nn.Module):
+    """An attention mixture: Eq. 10 (`sum`) or Eq. 17 (`product`, masks mixed in log space)."""
+
+    def __init__(self, modules: list[nn.Module], mixing: str) -> None:
+        super().__init__()
+        if mixing not in ("sum", "product"):
+            raise ValueError(f"unknown mixing {mixing!r}; expected 'sum' or 'product'")
+        self.candidates = nn.ModuleList(modules)
+        self.product = mixing == "product"
+        if self.product:
+            for module in modules:
+                if getattr(module, "adds_residual", False) or not hasattr(module, "mask"):
+                    raise ValueError(
+                        f"mixing 'product' (Eq. 17) needs masking attentions; "
+                        f"{type(module).__name__} adds to its input instead")
+            # the identity's mask is 1 and its log 0: it adds nothing to the exponent
+            self.masked = tuple(
+                i for i, module in enumerate(modules) if not isinstance(module, IdentityAttention))
+
+    def forward(self, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.product:
+            exponent = None
+            for index in self.masked:
+                mask = self.candidates[index].mask(h).clamp_min(MASK_FLOOR)
+                term = weights[index] * torch.log(mask)
+                exponent = term if exponent is None else exponent + term
+            return h if exponent is None else h * torch.exp(exponent)
+        out = None
+        for index, module in enumerate(self.candidates):
+            term = weights[index] * module(h)
+            out = term if out is None else out + term
+        return out
+
+
+class SearchEdge(nn.Module):
+    """One edge i -> j: first mixture (weights alpha), then an attention mixture or a second
+    mixture (weights beta), whichever the location asks for."""
+
+    def __init__(
+        self, first: MixedOperation, then: nn.Module | None, input_index: int
+    ) -> None:
+        super().__init__()
+        self.first = first
+        self.then = then
+        self.input_index = input_index
+
+    def forward(
+        self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None
+    ) -> torch.Tensor:
+        h = self.first(x, alpha)
+        if self.then is not None:
+            h = self.then(h, beta)
+        return h
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells
+
+
+def _operation(call: ir.Call, channels: int, stride: int) -> nn.Module:
+    return OPERATIONS.get(call.name)(
+        channels, stride, affine=False, pool_bn=True, **call.kwargs_dict())
+
+
+def _attention(call: ir.Call, channels: int, spatial: int) -> nn.Module:
+    return ATTENTIONS.get(call.name)(channels, spatial=spatial, **call.kwargs_dict())
+
+
+def _mixed_candidates(space: ir.Space, channels: int, stride: int, spatial: int) -> list[nn.Module]:
+    """Operations then attentions in one list; at stride 2 each attention is preceded by a
+    non-affine factorized reduce so that every candidate halves the map."""
+    candidates = [_operation(call, channels, stride) for call in space.operations]
+    for call in space.attentions:
+        module = _attention(call, channels, spatial)
+        if stride == 2:
+            module = nn.Sequential(FactorizedReduce(channels, channels, affine=False), module)
+        candidates.append(module)
+    return candidates
+
+
+class SearchCell(nn.Module):
+    """A search cell: preprocess both inputs to C channels (non-affine), compute every node as the
+    sum of its mixed edges (Eq. 11), concatenate all intermediate nodes, optionally mix
+    attentions on the concatenation (gamma)."""
+
+    def __init__(
+        self,
+        space: ir.Space,
+        *,
+        channels_prev_prev: int,
+        channels_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        spatial_in: int,
+    ) -> None:
+        super().__init__()
+        self.reduction = reduction
+        self.kind_index = CELL_KINDS.index("reduce" if reduction else "normal")
+        self.spatial_out = _halve(spatial_in) if reduction else spatial_in
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(channels_prev_prev, channels, affine=False)
+        else:
+            self.preprocess0 = ReLUConvBN(channels_prev_prev, channels, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(channels_prev, channels, 1, 1, 0, affine=False)
+
+        location = space.location
+        edges = []
+        for node in range(space.nodes):
+            for input_index in range(2 + node):
+                stride = 2 if reduction and input_index < 2 else 1
+                edges.append(self._edge(space, channels, stride, input_index))
+        self.edges = nn.ModuleList(edges)
+        # edges of node j are edges[starts[j]:starts[j] + j + 2]
+        self.node_slices = tuple(
+            (sum(2 + k for k in range(node)), 2 + node) for node in range(space.nodes))
+        self.channels_out = channels * space.nodes
+        self.output_attention: MixedAttention | None = None
+        if location in OUTPUT_ATTENTION_LOCATIONS:
+            self.output_attention = MixedAttention(
+                [_attention(call, self.channels_out, self.spatial_out) for call in space.attentions],
+                space.mixing)
+
+    def _edge(self, space: ir.Space, channels: int, stride: int, input_index: int) -> SearchEdge:
+        location = space.location
+        if location in MIXED_LOCATIONS:
+            first = MixedOperation(_mixed_candidates(space, channels, stride, self.spatial_out))
+            then: nn.Module | None = None
+            if location == "double_mixed":
+                then = MixedOperation(_mixed_candidates(space, channels, 1, self.spatial_out))
+            return SearchEdge(first, then, input_index)
+        first = MixedOperation([_operation(call, channels, stride) for call in space.operations])
+        then = None
+        if location in EDGE_ATTENTION_LOCATIONS:
+            then = MixedAttention(
+                [_attention(call, channels, self.spatial_out) for call in space.attentions],
+                space.mixing)
+        return SearchEdge(first, then, input_index)
+
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        alpha: torch.Tensor,
+        beta: torch.Tensor | None,
+        gamma: torch.Tensor | None,
+    ) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for start, count in self.node_slices:
+            total = None
+            for offset in range(count):
+                index = start + offset
+                edge = self.edges[index]
+                out = edge(states[edge.input_index], alpha[index],
+                           None if beta is None else beta[index])
+                total = out if total is None else total + out
+            states.append(total)
+        out = torch.cat(states[2:], dim=1)
+        if self.output_attention is not None:
+            out = self.output_attention(out, gamma[0])
+        return out
+
+    def extra_repr(self) -> str:
+        kind = CELL_KINDS[self.kind_index]
+        return f"{kind}, channels_out={self.channels_out}, spatial_out={self.spatial_out}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture parameters and the network
+
+
+class Architecture(nn.Module):
+    """alpha / beta / gamma per cell type, registered as `alpha_normal`, `beta_reduce`, ...
+
+    Zero initialisation (uniform softmax) as the paper says; `init="randn"` gives the authors'
+    ``1e-3 * randn`` (drawn from the global generator, so it follows the seed).
+    """
+
+    def __init__(self, shapes: dict[str, tuple[int, int]], init: Init) -> None:
+        super().__init__()
+        if init not in ("zeros", "randn"):
+            raise ValueError(f"unknown architecture init {init!r}; expected 'zeros' or 'randn'")
+        self.kinds = tuple(shapes)  # ("alpha", "beta", "gamma") subset, in that order
+        for kind, shape in shapes.items():
+            for cell in CELL_KINDS:
+                value = torch.zeros(shape) if init == "zeros" else 1e-3 * torch.randn(shape)
+                self.register_parameter(f"{kind}_{cell}", nn.Parameter(value))
+
+    def tensor(self, kind: str, cell: str) -> nn.Parameter:
+        return getattr(self, f"{kind}_{cell}")
+
+    def mixture_weights(self) -> list[tuple[torch.Tensor | None, ...]]:
+        """Softmaxed (alpha, beta, gamma) per cell type, indexed by `SearchCell.kind_index`."""
+        weights = []
+        for cell in CELL_KINDS:
+            weights.append(tuple(
+                F.softmax(self.tensor(kind, cell), dim=-1) if kind in self.kinds else None
+                for kind in ("alpha", "beta", "gamma")))
+        return weights
+
+
+class Supernet(nn.Module):
+    """The search network. `forward(x)` returns logits."""
+
+    def __init__(
+        self,
+        space: ir.Space,
+        *,
+        channels: int,
+        layers: int,
+        num_classes: int,
+        input_size: int,
+        init: Init,
+        stem_multiplier: int = STEM_MULTIPLIER,
+    ) -> None:
+        super().__init__()
+        _check_space(space)
+        self.space = space
+        self.channels = channels
+        self.layers = layers
+        self.num_classes = num_classes
+        self.input_size = input_size
+        stem_channels = stem_multiplier * channels
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, stem_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(stem_channels),
+        )
+        channels_prev_prev = channels_prev = stem_channels
+        channels_current = channels
+        spatial = input_size
+        reduction_prev = False
+        reductions = {layers // 3, 2 * layers // 3}
+        cells = []
+        for index in range(layers):
+            reduction = index in reductions
+            if reduction:
+                channels_current *= 2
+            cell = SearchCell(
+                space,
+                channels_prev_prev=channels_prev_prev,
+                channels_prev=channels_prev,
+                channels=channels_current,
+                reduction=reduction,
+                reduction_prev=reduction_prev,
+                spatial_in=spatial,
+            )
+            cells.append(cell)
+            reduction_prev = reduction
+            channels_prev_prev, channels_prev = channels_prev, cell.channels_out
+            spatial = cell.spatial_out
+        self.cells = nn.ModuleList(cells)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels_prev, num_classes)
+
+        edges = sum(2 + node for node in range(space.nodes))
+        self.edge_names = tuple(edge_names(space.nodes))
+        self.columns = column_names(space)
+        shapes = {kind: (1 if kind == "gamma" else edges, len(names))
+                  for kind, names in self.columns.items()}
+        self.arch = Architecture(shapes, init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.arch.mixture_weights()  # one softmax per cell type and kind
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            alpha, beta, gamma = weights[cell.kind_index]
+            s0, s1 = s1, cell(s0, s1, alpha, beta, gamma)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    # -- the two disjoint parameter sets ------------------------------------------------------
+
+    def named_weights(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Network weights w (SGD), in `named_parameters` order."""
+        for name, parameter in self.named_parameters():
+            if not name.startswith(ARCHITECTURE_PREFIX):
+                yield name, parameter
+
+    def weights(self) -> list[nn.Parameter]:
+        return [parameter for _, parameter in self.named_weights()]
+
+    def named_architecture(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Architecture parameters alpha / beta / gamma (Adam), e.g. `arch.alpha_normal`."""
+        for name, parameter in self.named_parameters():
+            if name.startswith(ARCHITECTURE_PREFIX):
+                yield name, parameter
+
+    def architecture(self) -> list[nn.Parameter]:
+        return [parameter for _, parameter in self.named_architecture()]
+
+    def architecture_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Raw (pre-softmax) parameters: ``{"normal": {"alpha": T, ...}, "reduce": {...}}``."""
+        return {cell: {kind: self.arch.tensor(kind, cell).detach() for kind in self.arch.kinds}
+                for cell in CELL_KINDS}
+
+
+def _check_space(space: ir.Space) -> None:
+    location = space.location
+    if location != "no_attention" and not space.attentions:
+        raise ValueError(f"location '{location}' needs at least one attention")
+    if space.mixing == "product":
+        if location in MIXED_LOCATIONS:
+            raise ValueError(
+                f"mixing 'product' (Eq. 17) mixes attention masks; location '{location}' mixes "
+                "attentions with operations, which have no mask")
+        additive = [call.name for call in space.attentions if call.name in ADDITIVE_ATTENTIONS]
+        if additive:
+            raise ValueError(
+                f"mixing 'product' (Eq. 17) cannot mix '{additive[0]}': it adds rather than masks")
+
+
+def compile_supernet(
+    space: ir.Space,
+    *,
+    channels: int = 16,
+    layers: int = 8,
+    num_classes: int = 10,
+    input_size: int = 32,
+    init: Init = "zeros",
+    stem_multiplier: int = STEM_MULTIPLIER,
+) -> Supernet:
+    """Build the search supernet of `space` (DARTS's search network with Att-DARTS's mixtures).
+
+    `input_size` is the height (= width) of the input images: attention modules are built for the
+    size they see. Architecture parameters start at zero (the paper) or at ``1e-3 * randn``
+    (`init="randn"`, the authors' code). Built on CPU; the caller moves it to a device.
+    """
+    if layers < 1 or channels < 1:
+        raise ValueError("a supernet needs at least one layer and one channel")
+    return Supernet(space, channels=channels, layers=layers, num_classes=num_classes,
+                    input_size=input_size, init=init, stem_multiplier=stem_multiplier)
