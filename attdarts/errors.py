@@ -29,6 +29,12 @@ class Problem:
     hint: str | None = None
 
 
+def by_position(problem: Problem) -> tuple[int, int]:
+    """Sort key: problems in text order, those without a location first."""
+    span = problem.span
+    return (span.line, span.column) if span else (0, 0)
+
+
 @dataclass
 class DslError(Exception):
     """One or more problems found in a DSL text (or in IR built from one)."""

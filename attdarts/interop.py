@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Iterable
 
 from . import catalog
-from .errors import DslError, Problem, Span, printable
+from .errors import DslError, Problem, Span, by_position, printable
 from .ir import INPUTS, RESERVED, Call, Cell, Document, Edge, Genotype, Meta, Node, Output
+from .source import read_source
 
-MAX_BYTES = 64 * 1024 * 1024
 IMPORT_FORMATS = ("auto", "python", "json", "nb201")
 EXPORT_FORMATS = ("darts-py", "att-darts-py", "att-darts-json")
 
@@ -86,7 +86,7 @@ _INDEX_WORDS = "0 = c_k2, 1 = c_k1, j >= 2 = intermediate node j-2"
 
 def import_file(path: str | Path, *, format: str = "auto", name: str | None = None) -> Document:
     """Read a DARTS-family genotype file into a Document (see `import_text`)."""
-    return import_text(read_text(path), str(path), format=format, name=name)
+    return import_text(read_source(path), str(path), format=format, name=name)
 
 
 def import_text(text: str, path: str | None = None, *, format: str = "auto",
@@ -116,31 +116,9 @@ def import_text(text: str, path: str | None = None, *, format: str = "auto",
     else:
         genotypes = reader.python(name)
     if reader.problems:
-        problems = sorted(reader.problems, key=_position)
+        problems = sorted(reader.problems, key=by_position)
         raise DslError(problems, path, text)
     return Document(items=tuple(genotypes))
-
-
-def read_text(path: str | Path) -> str:
-    """The file as text; unreadable, huge or non-UTF-8 files give a DslError with a location."""
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except IsADirectoryError:
-        raise DslError.single("is a directory, not a genotype file").located(name, None) from None
-    except OSError as error:
-        raise DslError.single(f"cannot read file: {error.strerror or error}").located(name, None) from None
-    if len(data) > MAX_BYTES:
-        raise DslError.single(f"file is too large ({len(data)} bytes; limit {MAX_BYTES})").located(name, None)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        before = data[: error.start]
-        line = before.count(b"\n") + 1
-        column = len(before[before.rfind(b"\n") + 1:].decode("utf-8", errors="replace")) + 1
-        problem = Problem(f"file is not UTF-8 text (byte 0x{data[error.start]:02x})",
-                          Span(line, column), "genotype files are UTF-8 text")
-        raise DslError([problem], name, None) from None
 
 
 def _detect(text: str, path: str | None) -> str:
@@ -152,11 +130,6 @@ def _detect(text: str, path: str | None) -> str:
     if first == "|":
         return "nb201"
     return "python"
-
-
-def _position(problem: Problem) -> tuple[int, int]:
-    span = problem.span
-    return (span.line, span.column) if span else (0, 0)
 
 
 def default_name(path: str | None) -> str:

@@ -17,14 +17,12 @@ import lark
 from lark import Token, Tree
 
 from . import catalog
-from .errors import DslError, Problem, Span
+from .errors import DslError, Problem, Span, by_position
 from .grammar import _parser, parse_tree
+from .source import decode_source, read_source  # noqa: F401 - re-exported for callers
 from .ir import (
     Call, Cell, Comments, Document, Edge, Genotype, Meta, NO_COMMENTS, Node, Output, Space,
 )
-
-MAX_BYTES = 64 * 1024 * 1024
-
 
 def parse_text(text: str, path: str | None = None) -> Document:
     """Parse DSL text into a Document; raise DslError listing every problem found."""
@@ -37,7 +35,7 @@ def parse_text(text: str, path: str | None = None) -> Document:
     builder = _Builder(text, comments)
     document = builder.start(tree)
     if builder.problems:
-        problems = sorted(builder.problems, key=_position)
+        problems = sorted(builder.problems, key=by_position)
         raise DslError(problems, path, text)
     return document
 
@@ -47,39 +45,8 @@ def parse_file(path: str | Path) -> Document:
     return parse_text(read_source(path), str(path))
 
 
-def read_source(path: str | Path) -> str:
-    name = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except IsADirectoryError:
-        raise DslError.single("is a directory, not a genotype file").located(name, None) from None
-    except OSError as error:
-        raise DslError.single(f"cannot read file: {error.strerror or error}").located(name, None) from None
-    return decode_source(data, name)
-
-
-def decode_source(data: bytes, name: str | None = None) -> str:
-    """Bytes of a genotype file -> text; too large or non-UTF-8 input is a DslError."""
-    if len(data) > MAX_BYTES:
-        raise DslError.single(f"file is too large ({len(data)} bytes; limit {MAX_BYTES})").located(name, None)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        before = data[: error.start]
-        line = before.count(b"\n") + 1
-        column = error.start - (before.rfind(b"\n") + 1) + 1
-        problem = Problem(f"file is not UTF-8 text (byte 0x{data[error.start]:02x})",
-                          Span(line, column), "genotype files are UTF-8 text")
-        raise DslError([problem], name, None) from None
-
-
 def parse_genotype(text: str, name: str | None = None) -> Genotype:
     return parse_text(text).genotype(name)
-
-
-def _position(problem: Problem) -> tuple[int, int]:
-    span = problem.span
-    return (span.line, span.column) if span else (0, 0)
 
 
 # ---------------------------------------------------------------------------------------------
