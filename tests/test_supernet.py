@@ -19,13 +19,7 @@ SPACES = Path(__file__).resolve().parent.parent / "genotypes" / "spaces"
 SPACE_NAMES = sorted(path.stem for path in SPACES.glob("*.geno"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription (30x slower otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def space(name: str) -> ir.Space:

@@ -31,14 +31,13 @@ TINY = ["--channels", "8", "--layers", "5"]
 TIMING_KEYS = ("seconds", "images_per_s")
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread(tmp_path, monkeypatch):
-    """Two shared cores: one intra-op thread is several times faster than two contending."""
+def _private_cache(tmp_path, monkeypatch):
+    """ImageFolder decodes are cached per test, never in the user's cache."""
     monkeypatch.setenv("ATTDARTS_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def write_cifar10(root: Path, per_file: int = 8) -> Path:
