@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -32,34 +30,10 @@ sys.path.insert(0, str(ROOT))
 from attdarts.search import Bilevel, SearchConfig  # noqa: E402
 from attdarts.supernet import compile_supernet  # noqa: E402
 from attdarts.transform import parse_file  # noqa: E402
+from _device import device_name, peak_memory_mib, synchronize  # noqa: E402
 
 ITERATIONS_PER_EPOCH = math.ceil(25_000 / 64)  # 391
 EPOCHS = 50
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
 def measure(order: int, args: argparse.Namespace, device: torch.device) -> dict:

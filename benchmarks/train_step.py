@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch  # noqa: E402
 
 from attdarts import data, train  # noqa: E402
 from attdarts.transform import parse_file  # noqa: E402
+from _device import device_name, peak_memory_mib, synchronize  # noqa: E402
 
 MODES = {
     "fp32": dict(amp=None, channels_last=False),
@@ -38,23 +37,6 @@ MODES = {
 GENOTYPES = {"att_darts": ROOT / "genotypes" / "att_darts.geno",
              "darts_v2": ROOT / "genotypes" / "darts_v2.geno"}
 EPOCHS, IMAGES_PER_EPOCH = 600, 50_000
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def peak_memory_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
 
 
 def benchmark(genotype_path: Path, mode: str, args, device: torch.device) -> dict:
