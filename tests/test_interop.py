@@ -474,6 +474,9 @@ def test_cli_export_error_points_into_the_dsl_file():
     assert "^^^^" in result.stderr and "Traceback" not in result.output
     result = run("export", str(ZOO / "att_darts.geno"), "--format", "darts-py", "--drop-attention")
     assert result.exit_code == 0
+    result = run("export", str(ZOO / "att_darts.geno"), "--format", "darts-py", "--genotype", "nope")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"{ZOO / 'att_darts.geno'}: no genotype named 'nope' in the file (it has 'att_darts')\n"
 
 
 def test_front_end_does_not_import_torch(tmp_path):

@@ -2,7 +2,8 @@
 
 Neither command imports torch. Output files are written atomically (temporary file + rename), and
 imported DSL is re-parsed before it is written: if the printed text does not read back as the same
-genotypes, nothing is written.
+genotypes, nothing is written. A `DslError` goes up to the CLI group, which prints it and exits
+with status 1.
 """
 
 from __future__ import annotations
@@ -36,22 +37,19 @@ def import_(file: Path, name: str | None, source_format: str, output: Path | Non
     string into the DSL."""
     if output is not None and split is not None:
         raise click.UsageError("give either -o/--output or --split, not both")
-    try:
-        document = interop.import_file(file, format=source_format, name=name)
-        if split is not None:
-            texts = {split / f"{g.name}.geno": _checked_text(Document(items=(g,))) for g in document.genotypes}
-            split.mkdir(parents=True, exist_ok=True)
-            for path, text in texts.items():
-                _write(path, text)
-                click.echo(f"wrote {path}", err=True)
-            return
-        text = _checked_text(document)
-        if output is not None:
-            _write(output, text)
-        else:
-            click.echo(text, nl=False)
-    except DslError as error:
-        _fail(error)
+    document = interop.import_file(file, format=source_format, name=name)
+    if split is not None:
+        texts = {split / f"{g.name}.geno": _checked_text(Document(items=(g,))) for g in document.genotypes}
+        split.mkdir(parents=True, exist_ok=True)
+        for path, text in texts.items():
+            _write(path, text)
+            click.echo(f"wrote {path}", err=True)
+        return
+    text = _checked_text(document)
+    if output is not None:
+        _write(output, text)
+    else:
+        click.echo(text, nl=False)
 
 
 @click.command("export")
@@ -67,25 +65,20 @@ def import_(file: Path, name: str | None, source_format: str, output: Path | Non
 def export(file: Path, genotype_name: str | None, format_: str, drop_attention: bool,
            output: Path | None) -> None:
     """Write genotypes of a DSL file in DARTS or Att-DARTS formats."""
-    try:
-        source = read_source(file)
-        document = parse_text(source, str(file))
+    source = read_source(file)
+    document = parse_text(source, str(file))
+    try:  # choosing a genotype and exporting it give errors without a file name: add it
         if genotype_name is not None or format_ == "att-darts-json":
             genotypes = [document.genotype(genotype_name)]
         else:
             genotypes = list(document.genotypes)
-        try:
-            text = interop.export_genotypes(genotypes, format_, drop_attention=drop_attention)
-        except DslError as error:
-            raise error.located(str(file), source) from None
-        if output is not None:
-            _write(output, text)
-        else:
-            click.echo(text, nl=False)
+        text = interop.export_genotypes(genotypes, format_, drop_attention=drop_attention)
     except DslError as error:
-        if error.path is None:
-            error = error.located(str(file), None)
-        _fail(error)
+        raise error.located(str(file), source) from None
+    if output is not None:
+        _write(output, text)
+    else:
+        click.echo(text, nl=False)
 
 
 def _checked_text(document: Document) -> str:
@@ -117,8 +110,3 @@ def _write(path: Path, text: str) -> None:
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise DslError.single(f"cannot write file: {error.strerror or error}").located(str(path), None) from None
-
-
-def _fail(error: DslError) -> None:
-    click.echo(str(error), err=True)
-    raise click.exceptions.Exit(1)
