@@ -251,29 +251,55 @@ _MAX_COLUMNS = 7  # small multiples per row
 
 
 def _heatmap(axis, figure, record: EpochWeights, kind: str, name: str) -> None:
+    from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
 
     matrix = record.cells[kind][name]
     rows, columns = _labels(record, kind, name)
-    image = axis.imshow(matrix, cmap="viridis", vmin=0.0, aspect="auto", interpolation="nearest")
+    low, high = _colour_range(matrix)
+    decimals = _decimals(high - low)
+    # equal weights (one candidate, or an untrained uniform softmax) get the middle colour
+    norm = Normalize(low, high) if high > low else Normalize(low - 0.5, high + 0.5)
+    image = axis.imshow(matrix, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
     axis.set_box_aspect(_CELL_ASPECT * len(rows) / len(columns))  # same cell shape in every map
     axis.set_title(f"{TITLES[name]}, epoch {record.epoch}", fontsize=10)
     axis.set_xticks(range(len(columns)), columns, rotation=35, ha="right", fontsize=7,
                     rotation_mode="anchor")
     axis.set_yticks(range(len(rows)), rows, fontsize=7)
     axis.tick_params(length=0)
-    high = max(max(row) for row in matrix) or 1.0
     for i, row in enumerate(matrix):
         for j, value in enumerate(row):
-            color = "black" if value > 0.6 * high else "white"
-            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=color)
+            color = "black" if norm(value) > 0.6 else "white"  # viridis is light at the top
+            axis.text(j, i, f"{value:.{decimals}f}", ha="center", va="center", fontsize=6,
+                      color=color)
         # the candidate the derivation keeps on this edge (`none` is never chosen, Eq. 14)
         allowed = [j for j in range(len(row)) if not (name == "alpha" and columns[j] == "none")]
         if allowed:
             best = max(allowed, key=lambda j: row[j])
             axis.add_patch(Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e8242b",
                                      linewidth=1.4))
-    figure.colorbar(image, ax=axis, shrink=0.9, pad=0.01, aspect=30).ax.tick_params(labelsize=6)
+    bar = figure.colorbar(image, ax=axis, shrink=0.9, pad=0.01, aspect=30)
+    ticks = [low] if low == high else [low + (high - low) * k / 4 for k in range(5)]
+    bar.set_ticks(ticks, labels=[f"{tick:.{decimals}f}" for tick in ticks])
+    bar.ax.tick_params(labelsize=6)
+
+
+def _colour_range(matrix: list[list[float]]) -> tuple[float, float]:
+    """The colour scale of one heatmap: its own smallest to largest weight.
+
+    A short search leaves the softmax close to uniform (about 1/8 for eight operations); on a
+    scale from 0, every cell of such a map gets the same colour. The colour bar gives the numbers.
+    """
+    values = [value for row in matrix for value in row]
+    return min(values), max(values)
+
+
+def _decimals(spread: float) -> int:
+    """Decimals that tell a map's weights apart: one past the spread's first significant digit
+    (0.1220 to 0.1300: 4), at least 2, at most 4."""
+    if spread <= 0:
+        return 4
+    return min(4, max(2, math.ceil(-math.log10(spread)) + 1))
 
 
 def _evolution(part, weights: list[EpochWeights], kind: str, name: str) -> None:

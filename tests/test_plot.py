@@ -11,7 +11,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from attdarts.commands.plot import plot
-from attdarts.plot import load_run, parse_weights_record, timeline
+from attdarts.plot import (
+    EpochWeights, _decimals, _heatmap, load_run, parse_weights_record, plot_weights, timeline,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -141,6 +143,41 @@ def test_timeline_of_nothing_and_of_one(tmp_path: Path) -> None:
         "epoch 3: initial genotype",
         "summary: no change in 1 saved epoch; last epoch 3",
     ]
+
+
+def test_heatmap_colours_span_its_own_weights() -> None:
+    """Near-uniform weights (a short search) still get the whole colour scale, and the colour bar
+    and the cells carry enough decimals to tell them apart."""
+    from matplotlib.figure import Figure
+
+    alpha = [[0.1240, 0.1255, 0.1263], [0.1281, 0.1229, 0.1232]]
+    beta = [[0.05, 0.9, 0.05], [0.3, 0.3, 0.4]]
+    record = EpochWeights(5, {"normal": {"alpha": alpha, "beta": beta}},
+                          {"normal": {"edges": EDGES[:2], "operations": OPERATIONS,
+                                      "attentions": ATTENTIONS}})
+    figure = Figure()
+    axes = figure.subplots(1, 2)
+    for axis, name in zip(axes, ("alpha", "beta")):
+        _heatmap(axis, figure, record, "normal", name)
+    alpha_image, beta_image = (axis.get_images()[0] for axis in axes)
+    assert (alpha_image.norm.vmin, alpha_image.norm.vmax) == (0.1229, 0.1281)
+    assert (beta_image.norm.vmin, beta_image.norm.vmax) == (0.05, 0.9)
+    bars = [image.colorbar.ax for image in (alpha_image, beta_image)]
+    assert [t.get_text() for t in bars[0].get_yticklabels()] == [
+        "0.1229", "0.1242", "0.1255", "0.1268", "0.1281"]
+    assert [t.get_text() for t in bars[1].get_yticklabels()] == [
+        "0.05", "0.26", "0.47", "0.69", "0.90"]
+    assert [t.get_text() for t in axes[0].texts][:3] == ["0.1240", "0.1255", "0.1263"]
+
+
+def test_decimals_follow_the_spread() -> None:
+    assert [_decimals(spread) for spread in (0.9, 0.1, 0.05, 0.008, 1e-6, 0.0)] == [2, 2, 3, 4, 4, 4]
+
+
+def test_plot_is_deterministic(tmp_path: Path) -> None:
+    weights = [parse_weights_record(_record(epoch, beta=False)) for epoch in (1, 2)]
+    first, second = (plot_weights(weights, tmp_path / name) for name in ("a.png", "b.png"))
+    assert first.read_bytes() == second.read_bytes()
 
 
 def test_plot_imports_no_torch() -> None:

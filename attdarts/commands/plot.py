@@ -18,9 +18,10 @@ def plot(run_dir: Path, output: Path | None) -> None:
     """Plot the architecture weights of the search run in RUN_DIR; print its genotype's changes.
 
     The PNG shows, for the normal and the reduction cell, heatmaps of the softmaxed alpha
-    (operations) and beta (attentions) at the last epoch, edges by candidates, the candidate
-    each edge would derive boxed in red, and below them the weights of every edge over the
-    epochs. gamma (attention on the cell output) is drawn when the run has it. The timeline of
+    (operations) and beta (attentions) at the last epoch, edges by candidates, each coloured
+    from its own smallest to its largest weight (read the numbers off its colour bar), the
+    candidate each edge would derive boxed in red, and below them the weights of every edge
+    over the epochs. gamma (attention on the cell output) is drawn when the run has it. The timeline of
     genotype changes between epochs goes to stdout.
 
     \b
