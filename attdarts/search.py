@@ -133,6 +133,9 @@ class SearchConfig(BaseModel):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(0, ge=0)
     deterministic: bool = False
+    # run each cell's edges in groups (attdarts.grouped): same sums, far fewer kernels; False is
+    # the plain edge-by-edge path (`attdarts search --plain`)
+    grouped: bool = True
 
     @field_validator("dataset")
     @classmethod
@@ -555,7 +558,7 @@ class _Run:
         self.model = compile_supernet(
             space, channels=config.channels, layers=config.layers,
             num_classes=weight_half.num_classes, input_size=int(weight_half.images.shape[-1]),
-            init=config.arch_init).to(device)
+            init=config.arch_init, grouped=config.grouped).to(device)
         network = self.model
         if process.world_size > 1:
             if config.order == 2:

@@ -1,0 +1,208 @@
+"""Grouped edges (attdarts.grouped, `Supernet.set_grouped`): the same numbers as the plain path.
+
+Compared in float64, where both paths agree to ~1e-12, so any real difference (a wrong weight,
+edge or channel order) shows; one float32 check uses the dtype the search really runs in.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from attdarts import grouped
+from attdarts.catalog import ADDITIVE_ATTENTIONS
+from attdarts.cli import cli
+from attdarts.ops import ATTENTIONS, OPERATIONS
+from attdarts.search import Bilevel, SearchConfig, read_config
+from attdarts.supernet import GROUPED_LOCATIONS, compile_supernet
+from attdarts.transform import parse_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PAPER_OPERATIONS = ("none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5, "
+                    "dil_conv_3x3, dil_conv_5x5")
+ALL_ATTENTIONS = ("identity", "se", "ge_theta_plus", "bam", "cbam", "double_attention")
+MASKING = tuple(a for a in ALL_ATTENTIONS if a not in ADDITIVE_ATTENTIONS)
+EDGES = 3
+
+
+def space_text(location: str, mixing: str = "sum", attentions=ALL_ATTENTIONS, nodes: int = 4,
+               operations: str = PAPER_OPERATIONS) -> str:
+    return (f"space s {{ operations = [{operations}] attentions = [{', '.join(attentions)}] "
+            f"nodes = {nodes} keep = 2 location = {location} mixing = {mixing} }}")
+
+
+def make_space(*args, **kwargs):
+    return parse_text(space_text(*args, **kwargs)).items[0]
+
+
+def pair(space, dtype=torch.float64):
+    """The plain supernet and a grouped deep copy of it (same weights, same buffers)."""
+    torch.manual_seed(0)
+    plain = compile_supernet(space, channels=4, layers=3, input_size=8, init="randn").to(dtype)
+    return plain, copy.deepcopy(plain).set_grouped(True)
+
+
+def assert_same_step(plain, fast, dtype=torch.float64, rtol=1e-9, atol=1e-12, batch=4):
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(batch, 3, 8, 8, generator=generator, dtype=dtype)
+    labels = torch.randint(0, 10, (batch,), generator=generator)
+    losses = [F.cross_entropy(model(images), labels) for model in (plain, fast)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1], losses[0], rtol=rtol, atol=atol)
+    for (name, p), (_, q) in zip(plain.named_parameters(), fast.named_parameters()):
+        scale = p.grad.abs().max().item()
+        torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=atol + rtol * scale, msg=name)
+    for (name, b), (_, c) in zip(plain.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(c, b, rtol=rtol, atol=atol, msg=name)  # running statistics
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole supernets
+
+
+CASES = [
+    ("after_every", "sum", ALL_ATTENTIONS),
+    ("after_every", "product", MASKING),
+    ("end", "sum", ALL_ATTENTIONS),
+    ("after_every_and_end", "product", MASKING),
+    ("no_attention", "sum", ALL_ATTENTIONS),
+]
+
+
+@pytest.mark.parametrize("location, mixing, attentions", CASES)
+def test_grouped_supernet_gives_the_plain_loss_gradients_and_statistics(location, mixing,
+                                                                        attentions):
+    plain, fast = pair(make_space(location, mixing, attentions))
+    assert fast.grouped and not plain.grouped
+    assert_same_step(plain, fast)
+
+
+def test_grouped_in_float32_within_rounding():
+    plain, fast = pair(make_space("after_every"), dtype=torch.float32)
+    assert_same_step(plain, fast, dtype=torch.float32, rtol=2e-3, atol=1e-5)
+
+
+def test_grouped_eval_mode_uses_the_running_statistics():
+    plain, fast = pair(make_space("after_every"))
+    assert_same_step(plain, fast)  # one training step moves the statistics
+    plain.eval(), fast.eval()
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images), plain(images), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 5])
+def test_waves_cover_every_edge_once_for_any_node_count(nodes):
+    plain, fast = pair(make_space("after_every", attentions=("identity", "se"), nodes=nodes,
+                                  operations="none, skip_connect, sep_conv_3x3"))
+    for cell in fast.cells:
+        edges = sorted(i for wave in cell.waves for i in wave)
+        assert edges == list(range(len(cell.edges)))
+        assert len(cell.waves) == nodes
+    assert_same_step(plain, fast)
+
+
+@pytest.mark.parametrize("location", ["mixed_with_operation", "double_mixed"])
+def test_mixed_locations_stay_plain(location):
+    model = compile_supernet(make_space(location, attentions=("identity", "se")), channels=4,
+                             layers=2, input_size=8, grouped=True)
+    assert not model.grouped
+
+
+def test_a_bilevel_second_order_step_is_the_same_on_both_paths(tmp_path):
+    space_file = tmp_path / "s.geno"
+    space_file.write_text(space_text("after_every", attentions=("identity", "se", "cbam"),
+                                     nodes=2, operations="none, max_pool_3x3, sep_conv_3x3"))
+    config = SearchConfig(space_file=str(space_file), order=2, batch_size=4, channels=4, layers=3)
+    plain, fast = pair(parse_text(space_file.read_text()).items[0])
+    generator = torch.Generator().manual_seed(2)
+    batches = [(torch.randn(4, 3, 8, 8, generator=generator, dtype=torch.float64),
+                torch.randint(0, 10, (4,), generator=generator)) for _ in range(4)]
+    for model in (plain, fast):
+        bilevel = Bilevel(model, config)
+        bilevel.step(batches[0], batches[1])
+        bilevel.step(batches[2], batches[3])  # with momentum buffers
+    for (name, p), (_, q) in zip(plain.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-8, atol=1e-11, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every registry entry as a group of edges, against the modules run one by one
+
+
+def _group_input(channels=4, size=8, batch=2):
+    torch.manual_seed(3)
+    return torch.randn(batch, EDGES * channels, size, size, dtype=torch.float64)
+
+
+def _one_by_one(modules, x, method="__call__"):
+    chunks = x.unflatten(1, (EDGES, -1)).unbind(1)
+    outs = [getattr(m, method)(c) for m, c in zip(modules, chunks)]
+    return outs
+
+
+@pytest.mark.parametrize("name", OPERATIONS.names())
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("affine", [False, True])
+def test_every_operation_grouped_equals_one_by_one(name, stride, affine):
+    modules = [OPERATIONS.get(name)(4, stride, affine=affine, pool_bn=True).double()
+               for _ in range(EDGES)]
+    twins = copy.deepcopy(modules)
+    x = _group_input()
+    expected = torch.cat(_one_by_one(modules, x), dim=1)
+    got = grouped.forward(twins, grouped.Group(x, EDGES))
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    for m, t in zip(modules, twins):
+        for b, c in zip(m.buffers(), t.buffers()):
+            torch.testing.assert_close(c, b)
+
+
+@pytest.mark.parametrize("name", ATTENTIONS.names())
+def test_every_attention_grouped_equals_one_by_one(name):
+    modules = [ATTENTIONS.get(name)(8, spatial=8).double() for _ in range(EDGES)]
+    for module in modules:  # non-trivial affine BN parameters
+        for parameter in module.parameters():
+            torch.nn.init.normal_(parameter)
+    twins = copy.deepcopy(modules)
+    x = _group_input(channels=8)
+    group = grouped.Group(x, EDGES)
+    expected = torch.cat(_one_by_one(modules, x), dim=1)
+    torch.testing.assert_close(grouped.forward(twins, group), expected, rtol=1e-10, atol=1e-12)
+    if hasattr(modules[0], "mask") and name != "identity":
+        masks = torch.stack(_one_by_one(modules, x, "mask"), dim=1)
+        torch.testing.assert_close(grouped.mask(twins, group), masks, rtol=1e-10, atol=1e-12)
+
+
+def test_unknown_modules_run_edge_by_edge():
+    class Doubler(torch.nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    x = _group_input()
+    assert torch.equal(grouped.forward([Doubler()] * EDGES, grouped.Group(x, EDGES)), 2 * x)
+
+
+# ---------------------------------------------------------------------------------------------
+# The switch
+
+
+def test_search_runs_grouped_by_default_and_plain_on_request(tmp_path):
+    space_file = tmp_path / "s.geno"
+    space_file.write_text(space_text("after_every", attentions=("identity", "se"), nodes=2,
+                                     operations="none, skip_connect, sep_conv_3x3"))
+    assert SearchConfig(space_file=str(space_file)).grouped
+    runner = CliRunner()
+    for flags, expected in (([], True), (["--plain"], False)):
+        out = tmp_path / f"run{len(flags)}"
+        result = runner.invoke(cli, [
+            "search", str(space_file), "--dataset", "synthetic", "--epochs", "1",
+            "--batch-size", "4", "--channels", "4", "--layers", "3", "--max-steps-per-epoch", "1",
+            "--out", str(out), "--device", "cpu", "--quiet", *flags])
+        assert result.exit_code == 0, result.output
+        assert read_config(out).grouped is expected
