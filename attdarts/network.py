@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attdarts import ir
 from attdarts.ops import ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, ReLUConvBN
+from attdarts.stacking import Layer, stack_cells
 
 __all__ = [
     "DATASETS",
@@ -287,54 +288,42 @@ class Network(nn.Module):
                 nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(channels),
             )
-            channels_prev_prev = channels_prev = channels_current = channels
+            channels_stem = channels
             reduction_prev = True  # stem1 halved the size after stem0: c_{k-2} needs a reduce
         else:
-            stem_channels = STEM_MULTIPLIER * channels
+            channels_stem = STEM_MULTIPLIER * channels
             self.stem = nn.Sequential(
-                nn.Conv2d(3, stem_channels, 3, padding=1, bias=False),
-                nn.BatchNorm2d(stem_channels),
+                nn.Conv2d(3, channels_stem, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels_stem),
             )
-            channels_prev_prev = channels_prev = stem_channels
-            channels_current = channels
             reduction_prev = False
 
-        spatial = _stem_size(shape.imagenet_stem, input_size)
-        reduction_indices = {layers // 3, 2 * layers // 3}
-        self.auxiliary_index = 2 * layers // 3 if auxiliary else -1
-        cells = []
-        channels_auxiliary = 0
-        for index in range(layers):
-            reduction = index in reduction_indices
-            if reduction:
-                channels_current *= 2
-            cell = CellModule(
-                genotype.reduce if reduction else genotype.normal,
-                channels_prev_prev=channels_prev_prev,
-                channels_prev=channels_prev,
-                channels=channels_current,
-                reduction=reduction,
-                reduction_prev=reduction_prev,
-                spatial_in=spatial,
-                drop_path_rule=drop_path_rule,
-            )
-            cells.append(cell)
-            reduction_prev = reduction
-            channels_prev_prev, channels_prev = channels_prev, cell.channels_out
-            spatial = cell.spatial_out
-            if index == self.auxiliary_index:
-                channels_auxiliary = channels_prev
+        def build(layer: Layer) -> CellModule:
+            cell = genotype.reduce if layer.reduction else genotype.normal
+            return CellModule(cell, **layer.cell_arguments(), drop_path_rule=drop_path_rule)
+
+        cells, channels_last = stack_cells(
+            build,
+            layers=layers,
+            channels=channels,
+            channels_stem=channels_stem,
+            spatial=_stem_size(shape.imagenet_stem, input_size),
+            reduction_prev=reduction_prev,
+        )
         self.cells = nn.ModuleList(cells)
 
+        self.auxiliary_index = 2 * layers // 3 if auxiliary else -1  # after the second reduction
         self.auxiliary_head: nn.Module | None = None
         if auxiliary:
             head = AuxiliaryHeadImageNet if shape.imagenet_stem else AuxiliaryHeadCIFAR
+            # without cells (layers < 1) the head is built on 0 channels and never runs
+            channels_auxiliary = cells[self.auxiliary_index].channels_out if cells else 0
             self.auxiliary_head = head(channels_auxiliary, num_classes)
         if shape.imagenet_stem:
             self.global_pooling: nn.Module = nn.AvgPool2d(7)
         else:
             self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels_prev, num_classes)
+        self.classifier = nn.Linear(channels_last, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.imagenet_stem:

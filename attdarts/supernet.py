@@ -54,6 +54,7 @@ from torch import nn
 from attdarts import grouped, ir
 from attdarts.catalog import ADDITIVE_ATTENTIONS
 from attdarts.ops import ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, ReLUConvBN, Zero
+from attdarts.stacking import stack_cells
 
 __all__ = [
     "ARCHITECTURE_PREFIX",
@@ -463,32 +464,16 @@ class Supernet(nn.Module):
             nn.Conv2d(3, stem_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(stem_channels),
         )
-        channels_prev_prev = channels_prev = stem_channels
-        channels_current = channels
-        spatial = input_size
-        reduction_prev = False
-        reductions = {layers // 3, 2 * layers // 3}
-        cells = []
-        for index in range(layers):
-            reduction = index in reductions
-            if reduction:
-                channels_current *= 2
-            cell = SearchCell(
-                space,
-                channels_prev_prev=channels_prev_prev,
-                channels_prev=channels_prev,
-                channels=channels_current,
-                reduction=reduction,
-                reduction_prev=reduction_prev,
-                spatial_in=spatial,
-            )
-            cells.append(cell)
-            reduction_prev = reduction
-            channels_prev_prev, channels_prev = channels_prev, cell.channels_out
-            spatial = cell.spatial_out
+        cells, channels_last = stack_cells(
+            lambda layer: SearchCell(space, **layer.cell_arguments()),
+            layers=layers,
+            channels=channels,
+            channels_stem=stem_channels,
+            spatial=input_size,
+        )
         self.cells = nn.ModuleList(cells)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels_prev, num_classes)
+        self.classifier = nn.Linear(channels_last, num_classes)
 
         edges = sum(2 + node for node in range(space.nodes))
         self.edge_names = tuple(edge_names(space.nodes))
@@ -512,10 +497,11 @@ class Supernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.arch.mixture_weights()  # one softmax per cell type and kind
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            alpha, beta, gamma = weights[cell.kind_index]
-            s0, s1 = s1, cell(s0, s1, alpha, beta, gamma)
+        with grouped.deferred_statistics():  # grouped cells' BN write-backs: 2 operations in all
+            s0 = s1 = self.stem(x)
+            for cell in self.cells:
+                alpha, beta, gamma = weights[cell.kind_index]
+                s0, s1 = s1, cell(s0, s1, alpha, beta, gamma)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     # -- the two disjoint parameter sets ------------------------------------------------------
