@@ -7,6 +7,9 @@ The genotypes are built here directly from REFERENCE.md's tuples.
 
 from __future__ import annotations
 
+from dataclasses import astuple
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -22,6 +25,7 @@ from attdarts.network import (
     drop_path,
 )
 from attdarts.ops import GatherExcite
+from attdarts.stacking import Layer, reduction_indices, stack_cells
 
 ATTENTION_NAMES = {"A2": "double_attention", "CBAM": "cbam", "BAM": "bam", "SE": "se",
                    "ID": "identity", "GE": "ge_theta_plus"}
@@ -220,6 +224,34 @@ def test_odd_input_size_describe_matches_forward():
     shapes, (logits, _) = _run_measuring_cells(model, torch.randn(2, 3, 30, 30))
     assert shapes == [(row.channels_out, row.spatial) for row in describe_network(model)]
     assert [spatial for _, spatial in shapes] == [30, 15, 15, 8, 8]
+
+
+def test_stack_cells_keeps_the_skeleton_account():
+    """The stacking loop the network shares with the supernet, on stub cells whose normal and
+    reduce kinds concatenate different numbers of nodes (4 and 2)."""
+
+    def build(layer: Layer) -> SimpleNamespace:
+        nodes = 2 if layer.reduction else 4
+        spatial = (layer.spatial_in + 1) // 2 if layer.reduction else layer.spatial_in
+        return SimpleNamespace(layer=layer, channels_out=layer.channels * nodes,
+                               spatial_out=spatial)
+
+    cells, channels_last = stack_cells(build, layers=5, channels=4, channels_stem=12, spatial=30)
+    assert [astuple(cell.layer) for cell in cells] == [
+        # index, reduction, reduction_prev, channels_prev_prev, channels_prev, channels, spatial_in
+        (0, False, False, 12, 12, 4, 30),
+        (1, True, False, 12, 16, 8, 30),
+        (2, False, True, 16, 16, 8, 15),
+        (3, True, False, 16, 32, 16, 15),
+        (4, False, True, 32, 32, 16, 8),
+    ]
+    assert channels_last == 64
+    assert reduction_indices(20) == {6, 13} and reduction_indices(1) == {0}
+    # a stem that halves (ImageNet) makes the first cell reduce c_{k-2}
+    cells, _ = stack_cells(build, layers=1, channels=4, channels_stem=4, spatial=28,
+                           reduction_prev=True)
+    assert cells[0].layer.reduction_prev and cells[0].layer.channels_prev_prev == 4
+    assert stack_cells(build, layers=0, channels=4, channels_stem=12, spatial=8) == ([], 12)
 
 
 def test_unknown_names_and_options_fail_at_construction():
