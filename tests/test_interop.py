@@ -446,6 +446,18 @@ def test_cli_import_error_exits_1_with_message_on_stderr():
     assert "Traceback" not in result.output
 
 
+def test_cli_split_directory_that_cannot_be_made_exits_1(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    split = blocker / "split"  # a file stands where a parent directory should be
+    result = run("import", str(DATA / "genotypes.py"), "--split", str(split))
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.startswith(f"{split}: cannot create directory: ")  # then the OS's reason
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
 def test_cli_output_and_split_exclude_each_other(tmp_path):
     result = run("import", str(DATA / "nb201.txt"), "-o", str(tmp_path / "a.geno"), "--split", str(tmp_path))
     assert result.exit_code == 2 and "not both" in result.stderr

@@ -40,7 +40,11 @@ def import_(file: Path, name: str | None, source_format: str, output: Path | Non
     document = interop.import_file(file, format=source_format, name=name)
     if split is not None:
         texts = {split / f"{g.name}.geno": _checked_text(Document(items=(g,))) for g in document.genotypes}
-        split.mkdir(parents=True, exist_ok=True)
+        try:
+            split.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DslError.single(f"cannot create directory: {error.strerror or error}").located(
+                str(split), None) from None
         for path, text in texts.items():
             _write(path, text)
             click.echo(f"wrote {path}", err=True)
