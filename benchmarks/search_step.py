@@ -6,11 +6,14 @@
 Builds the paper's supernet (genotypes/spaces/att_darts.geno: C=16, 8 cells, 8 operations x 6
 attentions) and times first- and second-order iterations at batch 64 (64 weight images + 64
 architecture images per iteration) with the real `attdarts.search.Bilevel` step, on random
-32x32 batches already on the device (no loader cost). CUDA is synchronised around the timed
-region. Reports ms per iteration, weight images per second, peak memory (CUDA: max allocated;
-CPU: the process's peak resident set, which only grows, so the second-order row includes the
-first) and the time of a 50-epoch search on CIFAR-10: 25,000 weight images / 64 = 391
-iterations per epoch (DARTS keeps the last partial batch; `attdarts search` drops it: 390).
+32x32 batches already on the device (no loader cost), for each path: `plain` (every edge on its
+own) and `grouped` (each cell's edges in waves, `attdarts.grouped`; what `attdarts search` runs
+unless --plain). CUDA is synchronised around the timed region. Reports ms per iteration, weight
+images per second, peak memory (CUDA: max allocated; CPU: the process's peak resident set, which
+only grows, so later rows include earlier ones), the tensor operations of one iteration (views
+excluded: on a GPU nearly each is a kernel launch; counted on one extra untimed iteration) and the
+time of a 50-epoch search on CIFAR-10: 25,000 weight images / 64 = 391 iterations per epoch
+(DARTS keeps the last partial batch; `attdarts search` drops it: 390).
 """
 
 from __future__ import annotations
@@ -30,18 +33,19 @@ sys.path.insert(0, str(ROOT))
 from attdarts.search import Bilevel, SearchConfig  # noqa: E402
 from attdarts.supernet import compile_supernet  # noqa: E402
 from attdarts.transform import parse_file  # noqa: E402
-from _device import device_name, peak_memory_mib, synchronize  # noqa: E402
+from _device import count_operations, device_name, peak_memory_mib, synchronize  # noqa: E402
 
 ITERATIONS_PER_EPOCH = math.ceil(25_000 / 64)  # 391
 EPOCHS = 50
 
 
-def measure(order: int, args: argparse.Namespace, device: torch.device) -> dict:
+def measure(path: str, order: int, args: argparse.Namespace, device: torch.device) -> dict:
     torch.manual_seed(0)
     space = parse_file(args.space).space(args.space_name)
     config = SearchConfig(space_file=str(args.space), order=order, batch_size=args.batch_size,
-                          channels=args.channels, layers=args.layers)
-    model = compile_supernet(space, channels=args.channels, layers=args.layers).to(device)
+                          channels=args.channels, layers=args.layers, grouped=path == "grouped")
+    model = compile_supernet(space, channels=args.channels, layers=args.layers,
+                             grouped=config.grouped).to(device)
     bilevel = Bilevel(model, config)
     generator = torch.Generator(device=device).manual_seed(0)
 
@@ -62,8 +66,14 @@ def measure(order: int, args: argparse.Namespace, device: torch.device) -> dict:
         bilevel.step(weight_batch, arch_batch)
     synchronize(device)
     seconds = (time.perf_counter() - started) / args.steps
+    operations = None
+    if args.count:
+        weight_batch, arch_batch = batches[-1]
+        operations = count_operations(lambda: bilevel.step(weight_batch, arch_batch))
     return {
+        "path": path,
         "order": order,
+        "operations_per_iteration": operations,
         "ms_per_iteration": seconds * 1000,
         "weight_images_per_s": args.batch_size / seconds,
         "peak_memory_mib": peak_memory_mib(device),
@@ -77,6 +87,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed iterations per order")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--orders", default="1,2", help="comma-separated: 1, 2 or both")
+    parser.add_argument("--paths", default="plain,grouped",
+                        help="comma-separated: plain, grouped or both")
+    parser.add_argument("--no-count", dest="count", action="store_false",
+                        help="skip the extra iteration that counts tensor operations")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--layers", type=int, default=8)
@@ -96,12 +110,18 @@ def main() -> None:
           f"{args.warmup} warm-up + {args.steps} timed iterations per order", flush=True)
     rows = []
     for order in (int(part) for part in args.orders.split(",")):
-        row = measure(order, args, device)
-        rows.append(row)
-        print(f"order {order}: {row['ms_per_iteration']:.1f} ms/iteration, "
-              f"{row['weight_images_per_s']:.1f} weight images/s, peak memory "
-              f"{row['peak_memory_mib']:.0f} MiB, 50-epoch search ({ITERATIONS_PER_EPOCH} "
-              f"iterations/epoch): {row['search_hours_50_epochs']:.2f} h", flush=True)
+        for path in args.paths.split(","):
+            if path not in ("plain", "grouped"):
+                parser.error(f"unknown path {path!r}; expected plain or grouped")
+            row = measure(path, order, args, device)
+            rows.append(row)
+            operations = row["operations_per_iteration"]
+            counted = "" if operations is None else f", {operations:,} tensor operations"
+            print(f"{path:7s} order {order}: {row['ms_per_iteration']:.1f} ms/iteration, "
+                  f"{row['weight_images_per_s']:.1f} weight images/s, peak memory "
+                  f"{row['peak_memory_mib']:.0f} MiB{counted}, 50-epoch search "
+                  f"({ITERATIONS_PER_EPOCH} iterations/epoch): "
+                  f"{row['search_hours_50_epochs']:.2f} h", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": device_name(device), "rows": rows}, indent=2) + "\n")
 
