@@ -10,6 +10,11 @@ cells at L//3 and 2L//3 doubling the channels, auxiliary head after cell 2L//3; 
 stem plus one more stride-2 conv, 224 input, 7x7 final pool. Each edge is its operation (stride 2
 on the edges leaving the two inputs of a reduction cell) followed by its attention module, built
 for the spatial size that edge's output really has.
+
+Grouped cells (`grouped=True`, what `attdarts train` uses unless `--plain`) run the edges whose
+inputs are ready together: one kernel sequence per distinct operation and attention of a wave
+(`attdarts.grouped`), with drop-path masks drawn in the plain order, so a seed gives the same
+numbers (tests compare both paths in float64) from fewer kernels.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from attdarts import ir
+from attdarts import grouped, ir
 from attdarts.ops import ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, ReLUConvBN
 from attdarts.stacking import Layer, stack_cells
 
@@ -171,6 +176,8 @@ class CellModule(nn.Module):
                 ))
             nodes.append(NodeModule(edges))
         self.nodes = nn.ModuleList(nodes)
+        self.waves = _waves(cell, self.nodes)
+        self.grouped = False  # set through `Network.set_grouped`
         self.concat = tuple(cell.index_of(name) for name in cell.output.nodes)
         self.channels_out = channels * len(self.concat)
         self.attention = _build_attention(
@@ -178,17 +185,120 @@ class CellModule(nn.Module):
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+        if self.grouped:
+            return self.forward_grouped(s0, s1, drop_prob)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in self.nodes:
             states.append(node(states, drop_prob))
+        return self._output(states)
+
+    def _output(self, states: list[torch.Tensor]) -> torch.Tensor:
         out = torch.cat([states[index] for index in self.concat], dim=1)
         if self.attention is not None:
             out = self.attention(out)
         return out
 
+    def forward_grouped(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float
+                        ) -> torch.Tensor:
+        """`forward` computed wave by wave: the edges whose inputs are ready run together, one
+        kernel sequence per distinct operation and per distinct attention (`attdarts.grouped`).
+        Drop-path masks are drawn first, in `forward`'s order, so a seed gives the same masks;
+        nodes add their edges in text order, so the sums are the same too."""
+        states: list[torch.Tensor | None] = [self.preprocess0(s0), self.preprocess1(s1)]
+        states += [None] * len(self.nodes)
+        masks = self._drop_masks(states[1], drop_prob)
+        outputs: dict[tuple[int, int], torch.Tensor] = {}
+        for wave in self.waves:
+            for group in wave.operations:
+                self._run_operations(group, states, outputs)
+            for group in wave.attentions:
+                self._run_attentions(group, outputs)
+            for node in wave.completes:
+                total = None
+                for index, edge in enumerate(self.nodes[node].edges):
+                    h = outputs.pop((node, index))
+                    mask = masks.get((node, index))
+                    if mask is not None:
+                        h = h * mask
+                    total = h if total is None else total + h
+                states[2 + node] = total
+        return self._output(states)
+
+    def _drop_masks(self, like: torch.Tensor, drop_prob: float
+                    ) -> dict[tuple[int, int], torch.Tensor]:
+        if not (self.training and drop_prob > 0.0):
+            return {}
+        keep = 1.0 - drop_prob
+        masks = {}
+        for node, module in enumerate(self.nodes):
+            for index, edge in enumerate(module.edges):
+                if edge.droppable:  # as drop_path draws it, in forward's order
+                    mask = torch.empty((like.shape[0], 1, 1, 1), dtype=like.dtype,
+                                       device=like.device).bernoulli_(keep)
+                    masks[(node, index)] = mask.div_(keep)
+        return masks
+
+    def _run_operations(self, group: tuple[tuple[int, int], ...], states, outputs) -> None:
+        edges = [self.nodes[node].edges[index] for node, index in group]
+        inputs = [states[edge.input_index] for edge in edges]
+        if isinstance(edges[0].operation, nn.Identity):  # skip_connect: nothing to run
+            outputs.update(zip(group, inputs))
+            return
+        x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+        out = grouped.forward([edge.operation for edge in edges], grouped.Group(x, len(edges)))
+        outputs.update(zip(group, out.chunk(len(edges), dim=1)))
+
+    def _run_attentions(self, group: tuple[tuple[int, int], ...], outputs) -> None:
+        edges = [self.nodes[node].edges[index] for node, index in group]
+        inputs = [outputs[key] for key in group]
+        x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+        out = grouped.forward([edge.attention for edge in edges], grouped.Group(x, len(edges)))
+        outputs.update(zip(group, out.chunk(len(edges), dim=1)))
+
     def extra_repr(self) -> str:
         kind = "reduce" if self.reduction else "normal"
         return f"{kind}, channels_out={self.channels_out}, spatial_out={self.spatial_out}"
+
+
+@dataclass(frozen=True)
+class _Wave:
+    """Edges (node, edge index) whose inputs are ready together, grouped by operation (call and
+    stride) and by attention; `completes` lists the nodes whose last edges are in this wave."""
+
+    operations: tuple[tuple[tuple[int, int], ...], ...]
+    attentions: tuple[tuple[tuple[int, int], ...], ...]
+    completes: tuple[int, ...]
+
+
+def _waves(cell: ir.Cell, nodes: nn.ModuleList) -> tuple[_Wave, ...]:
+    """Schedule a cell's edges for `CellModule.forward_grouped` (inputs precede their readers in
+    a valid genotype, so every round makes progress)."""
+    ready = {0, 1}
+    pending = {(node, index) for node, module in enumerate(nodes)
+               for index in range(len(module.edges))}
+    waves = []
+    while pending:
+        wave = sorted(key for key in pending
+                      if nodes[key[0]].edges[key[1]].input_index in ready)
+        if not wave:
+            raise ValueError("a node reads a node that is never computed")
+        pending -= set(wave)
+        by_operation: dict[tuple, list[tuple[int, int]]] = {}
+        by_attention: dict[tuple, list[tuple[int, int]]] = {}
+        for node, index in wave:
+            edge = cell.nodes[node].edges[index]
+            module = nodes[node].edges[index]
+            # one wave reads either the cell inputs (all strided in a reduction cell) or nodes
+            by_operation.setdefault(edge.operation, []).append((node, index))
+            if edge.attention is not None:
+                by_attention.setdefault(edge.attention, []).append((node, index))
+        completes = tuple(node for node in range(len(nodes))
+                          if 2 + node not in ready
+                          and not any(key[0] == node for key in pending))
+        ready |= {2 + node for node in completes}
+        waves.append(_Wave(tuple(tuple(g) for g in by_operation.values()),
+                           tuple(tuple(g) for g in by_attention.values()), completes))
+    return tuple(waves)
 
 
 def _build_attention(call: ir.Call | None, channels: int, spatial: int) -> nn.Module | None:
@@ -333,12 +443,24 @@ class Network(nn.Module):
             s0 = s1 = self.stem(x)
         drop_prob = float(self.drop_path_prob)
         aux_logits = None
-        for index, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, drop_prob)
-            if index == self.auxiliary_index and self.training:
-                aux_logits = self.auxiliary_head(s1)
+        with grouped.deferred_statistics():  # grouped cells' BN write-backs: 2 operations in all
+            for index, cell in enumerate(self.cells):
+                s0, s1 = s1, cell(s0, s1, drop_prob)
+                if index == self.auxiliary_index and self.training:
+                    aux_logits = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))
         return logits, aux_logits
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the cells run their edges in groups (`CellModule.forward_grouped`)."""
+        return any(cell.grouped for cell in self.cells)
+
+    def set_grouped(self, flag: bool) -> Network:
+        """Run each cell's ready edges in groups (same result, fewer kernels) or one by one."""
+        for cell in self.cells:
+            cell.grouped = bool(flag)
+        return self
 
 
 def compile_network(
@@ -351,6 +473,7 @@ def compile_network(
     num_classes: int | None = None,
     input_size: int | None = None,
     drop_path_rule: DropPathRule = "darts",
+    grouped: bool = False,
 ) -> Network:
     """Build the discrete network of `genotype` for `dataset` ("cifar10", "cifar100", "imagenet").
 
@@ -358,7 +481,8 @@ def compile_network(
     size matters at construction because GE-theta+ sizes its global kernel from it. Drop path
     (probability `model.drop_path_prob`, applied in training mode only) follows `drop_path_rule`:
     "darts" drops every edge whose operation is not the identity; "authors" (the Att-DARTS code)
-    also spares edges whose attention is the identity or missing.
+    also spares edges whose attention is the identity or missing. `grouped` runs each cell's
+    edges in groups (`Network.set_grouped`).
     """
     if dataset not in DATASETS:
         known = ", ".join(repr(name) for name in DATASETS)
@@ -377,7 +501,7 @@ def compile_network(
         num_classes=shape.num_classes if num_classes is None else num_classes,
         input_size=shape.input_size if input_size is None else input_size,
         drop_path_rule=drop_path_rule,
-    )
+    ).set_grouped(grouped)
 
 
 def count_parameters(model: nn.Module, *, auxiliary: bool) -> int:

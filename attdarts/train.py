@@ -75,6 +75,9 @@ class TrainConfig(BaseModel):
     deterministic: bool = False
     amp: Literal["bf16"] | None = None
     channels_last: bool = False
+    # run each cell's ready edges in groups (attdarts.grouped): the same network and numbers,
+    # fewer kernels; False is the plain edge-by-edge path (`attdarts train --plain`)
+    grouped: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
     workers: int = Field(0, ge=0)
 
@@ -116,7 +119,7 @@ IMAGENET_RECIPE: dict[str, Any] = {
 }
 
 # Settings that may differ when a run is resumed: they do not change what is computed.
-RESUMABLE_OVERRIDES = frozenset({"data_dir", "workers"})
+RESUMABLE_OVERRIDES = frozenset({"data_dir", "workers", "grouped"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +312,7 @@ def model_config(config: TrainConfig, spec: data.DatasetSpec, num_classes: int,
         "num_classes": num_classes,
         "input_size": input_size,
         "drop_path_rule": config.drop_path_rule,
+        "grouped": config.grouped,
     }
 
 

@@ -4,8 +4,11 @@
 Each step is the real one of `attdarts train`: a batch from the on-device loader (crop, flip,
 normalisation, cutout), forward, loss with the auxiliary head, backward, clipping, SGD. After
 `--warmup` steps, `--steps` steps are timed between two device synchronisations. Printed per
-genotype and mode (fp32, bf16 autocast, channels_last, both): ms/step, images/s, peak memory,
-and the hours that 600 epochs of 50,000 images would take at that rate (evaluation excluded).
+genotype, path (`plain`: every edge on its own; `grouped`: each cell's ready edges in groups, what
+`attdarts train` runs unless --plain) and mode (fp32, bf16 autocast, channels_last, both):
+ms/step, images/s, peak memory, tensor operations per step (views excluded: on a GPU nearly each
+is a kernel launch; counted on one extra step) and the hours that 600 epochs of 50,000 images
+would take at that rate (evaluation excluded).
 
     python benchmarks/train_step.py                       # cuda when available
     python benchmarks/train_step.py --device cpu --steps 3 --warmup 1
@@ -26,7 +29,7 @@ import torch  # noqa: E402
 
 from attdarts import data, train  # noqa: E402
 from attdarts.transform import parse_file  # noqa: E402
-from _device import device_name, peak_memory_mib, synchronize  # noqa: E402
+from _device import count_operations, device_name, peak_memory_mib, synchronize  # noqa: E402
 
 MODES = {
     "fp32": dict(amp=None, channels_last=False),
@@ -39,10 +42,10 @@ GENOTYPES = {"att_darts": ROOT / "genotypes" / "att_darts.geno",
 EPOCHS, IMAGES_PER_EPOCH = 600, 50_000
 
 
-def benchmark(genotype_path: Path, mode: str, args, device: torch.device) -> dict:
+def benchmark(genotype_path: Path, path: str, mode: str, args, device: torch.device) -> dict:
     settings = MODES[mode]
     config = train.TrainConfig(batch_size=args.batch_size, channels=args.channels,
-                               layers=args.layers, **settings)
+                               layers=args.layers, grouped=path == "grouped", **settings)
     genotype = parse_file(genotype_path).genotype()
     torch.manual_seed(0)
     model = train.build_model(genotype, train.model_config(
@@ -79,9 +82,12 @@ def benchmark(genotype_path: Path, mode: str, args, device: torch.device) -> dic
     synchronize(device)
     seconds = (time.perf_counter() - started) / args.steps
     images_per_s = args.batch_size / seconds
+    operations = count_operations(step) if args.count else None
     return {
         "genotype": genotype.name,
+        "path": path,
         "mode": mode,
+        "operations_per_step": operations,
         "parameters": parameters,
         "ms_per_step": 1000 * seconds,
         "images_per_s": images_per_s,
@@ -101,8 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--genotypes", default=",".join(GENOTYPES),
                         help=f"comma-separated, from {', '.join(GENOTYPES)} or .geno paths")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
+    parser.add_argument("--paths", default="plain,grouped",
+                        help="comma-separated: plain, grouped or both")
+    parser.add_argument("--no-count", dest="count", action="store_false",
+                        help="skip the extra step that counts tensor operations")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    paths_run = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not paths_run or any(p not in ("plain", "grouped") for p in paths_run):
+        parser.error("--paths takes plain, grouped or both")
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be at least 1, --warmup at least 0")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -116,18 +129,22 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch_size}, "
           f"C={args.channels}, L={args.layers}, auxiliary, drop path 0.2; "
           f"{args.warmup} warmup + {args.steps} timed steps")
-    header = (f"{'genotype':<12} {'mode':<20} {'weights':>10} {'ms/step':>9} {'img/s':>9} "
-              f"{'peak MiB':>9} {'h/600 ep':>9}")
+    header = (f"{'genotype':<12} {'path':<8} {'mode':<20} {'weights':>10} {'ms/step':>9} "
+              f"{'img/s':>9} {'peak MiB':>9} {'ops/step':>9} {'h/600 ep':>9}")
     print(header)
     print("-" * len(header))
     results = []
-    for path in paths:
+    for genotype_path in paths:
         for mode in modes:
-            row = benchmark(path, mode, args, device)
-            results.append(row)
-            print(f"{row['genotype']:<12} {mode:<20} {row['parameters']:>10,} "
-                  f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>9.1f} "
-                  f"{row['peak_memory_mib']:>9.0f} {row['hours_600_epochs']:>9.1f}", flush=True)
+            for path in paths_run:
+                row = benchmark(genotype_path, path, mode, args, device)
+                results.append(row)
+                operations = row["operations_per_step"]
+                print(f"{row['genotype']:<12} {path:<8} {mode:<20} {row['parameters']:>10,} "
+                      f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>9.1f} "
+                      f"{row['peak_memory_mib']:>9.0f} "
+                      f"{'-' if operations is None else format(operations, ','):>9} "
+                      f"{row['hours_600_epochs']:>9.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": device_name(device), "batch_size": args.batch_size,
                                          "steps": args.steps, "results": results}, indent=2) + "\n")

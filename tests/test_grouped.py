@@ -1,4 +1,5 @@
-"""Grouped edges (attdarts.grouped, `Supernet.set_grouped`): the same numbers as the plain path.
+"""Grouped edges (attdarts.grouped, `Supernet.set_grouped`, `Network.set_grouped`): the same
+numbers as the plain path.
 
 Compared in float64, where both paths agree to ~1e-12, so any real difference (a wrong weight,
 edge or channel order) shows; one float32 check uses the dtype the search really runs in.
@@ -7,6 +8,7 @@ edge or channel order) shows; one float32 check uses the dtype the search really
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +18,12 @@ from click.testing import CliRunner
 from attdarts import grouped
 from attdarts.catalog import ADDITIVE_ATTENTIONS
 from attdarts.cli import cli
+from attdarts.network import compile_network
 from attdarts.ops import ATTENTIONS, OPERATIONS
 from attdarts.search import Bilevel, SearchConfig, read_config
 from attdarts.supernet import GROUPED_LOCATIONS, compile_supernet
-from attdarts.transform import parse_text
+from attdarts.train import TrainConfig
+from attdarts.transform import parse_file, parse_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -130,6 +134,88 @@ def test_a_bilevel_second_order_step_is_the_same_on_both_paths(tmp_path):
         bilevel.step(batches[2], batches[3])  # with momentum buffers
     for (name, p), (_, q) in zip(plain.named_parameters(), fast.named_parameters()):
         torch.testing.assert_close(q, p, rtol=1e-8, atol=1e-11, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Discrete networks (attdarts train)
+
+ZOO = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "genotypes").glob("*.geno"))
+
+
+def network_pair(name, **settings):
+    genotype = parse_file(Path(__file__).resolve().parent.parent / "genotypes" / f"{name}.geno"
+                          ).genotype()
+    torch.manual_seed(0)
+    plain = compile_network(genotype, **settings).double()
+    for parameter in plain.parameters():  # away from the identity-like initial BN
+        torch.nn.init.normal_(parameter, std=0.3)
+    fast = copy.deepcopy(plain).set_grouped(True)
+    plain.drop_path_prob = fast.drop_path_prob = 0.3
+    return plain, fast
+
+
+def network_loss(model, images, labels):
+    torch.manual_seed(5)  # the same drop-path masks, if the draws come in the same order
+    logits, auxiliary = model(images)
+    loss = F.cross_entropy(logits, labels)
+    return loss if auxiliary is None else loss + 0.4 * F.cross_entropy(auxiliary, labels)
+
+
+def assert_same_network_step(plain, fast, size):
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(4, 3, size, size, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 10, (4,), generator=generator)
+    losses = [network_loss(model, images, labels) for model in (plain, fast)]
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-10, atol=1e-12)
+    for (name, p), (_, q) in zip(plain.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+    for (name, b), (_, c) in zip(plain.named_buffers(), fast.named_buffers()):
+        torch.testing.assert_close(c, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_grouped_network_gives_the_plain_loss_with_drop_path(name):
+    plain, fast = network_pair(name, channels=4, layers=3, auxiliary=False, input_size=8)
+    assert fast.grouped and not plain.grouped
+    assert_same_network_step(plain, fast, size=8)
+
+
+def test_grouped_network_with_auxiliary_head_and_eval_mode():
+    plain, fast = network_pair("att_darts", channels=4, layers=5, auxiliary=True, input_size=32)
+    assert_same_network_step(plain, fast, size=32)
+    plain.eval(), fast.eval()
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(images)[0], plain(images)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_grouped_cells_run_fewer_groups_than_edges():
+    _, fast = network_pair("att_darts", channels=4, layers=3, auxiliary=False, input_size=8)
+    normal = fast.cells[0]
+    assert not normal.reduction
+    # 8 edges: wave 1 (inputs) has sep_conv_3x3 x4 and skip_connect x2 with cbam x5 and
+    # double_attention x1; wave 2 (reading n0) skip_connect x2 with cbam x2
+    assert [len(w.operations) for w in normal.waves] == [2, 1]
+    assert [len(w.attentions) for w in normal.waves] == [2, 1]
+    assert [w.completes for w in normal.waves] == [(0, 2), (1, 3)]
+
+
+def test_train_runs_grouped_by_default_and_plain_on_request(tmp_path):
+    assert TrainConfig().grouped
+    genotype = Path(__file__).resolve().parent.parent / "genotypes" / "darts_v2.geno"
+    runner = CliRunner()
+    for flags, expected in (([], True), (["--plain"], False)):
+        out = tmp_path / f"run{len(flags)}"
+        result = runner.invoke(cli, [
+            "train", str(genotype), "--dataset", "synthetic", "--epochs", "1", "--batch-size", "4",
+            "--channels", "4", "--layers", "3", "--max-steps-per-epoch", "1", "--out", str(out),
+            "--device", "cpu", "--quiet", *flags])
+        assert result.exit_code == 0, result.output
+        state = torch.load(out / "last.pt", weights_only=False)
+        assert state["config"]["grouped"] is expected
+        assert state["model_config"]["grouped"] is expected
 
 
 # ---------------------------------------------------------------------------------------------

@@ -82,6 +82,9 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--max-steps-per-epoch", type=int,
               help="Cap the training and test batches per epoch (quick checks).")
 @click.option("--workers", type=int, help="Data loading workers (ImageNet) / decoding threads.")
+@click.option("--plain", is_flag=True,
+              help="Run every edge on its own instead of each cell's ready edges in groups "
+                   "(the default: same results, fewer kernels).")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")
 @click.pass_context
 def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | None,
@@ -101,6 +104,8 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from ..data import DataError
 
     overrides = {field: options[name] for name, field in _OVERRIDES.items() if _explicit(ctx, name)}
+    if options.pop("plain"):
+        overrides["grouped"] = False
     _check_device(device)
     _setup_logging(not quiet)
     try:
