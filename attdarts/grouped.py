@@ -168,12 +168,17 @@ def _norm_groupable(norm: nn.Module) -> bool:
 _PER_CHANNEL = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
 
 
-def _layer_groupable(layer: nn.Module) -> bool:
-    if isinstance(layer, nn.Conv2d):
+def _layer_groupable(layer: nn.Module, *, linear: bool) -> bool:
+    """Whether `_run_layers` reproduces `layer` exactly (exact types: a subclass may change its
+    forward, as SyncBatchNorm does). `linear`: a Linear is known to see (N, features) inputs."""
+    kind = type(layer)
+    if kind is nn.Conv2d:
         return layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
-    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    if kind in (nn.BatchNorm1d, nn.BatchNorm2d):
         return _norm_groupable(layer)
-    return isinstance(layer, (nn.ReLU, nn.Linear, *_PER_CHANNEL))
+    if kind is nn.Linear:
+        return linear
+    return kind is nn.ReLU or kind in _PER_CHANNEL
 
 
 def _run_layers(layers: Sequence[Modules], x: Tensor, edges: int) -> Tensor:
@@ -198,7 +203,8 @@ def _layers_of(sequences: Modules) -> list[list[nn.Module]]:
 
 
 def _sequential_groupable(sequence: nn.Sequential) -> bool:
-    return all(_layer_groupable(layer) for layer in sequence)
+    # a candidate operation sees (N, C, H, W): a Linear there would act on W, not on channels
+    return all(_layer_groupable(layer, linear=False) for layer in sequence)
 
 
 def _sequential(modules: Modules, group: Group) -> Tensor:
@@ -228,7 +234,8 @@ def _identity(modules: Modules, group: Group) -> Tensor:
     return group.x
 
 
-def _zero(modules: Modules, group: Group) -> Tensor:
+def _per_channel(modules: Modules, group: Group) -> Tensor:
+    """Zero and bare pooling: per channel, no parameters, the same settings on every edge."""
     return modules[0](group.x)
 
 
@@ -326,7 +333,9 @@ _MASKS: dict[type, Callable[[Modules, Group], Tensor]] = {
 _FORWARDS: dict[type, Callable[[Modules, Group], Tensor]] = {
     nn.Identity: _identity,
     IdentityAttention: _identity,
-    Zero: _zero,
+    Zero: _per_channel,
+    nn.MaxPool2d: _per_channel,
+    nn.AvgPool2d: _per_channel,
     FactorizedReduce: _factorized_reduce,
     SqueezeExcitation: _masked(_squeeze_excitation_mask),
     GatherExcite: _masked(_gather_excite_mask),
@@ -335,22 +344,16 @@ _FORWARDS: dict[type, Callable[[Modules, Group], Tensor]] = {
     DoubleAttention: _double_attention,
 }
 
-_NORMS = {
-    FactorizedReduce: lambda m: [m.bn],
-    GatherExcite: lambda m: [m.bn],
-    BottleneckAttention: lambda m: [*m.channel_gate, *m.spatial_gate],
-    ConvBlockAttention: lambda m: [m.spatial_bn],
-}
-
-
 def _groupable(module: nn.Module) -> bool:
     kind = type(module)
     if isinstance(module, nn.Sequential) and kind.forward is nn.Sequential.forward:
         return len(module) > 0 and _sequential_groupable(module)
     if kind not in _FORWARDS:
         return False
-    norms = _NORMS.get(kind, lambda m: [])(module)
-    return all(_norm_groupable(n) for n in norms if isinstance(n, nn.modules.batchnorm._NormBase))
+    # the layers inside (their Linears see pooled (N, C) vectors) must be the plain ones, e.g. no
+    # SyncBatchNorm after convert_sync_batchnorm
+    return all(_layer_groupable(layer, linear=True) for layer in module.modules()
+               if layer is not module and type(layer) is not nn.Sequential)
 
 
 def _each(modules: Modules, group: Group) -> Tensor:

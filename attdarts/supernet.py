@@ -173,9 +173,10 @@ class MixedAttention(nn.Module):
         return out
 
 
-def _column(weights: torch.Tensor, index: int) -> torch.Tensor:
-    """Column `index` of an (E, K) weight matrix, shaped to scale an (N, E, C, H, W) map."""
-    return weights[:, index].reshape(1, -1, 1, 1, 1)
+def _column(weights: torch.Tensor, index: int, like: torch.Tensor) -> torch.Tensor:
+    """Column `index` of an (E, K) weight matrix, shaped to scale the (N, E, C, H, W) map `like`
+    and in its dtype: the plain path's 0-dim weight does not promote a bf16 map either."""
+    return weights[:, index].reshape(1, -1, 1, 1, 1).to(like.dtype)
 
 
 def mix_operations_grouped(
@@ -185,7 +186,8 @@ def mix_operations_grouped(
     total = None
     for index in mixtures[0].active:
         candidates = [mixture.candidates[index] for mixture in mixtures]
-        term = group.split(grouped.forward(candidates, group)) * _column(weights, index)
+        out = group.split(grouped.forward(candidates, group))
+        term = out * _column(weights, index, out)
         total = term if total is None else total + term
     return total
 
@@ -199,15 +201,16 @@ def mix_attentions_grouped(
         exponent = None
         for index in first.masked:
             candidates = [mixture.candidates[index] for mixture in mixtures]
-            mask = grouped.mask(candidates, group).clamp_min(MASK_FLOOR)
-            term = _column(weights, index) * torch.log(mask)
+            log_mask = torch.log(grouped.mask(candidates, group).clamp_min(MASK_FLOOR))
+            term = _column(weights, index, log_mask) * log_mask
             exponent = term if exponent is None else exponent + term
         h = group.split(group.x)
         return h if exponent is None else h * torch.exp(exponent)
     total = None
     for index in range(len(first.candidates)):
         candidates = [mixture.candidates[index] for mixture in mixtures]
-        term = group.split(grouped.forward(candidates, group)) * _column(weights, index)
+        out = group.split(grouped.forward(candidates, group))
+        term = out * _column(weights, index, out)
         total = term if total is None else total + term
     return total
 

@@ -75,6 +75,7 @@ CASES = [
     ("after_every", "product", MASKING),
     ("end", "sum", ALL_ATTENTIONS),
     ("after_every_and_end", "product", MASKING),
+    ("after_every_and_end", "sum", ALL_ATTENTIONS),
     ("no_attention", "sum", ALL_ATTENTIONS),
 ]
 
@@ -90,6 +91,25 @@ def test_grouped_supernet_gives_the_plain_loss_gradients_and_statistics(location
 def test_grouped_in_float32_within_rounding():
     plain, fast = pair(make_space("after_every"), dtype=torch.float32)
     assert_same_step(plain, fast, dtype=torch.float32, rtol=2e-3, atol=1e-5)
+
+
+def test_grouped_under_bf16_autocast_keeps_the_plain_dtypes():
+    plain, fast = pair(make_space("after_every"), dtype=torch.float32)
+    images = torch.randn(2, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = [model.cells[0](*(model.stem(images),) * 2,
+                                  *model.arch.mixture_weights()[0]) for model in (plain, fast)]
+        logits = [model(images) for model in (plain, fast)]
+    assert outputs[1].dtype == outputs[0].dtype == torch.bfloat16
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=0.05, atol=0.05)
+    torch.testing.assert_close(logits[1], logits[0], rtol=0.1, atol=0.1)
+
+
+def test_grouped_in_channels_last():
+    plain, fast = pair(make_space("after_every"))
+    plain, fast = (m.to(memory_format=torch.channels_last) for m in (plain, fast))
+    images = torch.randn(4, 3, 8, 8, dtype=torch.float64).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(images), plain(images), rtol=1e-9, atol=1e-12)
 
 
 def test_grouped_eval_mode_uses_the_running_statistics():
@@ -182,6 +202,43 @@ def test_grouped_network_gives_the_plain_loss_with_drop_path(name):
     assert_same_network_step(plain, fast, size=8)
 
 
+HAND_WRITTEN = """\
+genotype odd {
+    normal {
+        n0 = sep_conv_3x3(c_k1) >> se(reduction=2)
+        n1 = sep_conv_3x3(c_k2) >> se(reduction=2) + dil_conv_3x3(n0) + skip_connect(c_k1) >> bam(combine=product)
+        n2 = max_pool_3x3(n1) >> cbam + avg_pool_3x3(n0) >> cbam + sep_conv_3x3(c_k1) >> double_attention
+        c_k = concat(n1, n2) >> cbam
+    }
+    reduce {
+        n0 = skip_connect(c_k2) >> ge_theta_plus + max_pool_3x3(c_k1) >> ge_theta_plus
+        n1 = skip_connect(n0) + skip_connect(c_k2)
+        c_k = concat(n0, n1) >> se
+    }
+}
+"""
+
+
+@pytest.mark.parametrize("rule", ["darts", "authors"])
+def test_grouped_network_on_uneven_nodes_output_attentions_and_both_drop_path_rules(rule):
+    genotype = parse_text(HAND_WRITTEN).items[0]
+    torch.manual_seed(0)
+    plain = compile_network(genotype, channels=8, layers=3, auxiliary=False, input_size=8,
+                            drop_path_rule=rule).double()
+    for parameter in plain.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    fast = copy.deepcopy(plain).set_grouped(True)
+    plain.drop_path_prob = fast.drop_path_prob = 0.3
+    assert_same_network_step(plain, fast, size=8)
+
+
+def test_grouped_network_in_channels_last():
+    plain, fast = network_pair("att_darts", channels=4, layers=3, auxiliary=False, input_size=8)
+    plain, fast = (m.to(memory_format=torch.channels_last).eval() for m in (plain, fast))
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(images)[0], plain(images)[0], rtol=1e-10, atol=1e-12)
+
+
 def test_grouped_network_with_auxiliary_head_and_eval_mode():
     plain, fast = network_pair("att_darts", channels=4, layers=5, auxiliary=True, input_size=32)
     assert_same_network_step(plain, fast, size=32)
@@ -233,36 +290,75 @@ def _one_by_one(modules, x, method="__call__"):
     return outs
 
 
+def assert_group_matches(modules, x, *, masks=False):
+    """Grouped forward (and mask) of `modules` on `x` against each module on its own chunk:
+    outputs, input and parameter gradients, running statistics; then the same in eval mode."""
+    for module in modules:  # non-trivial affine parameters, distinct per edge
+        for parameter in module.parameters():
+            torch.nn.init.normal_(parameter, std=0.5)
+    twins = copy.deepcopy(modules)
+    for training in (True, False):
+        for module in (*modules, *twins):
+            module.train(training)
+        x_plain, x_grouped = x.clone().requires_grad_(), x.clone().requires_grad_()
+        expected = torch.cat(_one_by_one(modules, x_plain), dim=1)
+        got = grouped.forward(twins, grouped.Group(x_grouped, EDGES))
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+        weights = torch.randn_like(expected)
+        (expected * weights).sum().backward()
+        (got * weights).sum().backward()
+        torch.testing.assert_close(x_grouped.grad, x_plain.grad, rtol=1e-9, atol=1e-12)
+        for module, twin in zip(modules, twins):
+            for (name, p), (_, q) in zip(module.named_parameters(), twin.named_parameters()):
+                torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+            for (name, b), (_, c) in zip(module.named_buffers(), twin.named_buffers()):
+                torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-14, msg=name)
+        if masks:
+            expected_masks = torch.stack(_one_by_one(modules, x, "mask"), dim=1)
+            got_masks = grouped.mask(twins, grouped.Group(x, EDGES))
+            torch.testing.assert_close(got_masks, expected_masks, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", OPERATIONS.names())
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("affine", [False, True])
 def test_every_operation_grouped_equals_one_by_one(name, stride, affine):
-    modules = [OPERATIONS.get(name)(4, stride, affine=affine, pool_bn=True).double()
+    modules = [OPERATIONS.get(name)(4, stride, affine=affine, pool_bn=not affine).double()
                for _ in range(EDGES)]
-    twins = copy.deepcopy(modules)
-    x = _group_input()
-    expected = torch.cat(_one_by_one(modules, x), dim=1)
-    got = grouped.forward(twins, grouped.Group(x, EDGES))
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-    for m, t in zip(modules, twins):
-        for b, c in zip(m.buffers(), t.buffers()):
-            torch.testing.assert_close(c, b)
+    assert_group_matches(modules, _group_input())
 
 
-@pytest.mark.parametrize("name", ATTENTIONS.names())
-def test_every_attention_grouped_equals_one_by_one(name):
-    modules = [ATTENTIONS.get(name)(8, spatial=8).double() for _ in range(EDGES)]
-    for module in modules:  # non-trivial affine BN parameters
-        for parameter in module.parameters():
-            torch.nn.init.normal_(parameter)
-    twins = copy.deepcopy(modules)
-    x = _group_input(channels=8)
-    group = grouped.Group(x, EDGES)
-    expected = torch.cat(_one_by_one(modules, x), dim=1)
-    torch.testing.assert_close(grouped.forward(twins, group), expected, rtol=1e-10, atol=1e-12)
-    if hasattr(modules[0], "mask") and name != "identity":
-        masks = torch.stack(_one_by_one(modules, x, "mask"), dim=1)
-        torch.testing.assert_close(grouped.mask(twins, group), masks, rtol=1e-10, atol=1e-12)
+# 32 channels: hidden widths of 2 (r = 16) or more, so a channel mix-up inside shows
+ATTENTION_CASES = [
+    *((name, {}) for name in ATTENTIONS.names()),
+    ("se", {"reduction": 4}),
+    ("bam", {"combine": "product", "dilation": 2, "reduction": 8}),
+    ("cbam", {"reduction": 8}),
+    ("double_attention", {"reduction": 8}),
+]
+
+
+@pytest.mark.parametrize("name, kwargs", ATTENTION_CASES)
+def test_every_attention_grouped_equals_one_by_one(name, kwargs):
+    modules = [ATTENTIONS.get(name)(32, spatial=8, **kwargs).double() for _ in range(EDGES)]
+    assert_group_matches(modules, _group_input(channels=32),
+                         masks=hasattr(modules[0], "mask") and name != "identity")
+
+
+def test_gather_excite_on_a_larger_map_than_built_for():
+    modules = [ATTENTIONS.get("ge_theta_plus")(32, spatial=4).double() for _ in range(EDGES)]
+    assert_group_matches(modules, _group_input(channels=32, size=8), masks=True)
+
+
+def test_norms_that_are_not_plain_batch_norms_run_edge_by_edge():
+    modules = [torch.nn.SyncBatchNorm.convert_sync_batchnorm(
+        ATTENTIONS.get("bam")(32, spatial=8)).double() for _ in range(EDGES)]
+    assert not grouped._groupable(modules[0])
+    momentum_none = [ATTENTIONS.get("ge_theta_plus")(32, spatial=8).double() for _ in range(EDGES)]
+    for module in momentum_none:
+        module.bn.momentum = None  # a cumulative average: stays per edge
+    assert not grouped._groupable(momentum_none[0])
+    assert_group_matches(momentum_none, _group_input(channels=32), masks=True)
 
 
 def test_unknown_modules_run_edge_by_edge():
