@@ -13,10 +13,14 @@ fi
 export PYTHONUNBUFFERED=1
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv;
   python3 -c "import torch; print('torch', torch.__version__)"; } 2>&1 | tee "$OUT/device.txt"
+# plain and grouped paths, first and second order (about 2.5 min on an H200)
 if [ "${SEARCH:-1}" = 1 ]; then
-    timeout 170 python3 benchmarks/search_step.py --device cuda --steps 10 --warmup 3 \
-        --json "$OUT/search_step.json" 2>&1 | tee "$OUT/search_step.txt"
+    timeout 240 python3 benchmarks/search_step.py --device cuda --steps 5 --warmup 2 \
+        --paths plain,grouped --json "$OUT/search_step.json" 2>&1 | tee "$OUT/search_step.txt"
 fi
-timeout 170 python3 benchmarks/train_step.py --device cuda --steps 20 --warmup 5 --modes fp32,bf16+channels_last \
+timeout 200 python3 benchmarks/train_step.py --device cuda --steps 20 --warmup 5 \
+    --paths plain,grouped --modes fp32,bf16+channels_last \
     --json "$OUT/train_step.json" 2>&1 | tee "$OUT/train_step.txt"
-timeout 150 python3 benchmarks/profile_step.py --device cuda --steps 20 2>&1 | tee "$OUT/profile_step.txt"
+if [ "${PROFILE:-0}" = 1 ]; then
+    timeout 150 python3 benchmarks/profile_step.py --device cuda --steps 20 2>&1 | tee "$OUT/profile_step.txt"
+fi
