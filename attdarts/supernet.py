@@ -353,7 +353,11 @@ class SearchCell(nn.Module):
                            None if beta is None else beta[index])
                 total = out if total is None else total + out
             states.append(total)
-        out = torch.cat(states[2:], dim=1)
+        return self._output(states[2:], gamma)
+
+    def _output(self, nodes: list[torch.Tensor], gamma: torch.Tensor | None) -> torch.Tensor:
+        """Concatenate every intermediate node; mix attentions on it when the space says so."""
+        out = torch.cat(nodes, dim=1)
         if self.output_attention is not None:
             out = self.output_attention(out, gamma[0])
         return out
@@ -380,10 +384,7 @@ class SearchCell(nn.Module):
                 readers = nodes - k - 1  # nodes k+1 .. reading node k
                 out = self._wave(k + 1, state.repeat(1, readers, 1, 1), alpha, beta)
                 partial = partial[:, 1:] + out
-        out = torch.cat(states, dim=1)
-        if self.output_attention is not None:
-            out = self.output_attention(out, gamma[0])
-        return out
+        return self._output(states, gamma)
 
     def _wave(
         self, k: int, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None
