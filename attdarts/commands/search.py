@@ -72,8 +72,8 @@ def _seeds(value: str | None) -> list[int] | None:
               help="Also checkpoint every N iterations inside an epoch (0: at epoch ends only).")
 @click.option("--plain", is_flag=True,
               help="Run every edge on its own instead of each cell's edges in groups (the "
-                   "default: same results to float rounding, far fewer kernels, faster on CPU "
-                   "and GPU).")
+                   "default: the same results to float rounding from about a third of the "
+                   "tensor operations).")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def search(space_file, space_name, dataset, data_dir, epochs, batch_size, order, second_order,
            seed, seeds, channels, layers, lr_min, arch_init, no_augment, out, device, resume,
