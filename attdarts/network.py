@@ -27,8 +27,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attdarts import grouped, ir
-from attdarts.ops import ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, ReLUConvBN
-from attdarts.stacking import Layer, stack_cells
+from attdarts.ops import ATTENTIONS, OPERATIONS, IdentityAttention, preprocess_inputs
+from attdarts.stacking import STEM_MULTIPLIER, Layer, halve, stack_cells
 
 __all__ = [
     "DATASETS",
@@ -62,8 +62,6 @@ DATASETS: dict[str, DatasetShape] = {
     "imagenet": DatasetShape(1000, 224, imagenet_stem=True),
 }
 
-STEM_MULTIPLIER = 3  # CIFAR stem width = 3C (DARTS)
-
 
 def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
     """Zero each sample's tensor with probability `prob`, scale survivors by 1 / (1 - prob).
@@ -76,14 +74,9 @@ def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
     return x * mask.div_(keep)
 
 
-def _halve(size: int) -> int:
-    """Output size of every stride-2 layer here (3x3 pad 1, 1x1 stride 2, factorized reduce)."""
-    return (size + 1) // 2
-
-
 def _stem_size(imagenet_stem: bool, input_size: int) -> int:
     """Height of the stem's output: the ImageNet stems halve 3 times, the CIFAR stem keeps it."""
-    return _halve(_halve(_halve(input_size))) if imagenet_stem else input_size
+    return halve(halve(halve(input_size))) if imagenet_stem else input_size
 
 
 class EdgeModule(nn.Module):
@@ -151,12 +144,10 @@ class CellModule(nn.Module):
         self.reduction = reduction
         self.channels = channels
         self.spatial_in = spatial_in
-        self.spatial_out = _halve(spatial_in) if reduction else spatial_in
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(channels_prev_prev, channels)
-        else:
-            self.preprocess0 = ReLUConvBN(channels_prev_prev, channels, 1, 1, 0)
-        self.preprocess1 = ReLUConvBN(channels_prev, channels, 1, 1, 0)
+        self.spatial_out = halve(spatial_in) if reduction else spatial_in
+        self.preprocess0, self.preprocess1 = preprocess_inputs(
+            channels_prev_prev, channels_prev, channels, reduction_prev=reduction_prev,
+            affine=True)
 
         nodes = []
         for node in cell.nodes:
@@ -238,26 +229,34 @@ class CellModule(nn.Module):
                     masks[(node, index)] = mask.div_(keep)
         return masks
 
-    def _run_operations(self, group: tuple[tuple[int, int], ...], states, outputs) -> None:
+    def _run_operations(self, group: tuple[tuple[int, int], ...],
+                        states: list[torch.Tensor | None],
+                        outputs: dict[tuple[int, int], torch.Tensor]) -> None:
         edges = [self.nodes[node].edges[index] for node, index in group]
         inputs = [states[edge.input_index] for edge in edges]
         if isinstance(edges[0].operation, nn.Identity):  # skip_connect: nothing to run
             outputs.update(zip(group, inputs))
             return
-        x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
-        out = grouped.forward([edge.operation for edge in edges], grouped.Group(x, len(edges)))
-        outputs.update(zip(group, out.chunk(len(edges), dim=1)))
+        _run_group([edge.operation for edge in edges], inputs, group, outputs)
 
-    def _run_attentions(self, group: tuple[tuple[int, int], ...], outputs) -> None:
+    def _run_attentions(self, group: tuple[tuple[int, int], ...],
+                        outputs: dict[tuple[int, int], torch.Tensor]) -> None:
         edges = [self.nodes[node].edges[index] for node, index in group]
-        inputs = [outputs[key] for key in group]
-        x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
-        out = grouped.forward([edge.attention for edge in edges], grouped.Group(x, len(edges)))
-        outputs.update(zip(group, out.chunk(len(edges), dim=1)))
+        _run_group([edge.attention for edge in edges], [outputs[key] for key in group], group,
+                   outputs)
 
     def extra_repr(self) -> str:
         kind = "reduce" if self.reduction else "normal"
         return f"{kind}, channels_out={self.channels_out}, spatial_out={self.spatial_out}"
+
+
+def _run_group(modules: list[nn.Module], inputs: list[torch.Tensor],
+               keys: tuple[tuple[int, int], ...],
+               outputs: dict[tuple[int, int], torch.Tensor]) -> None:
+    """Run one module per edge on that edge's input, all as one group; store the outputs."""
+    x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+    out = grouped.forward(modules, grouped.Group(x, len(modules)))
+    outputs.update(zip(keys, out.chunk(len(modules), dim=1)))
 
 
 @dataclass(frozen=True)
@@ -283,11 +282,10 @@ def _waves(cell: ir.Cell, nodes: nn.ModuleList) -> tuple[_Wave, ...]:
         if not wave:
             raise ValueError("a node reads a node that is never computed")
         pending -= set(wave)
-        by_operation: dict[tuple, list[tuple[int, int]]] = {}
-        by_attention: dict[tuple, list[tuple[int, int]]] = {}
+        by_operation: dict[ir.Call, list[tuple[int, int]]] = {}
+        by_attention: dict[ir.Call, list[tuple[int, int]]] = {}
         for node, index in wave:
             edge = cell.nodes[node].edges[index]
-            module = nodes[node].edges[index]
             # one wave reads either the cell inputs (all strided in a reduction cell) or nodes
             by_operation.setdefault(edge.operation, []).append((node, index))
             if edge.attention is not None:
@@ -543,7 +541,7 @@ def describe_network(model: Network, input_size: int | None = None) -> list[Cell
     rows = []
     for index, cell in enumerate(model.cells):
         if cell.reduction:
-            spatial = _halve(spatial)
+            spatial = halve(spatial)
         rows.append(CellSummary(
             index=index,
             kind="reduce" if cell.reduction else "normal",

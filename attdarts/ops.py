@@ -46,6 +46,7 @@ __all__ = [
     "SqueezeExcitation",
     "Zero",
     "hidden_width",
+    "preprocess_inputs",
 ]
 
 OPERATIONS: Registry = Registry("operation")
@@ -81,6 +82,20 @@ class ReLUConvBN(nn.Sequential):
             ),
             nn.BatchNorm2d(channels_out, affine=affine),
         )
+
+
+def preprocess_inputs(
+    channels_prev_prev: int, channels_prev: int, channels: int, *, reduction_prev: bool,
+    affine: bool,
+) -> tuple[nn.Module, nn.Module]:
+    """A cell's two input preprocessors, bringing c_{k-2} and c_{k-1} to C channels (DARTS):
+    c_{k-2} is twice c_{k-1}'s size after a reduction cell, so it is factorized-reduced then;
+    otherwise both are ReLU-1x1 conv-BN. BN is affine in the discrete network, not in the supernet."""
+    if reduction_prev:
+        first: nn.Module = FactorizedReduce(channels_prev_prev, channels, affine=affine)
+    else:
+        first = ReLUConvBN(channels_prev_prev, channels, 1, 1, 0, affine=affine)
+    return first, ReLUConvBN(channels_prev, channels, 1, 1, 0, affine=affine)
 
 
 class SeparableConv(nn.Sequential):

@@ -17,7 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["Layer", "reduction_indices", "stack_cells"]
+__all__ = ["STEM_MULTIPLIER", "Layer", "halve", "reduction_indices", "stack_cells"]
+
+STEM_MULTIPLIER = 3  # CIFAR stem width = 3C (DARTS)
+
+
+def halve(size: int) -> int:
+    """Output size of every stride-2 layer of the skeleton (3x3 pad 1, 1x1 stride 2,
+    factorized reduce): ceil(size / 2)."""
+    return (size + 1) // 2
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,10 @@ from torch import nn
 
 from attdarts import grouped, ir
 from attdarts.catalog import ADDITIVE_ATTENTIONS
-from attdarts.ops import ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, ReLUConvBN, Zero
-from attdarts.stacking import stack_cells
+from attdarts.ops import (
+    ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, Zero, preprocess_inputs,
+)
+from attdarts.stacking import STEM_MULTIPLIER, halve, stack_cells
 
 __all__ = [
     "ARCHITECTURE_PREFIX",
@@ -73,8 +75,6 @@ __all__ = [
 MASK_FLOOR = 1e-6  # masks are clamped to at least this before log (Eq. 17)
 ARCHITECTURE_PREFIX = "arch."
 CELL_KINDS = ("normal", "reduce")
-STEM_MULTIPLIER = 3
-
 MIXED_LOCATIONS = frozenset({"mixed_with_operation", "double_mixed"})
 # locations whose cells can run edge groups (`SearchCell.forward_grouped`)
 GROUPED_LOCATIONS = frozenset({"after_every", "end", "after_every_and_end", "no_attention"})
@@ -82,11 +82,6 @@ EDGE_ATTENTION_LOCATIONS = frozenset({"after_every", "after_every_and_end"})
 OUTPUT_ATTENTION_LOCATIONS = frozenset({"end", "after_every_and_end"})
 
 Init = Literal["zeros", "randn"]
-
-
-def _halve(size: int) -> int:
-    """Output size of every stride-2 layer (3x3 pad 1, factorized reduce)."""
-    return (size + 1) // 2
 
 
 def edge_names(nodes: int) -> list[str]:
@@ -280,12 +275,10 @@ class SearchCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.kind_index = CELL_KINDS.index("reduce" if reduction else "normal")
-        self.spatial_out = _halve(spatial_in) if reduction else spatial_in
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(channels_prev_prev, channels, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(channels_prev_prev, channels, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(channels_prev, channels, 1, 1, 0, affine=False)
+        self.spatial_out = halve(spatial_in) if reduction else spatial_in
+        self.preprocess0, self.preprocess1 = preprocess_inputs(
+            channels_prev_prev, channels_prev, channels, reduction_prev=reduction_prev,
+            affine=False)
 
         location = space.location
         edges = []
