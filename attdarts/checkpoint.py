@@ -25,11 +25,13 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used: missing, damaged, or written for something else."""
 
 
-class WriteError(CheckpointError):
+class WriteError(CheckpointError, OSError):
     """A file that could not be written (full disk, read-only filesystem, no permission).
 
     The message names the file and the reason, e.g. ``cannot write runs/x/last.pt: No space left
-    on device``; the old file, if any, is left as it was and no temporary file remains.
+    on device``; the old file, if any, is left as it was and no temporary file remains. It is also
+    an OSError, so callers that treat a failed write as optional (the decoded-image cache) still
+    catch it.
     """
 
 

@@ -86,6 +86,7 @@ def test_read_only_filesystem_is_a_clean_write_error(tmp_path, monkeypatch):
     with pytest.raises(WriteError) as caught:
         atomic_write_text(tmp_path / "a.txt", "text")
     assert str(caught.value) == f"cannot write {tmp_path / 'a.txt'}: Read-only file system"
+    assert isinstance(caught.value, OSError)  # callers that skip an optional write still catch it
 
 
 def test_other_errors_of_the_writer_pass_through(tmp_path):
