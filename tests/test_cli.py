@@ -137,3 +137,38 @@ def test_the_group_prints_a_checkpoint_error_as_one_line(tmp_path, monkeypatch):
     assert f"attdarts: cannot write {target}: No space left on device" in result.output
     assert "Traceback" not in result.output
     assert target.read_bytes() == b"old picture"
+
+
+def test_train_on_a_full_disk_is_one_line_and_keeps_earlier_files(tmp_path, monkeypatch, one_thread):
+    """The first epoch is written; the disk fills during the second: one line naming the file,
+    exit 1, and the first epoch's checkpoint is intact."""
+    run = tmp_path / "run"
+    args = ["train", ROOT / "genotypes" / "darts_v2.geno", "--dataset", "synthetic",
+            "--channels", "4", "--layers", "3", "--batch-size", "2", "--epochs", "2",
+            "--max-steps-per-epoch", "1", "--device", "cpu", "--quiet", "--out", run]
+    real_open = checkpoint._open_for_writing
+    opened = []
+
+    class Full:
+        def __init__(self, handle):
+            self._file = os.fdopen(handle, "wb")
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self._file, name)
+
+    def open_for_writing(handle):
+        first_epoch_done = (run / "last.pt").exists() and (run / "metrics.jsonl").exists()
+        opened.append(first_epoch_done)
+        return Full(handle) if first_epoch_done else real_open(handle)
+
+    monkeypatch.setattr(checkpoint, "_open_for_writing", open_for_writing)
+    result = _run(*args)
+    assert result.exit_code == 1, result.output
+    assert "cannot write" in result.output and "No space left on device" in result.output
+    assert str(run) in result.output and "Traceback" not in result.output
+    assert "unexpected pos" not in result.output
+    assert checkpoint.load(run / "last.pt")["epoch"] == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
