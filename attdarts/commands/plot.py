@@ -28,7 +28,7 @@ def _picture_path(ctx: click.Context, param: click.Parameter, value: Path | None
 def plot(run_dir: Path, output: Path | None) -> None:
     """Plot the architecture weights of the search run in RUN_DIR; print its genotype's changes.
 
-    The PNG shows, for the normal and the reduction cell, heatmaps of the softmaxed alpha
+    The picture shows, for the normal and the reduction cell, heatmaps of the softmaxed alpha
     (operations) and beta (attentions) at the last epoch, edges by candidates, each coloured
     from its own smallest to its largest weight (read the numbers off its colour bar), the
     candidate each edge would derive boxed in red, and below them the weights of every edge
@@ -40,9 +40,8 @@ def plot(run_dir: Path, output: Path | None) -> None:
     \b
     RUN_DIR holds weights.jsonl (one JSON object per epoch) and/or
     genotype-epoch001.geno, genotype-epoch002.geno, ...
-    Exit status: 0 done; 1 the picture cannot be written (e.g. a directory without write
-    permission: the message names the file); 2 nothing readable in RUN_DIR or an unsupported
-    -o suffix.
+    Exit status: 0 done; 1 the picture cannot be written (the message
+    names the file); 2 nothing readable in RUN_DIR, or an unsupported -o suffix.
     """
     try:
         run = load_run(run_dir)
