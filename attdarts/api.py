@@ -6,13 +6,16 @@ modules; they are not imported here so that `import attdarts.api` stays free of 
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import atomic_write_text
+from .checkpoint import WriteError, atomic_write_text
 from .errors import DslError, Problem
 from .ir import Document
 from .printer import format_document
+from .source import has_bom
 from .transform import parse_file, parse_text, read_source
 
 GENOTYPE_SUFFIXES = (".geno",)
@@ -51,14 +54,31 @@ class FormatResult:
 
 
 def format_file(path: str | Path, *, write: bool = True) -> FormatResult:
-    """Format one file in place (atomically) if it is not already canonical."""
+    """Format one file in place (atomically) if it is not already canonical.
+
+    The canonical form has no byte-order mark: a file that starts with one is rewritten without
+    it. A symbolic link is written through (the file it points to is formatted, the link stays);
+    the file keeps its permission bits. A read-only file is refused with `WriteError`, as is one
+    that cannot be written (full disk, read-only filesystem); the file is then left untouched.
+    """
     path = Path(path)
     text = read_source(path)
     formatted = format_text(text, str(path))
-    changed = formatted != text
+    changed = formatted != text or has_bom(path)
     if changed and write:
+        if _read_only(path):
+            raise WriteError(f"cannot write {path}: the file is read-only (make it writable to format it)")
         atomic_write_text(path, formatted)
     return FormatResult(path, changed)
+
+
+def _read_only(path: Path) -> bool:
+    """No write permission for its owner, or none for us (root may write anything: ask the mode)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not mode & stat.S_IWUSR or not os.access(path, os.W_OK)
 
 
 def check_file(path: str | Path) -> list[DslError]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,24 +25,122 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used: missing, damaged, or written for something else."""
 
 
+class WriteError(CheckpointError, OSError):
+    """A file that could not be written (full disk, read-only filesystem, no permission).
+
+    The message names the file and the reason, e.g. ``cannot write runs/x/last.pt: No space left
+    on device``; the old file, if any, is left as it was and no temporary file remains. It is also
+    an OSError, so callers that treat a failed write as optional (the decoded-image cache) still
+    catch it.
+    """
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(file)` on a temporary file next to `path`, then move it over `path` atomically."""
+    """Call `write(file)` on a temporary file next to `path`, then move it over `path` atomically.
+
+    A symbolic link is written through: its target is replaced and the link stays. An existing
+    file keeps its permission bits; a new one gets 0666 minus the umask, as `open` would give it.
+    Any failure to create, write, flush, sync or rename raises `WriteError`; the temporary file is
+    removed and the old file is untouched.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = Path(os.path.realpath(path))
+    temporary = None
+    file = None
     try:
-        with os.fdopen(handle, "wb") as file:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode_for(target)
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                             dir=target.parent)
+        file = _RecordingFile(_open_for_writing(handle))
+        with file:
+            os.fchmod(file.fileno(), mode)
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
+        os.replace(temporary, target)
+    except BaseException as error:
+        if temporary is not None:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+        cause = error if isinstance(error, OSError) else None
+        if cause is None and isinstance(error, RuntimeError) and file is not None:
+            # torch.save reports a failed write as a RuntimeError ("unexpected pos ..."); the
+            # OSError behind it was recorded by the file wrapper
+            cause = file.failure
+            if cause is None and _looks_like_failed_write(error):
+                cause = error
+        if cause is None:
+            raise
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        raise WriteError(f"cannot write {path}: {reason}") from None
+    _fsync_directory(target.parent)
+
+
+def _open_for_writing(handle: int) -> BinaryIO:
+    """The temporary file as a binary file object (a separate function so tests can replace it)."""
+    return os.fdopen(handle, "wb")
+
+
+def _mode_for(target: Path) -> int:
+    """Permission bits for the new file: the old file's, or 0666 minus the umask."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _looks_like_failed_write(error: RuntimeError) -> bool:
+    text = str(error)
+    return "unexpected pos" in text or "failed writing" in text
+
+
+class _RecordingFile:
+    """A binary file that remembers the first OSError of a write or flush, because torch.save
+    turns it into a RuntimeError that no longer says the disk is full."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self.failure: OSError | None = None
+
+    def write(self, data) -> int:
         try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(path.parent)
+            return self._file.write(data)
+        except OSError as error:
+            self.failure = self.failure or error
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as error:
+            self.failure = self.failure or error
+            raise
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+    def __enter__(self) -> "_RecordingFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self._file.close()
+        except OSError as error:
+            self.failure = self.failure or error
+            if exc[0] is None:
+                raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

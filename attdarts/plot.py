@@ -20,6 +20,10 @@ A search run directory holds (both optional, at least one present):
 - `genotype-epoch001.geno`, `genotype-epoch002.geno`, ...: the genotype derived at each epoch,
   one DSL file each (any number of digits).
 
+A run on random data is marked `"synthetic": true` on its weights.jsonl lines (or in config.json
+or metrics.jsonl, or by `"dataset": "synthetic"` in config.json); its picture carries the title
+"SYNTHETIC DATA (smoke test)".
+
 matplotlib is imported only to draw, with the Agg backend and no pyplot state.
 """
 
@@ -44,6 +48,8 @@ TITLES = {
     "gamma": "attention on the output (γ)",
 }
 _LABEL_KEYS = {"alpha": "operations", "beta": "attentions", "gamma": "attentions"}
+OUTPUT_FORMATS = {".png": "png", ".pdf": "pdf", ".svg": "svg"}
+SYNTHETIC_LABEL = "SYNTHETIC DATA (smoke test)"
 
 
 @dataclass
@@ -53,6 +59,7 @@ class EpochWeights:
     epoch: int
     cells: dict[str, dict[str, list[list[float]]]]
     labels: dict[str, dict[str, list[str]]]  # cell kind -> "edges"/"operations"/"attentions"
+    synthetic: bool = False
 
 
 @dataclass
@@ -61,6 +68,7 @@ class Run:
     weights: list[EpochWeights] = field(default_factory=list)
     genotypes: list[tuple[int, Genotype]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    synthetic: bool = False  # trained on random images: the picture says so
 
 
 class RunError(Exception):
@@ -101,7 +109,31 @@ def load_run(directory: str | Path) -> Run:
         run.genotypes.append((epoch, genotypes[0]))
     if not run.weights and not run.genotypes:
         raise RunError(f"{directory}: found neither {WEIGHTS_FILE} nor genotype-epochNNN.geno files")
+    run.synthetic = any(record.synthetic for record in run.weights) or _marked_synthetic(directory)
     return run
+
+
+def _marked_synthetic(directory: Path) -> bool:
+    """config.json or a metrics.jsonl line says the run used random data (unreadable: no)."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        if isinstance(config, dict) and (config.get("synthetic") is True
+                                         or config.get("dataset") == "synthetic"):
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        with (directory / "metrics.jsonl").open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("synthetic") is True:
+                    return True
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def read_weights(path: Path, warnings: list[str]) -> list[EpochWeights]:
@@ -142,7 +174,7 @@ def parse_weights_record(data: dict) -> EpochWeights:
                             for key in ("edges", "operations", "attentions")}
     if not cells:
         raise ValueError("no 'normal' or 'reduce' weights")
-    return EpochWeights(epoch, cells, labels)
+    return EpochWeights(epoch, cells, labels, synthetic=data.get("synthetic") is True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,10 +214,38 @@ def timeline(genotypes: list[tuple[int, Genotype]]) -> list[str]:
 # drawing
 
 
-def plot_weights(weights: list[EpochWeights], output: Path, title: str = "") -> Path:
-    """Heatmaps of the final weights and small multiples of their evolution, per cell, as PNG."""
+def output_format(path: Path) -> str:
+    """The picture format named by `path`'s suffix; ValueError for one matplotlib is not asked for."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_FORMATS:
+        shown = f"'{suffix}'" if suffix else "no suffix"
+        raise ValueError(f"{path}: cannot tell the picture format from {shown}; "
+                         f"name the file {', '.join('*' + s for s in OUTPUT_FORMATS)}")
+    return OUTPUT_FORMATS[suffix]
+
+
+def plot_weights(weights: list[EpochWeights], output: Path, title: str = "", *,
+                 synthetic: bool = False) -> Path:
+    """Draw `weights` into `output`, atomically, as PNG, PDF or SVG after its suffix.
+
+    Raises ValueError for another suffix and `checkpoint.WriteError` when the file cannot be
+    written (the old file, if any, is then untouched).
+    """
+    from .checkpoint import atomic_write
+
+    file_format = output_format(output)
+    figure = weights_figure(weights, title, synthetic=synthetic)
+    atomic_write(output, lambda file: figure.savefig(file, dpi=110, format=file_format))
+    return output
+
+
+def weights_figure(weights: list[EpochWeights], title: str = "", *, synthetic: bool = False):
+    """Heatmaps of the final weights and small multiples of their evolution, per cell; a run on
+    random data gets SYNTHETIC_LABEL in its title."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    synthetic = synthetic or any(record.synthetic for record in weights)
 
     final = weights[-1]
     kinds = [kind for kind in CELL_KINDS if kind in final.cells]
@@ -195,12 +255,16 @@ def plot_weights(weights: list[EpochWeights], output: Path, title: str = "") -> 
     FigureCanvasAgg(figure)
     span = (f"epoch {final.epoch}" if len(weights) == 1
             else f"epochs {weights[0].epoch}-{final.epoch}")
-    figure.suptitle(f"{title}: {span}" if title else span, fontsize=13)
+    heading = f"{title}: {span}" if title else span
+    if synthetic:
+        figure.suptitle(f"{SYNTHETIC_LABEL}   {heading}", fontsize=13, color="#c00000",
+                        fontweight="bold")
+    else:
+        figure.suptitle(heading, fontsize=13)
     panels = figure.subfigures(len(kinds), 1, height_ratios=heights, squeeze=False)[:, 0]
     for panel, kind in zip(panels, kinds):
         _draw_cell(panel, weights, kind, layouts[kind])
-    figure.savefig(output, dpi=110, format="png")
-    return output
+    return figure
 
 
 def _cell_layout(record: EpochWeights, kind: str) -> list[float]:

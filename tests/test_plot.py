@@ -10,9 +10,11 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from attdarts.cli import cli
 from attdarts.commands.plot import plot
 from attdarts.plot import (
-    EpochWeights, _decimals, _heatmap, load_run, parse_weights_record, plot_weights, timeline,
+    SYNTHETIC_LABEL, EpochWeights, _decimals, _heatmap, load_run, parse_weights_record,
+    plot_weights, timeline, weights_figure,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,3 +188,79 @@ def test_plot_imports_no_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+def _small_run(directory: Path, *, marked: bool = False) -> Path:
+    """A one-epoch run, without beta: cheap to draw."""
+    directory.mkdir(parents=True, exist_ok=True)
+    record = _record(1, beta=False)
+    if marked:
+        record["synthetic"] = True
+    (directory / "weights.jsonl").write_text(json.dumps(record) + "\n")
+    return directory
+
+
+def test_the_suffix_picks_the_format(tmp_path: Path) -> None:
+    run = _small_run(tmp_path / "run")
+    magic = {"svg": b"<?xml", "pdf": b"%PDF", "PNG": b"\x89PNG"}
+    for suffix, start in magic.items():
+        target = tmp_path / f"weights.{suffix}"
+        result = CliRunner().invoke(plot, [str(run), "-o", str(target)])
+        assert result.exit_code == 0, result.output
+        assert target.read_bytes().startswith(start)
+
+
+def test_an_unknown_suffix_is_refused_before_drawing(tmp_path: Path) -> None:
+    run = _small_run(tmp_path / "run")
+    for name in ("p.txt", "picture"):
+        target = tmp_path / name
+        result = CliRunner().invoke(plot, [str(run), "-o", str(target)])
+        assert result.exit_code == 2
+        assert "*.png, *.pdf, *.svg" in result.stderr and "Traceback" not in result.output
+        assert not target.exists()
+
+
+def test_the_picture_is_written_atomically(tmp_path: Path, monkeypatch) -> None:
+    """A failed write (here the drawing itself fails half-way) leaves the old picture and no
+    temporary file; the file appears only once complete."""
+    import matplotlib.figure
+
+    run = _small_run(tmp_path / "run")
+    target = tmp_path / "out.png"
+    target.write_bytes(b"old picture")
+
+    def half_written(self, file, **kwargs):
+        file.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written)
+    result = CliRunner().invoke(cli, ["plot", str(run), "-o", str(target)])
+    assert result.exit_code == 1
+    assert f"attdarts: cannot write {target}: No space left on device" in result.stderr
+    assert target.read_bytes() == b"old picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "run"]
+
+
+def _texts(figure) -> list[str]:
+    from matplotlib.text import Text
+
+    return [text.get_text() for text in figure.findobj(Text)]
+
+
+def test_synthetic_runs_are_labelled(tmp_path: Path) -> None:
+    plain = load_run(_small_run(tmp_path / "plain"))
+    assert not plain.synthetic
+    assert not any(SYNTHETIC_LABEL in text for text in _texts(weights_figure(plain.weights, "plain")))
+    marked = load_run(_small_run(tmp_path / "marked", marked=True))
+    assert marked.synthetic and marked.weights[0].synthetic
+    title = weights_figure(marked.weights, "marked")._suptitle.get_text()
+    assert title.startswith(SYNTHETIC_LABEL)
+    # an older run marks it only in config.json or metrics.jsonl
+    (tmp_path / "plain" / "config.json").write_text(json.dumps({"dataset": "synthetic"}))
+    assert load_run(tmp_path / "plain").synthetic
+    other = _small_run(tmp_path / "other")
+    (other / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "synthetic": true}\n')
+    run = load_run(other)
+    assert run.synthetic
+    figure = weights_figure(run.weights, "other", synthetic=run.synthetic)
+    assert any(text.startswith(SYNTHETIC_LABEL) for text in _texts(figure))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
@@ -11,6 +12,30 @@ from ..errors import DslError
 from ..transform import parse_file
 
 _DEFAULT_SIZES = {"imagenet": (48, 14)}  # DARTS ImageNet; CIFAR: the paper's C=36, L=20
+# Far above any published network (C <= 64, L <= 30), low enough that a typo such as 100000 is
+# refused at once instead of allocating gigabytes or building for minutes (about 20 ms per cell).
+MAX_CHANNELS = 512
+MAX_LAYERS = 200
+# C * C * L grows like the parameter count (3.2 M at C=36, L=20); this allows about 160 M.
+MAX_SIZE = 36 * 36 * 20 * 50
+
+
+def _progress(message: str) -> None:
+    """A status line on stderr while a stage runs, only for a person watching a terminal."""
+    if _stderr_is_terminal():
+        click.echo(f"attdarts compile: {message}...", err=True)
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate" in text
+                                                or "cannot allocate" in text)
 
 
 @click.command("compile")
@@ -18,10 +43,12 @@ _DEFAULT_SIZES = {"imagenet": (48, 14)}  # DARTS ImageNet; CIFAR: the paper's C=
 @click.option("--genotype", "genotype_name", help="Genotype to build (default: the only one in FILE).")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
               show_default=True, help="Network skeleton and number of classes.")
-@click.option("--channels", type=click.IntRange(min=1),
-              help="Initial channels C (default 36 for CIFAR, 48 for ImageNet).")
-@click.option("--layers", type=click.IntRange(min=3),
-              help="Number of cells L (default 20 for CIFAR, 14 for ImageNet).")
+@click.option("--channels", type=click.IntRange(min=1, max=MAX_CHANNELS),
+              help=f"Initial channels C, at most {MAX_CHANNELS} (default 36 for CIFAR, 48 for "
+                   "ImageNet).")
+@click.option("--layers", type=click.IntRange(min=3, max=MAX_LAYERS),
+              help=f"Number of cells L, at most {MAX_LAYERS} (default 20 for CIFAR, 14 for "
+                   "ImageNet).")
 @click.option("--auxiliary/--no-auxiliary", default=True, show_default=True,
               help="Build the auxiliary head after cell 2L/3.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
@@ -33,6 +60,8 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
     Prints the parameter count without the auxiliary head (the number papers report) and with it,
     multiply-adds per image (torch.utils.flop_counter), the output shape and a per-cell table.
     Defaults are the paper's evaluation settings: CIFAR-10, C=36, L=20, auxiliary head.
+    C*C*L may not exceed 36*36*20*50 (about 160 M parameters); a network that does not fit in
+    memory is reported as such. On a terminal, a status line per stage goes to stderr.
     """
     try:
         genotype = parse_file(file).genotype(genotype_name)
@@ -41,33 +70,21 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
     default_channels, default_layers = _DEFAULT_SIZES.get(dataset, (36, 20))
     channels = channels or default_channels
     layers = layers or default_layers
+    if channels * channels * layers > MAX_SIZE:
+        raise click.UsageError(
+            f"--channels {channels} with --layers {layers} is too large: C*C*L = "
+            f"{channels * channels * layers:,} exceeds {MAX_SIZE:,} "
+            "(36*36*20*50, about 160 M parameters)")
 
-    import torch  # noqa: PLC0415 - only here: the front-end commands stay torch-free
-
-    from ..network import compile_network, count_multiply_adds, count_parameters, describe_network
-
-    model = compile_network(genotype, dataset=dataset, channels=channels, layers=layers,
-                            auxiliary=auxiliary)
-    rows = describe_network(model)
-    multiply_adds = count_multiply_adds(model)
-    model.eval()
-    with torch.no_grad():
-        logits, _ = model(torch.zeros(1, 3, model.input_size, model.input_size))
-    summary = {
-        "genotype": genotype.name,
-        "dataset": dataset,
-        "channels": channels,
-        "layers": layers,
-        "input_shape": [1, 3, model.input_size, model.input_size],
-        "output_shape": list(logits.shape),
-        "parameters": count_parameters(model, auxiliary=False),
-        "parameters_with_auxiliary": count_parameters(model, auxiliary=True) if auxiliary else None,
-        "multiply_adds": multiply_adds,
-        "cells": [
-            {"index": r.index, "type": r.kind, "channels": r.channels_out, "spatial": r.spatial,
-             "parameters": r.parameters} for r in rows
-        ],
-    }
+    try:
+        summary, rows = _measure(genotype, dataset, channels, layers, auxiliary)
+    except (RuntimeError, MemoryError) as error:
+        if not _out_of_memory(error):
+            raise
+        raise click.ClickException(
+            f"not enough memory to build {genotype.name} with C={channels}, L={layers}; "
+            "try smaller --channels or --layers") from None
+    multiply_adds = summary["multiply_adds"]
     if output_format == "json":
         click.echo(json.dumps(summary, indent=2))
         return
@@ -83,3 +100,40 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
     for r in rows:
         click.echo(f"{r.index:>4}  {r.kind:<6} {r.channels_out:>8} {f'{r.spatial}x{r.spatial}':>8} "
                    f"{r.parameters:>11,}")
+
+
+def _measure(genotype, dataset: str, channels: int, layers: int, auxiliary: bool):
+    """Build the network and count its weights and multiply-adds: (summary dict, cell rows)."""
+    _progress("importing torch")
+    from ..network import compile_network, count_multiply_adds, count_parameters, describe_network
+
+    _progress(f"building the network (C={channels}, L={layers})")
+    model = compile_network(genotype, dataset=dataset, channels=channels, layers=layers,
+                            auxiliary=auxiliary)
+    _progress("counting parameters")
+    rows = describe_network(model)
+    parameters = count_parameters(model, auxiliary=False)
+    with_auxiliary = count_parameters(model, auxiliary=True) if auxiliary else None
+    _progress("counting multiply-adds (one forward pass)")
+    outputs = []  # the output shape comes from the same forward pass, not a second one
+    hook = model.register_forward_hook(lambda module, inputs, output: outputs.append(output[0]))
+    try:
+        multiply_adds = count_multiply_adds(model)
+    finally:
+        hook.remove()
+    summary = {
+        "genotype": genotype.name,
+        "dataset": dataset,
+        "channels": channels,
+        "layers": layers,
+        "input_shape": [1, 3, model.input_size, model.input_size],
+        "output_shape": list(outputs[-1].shape),
+        "parameters": parameters,
+        "parameters_with_auxiliary": with_auxiliary,
+        "multiply_adds": multiply_adds,
+        "cells": [
+            {"index": r.index, "type": r.kind, "channels": r.channels_out, "spatial": r.spatial,
+             "parameters": r.parameters} for r in rows
+        ],
+    }
+    return summary, rows

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .. import api
+from ..checkpoint import WriteError
 from ..errors import DslError
 
 _PATHS = click.argument("paths", nargs=-1, required=True,
@@ -21,8 +22,11 @@ def fmt(paths: tuple[Path, ...], check_only: bool) -> None:
     """Rewrite genotype files in canonical form.
 
     PATHS are files or directories (searched for *.geno). Files are rewritten atomically, and only
-    after the formatted text has been parsed back to the same genotypes. Exit status: 0 when
-    nothing is wrong, 1 when a file has errors or (with --check) would change.
+    after the formatted text has been parsed back to the same genotypes; a rewritten file keeps
+    its permissions, a symbolic link is written through, and a UTF-8 byte-order mark is dropped.
+    Read-only files and files that cannot be written (full disk, read-only filesystem) are
+    reported and left untouched; the other files are still formatted. Exit status: 0 when
+    nothing is wrong, 1 when a file has errors, cannot be written or (with --check) would change.
     """
     failed = False
     for path in api.expand_paths(paths):
@@ -30,6 +34,10 @@ def fmt(paths: tuple[Path, ...], check_only: bool) -> None:
             result = api.format_file(path, write=not check_only)
         except DslError as error:
             click.echo(error.render(), err=True)
+            failed = True
+            continue
+        except WriteError as error:
+            click.echo(f"attdarts fmt: {error}", err=True)
             failed = True
             continue
         if result.changed:
@@ -47,9 +55,15 @@ def check(paths: tuple[Path, ...]) -> None:
     """Report every problem in genotype files.
 
     Each problem is printed as file:line:col: message, with the source line, a caret and a hint.
-    Silent with exit status 0 when all files are valid; exit status 1 on any error.
+    Silent with exit status 0 when all files are valid; exit status 1 on any error, and when a
+    directory in PATHS holds no *.geno file (nothing was checked).
     """
     failed = False
+    for path in paths:
+        if path.is_dir() and not api.expand_paths([path]):
+            click.echo(f"attdarts check: {path}: no genotype files (*.geno) in this directory; "
+                       "nothing checked", err=True)
+            failed = True
     for path in api.expand_paths(paths):
         for error in api.check_file(path):
             click.echo(error.render(), err=True)
