@@ -742,9 +742,17 @@ class _Run:
         })
 
     def restore(self) -> None:
-        state = checkpoint.load(self.run_dir / CHECKPOINT, map_location=self.device,
-                                expect={"config": self._config_record()},
-                                what="search checkpoint")
+        path = self.run_dir / CHECKPOINT
+        state = checkpoint.load(path, map_location=self.device, what="search checkpoint")
+        # compared as settings, not as dicts: a checkpoint written before a setting existed
+        # holds that setting's default, which is what that run did
+        try:
+            recorded = SearchConfig.model_validate(state.get("config"))
+        except (ValueError, TypeError, data.DataError):
+            recorded = None
+        if recorded != self.config:
+            raise checkpoint.CheckpointError(
+                f"{path}: the search checkpoint was written for a different config")
         try:
             self.model.load_state_dict(state["model"])
             self.bilevel.load_state_dict(state["optimizers"])

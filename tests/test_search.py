@@ -321,6 +321,26 @@ def test_resume_without_any_output_restarts_and_says_so(tiny_space, tmp_path, ca
     assert (run / "config.json").read_bytes() == (tmp_path / "reference" / "config.json").read_bytes()
 
 
+def test_resume_accepts_a_run_written_before_the_recipe_settings(tiny_space, tmp_path):
+    from attdarts import checkpoint
+
+    run = tmp_path / "run"
+    run_search(tiny_config(tiny_space, epochs=1, max_steps_per_epoch=1), run, device="cpu",
+               dataset=tiny_images())
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    for key in ("recipe", "clip", "bam_combine"):  # what an older attdarts wrote
+        del state["config"][key]
+    checkpoint.save(run / "checkpoint.pt", state)
+    (run / "config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
+    result = search.resume_search(run, device="cpu", dataset=tiny_images())
+    assert result.epochs == 1
+
+    state["config"]["lr"] = 0.5  # another run's checkpoint is still refused
+    checkpoint.save(run / "checkpoint.pt", state)
+    with pytest.raises(checkpoint.CheckpointError, match="different config"):
+        search.resume_search(run, device="cpu", dataset=tiny_images())
+
+
 # ---------------------------------------------------------------------------------------------
 # Every hyper-parameter is an option, validated
 
