@@ -125,6 +125,7 @@ RECIPES: dict[str, dict[str, object]] = {
     "authors": {"lr_min": 0.001, "arch_init": "randn", "second_order": "authors",
                 "clip": "authors", "bam_combine": "product"},
 }
+_PAPER = RECIPES["paper"]
 
 
 class SearchConfig(BaseModel):
@@ -146,22 +147,23 @@ class SearchConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     recipe: Literal["paper", "authors"] = "paper"
     order: Literal[1, 2] = 1
-    second_order: Literal["darts", "authors"] = "darts"
-    clip: Literal["weights", "authors"] = "weights"
-    bam_combine: Literal["sum", "product"] | None = None
+    # the settings a recipe decides default to the "paper" row of RECIPES (their one home)
+    second_order: Literal["darts", "authors"] = _PAPER["second_order"]
+    clip: Literal["weights", "authors"] = _PAPER["clip"]
+    bam_combine: Literal["sum", "product"] | None = _PAPER["bam_combine"]
     seed: int = 2
     channels: int = Field(16, ge=1)
     layers: int = Field(8, ge=1)
     train_portion: float = Field(0.5, gt=0.0, lt=1.0)
     lr: float = Field(0.025, gt=0.0)
-    lr_min: float = Field(0.0, ge=0.0)
+    lr_min: float = Field(_PAPER["lr_min"], ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(3e-4, ge=0.0)
     grad_clip: float = Field(5.0, gt=0.0)
     arch_lr: float = Field(3e-4, gt=0.0)
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = Field(1e-3, ge=0.0)
-    arch_init: Literal["zeros", "randn"] = "zeros"
+    arch_init: Literal["zeros", "randn"] = _PAPER["arch_init"]
     augment: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(0, ge=0)
