@@ -11,9 +11,19 @@ Architecture gradient:
   ``w' = w - eta (mu m + grad_w L_train(w) + lambda w)`` with the weight optimiser's momentum
   buffer m, then ``grad_a L_val(w', a) - eta (grad_a L_train(w+, a) - grad_a L_train(w-, a)) / (2 eps)``
   with ``w+- = w +- eps grad_w' L_val(w')`` and ``eps = 0.01 / ||grad_w' L_val(w')||``;
-- `second_order="authors"`: the authors' code's variant, which drops the momentum term and moves
-  alpha / beta too in the virtual step (``a' = a - eta (grad_a L_train + lambda a)``); the
-  validation gradient is then taken at (w', a') and the Hessian-vector product at a.
+- `second_order="authors"`: the authors' code's variant. Their alpha / beta are parameters of the
+  model, so every step of the formula treats them like weights: the virtual step drops the
+  momentum term and moves them too (``a' = a - eta (grad_a L_train + lambda a)``, lambda the
+  network's weight decay); the vector is the gradient of L_val(w', a') with respect to
+  (w', a'), ``eps = 0.01 / ||(grad_w', grad_a')||``, and the central difference moves alpha /
+  beta with w: ``grad_a L_train(w +- eps v_w, a +- eps v_a)``.
+
+Gradient clipping (`clip`): "weights" clips the weight gradients alone (DARTS). "authors" is what
+the authors' `clip_grad_norm_(model.parameters(), 5)` counts: their Adam clears the architecture
+gradients before the architecture step, so at clipping time alpha / beta still hold the gradient
+the architecture step used (plus Adam's L2 term ``arch_weight_decay * a``, which torch 1.0.1,
+their pinned version, adds into `.grad` in place), and the weight step's backward adds
+``grad_a L_train(w, a_new)`` on top. Those count in the norm; only the weights are scaled.
 
 Everything is functional (`torch.func.functional_call` on parameter dicts, no copy of the model).
 During the second-order step's extra forward passes BatchNorm normalises with batch statistics as
@@ -58,11 +68,11 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor
 from torch.func import functional_call
 
-from attdarts import checkpoint, data, ir
+from attdarts import catalog, checkpoint, data, ir
 from attdarts.derive import derive_genotype
 from attdarts.printer import format_genotype, format_space
 from attdarts.supernet import CELL_KINDS, Supernet, compile_supernet
@@ -72,14 +82,18 @@ __all__ = [
     "Bilevel",
     "SearchConfig",
     "SearchError",
+    "RECIPES",
     "SearchResult",
     "cosine_lr",
     "hessian_vector_product",
     "load_space",
+    "recipe_config",
     "resume_search",
     "run_search",
     "run_seeds",
+    "set_threads",
     "virtual_step",
+    "with_bam_combine",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,20 +107,37 @@ FINAL_GENOTYPE = "genotype.geno"
 WEIGHTS_LOG = "weights.jsonl"
 METRICS_LOG = "metrics.jsonl"
 SPLIT_SEED = 0  # fixed shuffle of an ImageFolder before the 50/50 cut
+# what a run on `--dataset synthetic` says in every output (genotype meta `synthetic`; the
+# records of metrics.jsonl and weights.jsonl carry "synthetic": true)
+SYNTHETIC_NOTE = "random images and labels: a smoke test, not a real search"
 
 
 class SearchError(Exception):
     """A search that cannot go on (diverged, inconsistent run directory); the message says why."""
 
 
+# The reproduction presets of `attdarts search --recipe`: the settings where the paper and the
+# authors' code differ (README, "Paper, authors' code and attdarts"). SearchConfig's defaults are
+# the "paper" row; explicit settings win over a recipe (`recipe_config`).
+RECIPES: dict[str, dict[str, object]] = {
+    "paper": {"lr_min": 0.0, "arch_init": "zeros", "second_order": "darts", "clip": "weights",
+              "bam_combine": None},
+    "authors": {"lr_min": 0.001, "arch_init": "randn", "second_order": "authors",
+                "clip": "authors", "bam_combine": "product"},
+}
+_PAPER = RECIPES["paper"]
+
+
 class SearchConfig(BaseModel):
     """Every setting of a search, with the paper's defaults (REFERENCE.md, "Search defaults").
 
-    `lr_min` defaults to the reference codes' 0.001 (the paper anneals to 0). The device is not a
-    setting: it is chosen by the caller and may change when a run is resumed.
+    The defaults are the "paper" recipe (`RECIPES`): lr_min 0, zero init, exact DARTS second
+    order, weights-only clipping, BAM as the space writes it (its default combine is the paper's
+    sum). `bam_combine` rewrites every `bam` candidate of the space. The device and the number of
+    threads are not settings: the caller chooses them, and they may change when a run resumes.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     space_file: str
     space: str | None = None
@@ -114,21 +145,25 @@ class SearchConfig(BaseModel):
     data_dir: str | None = None
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(64, ge=1)
+    recipe: Literal["paper", "authors"] = "paper"
     order: Literal[1, 2] = 1
-    second_order: Literal["darts", "authors"] = "darts"
+    # the settings a recipe decides default to the "paper" row of RECIPES (their one home)
+    second_order: Literal["darts", "authors"] = _PAPER["second_order"]
+    clip: Literal["weights", "authors"] = _PAPER["clip"]
+    bam_combine: Literal["sum", "product"] | None = _PAPER["bam_combine"]
     seed: int = 2
     channels: int = Field(16, ge=1)
     layers: int = Field(8, ge=1)
     train_portion: float = Field(0.5, gt=0.0, lt=1.0)
     lr: float = Field(0.025, gt=0.0)
-    lr_min: float = Field(0.001, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0)
+    lr_min: float = Field(_PAPER["lr_min"], ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(3e-4, ge=0.0)
     grad_clip: float = Field(5.0, gt=0.0)
     arch_lr: float = Field(3e-4, gt=0.0)
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = Field(1e-3, ge=0.0)
-    arch_init: Literal["zeros", "randn"] = "zeros"
+    arch_init: Literal["zeros", "randn"] = _PAPER["arch_init"]
     augment: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
     checkpoint_every: int = Field(0, ge=0)
@@ -144,6 +179,40 @@ class SearchConfig(BaseModel):
         if spec.kind == "imagenet":
             raise ValueError("the search runs on CIFAR-sized data; imagenet is not supported")
         return str(spec)
+
+    @field_validator("arch_betas")
+    @classmethod
+    def _adam_betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError(f"both betas must lie in [0, 1), got {value[0]}, {value[1]}")
+        return value
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "SearchConfig":
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr}): the cosine "
+                             "schedule anneals from lr down to lr_min")
+        return self
+
+
+def recipe_config(recipe: str = "paper", **settings: object) -> SearchConfig:
+    """A SearchConfig from a recipe of `RECIPES`; every setting given explicitly wins over it."""
+    if recipe not in RECIPES:
+        raise SearchError(f"unknown recipe '{recipe}'; expected one of {', '.join(RECIPES)}")
+    return SearchConfig(**{**RECIPES[recipe], "recipe": recipe, **settings})
+
+
+def set_threads(threads: int) -> None:
+    """Intra-op and inter-op torch threads for this process (`attdarts search --threads`).
+
+    torch fixes the inter-op pool at its first parallel operation; when that has happened the
+    intra-op setting still applies and the inter-op one is left as it is.
+    """
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        log.debug("inter-op threads already fixed; --threads sets the intra-op threads only")
 
 
 @dataclass
@@ -167,6 +236,31 @@ def cosine_lr(config: SearchConfig, epoch: int) -> float:
 
 def load_space(path: str | os.PathLike, name: str | None = None) -> ir.Space:
     return parse_file(path).space(name)
+
+
+def with_bam_combine(space: ir.Space, combine: str | None) -> ir.Space:
+    """`space` with every `bam` candidate combining its gates by `combine` (None: unchanged).
+
+    The paper (and BAM's paper) sum the channel and spatial gates, the authors' code multiplies
+    them; the parameters are the same, so only the IR's keyword changes.
+    """
+    if combine is None:
+        return space
+    parameters = catalog.ATTENTIONS["bam"]
+
+    def rewrite(call: ir.Call) -> ir.Call:
+        if call.name != "bam":
+            return call
+        given = {**call.kwargs_dict(), "combine": combine}
+        kwargs = tuple((key, given[key]) for key in parameters
+                       if key in given and given[key] != parameters[key].default)
+        return call.model_copy(update={"kwargs": kwargs})
+
+    attentions = tuple(rewrite(call) for call in space.attentions)
+    if len(set(attentions)) != len(attentions):
+        raise SearchError(f"space '{space.name}': with combine={combine} two 'bam' candidates "
+                          "become the same attention; list one")
+    return space.model_copy(update={"attentions": attentions})
 
 
 def _dump_json(value: object) -> str:
@@ -220,23 +314,34 @@ def hessian_vector_product(
     vector: Mapping[str, Tensor],
     *,
     r: float = 0.01,
+    arch_vector: Mapping[str, Tensor] | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Finite-difference ``(d^2 L / da dw) v`` as DARTS: eps = r / ||v||, central difference.
 
-    `loss(weights, arch)` evaluates L_train. Returns the product per arch name and eps.
+    `loss(weights, arch)` evaluates L_train. Returns the product per arch name and eps. With
+    `arch_vector` (the authors' variant, where alpha / beta are model parameters) the norm counts
+    it too and the architecture moves along it with the weights: the gradient with respect to
+    the architecture is taken at ``(w +- eps v, a +- eps v_a)``.
     """
     names = list(weights)
+    arch_names = list(arch)
     v = [vector[name] for name in names]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v]))
+    v_arch = [] if arch_vector is None else [arch_vector[name] for name in arch_names]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v + v_arch]))
     eps = r / norm
     base = [weights[name].detach() for name in names]
     scaled = torch._foreach_mul(v, eps)
-    arch_names = list(arch)
-    arch_values = [arch[name] for name in arch_names]
+    arch_base = [arch[name].detach() for name in arch_names]
+    arch_scaled = torch._foreach_mul(v_arch, eps) if v_arch else []
 
     def arch_gradient(sign: float) -> tuple[Tensor, ...]:
         moved = torch._foreach_add(base, scaled, alpha=sign)
-        value = loss(dict(zip(names, moved)), arch)
+        if arch_vector is None:
+            arch_values = [arch[name] for name in arch_names]
+        else:
+            arch_values = [value.requires_grad_() for value in
+                           torch._foreach_add(arch_base, arch_scaled, alpha=sign)]
+        value = loss(dict(zip(names, moved)), dict(zip(arch_names, arch_values)))
         return torch.autograd.grad(value, arch_values)
 
     plus = arch_gradient(1.0)
@@ -265,6 +370,13 @@ class Bilevel:
         self.arch_names = [name for name, _ in model.named_architecture()]
         self.weight_params = model.weights()
         self.arch_params = model.architecture()
+        if config.clip == "authors" and world_size > 1:
+            raise SearchError("the authors' clipping (--clip authors) runs in one process; "
+                              "use --clip weights under torchrun")
+        # the architecture gradients still held at the weight step (clip="authors"): none before
+        # the first architecture step
+        self._arch_leftover = [torch.zeros_like(param) for param in self.arch_params]
+        self.grad_norm: Tensor | None = None  # the last weight step's clip norm, on the device
         # foreach: a few multi-tensor operations instead of four per each of the ~6,000 weight
         # tensors, on every device (torch picks it by itself only on CUDA)
         self.weight_optimizer = torch.optim.SGD(
@@ -296,18 +408,40 @@ class Bilevel:
                 val_loss.detach(), _correct(val_logits, arch_batch[1]))
 
     def weight_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """SGD on the weights; the clip norm counts the weights, or also alpha / beta ("authors")."""
         images, labels = batch
-        self._arch_requires_grad(False)
+        authors = self.config.clip == "authors"
+        self._arch_requires_grad(authors)
         try:
             self.weight_optimizer.zero_grad(set_to_none=True)
             logits = self.network(images)
             loss = _cross_entropy(logits, labels)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.weight_params, self.config.grad_clip)
+            if authors:
+                self.grad_norm = self._clip_as_the_authors()
+            else:
+                self.grad_norm = torch.nn.utils.clip_grad_norm_(self.weight_params,
+                                                                self.config.grad_clip)
             self.weight_optimizer.step()
         finally:
             self._arch_requires_grad(True)
         return loss, logits.detach()
+
+    def _clip_as_the_authors(self) -> Tensor:
+        """Clip the weight gradients by the norm over the weights and alpha / beta (see above).
+
+        alpha / beta's gradients there: what the architecture step left (`_arch_leftover`) plus
+        this backward's ``grad_a L_train``. They are cleared afterwards; only the weights step.
+        """
+        arch_grads = []
+        for param, leftover in zip(self.arch_params, self._arch_leftover):
+            grad = param.grad
+            arch_grads.append(leftover if grad is None else leftover + grad)
+            param.grad = None
+        weight_grads = [param.grad for param in self.weight_params if param.grad is not None]
+        total = torch.nn.utils.get_total_norm([*weight_grads, *arch_grads])
+        torch.nn.utils.clip_grads_with_norm_(self.weight_params, self.config.grad_clip, total)
+        return total
 
     def architecture_step_first_order(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         images, labels = batch
@@ -375,10 +509,12 @@ class Bilevel:
         grads = torch.autograd.grad(val_loss, [*arch_values, *virtual_weights.values()])
         arch_grads, vector = grads[:len(arch_values)], grads[len(arch_values):]
 
-        # 3. finite-difference Hessian-vector product at (w, a)
+        # 3. finite-difference Hessian-vector product around (w, a); the authors' variant moves
+        # alpha / beta along their own validation gradient too
         product, _ = hessian_vector_product(
             lambda w, a: _cross_entropy(forward(w, a, train_images), train_labels),
-            weights, arch, dict(zip(self.weight_names, vector)), r=self.hvp_scale)
+            weights, arch, dict(zip(self.weight_names, vector)), r=self.hvp_scale,
+            arch_vector=dict(zip(self.arch_names, arch_grads)) if authors else None)
         total = [g - eta * product[name] for g, name in zip(arch_grads, self.arch_names)]
         return total, val_loss, val_logits.detach()
 
@@ -393,6 +529,11 @@ class Bilevel:
             grads = [g.reshape(p.shape) for g, p in zip(grads, self.arch_params)]
         for param, grad in zip(self.arch_params, grads):
             param.grad = grad.detach()
+        if self.config.clip == "authors":
+            # the gradient stays in .grad until the weight step's clipping; torch 1.0.1's Adam
+            # adds its L2 term to it in place, at the values before the step
+            decay = self.config.arch_weight_decay
+            self._arch_leftover = [param.grad + decay * param.detach() for param in self.arch_params]
         self.arch_optimizer.step()
         self.arch_optimizer.zero_grad(set_to_none=True)
 
@@ -603,9 +744,17 @@ class _Run:
         })
 
     def restore(self) -> None:
-        state = checkpoint.load(self.run_dir / CHECKPOINT, map_location=self.device,
-                                expect={"config": self._config_record()},
-                                what="search checkpoint")
+        path = self.run_dir / CHECKPOINT
+        state = checkpoint.load(path, map_location=self.device, what="search checkpoint")
+        # compared as settings, not as dicts: a checkpoint written before a setting existed
+        # holds that setting's default, which is what that run did
+        try:
+            recorded = SearchConfig.model_validate(state.get("config"))
+        except (ValueError, TypeError, data.DataError):
+            recorded = None
+        if recorded != self.config:
+            raise checkpoint.CheckpointError(
+                f"{path}: the search checkpoint was written for a different config")
         try:
             self.model.load_state_dict(state["model"])
             self.bilevel.load_state_dict(state["optimizers"])
@@ -640,14 +789,13 @@ class _Run:
 
     def genotype_text(self, epoch: int) -> str:
         config = self.config
-        dataset = config.dataset
+        meta = {"space": self.space.name, "epoch": f"{epoch}/{config.epochs}",
+                "seed": str(config.seed), "dataset": config.dataset}
         if self.synthetic:
-            dataset += " (random images and labels: a smoke test, not a real search)"
+            meta["dataset"] += f" ({SYNTHETIC_NOTE})"
+            meta["synthetic"] = SYNTHETIC_NOTE
         genotype = derive_genotype(self.model, self.space, name=f"{self.space.name}_seed{config.seed}",
-                                   meta={"space": self.space.name,
-                                         "epoch": f"{epoch}/{config.epochs}",
-                                         "seed": str(config.seed),
-                                         "dataset": dataset})
+                                   meta=meta)
         text = format_genotype(genotype)
         if parse_text(text).genotype() != genotype:  # the printer must round-trip
             raise SearchError("internal error: the derived genotype does not print back")
@@ -655,6 +803,8 @@ class _Run:
 
     def weights_record(self, epoch: int) -> str:
         record: dict = {"epoch": epoch}
+        if self.synthetic:
+            record["synthetic"] = True
         tensors = self.model.architecture_tensors()
         for cell in CELL_KINDS:
             record[cell] = {kind: _short(torch.softmax(tensors[cell][kind].float(), dim=-1))
@@ -735,6 +885,8 @@ class _Run:
             "seconds": round(seconds, 3),
             "images_per_s": round(weight_images / seconds, 2) if seconds > 0 else None,
         }
+        if self.synthetic:
+            metrics["synthetic"] = True
         self.epoch = epoch + 1
         self.step = 0
         self.elapsed = 0.0
@@ -791,8 +943,11 @@ def _progress(enabled: bool, total: int, initial: int, description: str):
 # Public entry points
 
 
-def _prepare_run_dir(config: SearchConfig, run_dir: Path, space: ir.Space) -> None:
-    if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG).exists():
+def _prepare_run_dir(config: SearchConfig, run_dir: Path, space: ir.Space,
+                     restart: bool = False) -> None:
+    """Write config.json and space.geno; `restart` accepts the run's own config.json (a run
+    killed in its first epoch, started again by `resume_search`)."""
+    if (run_dir / CHECKPOINT).exists() or ((run_dir / CONFIG).exists() and not restart):
         raise SearchError(
             f"'{run_dir}' already holds a search; continue it with --resume {run_dir} "
             "or choose another --out")
@@ -803,9 +958,13 @@ def _prepare_run_dir(config: SearchConfig, run_dir: Path, space: ir.Space) -> No
 
 
 def _space_of(config: SearchConfig, run_dir: Path | None = None) -> ir.Space:
+    """The space searched: the run's space.geno if written, else the space file, with
+    `bam_combine` applied (idempotent, so a resumed run gets the same space)."""
     if run_dir is not None and (run_dir / SPACE).is_file():
-        return parse_file(run_dir / SPACE).space()
-    return load_space(config.space_file, config.space)
+        space = parse_file(run_dir / SPACE).space()
+    else:
+        space = load_space(config.space_file, config.space)
+    return with_bam_combine(space, config.bam_combine)
 
 
 def run_search(
@@ -816,18 +975,20 @@ def run_search(
     progress: bool = False,
     dataset: data.ImageTensors | None = None,
     resume: bool = False,
+    restart: bool = False,
 ) -> SearchResult:
     """Search one seed into `run_dir` (or continue it with `resume=True`).
 
     `dataset` overrides loading `config.dataset` (tests pass tiny in-memory images). Under
-    torchrun (WORLD_SIZE > 1) each process calls this; rank 0 writes the files.
+    torchrun (WORLD_SIZE > 1) each process calls this; rank 0 writes the files. `restart` is
+    for `resume_search` only: start again a run that has its config but no output yet.
     """
     run_dir = Path(run_dir)
     with (distributed(None if device is None else str(device)) as (process, torch_device),
           determinism(config, torch_device)):
         space = _space_of(config, run_dir)
         if not resume and process.main:
-            _prepare_run_dir(config, run_dir, space)
+            _prepare_run_dir(config, run_dir, space, restart=restart)
         if process.world_size > 1:
             torch.distributed.barrier()
         run = _Run(config, run_dir, torch_device, process, space, dataset, progress)
@@ -863,7 +1024,9 @@ def resume_search(
 ) -> SearchResult | list[SearchResult]:
     """Continue an interrupted search (one seed, or a multi-seed directory) where it stopped.
 
-    A run with no checkpoint yet (killed during its first epoch) starts over from its config.
+    Without checkpoint.pt: a run that wrote no epoch yet (killed during its first epoch) starts
+    over from its config.json, with a warning; one that did write epochs is refused, and nothing
+    is touched (its checkpoint, which holds the state, is gone).
     """
     run_dir = Path(run_dir)
     if (run_dir / SEEDS).is_file():
@@ -872,11 +1035,21 @@ def resume_search(
         return run_seeds(base, record["seeds"], run_dir, device=device, progress=progress,
                          dataset=dataset, resume=True)
     config = read_config(run_dir)
-    has_checkpoint = (run_dir / CHECKPOINT).exists()
-    if not has_checkpoint:
-        (run_dir / CONFIG).unlink()
+    if (run_dir / CHECKPOINT).exists():
+        return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
+                          resume=True)
+    written = sorted(path.name for path in run_dir.glob("genotype-epoch*.geno"))
+    written += [name for name in (FINAL_GENOTYPE, METRICS_LOG, WEIGHTS_LOG)
+                if (run_dir / name).exists()]
+    if written:
+        raise SearchError(
+            f"{run_dir / CHECKPOINT}: missing, but the run already wrote {', '.join(written)}; "
+            "it cannot continue without its checkpoint. Nothing was changed; start a new run "
+            "with another --out")
+    log.warning("%s: no %s and no epoch written yet (the run stopped in its first epoch); "
+                "starting it again from epoch 1", run_dir, CHECKPOINT)
     return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
-                      resume=has_checkpoint)
+                      restart=True)
 
 
 def run_seeds(

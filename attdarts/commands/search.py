@@ -41,9 +41,54 @@ def _seeds(value: str | None) -> list[int] | None:
     return seeds
 
 
+def _betas(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    parts = value.split(",")
+    try:
+        betas = tuple(float(part) for part in parts)
+    except ValueError:
+        betas = ()
+    if len(betas) != 2:
+        raise click.BadParameter(f"expected two comma-separated numbers such as 0.5,0.999, "
+                                 f"got '{value}'", param_hint="'--arch-betas'")
+    return betas
+
+
+def _option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _settings_error(error) -> str:
+    """A pydantic ValidationError of SearchConfig as one line naming the options."""
+    problems = []
+    for item in error.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["loc"]:
+            field = str(item["loc"][0])
+            value = item.get("input")
+            problems.append(f"{_option_name(field)} {value}: {message}" if isinstance(
+                value, (int, float, str)) else f"{_option_name(field)}: {message}")
+        else:  # a check across settings names them itself
+            for field in ("lr_min", "lr"):
+                message = message.replace(f"{field} (", f"{_option_name(field)} (")
+            problems.append(message)
+    return "invalid settings: " + "; ".join(problems)
+
+
+# options that a recipe sets (default None: the recipe decides; given: the option wins)
+_RECIPE_HELP = " (default: set by --recipe)"
+
+
 @click.command()
 @click.argument("space_file", required=False, type=click.Path(path_type=Path))
 @click.option("--space", "space_name", help="Space name when the file defines several.")
+@click.option("--recipe", type=click.Choice(["paper", "authors"]), default="paper",
+              show_default=True,
+              help="Reproduction preset: 'paper' (the paper: lr-min 0, zero init, exact DARTS "
+                   "second order, clip the weights, BAM summed) or 'authors' (their code: "
+                   "lr-min 0.001, 1e-3 randn init, their second order and clipping, BAM gates "
+                   "multiplied). Options given explicitly win over the recipe.")
 @click.option("--dataset", default="cifar10", show_default=True,
               help="cifar10, cifar100, synthetic or folder:PATH (ImageFolder with train/).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where CIFAR lives (default ./data).")
@@ -52,19 +97,42 @@ def _seeds(value: str | None) -> list[int] | None:
 @click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True,
               help="First- or second-order (DARTS unrolled) architecture gradient.")
 @click.option("--second-order", "second_order", type=click.Choice(["darts", "authors"]),
-              default="darts", show_default=True,
-              help="Second-order variant: exact DARTS, or the authors' code (no momentum, alpha moved).")
+              help="Second-order variant: exact DARTS, or the authors' code (no momentum; "
+                   "alpha/beta moved in the virtual step and the finite difference)" + _RECIPE_HELP + ".")
+@click.option("--clip", type=click.Choice(["weights", "authors"]),
+              help="What the gradient-clip norm counts: the weights (DARTS), or also the "
+                   "alpha/beta gradients the authors' code holds at that point" + _RECIPE_HELP + ".")
+@click.option("--bam-combine", type=click.Choice(["sum", "product"]),
+              help="Rewrite every bam candidate to combine its gates by sum (the paper) or "
+                   "product (the authors' code); default: as the space file writes it, "
+                   "unless --recipe authors.")
 @click.option("--seed", type=int, default=2, show_default=True)
 @click.option("--seeds", help="Several seeds run one after another into OUT/seed-N, e.g. 1,2,3,4.")
 @click.option("--channels", type=int, default=16, show_default=True)
 @click.option("--layers", type=int, default=8, show_default=True)
-@click.option("--lr-min", type=float, default=0.001, show_default=True,
-              help="End of the cosine schedule (the paper: 0; the reference codes: 0.001).")
-@click.option("--arch-init", type=click.Choice(["zeros", "randn"]), default="zeros",
-              show_default=True, help="zeros (the paper) or 1e-3 * randn (the authors' code).")
+@click.option("--lr", type=float, default=0.025, show_default=True,
+              help="Initial SGD learning rate of the weights.")
+@click.option("--lr-min", type=float,
+              help="End of the cosine schedule (paper: 0; authors' code: 0.001)" + _RECIPE_HELP + ".")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum, below 1.")
+@click.option("--weight-decay", type=float, default=3e-4, show_default=True,
+              help="SGD weight decay of the weights.")
+@click.option("--grad-clip", type=float, default=5.0, show_default=True,
+              help="Maximum gradient norm of a weight step (see --clip).")
+@click.option("--arch-lr", type=float, default=3e-4, show_default=True,
+              help="Adam learning rate of alpha/beta.")
+@click.option("--arch-weight-decay", type=float, default=1e-3, show_default=True,
+              help="Adam weight decay of alpha/beta.")
+@click.option("--arch-betas", default="0.5,0.999", show_default=True, help="Adam betas of alpha/beta.")
+@click.option("--train-portion", type=float, default=0.5, show_default=True,
+              help="Share of the training set for the weights; the rest trains the architecture.")
+@click.option("--arch-init", type=click.Choice(["zeros", "randn"]),
+              help="zeros (the paper) or 1e-3 * randn (the authors' code)" + _RECIPE_HELP + ".")
 @click.option("--no-augment", is_flag=True, help="No random crop / flip on the search data.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/search-SPACE-TIME).")
 @click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads of torch for this run (intra- and inter-op); default: torch's choice.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-identical resume).")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the iterations of every epoch (smoke runs).")
@@ -75,9 +143,11 @@ def _seeds(value: str | None) -> list[int] | None:
                    "default: the same results to float rounding from about a third of the "
                    "tensor operations).")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
-def search(space_file, space_name, dataset, data_dir, epochs, batch_size, order, second_order,
-           seed, seeds, channels, layers, lr_min, arch_init, no_augment, out, device, resume,
-           deterministic, max_steps_per_epoch, checkpoint_every, plain, quiet) -> None:
+def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size, order,
+           second_order, clip, bam_combine, seed, seeds, channels, layers, lr, lr_min, momentum,
+           weight_decay, grad_clip, arch_lr, arch_weight_decay, arch_betas, train_portion,
+           arch_init, no_augment, out, device, threads, resume, deterministic,
+           max_steps_per_epoch, checkpoint_every, plain, quiet) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
@@ -90,6 +160,9 @@ def search(space_file, space_name, dataset, data_dir, epochs, batch_size, order,
     if not quiet:
         _configure_logging()
     seed_list = _seeds(seeds)
+    betas = _betas(arch_betas)
+    if threads is not None:
+        api.set_threads(threads)
     try:
         if resume is not None:
             if space_file is not None:
@@ -103,14 +176,18 @@ def search(space_file, space_name, dataset, data_dir, epochs, batch_size, order,
         if not space_file.is_file():
             raise click.BadParameter(f"'{space_file}' does not exist", param_hint="SPACE_FILE")
         space = api.load_space(space_file, space_name)
-        config = api.SearchConfig(
+        chosen = {"second_order": second_order, "clip": clip, "bam_combine": bam_combine,
+                  "lr_min": lr_min, "arch_init": arch_init}
+        config = api.recipe_config(
+            recipe, **{key: value for key, value in chosen.items() if value is not None},
             space_file=str(space_file.resolve()), space=space_name, dataset=dataset,
             data_dir=None if data_dir is None else str(data_dir.resolve()), epochs=epochs,
-            batch_size=batch_size, order=int(order), second_order=second_order,
-            seed=seed_list[0] if seed_list else seed, channels=channels, layers=layers,
-            lr_min=lr_min, arch_init=arch_init, augment=not no_augment,
-            max_steps_per_epoch=max_steps_per_epoch, checkpoint_every=checkpoint_every,
-            deterministic=deterministic, grouped=not plain)
+            batch_size=batch_size, order=int(order), seed=seed_list[0] if seed_list else seed,
+            channels=channels, layers=layers, lr=lr, momentum=momentum,
+            weight_decay=weight_decay, grad_clip=grad_clip, arch_lr=arch_lr,
+            arch_weight_decay=arch_weight_decay, arch_betas=betas, train_portion=train_portion,
+            augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
+            checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
         if out is None:
             out = Path("runs") / f"search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if seed_list:
@@ -121,8 +198,7 @@ def search(space_file, space_name, dataset, data_dir, epochs, batch_size, order,
     except DslError as error:
         raise click.ClickException(str(error)) from None
     except pydantic.ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise click.ClickException(f"invalid settings: {problems}") from None
+        raise click.ClickException(_settings_error(error)) from None
     except (api.SearchError, data.DataError, checkpoint.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
 
