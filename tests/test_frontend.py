@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from attdarts import api, catalog
 from attdarts.cli import cli
@@ -88,7 +89,7 @@ def _cell(kind="normal"):
 
 def test_ir_is_frozen_hashable_and_compares_content_only():
     genotype = Genotype(name="g", normal=_cell(), reduce=_cell("reduce"))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         genotype.name = "other"
     parsed = parse_text("# note\n" + format_document(Document(items=(genotype,)))).genotype()
     assert parsed == genotype and hash(parsed) == hash(genotype)
