@@ -34,7 +34,7 @@ import torch
 from attdarts import ir
 from attdarts.supernet import CELL_KINDS, Supernet, column_names
 
-__all__ = ["derive_cell", "derive_genotype"]
+__all__ = ["check_derivable", "derive_cell", "derive_genotype"]
 
 ArchTensors = Mapping[str, Mapping[str, torch.Tensor]]
 
@@ -59,8 +59,6 @@ def _edge_choice(
     operations = list(space.operations)
     attentions = list(space.attentions)
     operation_columns = [i for i, call in enumerate(operations) if call.name != "none"]
-    if not operation_columns:
-        raise ValueError(f"space '{space.name}' has no operation other than 'none' to derive")
     location = space.location
     if location == "mixed_with_operation":
         columns = operation_columns + [len(operations) + i for i in range(len(attentions))]
@@ -84,8 +82,22 @@ def _no_identity(call: ir.Call | None) -> ir.Call | None:
     return None if call is None or call.name == "identity" else call
 
 
+def check_derivable(space: ir.Space) -> None:
+    """Raise ValueError, in one line, if no genotype can be derived from `space`.
+
+    A space parsed from text never fails here (`attdarts check` refuses it first); one built with
+    `model_construct` or edited after validation can.
+    """
+    problems = ir.derivation_problems(space)
+    if problems:
+        reasons = "; ".join(problem.message + (f" ({problem.hint})" if problem.hint else "")
+                            for problem in problems)
+        raise ValueError(f"space '{space.name}' cannot derive a genotype: {reasons}")
+
+
 def derive_cell(space: ir.Space, kind: str, tensors: Mapping[str, torch.Tensor]) -> ir.Cell:
     """One cell ("normal" or "reduce") from its raw alpha / beta / gamma tensors."""
+    check_derivable(space)
     alpha = _softmax_rows(tensors["alpha"])
     beta = _softmax_rows(tensors["beta"]) if "beta" in tensors else None
     nodes = []
@@ -134,6 +146,7 @@ def derive_genotype(
         if space is None:
             raise ValueError("derive_genotype needs the search space when given raw tensors")
         tensors = source
+    check_derivable(space)
     expected = set(column_names(space))
     for kind in CELL_KINDS:
         if kind not in tensors or set(tensors[kind]) != expected:

@@ -791,6 +791,23 @@ def export_genotypes(genotypes: Iterable[Genotype], format: str, *, drop_attenti
     return text
 
 
+def export_warnings(genotypes: Iterable[Genotype], format: str) -> list[str]:
+    """What an export in `format` changes about `genotypes`, one line each (empty if nothing).
+
+    The authors' formats have one 'BAM', which multiplies its two gates, so a `bam` that sums them
+    (the paper's, and the DSL default) comes back as `bam(combine=product)`. `attdarts export`
+    prints these lines on stderr for every format; the Python formats also keep one as a comment.
+    """
+    if format == "darts-py":
+        return []
+    return [f"warning: genotype '{genotype.name}': {SUM_BAM_WARNING}"
+            for genotype in genotypes if _uses_sum_bam(genotype)]
+
+
+SUM_BAM_WARNING = ("its bam sums the channel and spatial gates (combine=sum), but 'BAM' in the "
+                   "Att-DARTS format multiplies them; it imports back as bam(combine=product)")
+
+
 def _python_module(records: list[tuple[Genotype, dict[str, object]]], format: str) -> str:
     fields = DARTS_FIELDS if format == "darts-py" else ATT_DARTS_FIELDS
     lines = [

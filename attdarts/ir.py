@@ -31,7 +31,8 @@ Location = Literal[
 ]
 Mixing = Literal["sum", "product"]
 
-_PRESENTATION = frozenset({"span", "name_spans", "comments", "closing", "setting_comments"})
+_PRESENTATION = frozenset(
+    {"span", "name_spans", "comments", "closing", "setting_comments", "setting_spans"})
 
 
 class _Node(BaseModel):
@@ -177,6 +178,7 @@ class Space(_Node):
     location: Location = "after_every"
     mixing: Mixing = "sum"
     setting_comments: tuple[tuple[str, Comments], ...] = Field(default=(), exclude=False)
+    setting_spans: tuple[tuple[str, Span], ...] = Field(default=(), exclude=True, repr=False)
     comments: Comments = NO_COMMENTS
     closing: Comments = NO_COMMENTS
 
@@ -199,9 +201,15 @@ class Space(_Node):
             problems.append(Problem("'nodes' must be at least 1", self.span))
         if not 1 <= self.keep:
             problems.append(Problem("'keep' must be at least 1", self.span))
+        if not problems:
+            problems = derivation_problems(self)
         if problems:
             raise DslError(problems)
         return self
+
+    def span_of(self, key: str) -> Span | None:
+        """Where the setting `key` is written, or the space itself if it is not (a default)."""
+        return dict(self.setting_spans).get(key, self.span)
 
     def comments_for(self, key: str) -> Comments:
         return dict(self.setting_comments).get(key, NO_COMMENTS)
@@ -251,6 +259,39 @@ def _duplicate_keys(meta: tuple[Meta, ...]) -> list[Problem]:
         if entry.key in seen:
             problems.append(Problem(f"'{entry.key}' is set twice", entry.span))
         seen.add(entry.key)
+    return problems
+
+
+def derivation_problems(space: Space) -> list[Problem]:
+    """Why a search over `space` could not derive a genotype (paper Sec. III-A), if it could not.
+
+    Derivation keeps, per intermediate node, the `keep` strongest incoming edges, and gives each
+    kept edge its strongest candidate other than `none`. So every edge needs such a candidate:
+    an operation other than `none`, or (only where attentions share the operations' mixture, in
+    `mixed_with_operation`) an attention, which derives to ``skip_connect(x) >> attention``. And
+    the first node has only two inputs (c_k2, c_k1), so `keep` can be at most 2: with more, the
+    first node would keep fewer edges than the others, which no cell in the papers does.
+    """
+    problems: list[Problem] = []
+    real_operations = [call for call in space.operations if call.name != "none"]
+    if not real_operations:
+        if space.location == "mixed_with_operation":
+            if not space.attentions:
+                problems.append(Problem(
+                    "every edge would derive to 'none': the space has no operation other than "
+                    "'none' and no attention", space.span_of("operations"),
+                    "add an operation such as sep_conv_3x3 or skip_connect"))
+        else:
+            problems.append(Problem(
+                "every edge would derive to 'none': the space has no operation other than 'none'",
+                space.span_of("operations"),
+                "derivation never picks 'none' (paper, Sec. III-A); add an operation such as "
+                "sep_conv_3x3 or skip_connect"))
+    if space.keep > len(INPUTS):
+        problems.append(Problem(
+            f"'keep' is {space.keep}, but the first node has only {len(INPUTS)} inputs "
+            f"({', '.join(INPUTS)})", space.span_of("keep"),
+            f"each node keeps at most {len(INPUTS)} incoming edges (DARTS keeps 2)"))
     return problems
 
 

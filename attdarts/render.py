@@ -4,7 +4,9 @@ A cell is drawn left to right: the inputs c_{k-2} and c_{k-1} (green), the inter
 0, 1, 2, ... (blue) and the output c_{k} (yellow). Each edge is labelled with its operation and,
 on a second line in red italics, its attention (nothing when the attention is the identity). An
 attention on the concatenated output (locations `end` and `after_every_and_end`) is a small red
-box between the intermediate nodes and c_{k}.
+box between the intermediate nodes and c_{k}. Each input shares an invisible cluster with the
+labels of its edges, so no wire of one input runs past the other. A genotype whose metadata has
+a `synthetic` entry (a search on random data writes one) gets a red "SYNTHETIC DATA" title.
 
 The DOT text is built here, line by line, from the IR alone: same genotype, same bytes, so
 drawings can be committed and pinned by golden tests. Turning DOT into SVG, PNG or PDF needs the
@@ -49,6 +51,9 @@ ATTENTION_NAMES = {
     "double_attention": "A<sup>2</sup>",
 }
 
+# Metadata key that marks a genotype derived from a search on random images and labels.
+SYNTHETIC_KEY = "synthetic"
+
 _NODE_NUMBER = re.compile(r"n(\d+)\Z")
 
 
@@ -84,6 +89,12 @@ def genotype_dot(genotype: Genotype, cells: Iterable[str] = CELL_KINDS) -> str:
         if position:
             lines.append("")
         lines.extend(_cell_lines(genotype.cell(kind)))
+    synthetic = genotype.meta_value(SYNTHETIC_KEY)
+    if synthetic is not None:
+        # last, so that no cluster inherits it; a search on random images says so on its drawing
+        lines += ["", "    // the genotype was searched on synthetic data: say so on the drawing",
+                  f"    labelloc=t; fontcolor=\"{ATTENTION_COLOR}\";",
+                  f"    label=<<b>SYNTHETIC DATA: {_escape(synthetic)}</b>>;"]
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -95,28 +106,39 @@ def _cell_lines(cell: Cell) -> list[str]:
         f"    subgraph {_quote('cluster_' + kind)} {{",
         f"{inner}label=<<b>{CELL_TITLES[kind]}</b>>;",
         f"{inner}labelloc=b; labeljust=c; peripheries=0; margin=12;",
-        f"{inner}// inputs: the outputs of the two previous cells",
-        f"{inner}{{ rank=source;",
     ]
+    edges = [(node, position, edge) for node in cell.nodes for position, edge in enumerate(node.edges)]
+    # An edge's label is a text node sitting on the wire (u -> label -> v): dot places ordinary
+    # edge labels beside the line and, left to right, lets lines run through them.
+    #
+    # Each input shares an invisible cluster with the labels of its edges. dot never lets two
+    # clusters overlap, so the wires of c_k2 cannot run down past c_k1 (or the other way round)
+    # and read as edges of the other input (issue 11, item 21).
+    lines.append(f"{inner}// inputs: the outputs of the two previous cells, each with the "
+                 "labels of its edges")
     for name, subscript in zip(INPUTS, ("k−2", "k−1")):
+        lines.append(f"{inner}subgraph {_quote(f'cluster_{kind}/{name}')} {{")
+        lines.append(f'{inner}    label=""; peripheries=0; margin=2;')
         lines.append(f"{inner}    {_id(kind, name)} [label=<{_subscripted('c', subscript)}>,"
                      f' fillcolor="{INPUT_FILL}"];')
-    lines.append(f"{inner}}}")
+        for node, position, edge in edges:
+            if edge.input == name:
+                lines.append(f"{inner}    {_label_line(kind, node.name, position, edge)}")
+        lines.append(f"{inner}}}")
+    lines.append(f"{inner}{{ rank=same; {_id(kind, INPUTS[0])} -> {_id(kind, INPUTS[1])} [style=invis]; }}")
     lines.append(f"{inner}// intermediate nodes: each the sum of its incoming edges (Eq. 11)")
     for node in cell.nodes:
         lines.append(f"{inner}{_id(kind, node.name)} [label=<{_node_label(node.name)}>,"
                      f' fillcolor="{NODE_FILL}"];')
     lines.append(f"{inner}{{ rank=sink; {_id(kind, 'c_k')} [label=<{_subscripted('c', 'k')}>,"
                  f' fillcolor="{OUTPUT_FILL}"]; }}')
-    # An edge's label is a text node sitting on the wire (u -> label -> v): dot places ordinary
-    # edge labels beside the line and, left to right, lets lines run through them.
     lines.append(f"{inner}// edges: operation, then attention (Eq. 9-10), one label node each")
-    for node in cell.nodes:
-        for position, edge in enumerate(node.edges):
-            label = _id(kind, f"{node.name}/{position}")
-            lines.append(f"{inner}{label} [label=<{_edge_label(edge)}>, {_LABEL_STYLE}];")
-            lines.append(f"{inner}{_id(kind, edge.input)}:e -> {label}:w [arrowhead=none];")
-            lines.append(f"{inner}{label}:e -> {_id(kind, node.name)}:w;")
+    for node, position, edge in edges:
+        label = _id(kind, f"{node.name}/{position}")
+        if edge.input not in INPUTS:
+            lines.append(f"{inner}{_label_line(kind, node.name, position, edge)}")
+        lines.append(f"{inner}{_id(kind, edge.input)}:e -> {label}:w [arrowhead=none];")
+        lines.append(f"{inner}{label}:e -> {_id(kind, node.name)}:w;")
     lines.append(f"{inner}// output: channel concatenation of the intermediate nodes")
     target = _id(kind, "c_k")
     if cell.output.attention is not None:
@@ -129,6 +151,10 @@ def _cell_lines(cell: Cell) -> list[str]:
         lines.append(f'{inner}{_id(kind, name)} -> {target} [color="{CONCAT_COLOR}"];')
     lines.append("    }")
     return lines
+
+
+def _label_line(kind: str, node: str, position: int, edge: Edge) -> str:
+    return f"{_id(kind, f'{node}/{position}')} [label=<{_edge_label(edge)}>, {_LABEL_STYLE}];"
 
 
 _LABEL_STYLE = ('shape=plaintext, style="", fontname="Helvetica", fontsize=11, margin=0.02,'

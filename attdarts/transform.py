@@ -267,6 +267,7 @@ class _Builder:
         meta: list[Meta] = []
         values: dict[str, object] = {}
         setting_comments: list[tuple[str, Comments]] = []
+        setting_spans: list[tuple[str, Span]] = []
         known = ("operations", "attentions", "nodes", "keep", "location", "mixing")
         for entry in settings:
             key, value, value_tree, entry_comments = self.setting(entry)
@@ -285,6 +286,8 @@ class _Builder:
             converted = self._space_value(key, value, value_tree, entry_span)
             if converted is not None:
                 values[key] = converted
+                if entry_span is not None:
+                    setting_spans.append((key, entry_span))
                 if entry_comments:
                     setting_comments.append((key, entry_comments))
         closing = self._closing_comments(brace)
@@ -303,6 +306,7 @@ class _Builder:
             return None
         return self._try(lambda: Space(
             name=str(name), meta=tuple(meta), setting_comments=tuple(setting_comments),
+            setting_spans=tuple(setting_spans),
             comments=comments, closing=closing, span=span, **values))
 
     def _space_value(self, key, value, value_tree, span):

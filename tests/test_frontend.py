@@ -12,12 +12,14 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from attdarts import api, catalog
 from attdarts.cli import cli
 from attdarts.errors import DslError
 from attdarts.grammar import build_parser
-from attdarts.ir import Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space
+from attdarts.ir import (Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space,
+                         derivation_problems)
 from attdarts.printer import format_document
 from attdarts.transform import decode_source, parse_file, parse_text
 
@@ -87,7 +89,7 @@ def _cell(kind="normal"):
 
 def test_ir_is_frozen_hashable_and_compares_content_only():
     genotype = Genotype(name="g", normal=_cell(), reduce=_cell("reduce"))
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         genotype.name = "other"
     parsed = parse_text("# note\n" + format_document(Document(items=(genotype,)))).genotype()
     assert parsed == genotype and hash(parsed) == hash(genotype)
@@ -110,6 +112,58 @@ def test_ir_validators_report_structure_errors():
     with pytest.raises(DslError, match="defined twice"):
         node = Node(name="n0", edges=(Edge(operation=Call(name="none"), input="c_k1"),))
         Cell(kind="normal", nodes=(node, node), output=Output(nodes=("n0",)))
+
+
+def test_spaces_that_cannot_derive_a_genotype_are_refused():
+    """Issue 11, item 14: `operations = [none]` used to pass `check` and fail at derivation."""
+    for text, message in (
+        ("space s { operations = [none]\n attentions = [se] }", "no operation other than 'none'"),
+        ("space s { operations = [none]\n location = no_attention }", "no operation other than 'none'"),
+        ("space s { operations = [none]\n attentions = [se]\n location = double_mixed }",
+         "no operation other than 'none'"),
+        ("space s { operations = [none]\n attentions = [se]\n location = end }",
+         "no operation other than 'none'"),
+        ("space s { operations = [sep_conv_3x3]\n attentions = [se]\n keep = 3 }",
+         "'keep' is 3, but the first node has only 2 inputs"),
+    ):
+        with pytest.raises(DslError, match=message) as caught:
+            parse_text(text, "s.geno")
+        assert caught.value.problems[0].span is not None and caught.value.problems[0].hint
+    # where attentions share the operations' mixture, an attention derives to
+    # skip_connect(x) >> attention, so `none` alone is enough
+    mixed = parse_text("space s { operations = [none]\n attentions = [se]\n"
+                       " location = mixed_with_operation\n keep = 2 }").space()
+    assert mixed.keep == 2
+    # a space built without validation (model_construct) is still diagnosed
+    unchecked = Space.model_construct(name="s", operations=(Call(name="none"),), attentions=(),
+                                      keep=2, nodes=4, location="mixed_with_operation",
+                                      setting_spans=(), span=None)
+    [problem] = derivation_problems(unchecked)
+    assert "no operation other than 'none' and no attention" in problem.message
+
+
+def test_derive_refuses_an_underivable_space_in_one_line():
+    import torch
+
+    from attdarts.derive import derive_genotype
+
+    bad = Space.model_construct(name="s", operations=(Call(name="none"),), attentions=(),
+                                nodes=1, keep=2, location="no_attention", mixing="sum",
+                                setting_spans=(), span=None, meta=())
+    tensors = {cell: {"alpha": torch.zeros(2, 1)} for cell in ("normal", "reduce")}
+    with pytest.raises(ValueError, match="space 's' cannot derive a genotype: every edge would "
+                                         "derive to 'none'.*add an operation") as caught:
+        derive_genotype(tensors, bad)
+    assert "\n" not in str(caught.value)
+    # none plus attentions in one mixture derives skip_connect(x) >> attention
+    mixed = parse_text("space m { operations = [none]\n attentions = [se, cbam]\n"
+                       " location = mixed_with_operation\n nodes = 2 }").space()
+    alpha = torch.zeros(5, 3)
+    alpha[:, 2] = 1.0  # cbam strongest everywhere, none ignored
+    alpha[:, 0] = 9.0
+    genotype = derive_genotype({"normal": {"alpha": alpha}, "reduce": {"alpha": alpha}}, mixed)
+    assert {(e.operation.name, e.attention.name) for n in genotype.normal.nodes for e in n.edges} \
+        == {("skip_connect", "cbam")}
 
 
 def test_identity_attention_is_the_same_as_none_and_defaults_are_dropped():
@@ -188,6 +242,10 @@ def spaces(draw):
     mixing = draw(st.sampled_from(catalog.MIXINGS))
     location = draw(st.sampled_from(catalog.LOCATIONS))
     operations = draw(st.lists(_call(catalog.OPERATIONS), min_size=1, max_size=5, unique=True))
+    # derivation needs a candidate other than `none` (refused otherwise, see the test above)
+    operations = [c for c in operations if c.name != "none"] or [Call(name="skip_connect")]
+    if draw(st.booleans()):
+        operations.insert(draw(st.integers(0, len(operations))), Call(name="none"))
     attention_table = catalog.ATTENTIONS if mixing == "sum" else {
         k: v for k, v in catalog.ATTENTIONS.items() if k not in catalog.ADDITIVE_ATTENTIONS}
     attentions = draw(st.lists(_call(attention_table), min_size=location != "no_attention",
@@ -196,7 +254,7 @@ def spaces(draw):
     keys = [k for k in keys if k != "attentions" or attentions]
     setting_comments = tuple((k, c) for k in keys if (c := draw(_COMMENTS)))
     return Space(name=draw(_IDENT), meta=draw(_meta()), operations=tuple(operations),
-                 attentions=tuple(attentions), nodes=draw(st.integers(1, 6)), keep=draw(st.integers(1, 3)),
+                 attentions=tuple(attentions), nodes=draw(st.integers(1, 6)), keep=draw(st.integers(1, 2)),
                  location=location, mixing=mixing, setting_comments=setting_comments,
                  comments=draw(_COMMENTS), closing=draw(_COMMENTS))
 

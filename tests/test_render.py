@@ -6,6 +6,7 @@ Regenerate the goldens after a deliberate style change with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -25,7 +26,16 @@ ZOO = ROOT / "genotypes"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PINNED = ("att_darts", "nasnet_a")
 UPDATE = os.environ.get("ATTDARTS_UPDATE_GOLDENS") == "1"
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz 'dot' is not installed")
+
+
+@pytest.fixture
+def dot() -> str:
+    """graphviz's `dot`: a test that needs it fails, loudly, where it is missing (no silent skip)."""
+    executable = shutil.which("dot")
+    if executable is None:
+        pytest.fail("graphviz 'dot' is not installed; these tests need it (apt-get install graphviz)")
+    return executable
+
 
 SMALL = """
 genotype small {
@@ -94,9 +104,8 @@ def test_labels_show_operation_attention_and_output_attention() -> None:
     assert "<i>c</i><sub><i>k</i>−2</sub>" in text
 
 
-@needs_dot
 @pytest.mark.parametrize("suffix", ["svg", "png", "pdf"])
-def test_renders_files_with_graphviz(tmp_path: Path, suffix: str) -> None:
+def test_renders_files_with_graphviz(tmp_path: Path, suffix: str, dot: str) -> None:
     target = tmp_path / f"cell.{suffix}"
     result = CliRunner().invoke(render, [str(ZOO / "att_darts.geno"), "-o", str(target)])
     assert result.exit_code == 0, result.output
@@ -108,11 +117,89 @@ def test_renders_files_with_graphviz(tmp_path: Path, suffix: str) -> None:
         assert "sep_conv_3x3" in text and "CBAM" in text and "reduction cell" in text
 
 
-@needs_dot
-def test_golden_dot_is_valid_graphviz(tmp_path: Path) -> None:
+def test_golden_dot_is_valid_graphviz(tmp_path: Path, dot: str) -> None:
     for name in PINNED:
         svg = render_module.run_dot((GOLDEN / f"render_{name}.dot").read_text("utf-8"), "svg")
         assert svg.startswith(b"<?xml") and b"</svg>" in svg
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout: measured on dot's own layout (-Tjson), in points
+
+
+def _layout(dot_executable: str, dot_text: str) -> tuple[dict[str, tuple], list[tuple]]:
+    """(boxes by node name, edges as (tail, head, points on the drawn spline))."""
+    result = subprocess.run([dot_executable, "-Tjson"], input=dot_text.encode("utf-8"),
+                            capture_output=True, check=True)
+    layout = json.loads(result.stdout)
+    boxes, names = {}, {}
+    for obj in layout["objects"]:
+        names[obj["_gvid"]] = obj["name"]
+        if "pos" in obj and "width" in obj and float(obj["width"]) > 0:
+            x, y = map(float, obj["pos"].split(","))
+            half_width, half_height = float(obj["width"]) * 36, float(obj["height"]) * 36
+            boxes[obj["name"]] = (x - half_width, y - half_height, x + half_width, y + half_height)
+    edges = []
+    for edge in layout["edges"]:
+        if edge.get("style") == "invis":
+            continue
+        points = []
+        for operation in edge["_draw_"]:
+            if operation["op"] in ("b", "B"):  # cubic Bezier pieces: sample the curve itself
+                controls = operation["points"]
+                for start in range(0, len(controls) - 3, 3):
+                    p0, p1, p2, p3 = controls[start:start + 4]
+                    for step in range(41):
+                        t = step / 40
+                        points.append(tuple((1 - t) ** 3 * a + 3 * (1 - t) ** 2 * t * b
+                                            + 3 * (1 - t) * t ** 2 * c + t ** 3 * d
+                                            for a, b, c, d in zip(p0, p1, p2, p3)))
+        edges.append((names[edge["tail"]], names[edge["head"]], points))
+    return boxes, edges
+
+
+def _distance(point: tuple[float, float], box: tuple[float, ...]) -> float:
+    x, y = point
+    left, bottom, right, top = box
+    return (max(left - x, 0, x - right) ** 2 + max(bottom - y, 0, y - top) ** 2) ** 0.5
+
+
+# An edge of one input passing this close to the other input reads as that input's edge.
+INPUT_CLEARANCE = 20.0
+
+
+@pytest.mark.parametrize("cells", [("normal", "reduce"), ("normal",), ("reduce",)], ids="-".join)
+@pytest.mark.parametrize("path", sorted(ZOO.glob("*.geno")), ids=lambda p: p.stem)
+def test_no_edge_crosses_an_unrelated_box_or_passes_the_other_input(path: Path, cells, dot: str):
+    """Issue 11, item 21: amoebanet_a's reduce `sep_conv_7x7 -> 2` ran from c_k2 down past c_k1."""
+    genotype = parse_file(path).genotype()
+    boxes, edges = _layout(dot, genotype_dot(genotype, cells))
+    assert edges and len(boxes) > 10
+    for tail, head, points in edges:
+        assert points, (tail, head)
+        for name, box in boxes.items():
+            if name in (tail, head):
+                continue
+            closest = min(_distance(point, box) for point in points)
+            assert closest > 0, f"{tail} -> {head} crosses the box of {name}"
+            kind, _, node = name.partition("/")
+            if node in ("c_k2", "c_k1"):
+                assert closest >= INPUT_CLEARANCE, \
+                    f"{tail} -> {head} passes {closest:.1f} pt from {name}"
+
+
+def test_synthetic_genotype_is_labelled_on_the_drawing() -> None:
+    """Issue 11, item 20: a genotype searched on random data says so on its drawing."""
+    note = "random images and labels: a smoke test, not a real search"
+    text = SMALL.replace("genotype small {", f'genotype small {{\n    synthetic = "{note}"', 1)
+    dot_text = genotype_dot(parse_text(text).genotype())
+    assert f"label=<<b>SYNTHETIC DATA: {note}</b>>;" in dot_text
+    assert "labelloc=t" in dot_text
+    # after both cells, so that neither cluster inherits it
+    assert dot_text.index("SYNTHETIC DATA") > dot_text.index('"cluster_normal"')
+    assert "SYNTHETIC" not in genotype_dot(parse_text(SMALL).genotype())
+    escaped = genotype_dot(parse_text(text.replace(note, "a < b & c")).genotype())
+    assert "SYNTHETIC DATA: a &lt; b &amp; c</b>" in escaped
 
 
 def test_dot_output_needs_no_graphviz(tmp_path: Path, monkeypatch) -> None:

@@ -68,7 +68,10 @@ def import_(file: Path, name: str | None, source_format: str, output: Path | Non
               help="Write to this file instead of stdout.")
 def export(file: Path, genotype_name: str | None, format_: str, drop_attention: bool,
            output: Path | None) -> None:
-    """Write genotypes of a DSL file in DARTS or Att-DARTS formats."""
+    """Write genotypes of a DSL file in DARTS or Att-DARTS formats.
+
+    The Att-DARTS formats have one 'BAM', which multiplies its gates: a bam that sums them
+    (combine=sum, the default) is written as 'BAM' with a warning on stderr."""
     source = read_source(file)
     document = parse_text(source, str(file))
     try:  # choosing a genotype and exporting it give errors without a file name: add it
@@ -79,6 +82,8 @@ def export(file: Path, genotype_name: str | None, format_: str, drop_attention: 
         text = interop.export_genotypes(genotypes, format_, drop_attention=drop_attention)
     except DslError as error:
         raise error.located(str(file), source) from None
+    for line in interop.export_warnings(genotypes, format_):
+        click.echo(f"{file}: {line}", err=True)
     if output is not None:
         _write(output, text)
     else:

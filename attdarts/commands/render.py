@@ -27,7 +27,9 @@ def render(file: Path, name: str | None, cell: str, output: Path | None) -> None
     """Draw the cells of the genotype in FILE, in the style of the paper's Figure 4.
 
     Edges carry their operation and, in red, their attention; an attention on the cell output
-    is drawn between the intermediate nodes and c_k. The DOT text is deterministic, so drawings
+    is drawn between the intermediate nodes and c_k. A genotype with a `synthetic` metadata line
+    (a search on random data writes one) is titled SYNTHETIC DATA in red. The DOT text is
+    deterministic, so drawings
     can be committed. SVG, PNG and PDF need graphviz's `dot` program. Without it, the DOT text
     is written beside OUT (OUT with suffix .dot), the command says what to install and exits
     with status 1.
