@@ -1,4 +1,4 @@
-"""`attdarts import` and `attdarts export`: the click shell over `attdarts.interop`.
+"""`attdarts import` and `attdarts export`: the click shell over `attdarts.tools.interop`.
 
 Neither command imports torch. Output files are written atomically (temporary file + rename), and
 imported DSL is re-parsed before it is written: if the printed text does not read back as the same
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from .. import interop
-from ..errors import DslError
-from ..ir import Document
-from ..printer import format_document
-from ..transform import parse_text, read_source
+from attdarts.tools import interop
+from attdarts.language.errors import DslError
+from attdarts.language.ir import Document
+from attdarts.language.printer import format_document
+from attdarts.language.transform import parse_text, read_source
 
 
 @click.command("import")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from attdarts.errors import DslError
+from attdarts.language.errors import DslError
 
 
 class _TqdmHandler(logging.Handler):
@@ -155,7 +155,9 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """
     import pydantic
 
-    from attdarts import checkpoint, data, search as api
+    from attdarts.runs import checkpoints as checkpoint
+    from attdarts.runs import data
+    from attdarts.runs.search import loop as api
 
     if not quiet:
         _configure_logging()
@@ -204,7 +206,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
 
 
 def _report(outcome, out: Path) -> None:
-    from attdarts import search as api
+    from attdarts.runs.search import loop as api
 
     if isinstance(outcome, list):
         summary = api.summarise(outcome, Path(out))
