@@ -23,6 +23,7 @@ Value = Union[int, float, str]
 
 INPUTS = ("c_k2", "c_k1")  # c_{k-2} and c_{k-1}: outputs of the two previous cells
 OUTPUT = "c_k"  # the cell's output (concatenation of intermediate nodes)
+CELL_KINDS = ("normal", "reduce")  # a genotype's two cells, in text order
 RESERVED = frozenset((*INPUTS, OUTPUT, "concat", "normal", "reduce", "genotype", "space"))
 
 Location = Literal[

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from attdarts.language.errors import DslError
 from attdarts.language.ir import Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space, Value
 
 INDENT = "    "
@@ -31,6 +32,31 @@ def format_genotype(genotype: Genotype) -> str:
 
 def format_space(space: Space) -> str:
     return format_document(Document(items=(space,)))
+
+
+def format_checked(item: Document | Genotype | Space, *, what: str = "the genotypes") -> str:
+    """`item` as DSL text, refused unless the text parses back to the same IR (black's rule:
+    a printer bug must never reach a file). Raises DslError, naming `what`, when it does not."""
+    from attdarts.language.transform import parse_text  # the transform does not import the printer
+
+    if isinstance(item, Document):
+        text = format_document(item)
+    else:
+        text = format_document(Document(items=(item,)))
+    try:
+        document = parse_text(text)
+        if isinstance(item, Genotype):
+            same = document.genotype() == item
+        elif isinstance(item, Space):
+            same = document.space() == item
+        else:
+            same = document == item
+    except DslError:
+        same = False
+    if not same:
+        raise DslError.single(f"internal error: {what} do not print back the same; nothing was "
+                              "written", None, "please report this with the input file")
+    return text
 
 
 def _item(item: Genotype | Space) -> str:
@@ -71,15 +97,25 @@ def _statement(text: str, comments: Comments, depth: int) -> list[str]:
     return _comment_lines(comments.leading, depth) + [_with_trailing(INDENT * depth + text, comments)]
 
 
+def cell_lines(cell: Cell) -> list[str]:
+    """The statements of a cell's body (nodes, then the output) without indentation, e.g.
+    ['n0 = sep_conv_3x3(c_k2) >> cbam + sep_conv_3x3(c_k1)', ..., 'c_k = concat(n0, n1)']."""
+    return _cell_body(cell, 0)
+
+
 def _cell(cell: Cell) -> list[str]:
-    body = [line for node in cell.nodes for line in _node(node)]
-    body.extend(_output(cell.output))
-    return _block(cell.kind, cell.comments, cell.closing, 1, body)
+    return _block(cell.kind, cell.comments, cell.closing, 1, _cell_body(cell, 2))
 
 
-def _node(node: Node) -> list[str]:
+def _cell_body(cell: Cell, depth: int) -> list[str]:
+    body = [line for node in cell.nodes for line in _node(node, depth)]
+    body.extend(_output(cell.output, depth))
+    return body
+
+
+def _node(node: Node, depth: int) -> list[str]:
     edges = " + ".join(_edge(edge) for edge in node.edges)
-    return _statement(f"{node.name} = {edges}", node.comments, 2)
+    return _statement(f"{node.name} = {edges}", node.comments, depth)
 
 
 def _edge(edge: Edge) -> str:
@@ -90,11 +126,11 @@ def _edge(edge: Edge) -> str:
     return text
 
 
-def _output(output: Output) -> list[str]:
+def _output(output: Output, depth: int) -> list[str]:
     text = "c_k = concat(" + ", ".join(output.nodes) + ")"
     if output.attention is not None:
         text += " >> " + _call(output.attention)
-    return _statement(text, output.comments, 2)
+    return _statement(text, output.comments, depth)
 
 
 def _call(call: Call) -> str:

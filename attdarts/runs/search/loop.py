@@ -56,11 +56,8 @@ import json
 import logging
 import math
 import os
-import random
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -80,6 +77,8 @@ from attdarts.networks.derive import derive_genotype
 from attdarts.language.printer import format_genotype, format_space
 from attdarts.networks.supernet import CELL_KINDS, Supernet, compile_supernet
 from attdarts.language.transform import parse_file, parse_text
+from attdarts.runs import runtime
+from attdarts.runs.runtime import Process, set_threads  # noqa: F401 - set_threads is public here too
 
 __all__ = [
     "Bilevel",
@@ -204,19 +203,6 @@ def recipe_config(recipe: str = "paper", **settings: object) -> SearchConfig:
     if recipe not in RECIPES:
         raise SearchError(f"unknown recipe '{recipe}'; expected one of {', '.join(RECIPES)}")
     return SearchConfig(**{**RECIPES[recipe], "recipe": recipe, **settings})
-
-
-def set_threads(threads: int) -> None:
-    """Intra-op and inter-op torch threads for this process (`attdarts search --threads`).
-
-    torch fixes the inter-op pool at its first parallel operation; when that has happened the
-    intra-op setting still applies and the inter-op one is left as it is.
-    """
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(threads)
-    except RuntimeError:
-        log.debug("inter-op threads already fixed; --threads sets the intra-op threads only")
 
 
 @dataclass
@@ -559,99 +545,6 @@ def _correct(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Distributed, devices, determinism
-
-
-@dataclass(frozen=True)
-class Process:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-@contextmanager
-def distributed(device: str | None) -> Iterator[tuple[Process, torch.device]]:
-    """Join the torchrun process group when RANK / WORLD_SIZE say so (nccl on CUDA, gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        yield Process(), torch.device(device or default_device())
-        return
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    wanted = torch.device(device or default_device())
-    if wanted.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        wanted = torch.device("cuda", local_rank)
-    backend = "nccl" if wanted.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend)
-    try:
-        yield Process(rank, world_size), wanted
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextmanager
-def determinism(config: SearchConfig, device: torch.device) -> Iterator[None]:
-    """Deterministic kernels for `--deterministic` (restored afterwards: the setting is global).
-
-    On CUDA, operations without a deterministic kernel warn instead of failing.
-    """
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:]
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict:
-    numpy_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(_as_tuple(state["python"]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _as_tuple(value):
-    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-# ---------------------------------------------------------------------------------------------
 # Data
 
 
@@ -696,7 +589,7 @@ class _Run:
         self.process = process
         self.space = space
         self.progress = progress and process.main
-        _seed_everything(config.seed)
+        runtime.seed_everything(config.seed)
         weight_half, arch_half = _search_halves(config, dataset)
         self.synthetic = weight_half.synthetic
         self.weight_loader = _loader(weight_half, config, device, "weights", process)
@@ -744,7 +637,7 @@ class _Run:
             "counts": list(self.counts),
             "elapsed": self.elapsed,
             "history": self.history,
-            "rng": _rng_state(),
+            "rng": runtime.rng_state(),
         })
 
     def restore(self) -> None:
@@ -768,7 +661,7 @@ class _Run:
             self.counts = [int(c) for c in state["counts"]]
             self.elapsed = float(state["elapsed"])
             self.history = {key: list(value) for key, value in state["history"].items()}
-            _set_rng_state(state["rng"])
+            runtime.set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise checkpoint.CheckpointError(
                 f"{self.run_dir / CHECKPOINT}: does not match this search ({error})") from None
@@ -849,8 +742,8 @@ class _Run:
             self.counts = [0, 0]
             self.elapsed = 0.0
         started = time.perf_counter()
-        bar = _progress(self.progress, self.steps_per_epoch, skip,
-                        f"seed {config.seed} epoch {epoch + 1}/{config.epochs}")
+        bar = runtime.progress(self.progress, self.steps_per_epoch, skip,
+                               f"seed {config.seed} epoch {epoch + 1}/{config.epochs}")
         batches = zip(self.weight_loader, self.arch_loader)
         try:
             for index, (weight_batch, arch_batch) in enumerate(batches):
@@ -926,23 +819,6 @@ class _Run:
                 f"stopped ({kept}). Try a lower --lr or check the data")
 
 
-class _NoBar:
-    def update(self, count: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(enabled: bool, total: int, initial: int, description: str):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=description, unit="step", file=sys.stderr,
-                dynamic_ncols=True, leave=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Public entry points
 
@@ -988,8 +864,8 @@ def run_search(
     for `resume_search` only: start again a run that has its config but no output yet.
     """
     run_dir = Path(run_dir)
-    with (distributed(None if device is None else str(device)) as (process, torch_device),
-          determinism(config, torch_device)):
+    with (runtime.processes(None if device is None else str(device)) as (process, torch_device),
+          runtime.determinism(config.deterministic, torch_device)):
         space = _space_of(config, run_dir)
         if not resume and process.main:
             _prepare_run_dir(config, run_dir, space, restart=restart)

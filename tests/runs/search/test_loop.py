@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -308,7 +309,9 @@ def test_resume_without_checkpoint_refuses_when_epochs_were_written(tiny_space, 
     assert run_listing(run) == before
 
 
-def test_resume_without_any_output_restarts_and_says_so(tiny_space, tmp_path, caplog):
+def test_resume_without_any_output_restarts_and_says_so(tiny_space, tmp_path, caplog, monkeypatch):
+    # a CLI test earlier in the session (`attdarts train`) may have stopped "attdarts" propagating
+    monkeypatch.setattr(logging.getLogger("attdarts"), "propagate", True)
     run = tmp_path / "run"
     config = tiny_config(tiny_space, epochs=1, max_steps_per_epoch=1)
     reference = run_search(config, tmp_path / "reference", device="cpu", dataset=tiny_images())
