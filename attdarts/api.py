@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attdarts.files import WriteError, atomic_write_text
+from attdarts.files import has_bom
 from attdarts.language.errors import DslError, Problem
 from attdarts.language.ir import Document
 from attdarts.language.printer import format_document
-from attdarts.files import has_bom
 from attdarts.language.transform import parse_file, parse_text, read_source
 
 GENOTYPE_SUFFIXES = (".geno",)

@@ -23,11 +23,11 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attdarts.runs import data  # noqa: E402
-from attdarts.runs.train import loop as train  # noqa: E402
-from attdarts.runs.search import Bilevel, SearchConfig  # noqa: E402
-from attdarts.networks.supernet import compile_supernet  # noqa: E402
 from attdarts.language.transform import parse_file  # noqa: E402
+from attdarts.networks.supernet import compile_supernet  # noqa: E402
+from attdarts.runs import data  # noqa: E402
+from attdarts.runs.search import Bilevel, SearchConfig  # noqa: E402
+from attdarts.runs.train import loop as train  # noqa: E402
 
 
 def _search_step(device):

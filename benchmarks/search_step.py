@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attdarts.runs.search import Bilevel, SearchConfig  # noqa: E402
-from attdarts.networks.supernet import compile_supernet  # noqa: E402
 from attdarts.language.transform import parse_file  # noqa: E402
+from attdarts.networks.supernet import compile_supernet  # noqa: E402
+from attdarts.runs.search import Bilevel, SearchConfig  # noqa: E402
 from _device import count_operations, device_name, peak_memory_mib, synchronize  # noqa: E402
 
 ITERATIONS_PER_EPOCH = math.ceil(25_000 / 64)  # 391

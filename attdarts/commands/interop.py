@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from attdarts.tools import interop
 from attdarts.language.errors import DslError
 from attdarts.language.ir import Document
 from attdarts.language.printer import format_checked
 from attdarts.language.transform import parse_text, read_source
+from attdarts.tools import interop
 
 
 @click.command("import")

@@ -155,7 +155,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """
     import pydantic
 
-    from attdarts.runs import checkpoints as checkpoint
+    from attdarts.runs import checkpoints
     from attdarts.runs import data
     from attdarts.runs.search import loop as api
 
@@ -201,7 +201,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         raise click.ClickException(str(error)) from None
     except pydantic.ValidationError as error:
         raise click.ClickException(_settings_error(error)) from None
-    except (api.SearchError, data.DataError, checkpoint.CheckpointError, OSError) as error:
+    except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
 
 

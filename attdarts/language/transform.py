@@ -16,10 +16,10 @@ from pathlib import Path
 import lark
 from lark import Token, Tree
 
+from attdarts.files import decode_source, read_source  # noqa: F401 - re-exported for callers
 from attdarts.language import catalog
 from attdarts.language.errors import DslError, Problem, Span, by_position, suggest
 from attdarts.language.grammar import parse_tree, parser
-from attdarts.files import decode_source, read_source  # noqa: F401 - re-exported for callers
 from attdarts.language.ir import (
     Call, Cell, Comments, Document, Edge, Genotype, Meta, NO_COMMENTS, Node, Output, Space,
 )

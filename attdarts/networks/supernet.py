@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attdarts.networks import grouping as grouped
 from attdarts.language import ir
 from attdarts.language import catalog
+from attdarts.networks import grouping as grouped
 from attdarts.networks.operations import (
     ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, Zero, preprocess_inputs,
 )

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from attdarts.files import read_source
 from attdarts.language import catalog
 from attdarts.language.errors import DslError, Problem, Span, by_position, printable
 from attdarts.language.ir import INPUTS, RESERVED, Call, Cell, Document, Edge, Genotype, Meta, Node, Output
-from attdarts.files import read_source
 
 IMPORT_FORMATS = ("auto", "python", "json", "nb201")
 EXPORT_FORMATS = ("darts-py", "att-darts-py", "att-darts-json")

@@ -35,8 +35,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attdarts.tools.diff import diff_genotypes
 from attdarts.language.ir import Genotype
+from attdarts.tools.diff import diff_genotypes
 
 WEIGHTS_FILE = "weights.jsonl"
 GENOTYPE_FILE = re.compile(r"genotype-epoch(\d+)\.geno\Z")

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from attdarts import files
-from attdarts.runs import checkpoints as checkpoint
 from attdarts.cli import cli
+from attdarts.runs import checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
 CANONICAL = (ROOT / "genotypes" / "darts_v2.geno").read_text()
@@ -171,5 +171,5 @@ def test_train_on_a_full_disk_is_one_line_and_keeps_earlier_files(tmp_path, monk
     assert "cannot write" in result.output and "No space left on device" in result.output
     assert str(run) in result.output and "Traceback" not in result.output
     assert "unexpected pos" not in result.output
-    assert checkpoint.load(run / "last.pt")["epoch"] == 1
+    assert checkpoints.load(run / "last.pt")["epoch"] == 1
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

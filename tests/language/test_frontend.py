@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from attdarts import api
-from attdarts.language import catalog
 from attdarts.cli import cli
+from attdarts.language import catalog
 from attdarts.language.errors import DslError
 from attdarts.language.grammar import build_parser
 from attdarts.language.ir import (Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space,

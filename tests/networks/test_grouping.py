@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from attdarts.networks import grouping as grouped
-from attdarts.language import catalog
 from attdarts.cli import cli
+from attdarts.language import catalog
+from attdarts.language.transform import parse_file, parse_text
+from attdarts.networks import grouping as grouped
 from attdarts.networks.network import compile_network
 from attdarts.networks.operations import ATTENTIONS, OPERATIONS
-from attdarts.runs.search import Bilevel, SearchConfig, read_config
 from attdarts.networks.supernet import GROUPED_LOCATIONS, compile_supernet
+from attdarts.runs.search import Bilevel, SearchConfig, read_config
 from attdarts.runs.train import TrainConfig
-from attdarts.language.transform import parse_file, parse_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

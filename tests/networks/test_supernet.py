@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from attdarts.language import ir
+from attdarts.language.printer import format_genotype
+from attdarts.language.transform import parse_file, parse_text
 from attdarts.networks.derive import derive_genotype
 from attdarts.networks.network import compile_network
-from attdarts.language.printer import format_genotype
-from attdarts.runs.search import Bilevel, SearchConfig
 from attdarts.networks.supernet import MixedAttention, compile_supernet, edge_names
-from attdarts.language.transform import parse_file, parse_text
+from attdarts.runs.search import Bilevel, SearchConfig
 
 SPACES = Path(__file__).resolve().parents[2] / "genotypes" / "spaces"
 SPACE_NAMES = sorted(path.stem for path in SPACES.glob("*.geno"))

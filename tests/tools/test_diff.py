@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from attdarts.commands.diff import diff, git_diff_driver
-from attdarts.tools.diff import diff_genotypes, pair_edges
 from attdarts.language.transform import parse_text
+from attdarts.tools.diff import diff_genotypes, pair_edges
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "genotypes"

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from attdarts.tools import interop
 from attdarts.cli import cli
 from attdarts.language.errors import DslError
 from attdarts.language.ir import Call, Cell, Edge, Node
 from attdarts.language.printer import format_document
 from attdarts.language.transform import parse_file, parse_text
+from attdarts.tools import interop
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "data" / "interop"

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from attdarts.tools import render as render_module
 from attdarts.commands.render import render
-from attdarts.tools.render import genotype_dot
 from attdarts.language.transform import parse_file, parse_text
+from attdarts.tools import render as render_module
+from attdarts.tools.render import genotype_dot
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "genotypes"

@@ -69,15 +69,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch import Tensor
 from torch.func import functional_call
 
-from attdarts.language import catalog
-from attdarts.runs import checkpoints as checkpoint
-from attdarts.runs import data
-from attdarts.language import ir
-from attdarts.networks.derive import derive_genotype
+from attdarts.language import catalog, ir
 from attdarts.language.printer import format_genotype, format_space
-from attdarts.networks.supernet import CELL_KINDS, Supernet, compile_supernet
 from attdarts.language.transform import parse_file, parse_text
-from attdarts.runs import runtime
+from attdarts.networks.derive import derive_genotype
+from attdarts.networks.supernet import CELL_KINDS, Supernet, compile_supernet
+from attdarts.runs import checkpoints, data, runtime
 from attdarts.runs.runtime import Process, set_threads  # noqa: F401 - set_threads is public here too
 
 __all__ = [
@@ -627,7 +624,7 @@ class _Run:
     def save(self) -> None:
         if not self.process.main:
             return
-        checkpoint.save(self.run_dir / CHECKPOINT, {
+        checkpoints.save(self.run_dir / CHECKPOINT, {
             "config": self._config_record(),
             "epoch": self.epoch,
             "step": self.step,
@@ -642,7 +639,7 @@ class _Run:
 
     def restore(self) -> None:
         path = self.run_dir / CHECKPOINT
-        state = checkpoint.load(path, map_location=self.device, what="search checkpoint")
+        state = checkpoints.load(path, map_location=self.device, what="search checkpoint")
         # compared as settings, not as dicts: a checkpoint written before a setting existed
         # holds that setting's default, which is what that run did
         try:
@@ -650,7 +647,7 @@ class _Run:
         except (ValueError, TypeError, data.DataError):
             recorded = None
         if recorded != self.config:
-            raise checkpoint.CheckpointError(
+            raise checkpoints.CheckpointError(
                 f"{path}: the search checkpoint was written for a different config")
         try:
             self.model.load_state_dict(state["model"])
@@ -663,7 +660,7 @@ class _Run:
             self.history = {key: list(value) for key, value in state["history"].items()}
             runtime.set_rng_state(state["rng"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
-            raise checkpoint.CheckpointError(
+            raise checkpoints.CheckpointError(
                 f"{self.run_dir / CHECKPOINT}: does not match this search ({error})") from None
 
     # -- outputs --------------------------------------------------------------------------------
@@ -676,12 +673,12 @@ class _Run:
         for index, text in enumerate(history["genotypes"]):
             path = self.run_dir / f"genotype-epoch{index + 1:03d}.geno"
             if not path.is_file() or path.read_text() != text:
-                checkpoint.atomic_write_text(path, text)
+                checkpoints.atomic_write_text(path, text)
         if history["genotypes"]:
-            checkpoint.atomic_write_text(self.run_dir / FINAL_GENOTYPE, history["genotypes"][-1])
-        checkpoint.atomic_write_text(self.run_dir / WEIGHTS_LOG,
+            checkpoints.atomic_write_text(self.run_dir / FINAL_GENOTYPE, history["genotypes"][-1])
+        checkpoints.atomic_write_text(self.run_dir / WEIGHTS_LOG,
                                      "".join(line + "\n" for line in history["weights"]))
-        checkpoint.atomic_write_text(self.run_dir / METRICS_LOG,
+        checkpoints.atomic_write_text(self.run_dir / METRICS_LOG,
                                      "".join(line + "\n" for line in history["metrics"]))
 
     def genotype_text(self, epoch: int) -> str:
@@ -832,9 +829,9 @@ def _prepare_run_dir(config: SearchConfig, run_dir: Path, space: ir.Space,
             f"'{run_dir}' already holds a search; continue it with --resume {run_dir} "
             "or choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_text(run_dir / CONFIG, json.dumps(
+    checkpoints.atomic_write_text(run_dir / CONFIG, json.dumps(
         config.model_dump(mode="json"), indent=2) + "\n")
-    checkpoint.atomic_write_text(run_dir / SPACE, format_space(space))
+    checkpoints.atomic_write_text(run_dir / SPACE, format_space(space))
 
 
 def _space_of(config: SearchConfig, run_dir: Path | None = None) -> ir.Space:
@@ -948,7 +945,7 @@ def run_seeds(
         if (out_dir / SEEDS).exists():
             raise SearchError(f"'{out_dir}' already holds a search; continue it with --resume {out_dir}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_text(out_dir / SEEDS, json.dumps(
+        checkpoints.atomic_write_text(out_dir / SEEDS, json.dumps(
             {"seeds": list(seeds), "config": config.model_dump(mode="json")}, indent=2) + "\n")
     results = []
     for seed in seeds:
@@ -962,7 +959,7 @@ def run_seeds(
         assert isinstance(result, SearchResult)
         results.append(result)
     if int(os.environ.get("RANK", "0")) == 0:
-        checkpoint.atomic_write_text(out_dir / SUMMARY, json.dumps(
+        checkpoints.atomic_write_text(out_dir / SUMMARY, json.dumps(
             summarise(results, out_dir), indent=2) + "\n")
     return results
 

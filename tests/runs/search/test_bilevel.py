@@ -22,9 +22,9 @@ from attdarts.runs.search import (
     RECIPES, Bilevel, SearchConfig, hessian_vector_product, recipe_config, run_search,
     with_bam_combine,
 )
-from attdarts.runs import data
-from attdarts.networks.supernet import compile_supernet
 from attdarts.language.transform import parse_file, parse_text
+from attdarts.networks.supernet import compile_supernet
+from attdarts.runs import data
 
 SPACE = """\
 space small {

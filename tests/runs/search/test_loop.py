@@ -20,16 +20,16 @@ from click.testing import CliRunner
 from PIL import Image
 from torch.func import functional_call
 
-from attdarts.runs import data
-from attdarts.runs.search import loop as search
 from attdarts.cli import cli
 from attdarts.networks.network import compile_network
+from attdarts.runs import data
+from attdarts.runs.search import loop as search
 from attdarts.runs.search import (
     Bilevel, SearchConfig, SearchError, cosine_lr, hessian_vector_product, run_search, run_seeds,
     virtual_step,
 )
-from attdarts.networks.supernet import compile_supernet
 from attdarts.language.transform import parse_file, parse_text
+from attdarts.networks.supernet import compile_supernet
 
 ROOT = Path(__file__).resolve().parents[3]
 # the real CIFAR-10 sample sits beside the repository (../shared/data/cifar10-sample); only the
@@ -326,7 +326,7 @@ def test_resume_without_any_output_restarts_and_says_so(tiny_space, tmp_path, ca
 
 
 def test_resume_accepts_a_run_written_before_the_recipe_settings(tiny_space, tmp_path):
-    from attdarts.runs import checkpoints as checkpoint
+    from attdarts.runs import checkpoints
 
     run = tmp_path / "run"
     run_search(tiny_config(tiny_space, epochs=1, max_steps_per_epoch=1), run, device="cpu",
@@ -334,14 +334,14 @@ def test_resume_accepts_a_run_written_before_the_recipe_settings(tiny_space, tmp
     state = torch.load(run / "checkpoint.pt", weights_only=False)
     for key in ("recipe", "clip", "bam_combine"):  # what an older attdarts wrote
         del state["config"][key]
-    checkpoint.save(run / "checkpoint.pt", state)
+    checkpoints.save(run / "checkpoint.pt", state)
     (run / "config.json").write_text(json.dumps(state["config"], indent=2) + "\n")
     result = search.resume_search(run, device="cpu", dataset=tiny_images())
     assert result.epochs == 1
 
     state["config"]["lr"] = 0.5  # another run's checkpoint is still refused
-    checkpoint.save(run / "checkpoint.pt", state)
-    with pytest.raises(checkpoint.CheckpointError, match="different config"):
+    checkpoints.save(run / "checkpoint.pt", state)
+    with pytest.raises(checkpoints.CheckpointError, match="different config"):
         search.resume_search(run, device="cpu", dataset=tiny_images())
 
 
