@@ -13,7 +13,7 @@ for the spatial size that edge's output really has.
 
 Grouped cells (`grouped=True`, what `attdarts train` uses unless `--plain`) run the edges whose
 inputs are ready together: one kernel sequence per distinct operation and attention of a wave
-(`attdarts.networks.grouping`), with drop-path masks drawn in the plain order, so a seed gives the same
+(`attdarts.grouped`), with drop-path masks drawn in the plain order, so a seed gives the same
 numbers (tests compare both paths in float64) from fewer kernels.
 """
 
@@ -193,7 +193,7 @@ class CellModule(nn.Module):
     def forward_grouped(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float
                         ) -> torch.Tensor:
         """`forward` computed wave by wave: the edges whose inputs are ready run together, one
-        kernel sequence per distinct operation and per distinct attention (`attdarts.networks.grouping`).
+        kernel sequence per distinct operation and per distinct attention (`attdarts.grouped`).
         Drop-path masks are drawn first, in `forward`'s order, so a seed gives the same masks;
         nodes add their edges in text order, so the sums are the same too."""
         states: list[torch.Tensor | None] = [self.preprocess0(s0), self.preprocess1(s1)]

@@ -77,7 +77,7 @@ class TrainConfig(BaseModel):
     deterministic: bool = False
     amp: Literal["bf16"] | None = None
     channels_last: bool = False
-    # run each cell's ready edges in groups (attdarts.networks.grouping): the same network and numbers,
+    # run each cell's ready edges in groups (attdarts.grouped): the same network and numbers,
     # fewer kernels; False is the plain edge-by-edge path (`attdarts train --plain`)
     grouped: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
