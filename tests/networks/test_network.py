@@ -1,4 +1,4 @@
-"""The discrete network compiler (attdarts.networks.network).
+"""The discrete network compiler (attdarts.network).
 
 The exact parameter counts of REFERENCE.md ("Numbers to reproduce exactly") are the project's
 fidelity anchor: they pin the skeleton, every operation and every attention module's biases.
