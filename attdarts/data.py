@@ -328,10 +328,15 @@ def _decode_folder(folder: Path, workers: int) -> tuple[Tensor, Tensor, tuple[st
 
     import numpy as np
 
+    from PIL import UnidentifiedImageError
+
     def decode(path: str):
         try:
             return np.asarray(listing.loader(path).convert("RGB"), dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError) as error:  # PIL: unidentified, truncated, bad
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: not a readable image (unknown format or damaged header); "
+                            "remove or replace the file") from None
+        except (OSError, ValueError, SyntaxError) as error:  # PIL: truncated, broken chunks
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise DataError(f"{path}: not a readable image ({reason}); remove or replace the "
                             "file") from None

@@ -593,12 +593,13 @@ def _run(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
         _broadcast_buffers(model, distributed)
         test_values = _all_reduce(evaluate(model, test_loader, amp=config.amp), distributed).tolist()
         if not (_all_finite(train_values + test_values) and _model_finite(model)):
-            kept = (f"epochs 1..{epoch} are kept in {run_dir} (last.pt, best.pt)"
-                    if epoch and run_dir is not None else "no epoch was saved")
+            kept = ("nothing was saved" if not epoch or run_dir is None else
+                     f"epoch 1 is kept in {run_dir}" if epoch == 1 else
+                     f"epochs 1..{epoch} are kept in {run_dir}")
+            without_amp = " or train without --amp" if config.amp else ""
             raise TrainError(
                 f"the loss became NaN or infinite in epoch {epoch + 1}; stopped ({kept}). "
-                f"Try a lower --lr (this run: {config.lr:g}) or a smaller --batch-size, "
-                "or check the data")
+                f"Try a lower --lr (this run: {config.lr:g}){without_amp}, or check the data")
         scheduler.step()
         seconds = time.perf_counter() - started
 
