@@ -643,7 +643,7 @@ def _run(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
             }
             writer.epoch_done(state, improved)
         log.info("epoch %d/%d lr %.5f train loss %.4f acc %.2f | test loss %.4f top-1 %.2f "
-                 "top-5 %.2f on %d images | %.0f s, %.0f img/s%s", epoch + 1, config.epochs, lr,
+                 "top-5 %.2f on %d test images | %.0f s, %.0f img/s%s", epoch + 1, config.epochs, lr,
                  record["train_loss"], record["train_acc"], record["test_loss"],
                  record["test_top1"], record["test_top5"], record["test_images"], seconds,
                  record["images_per_s"], synthetic)

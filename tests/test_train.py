@@ -357,6 +357,7 @@ def _train_command(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
 
 
 # three interpreter starts that import torch (two at once): about 17 s on two idle cores
+@pytest.mark.slow
 def test_resume_after_sigkill_reproduces_the_run(tmp_path):
     data_dir = write_cifar10(tmp_path / "data")
     env = subprocess_env()
@@ -405,6 +406,7 @@ torch.save({k: v.detach() for k, v in result.model.named_parameters()},
 
 
 # torchrun plus two processes importing torch: about 13 s on two idle cores
+@pytest.mark.slow
 def test_ddp_gloo_ranks_hold_identical_parameters(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
