@@ -71,7 +71,7 @@ _CIFAR_TRAIN: dict[str, Any] = {
     "label_smoothing": 0.0,
     "cutout": 16,
     "drop_path_prob": 0.2,
-    "drop_path_rule": "authors",
+    "drop_path_rule": "darts",
     "seed": 0,
     "deterministic": False,
     "amp": None,

@@ -22,3 +22,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def restore_attdarts_logger():
+    """The CLI commands configure the "attdarts" logger for a terminal (handlers, level, and
+    `train` stops propagation); put it back after every test so that `caplog` in a later test
+    still sees the records."""
+    import logging
+
+    logger = logging.getLogger("attdarts")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]

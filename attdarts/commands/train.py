@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ _OVERRIDES = {
     "channels_last": "channels_last",
     "max_steps_per_epoch": "max_steps_per_epoch",
     "workers": "workers",
+    "drop_path_rule": "drop_path_rule",
 }
 
 
@@ -79,17 +81,23 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--channels-last", is_flag=True, help="Use the channels-last memory format.")
 @click.option("--seed", type=int, help="Random seed [0].")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on GPU).")
+@click.option("--drop-path-rule", type=click.Choice(["darts", "authors"]),
+              help="Edges drop path spares: darts (identity operations) or authors (also "
+                   "identity attentions, as the Att-DARTS code) [darts].")
 @click.option("--max-steps-per-epoch", type=int,
-              help="Cap the training and test batches per epoch (quick checks).")
+              help="Cap the training batches per epoch (quick checks); the test then scores a "
+                   "fixed random subset of as many batches, the same every epoch.")
 @click.option("--workers", type=int, help="Data loading workers (ImageNet) / decoding threads.")
 @click.option("--plain", is_flag=True,
               help="Run every edge on its own instead of each cell's ready edges in groups "
                    "(the default: same results, fewer kernels).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads torch uses for the run [torch's choice].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")
 @click.pass_context
 def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | None,
-          out_dir: Path | None, resume_dir: Path | None, device: str | None, quiet: bool,
-          **options: Any) -> None:
+          out_dir: Path | None, resume_dir: Path | None, device: str | None, threads: int | None,
+          quiet: bool, **options: Any) -> None:
     """Train a genotype from scratch with the paper's evaluation recipe.
 
     Defaults are the Att-DARTS/DARTS CIFAR settings (600 epochs, batch 96, C=36, L=20, SGD 0.025
@@ -107,32 +115,23 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     if options.pop("plain"):
         overrides["grouped"] = False
     _check_device(device)
+    _set_threads(threads)
     _setup_logging(not quiet)
     try:
         if resume_dir is not None:
             if out_dir is not None and out_dir.resolve() != resume_dir.resolve():
                 raise click.UsageError("--out and --resume name different directories; "
                                        "a resumed run stays in its own directory")
-            state = training.load_run_checkpoint(resume_dir / "last.pt")
-            stored_genotype = training.stored_genotype(state, resume_dir / "last.pt")
-            genotype = stored_genotype
+            genotype = None
             if genotype_file is not None:
                 genotype = _read_genotype(genotype_file, genotype_name)
-                if not training.same_cells(genotype, stored_genotype):
-                    raise CheckpointError(
-                        f"{resume_dir / 'last.pt'}: the checkpoint was written for genotype "
-                        f"'{stored_genotype.name}', whose cells differ from '{genotype.name}' in "
-                        f"{genotype_file}; resume with the genotype it was trained on")
-            stored = training.TrainConfig(**state["config"])
-            for field, value in overrides.items():
-                if field not in training.RESUMABLE_OVERRIDES and getattr(stored, field) != value:
-                    option = "--" + field.replace("_", "-")
-                    raise click.UsageError(
-                        f"{option} cannot change when resuming (the run used "
-                        f"{getattr(stored, field)!r}); start a new run to change it")
-            config = stored.model_copy(update={k: v for k, v in overrides.items()
-                                               if k in training.RESUMABLE_OVERRIDES})
-            run_dir = resume_dir
+            if "dataset" in overrides or "data_dir" in overrides:  # compare them as stored
+                normalised = training.TrainConfig(**{k: overrides[k] for k in ("dataset", "data_dir")
+                                                     if k in overrides})
+                overrides.update({k: getattr(normalised, k) for k in ("dataset", "data_dir")
+                                  if k in overrides})
+            point = training.open_resume(resume_dir, genotype, overrides)
+            config, genotype, run_dir, resume = point.config, point.genotype, resume_dir, point
         else:
             if genotype_file is None:
                 raise click.UsageError("missing argument 'GENOTYPE_FILE' (or use --resume RUN_DIR)")
@@ -144,19 +143,33 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
             if (run_dir / "last.pt").exists():
                 raise click.UsageError(f"{run_dir} already holds a run; continue it with "
                                        f"--resume {run_dir} or choose another --out")
+            resume = False
+        progress = not quiet and sys.stderr.isatty()
         with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]):
             result = training.run_training(config, genotype, run_dir=run_dir, device=device,
-                                           resume=resume_dir is not None, progress=not quiet)
+                                           resume=resume, progress=progress)
     except ValidationError as error:
         raise click.UsageError(_validation_message(error)) from None
+    except training.SettingChanged as error:
+        raise click.UsageError(str(error)) from None
     except DslError as error:
         raise click.ClickException(error.render()) from None
-    except (CheckpointError, DataError) as error:
+    except (CheckpointError, DataError, training.TrainError) as error:
         raise click.ClickException(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:
+        synthetic = " [synthetic data]" if result.synthetic else ""
+        test_images = result.history[-1]["test_images"] if result.history else 0
         click.echo(f"{result.run_dir}: best test top-1 {result.best_top1:.2f}% (epoch "
-                   f"{result.best_epoch}), last {result.last_top1:.2f}%, "
-                   f"{result.parameters:,} weights")
+                   f"{result.best_epoch}), last {result.last_top1:.2f}% on {test_images:,} test "
+                   f"images, {result.parameters:,} weights{synthetic}")
+
+
+def _set_threads(threads: int | None) -> None:
+    """`--threads N`: torch's intra-op threads for this process (default: torch's choice)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _check_device(device: str | None) -> None:
@@ -186,15 +199,18 @@ def _read_genotype(path: Path, name: str | None):
 @click.option("--data-dir", help="Where the dataset lives [the run's].")
 @click.option("--device", help="cpu, cuda, ... [cuda when available].")
 @click.option("--batch-size", type=int, help="Evaluation batch size [the run's].")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="CPU threads torch uses [torch's choice].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, device: str | None,
-         batch_size: int | None, as_json: bool) -> None:
+         batch_size: int | None, threads: int | None, as_json: bool) -> None:
     """Score a training checkpoint (last.pt / best.pt) on the test split: top-1, top-5, loss."""
     from attdarts.runs.train import loop as training
     from attdarts.files import FileError as CheckpointError  # also WriteError, as before #12
     from attdarts.runs.data import DataError, parse_spec
 
     _check_device(device)
+    _set_threads(threads)
     if batch_size is not None and batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if dataset is not None:
@@ -215,4 +231,4 @@ def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, devic
     synthetic = " [synthetic data]" if result["synthetic"] else ""
     click.echo(f"{result['genotype']} (epoch {result['epoch']}) on {result['dataset']}{synthetic}: "
                f"top-1 {result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%  "
-               f"loss {result['test_loss']:.4f}  ({result['images']:,} images)")
+               f"loss {result['test_loss']:.4f}  ({result['test_images']:,} test images)")

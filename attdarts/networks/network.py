@@ -33,19 +33,22 @@ from attdarts.networks.stacking import STEM_MULTIPLIER, Layer, halve, stack_cell
 
 __all__ = [
     "DATASETS",
+    "DROP_PATH_RULES",
     "CellModule",
     "CellSummary",
     "EdgeModule",
     "Network",
     "NodeModule",
     "compile_network",
+    "count_droppable_edges",
     "count_multiply_adds",
     "count_parameters",
     "describe_network",
     "drop_path",
 ]
 
-DropPathRule = Literal["authors", "darts"]
+DropPathRule = Literal["darts", "authors"]
+DROP_PATH_RULES: tuple[str, ...] = ("darts", "authors")  # the first is the default
 
 
 @dataclass(frozen=True)
@@ -309,19 +312,26 @@ def _build_attention(call: ir.Call | None, channels: int, spatial: int) -> nn.Mo
 def _droppable(operation: nn.Module, attention: nn.Module | None, rule: DropPathRule) -> bool:
     """Whether drop path applies to an edge (REFERENCE.md, "Evaluation").
 
-    DARTS skips edges whose operation is the identity. The authors' code also skips edges whose
-    attention is an identity; it builds an identity module for an edge without attention, so
-    under that rule an edge with no attention (None) is spared too, and a plain DARTS genotype
-    gets no drop path on any edge. The rules agree on the Att-DARTS cell, where every edge has
-    an attention; "darts" is the default.
+    "darts" (DARTS's NetworkCIFAR, the default): every edge whose operation is not the identity.
+    "authors" (the Att-DARTS code, model.py `Cell.forward`): in a cell whose edges name
+    attentions, an edge is also spared when its attention is the identity module; a cell with no
+    named attention falls back to DARTS's rule. A missing attention is therefore not an identity
+    attention, so a plain DARTS genotype is dropped exactly as DARTS drops it. (The authors'
+    format cannot mix edges with and without attention in one cell; per edge, the two readings
+    agree on every cell it can express.)
     """
     identity_operation = isinstance(operation, nn.Identity)
     if rule == "darts":
         return not identity_operation
     if rule == "authors":
-        identity_attention = attention is None or isinstance(attention, IdentityAttention)
-        return not (identity_operation or identity_attention)
-    raise ValueError(f"unknown drop path rule {rule!r}; expected 'authors' or 'darts'")
+        return not (identity_operation or isinstance(attention, IdentityAttention))
+    raise ValueError(f"unknown drop path rule {rule!r}; expected one of {', '.join(DROP_PATH_RULES)}")
+
+
+def count_droppable_edges(model: "Network") -> tuple[int, int]:
+    """(edges drop path applies to, all edges) over every cell of `model`."""
+    edges = [edge for cell in model.cells for node in cell.nodes for edge in node.edges]
+    return sum(edge.droppable for edge in edges), len(edges)
 
 
 class AuxiliaryHeadCIFAR(nn.Sequential):
@@ -479,17 +489,17 @@ def compile_network(
     `num_classes` and `input_size` default to the dataset's (10/100/1000; 32/32/224). The spatial
     size matters at construction because GE-theta+ sizes its global kernel from it. Drop path
     (probability `model.drop_path_prob`, applied in training mode only) follows `drop_path_rule`:
-    "darts" drops every edge whose operation is not the identity; "authors" (the Att-DARTS code)
-    also spares edges whose attention is the identity or missing. `grouped` runs each cell's
+    "darts" (the default) drops every edge whose operation is not the identity; "authors" (the
+    Att-DARTS code) also spares edges whose attention is the identity module (`_droppable`).
+    `grouped` runs each cell's
     edges in groups (`Network.set_grouped`).
     """
     if dataset not in DATASETS:
         known = ", ".join(repr(name) for name in DATASETS)
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {known}")
-    if drop_path_rule not in ("authors", "darts"):
-        raise ValueError(
-            f"unknown drop path rule {drop_path_rule!r}; expected 'authors' or 'darts'"
-        )
+    if drop_path_rule not in DROP_PATH_RULES:
+        raise ValueError(f"unknown drop path rule {drop_path_rule!r}; "
+                         f"expected one of {', '.join(DROP_PATH_RULES)}")
     shape = DATASETS[dataset]
     return Network(
         genotype,

@@ -19,6 +19,7 @@ from attdarts.networks.network import (
     CellModule,
     EdgeModule,
     compile_network,
+    count_droppable_edges,
     count_multiply_adds,
     count_parameters,
     describe_network,
@@ -142,9 +143,9 @@ GENO_FILES = {"darts_v2": "darts_v2", "darts_v1": "darts_v1", "pc_darts": "pc_da
 @pytest.mark.parametrize("name", list(GENO_FILES))
 def test_genotype_files_match_reference_tuples(name, root):
     path = root / "genotypes" / f"{GENO_FILES[name]}.geno"
-    if not path.exists():
-        pytest.skip(f"{path.name} not written yet")
-    transform = pytest.importorskip("attdarts.language.transform")
+    assert path.is_file(), f"the zoo file {path} is missing"
+    from attdarts.language import transform
+
     parsed = transform.parse_file(path).genotype()
     assert (parsed.normal, parsed.reduce) == (GENOTYPES[name].normal, GENOTYPES[name].reduce)
     if name in EXPECTED:
@@ -356,8 +357,46 @@ def test_drop_path_rules_differ_as_defined():
     # pools at stride 2, then: identity op + identity attention, conv + identity attention,
     # identity op + cbam, conv + cbam, identity op without attention, conv without attention
     assert _edge_flags(genotype, "darts") == [True, True, False, True, False, True, False, True]
-    # the authors' code builds an identity module for a missing attention: spared as well
-    assert _edge_flags(genotype, "authors") == [False, False, False, False, False, True, False, False]
+    # the authors' code spares an edge whose op or attention is the identity module; an edge
+    # without attention follows DARTS's rule (their model.py: a cell with no named attention)
+    assert _edge_flags(genotype, "authors") == [True, True, False, False, False, True, False, True]
+
+
+def test_darts_is_the_default_drop_path_rule():
+    edges = [(S3, 0, "ID"), (S3, 1, "SE")]
+    genotype = ir.Genotype(name="d", normal=_cell("normal", edges), reduce=_cell("reduce", edges))
+    model = compile_network(genotype, channels=8, layers=1, auxiliary=False)
+    assert [edge.droppable for edge in model.cells[0].nodes[0].edges] == [True, True]
+
+
+@pytest.mark.parametrize("rule", ["darts", "authors"])
+def test_darts_v2_full_size_drops_118_of_160_edges(rule):
+    """DARTS and the authors' code both drop every non-identity edge of an attention-free cell:
+    18 normal cells x 6 + 2 reduction cells x 5."""
+    model = compile_network(GENOTYPES["darts_v2"], channels=36, layers=20, drop_path_rule=rule)
+    assert count_droppable_edges(model) == (118, 160)
+
+
+def test_att_darts_cell_with_identity_attention_differs_between_rules():
+    # the paper's cell with its second normal edge's attention replaced by identity (a searched
+    # cell where Identity wins an edge); the zoo's att_darts cell has no identity attention, so
+    # there the rules agree (82 of 160 edges)
+    normal = [(S3, 0, "A2"), (S3, 1, "ID"), (S3, 0, "CBAM"), (SK, 2, "CBAM"),
+              (SK, 0, "CBAM"), (S3, 1, "CBAM"), (SK, 0, "CBAM"), (SK, 2, "CBAM")]
+    reduce = [(MP, 0, "BAM"), ("dil_conv_3x3", 1, "A2"), (AP, 0, "BAM"), (SK, 2, "CBAM"),
+              (SK, 2, "CBAM"), (AP, 0, "BAM"), (SK, 2, "CBAM"), (AP, 0, "BAM")]
+    genotype = _genotype("att_id", normal, reduce)
+    darts = compile_network(genotype, channels=8, layers=3, auxiliary=False, drop_path_rule="darts")
+    authors = compile_network(genotype, channels=8, layers=3, auxiliary=False,
+                              drop_path_rule="authors")
+    assert [e.droppable for e in darts.cells[0].nodes[0].edges] == [True, True]
+    assert [e.droppable for e in authors.cells[0].nodes[0].edges] == [True, False]
+    # one normal cell (4 convolutions) and two reduction cells (5 non-identity edges each)
+    assert count_droppable_edges(darts) == (14, 24)
+    assert count_droppable_edges(authors) == (13, 24)
+    zoo = [count_droppable_edges(compile_network(GENOTYPES["att_darts"], drop_path_rule=rule))
+           for rule in ("darts", "authors")]
+    assert zoo == [(82, 160), (82, 160)]
 
 
 def test_drop_path_applies_in_training_only():

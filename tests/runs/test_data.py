@@ -145,6 +145,37 @@ def test_image_folder_problems(tmp_path):
         data.load_dataset(f"folder:{tmp_path / 'mixed'}", None, train=True)
 
 
+@pytest.mark.parametrize("damage", ["truncated jpeg", "text named .jpg", "empty jpeg"])
+def test_unreadable_image_is_a_data_error_naming_the_file(tmp_path, damage):
+    import io
+
+    from PIL import Image
+    from click.testing import CliRunner
+
+    from attdarts.cli import cli
+
+    write_image_folder(tmp_path / "images", per_class=2)
+    bad = tmp_path / "images" / "train" / "dog" / "bad.jpg"
+    if damage == "truncated jpeg":
+        buffer = io.BytesIO()
+        noise = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(noise).save(buffer, format="JPEG")
+        bad.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    elif damage == "text named .jpg":
+        bad.write_text("this is not an image\n")
+    else:
+        bad.write_bytes(b"")
+    with pytest.raises(DataError, match=f"{bad}: not a readable image"):
+        data.load_dataset(f"folder:{tmp_path / 'images'}", None, train=True)
+    root = Path(__file__).resolve().parents[2]
+    result = CliRunner().invoke(cli, [
+        "train", str(root / "genotypes" / "darts_v2.geno"), "--dataset",
+        f"folder:{tmp_path / 'images'}", "--channels", "4", "--layers", "2", "--epochs", "1",
+        "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.count("\n") == 1 and str(bad) in result.output
+
+
 def test_specs():
     assert data.parse_spec("CIFAR10").kind == "cifar10"
     assert data.parse_spec("folder:/x/y") == data.DatasetSpec("folder", "/x/y")

@@ -119,6 +119,11 @@ def split(dataset: ImageTensors, fraction: float = 0.5) -> tuple[ImageTensors, I
 # Loading
 
 
+def default_data_dir(spec: DatasetSpec) -> Path:
+    """Where a dataset is looked for without --data-dir (relative to the working directory)."""
+    return Path("data/imagenet") if spec.kind == "imagenet" else Path("data")
+
+
 def load_dataset(
     spec: str | DatasetSpec,
     data_dir: str | os.PathLike | None,
@@ -129,7 +134,7 @@ def load_dataset(
 ) -> ImageTensors:
     """Load one split of a CIFAR-sized dataset into memory (uint8, CPU)."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
-    root = Path(data_dir) if data_dir is not None else Path("data")
+    root = Path(data_dir) if data_dir is not None else default_data_dir(spec)
     if spec.kind in ("cifar10", "cifar100"):
         return _load_cifar(spec.kind, root, train=train, download=download)
     if spec.kind == "folder":
@@ -323,8 +328,18 @@ def _decode_folder(folder: Path, workers: int) -> tuple[Tensor, Tensor, tuple[st
 
     import numpy as np
 
+    from PIL import UnidentifiedImageError
+
     def decode(path: str):
-        return np.asarray(listing.loader(path).convert("RGB"), dtype=np.uint8)
+        try:
+            return np.asarray(listing.loader(path).convert("RGB"), dtype=np.uint8)
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: not a readable image (unknown format or damaged header); "
+                            "remove or replace the file") from None
+        except (OSError, ValueError, SyntaxError) as error:  # PIL: truncated, broken chunks
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataError(f"{path}: not a readable image ({reason}); remove or replace the "
+                            "file") from None
 
     log.info("decoding %d images from %s (cached afterwards in %s)", len(samples), folder, cached)
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -574,6 +589,10 @@ class ImageNetLoader:
             ])
         self.dataset = torchvision.datasets.ImageFolder(str(folder), transform)
         self.num_classes = len(self.dataset.classes)
+        if not train and max_batches is not None:  # a capped evaluation: a fixed random subset
+            keep = evaluation_subset(len(self.dataset), max_batches * batch_size, seed)
+            self.dataset = torch.utils.data.Subset(self.dataset, keep.tolist())
+            max_batches = None
         self.device = torch.device(device)
         self.max_batches = max_batches
         self.channels_last = channels_last
@@ -639,16 +658,33 @@ def make_loader(
     """The loader of one split, for any dataset spec, and a description of the data."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "imagenet":
-        root = Path(data_dir) if data_dir is not None else Path("data/imagenet")
+        root = Path(data_dir) if data_dir is not None else default_data_dir(spec)
         loader = ImageNetLoader(root, train=train, batch_size=batch_size, device=device, seed=seed,
                                 workers=workers, rank=rank, world_size=world_size,
                                 max_batches=max_batches, channels_last=channels_last)
         return loader, LoaderInfo(loader.num_classes, False, len(loader.dataset),
                                   IMAGENET_MEAN, IMAGENET_STD)
     dataset = load_dataset(spec, data_dir, train=train, download=download, workers=workers)
+    images, labels = dataset.images, dataset.labels
+    if not train and max_batches is not None:
+        keep = evaluation_subset(len(dataset), max_batches * batch_size, seed)
+        images, labels, max_batches = images[keep], labels[keep], None
     loader = DeviceLoader(
-        dataset.images, dataset.labels, batch_size=batch_size, device=device, augment=train,
+        images, labels, batch_size=batch_size, device=device, augment=train,
         cutout=cutout if train else 0, mean=dataset.mean, std=dataset.std, seed=seed, rank=rank,
         world_size=world_size, max_batches=max_batches, channels_last=channels_last)
     return loader, LoaderInfo(dataset.num_classes, dataset.synthetic, len(dataset),
                               dataset.mean, dataset.std)
+
+
+def evaluation_subset(size: int, count: int, seed: int) -> Tensor:
+    """Indices of a capped evaluation: `count` of the split's `size` samples drawn at random
+    (seeded, the same every epoch), in split order.
+
+    Test splits are usually stored class by class, so their first `count` samples would score
+    one or two classes; a random subset estimates the whole split's accuracy.
+    """
+    if count >= size:
+        return torch.arange(size)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "evaluation subset"))
+    return torch.randperm(size, generator=generator)[:count].sort().values

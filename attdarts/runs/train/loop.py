@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -38,10 +39,25 @@ from attdarts.runs import checkpoints as checkpoint
 from attdarts.runs import data
 from attdarts.language import ir
 from attdarts.runs.checkpoints import CheckpointError
+from attdarts.networks.network import DROP_PATH_RULES
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "attdarts-train"
+POSTFIX_EVERY = 20  # steps between progress-bar postfix updates (each one waits for the device)
+
+
+class TrainError(Exception):
+    """A run that cannot go on (diverged) or cannot be resumed; the message says why."""
+
+
+class SettingChanged(TrainError):
+    """`--resume` with a setting that differs from the run's (`option` names it)."""
+
+    def __init__(self, field: str, stored: Any) -> None:
+        self.option = "--" + field.replace("_", "-")
+        super().__init__(f"{self.option} cannot change when resuming (the run used {stored!r}); "
+                         "start a new run to change it")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +88,8 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     cutout: int = Field(16, ge=0)
     drop_path_prob: float = Field(0.2, ge=0, lt=1)
-    drop_path_rule: Literal["authors", "darts"] = "authors"
+    # which edges drop path spares (attdarts.network._droppable); DARTS's rule by default
+    drop_path_rule: Literal[DROP_PATH_RULES] = "darts"  # type: ignore[valid-type]
     seed: int = Field(0, ge=0)
     deterministic: bool = False
     amp: Literal["bf16"] | None = None
@@ -86,10 +103,19 @@ class TrainConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, value: str) -> str:
+        """A known spec; a folder's path made absolute, so the run can be scored from anywhere."""
         try:
-            return str(data.parse_spec(value))
+            spec = data.parse_spec(value)
         except data.DataError as error:
             raise ValueError(str(error)) from None
+        if spec.kind == "folder":
+            spec = data.DatasetSpec("folder", _absolute(spec.path))
+        return str(spec)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
 
     @classmethod
     def recipe(cls, dataset: str = "cifar10", **overrides: Any) -> "TrainConfig":
@@ -103,6 +129,17 @@ class TrainConfig(BaseModel):
     @property
     def spec(self) -> data.DatasetSpec:
         return data.parse_spec(self.dataset)
+
+    def with_data_dir(self) -> "TrainConfig":
+        """This config with the dataset root it will read spelled out (absolute): CIFAR and
+        ImageNet default to ./data and ./data/imagenet of the working directory."""
+        if self.data_dir is not None or self.spec.kind not in ("cifar10", "cifar100", "imagenet"):
+            return self
+        return self.model_copy(update={"data_dir": _absolute(data.default_data_dir(self.spec))})
+
+
+def _absolute(path: str | os.PathLike) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
 IMAGENET_RECIPE: dict[str, Any] = {
@@ -243,12 +280,14 @@ def train_epoch(model, optimizer, loader, config: TrainConfig, *, on_step=None) 
 
     Sample counts are known on the host, so nothing waits for the device until the caller reads
     the result once at the end of the epoch.
+    `on_step(step, totals, count)` is called after every step with the running sums (still on
+    the device: reading them waits for it, so a progress bar reads them only now and then).
     """
     model.train()
     device = _device_of(model)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     count = 0
-    for images, labels in loader:
+    for step, (images, labels) in enumerate(loader):
         loss, logits = train_step(
             model, optimizer, images, labels, auxiliary_weight=config.auxiliary_weight,
             grad_clip=config.grad_clip, label_smoothing=config.label_smoothing, amp=config.amp)
@@ -256,7 +295,7 @@ def train_epoch(model, optimizer, loader, config: TrainConfig, *, on_step=None) 
         totals += torch.stack([loss.double() * batch, (logits.argmax(dim=1) == labels).sum().double()])
         count += batch
         if on_step is not None:
-            on_step(batch)
+            on_step(step, totals, count)
     return torch.cat([totals, torch.tensor([float(count)], dtype=torch.float64, device=device)])
 
 
@@ -296,6 +335,7 @@ class TrainResult:
     parameters: int
     history: list[dict]
     model: nn.Module
+    synthetic: bool = False
 
 
 def genotype_text(genotype: ir.Genotype) -> str:
@@ -361,40 +401,124 @@ def stored_genotype(state: dict[str, Any], path: Path | str = "checkpoint") -> i
         raise CheckpointError(f"{path}: the genotype stored in the checkpoint is unreadable ({error})") from None
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """A run directory checked for resuming: its last.pt, and the config and genotype to use."""
+
+    run_dir: Path
+    state: dict[str, Any]
+    config: TrainConfig
+    genotype: ir.Genotype
+
+
+def open_resume(run_dir: str | os.PathLike, genotype: ir.Genotype | None = None,
+                overrides: dict[str, Any] | None = None) -> ResumePoint:
+    """Check that `run_dir/last.pt` belongs to the run in `run_dir` before anything is written.
+
+    The checkpoint must be a training checkpoint, of `genotype` (when given) and of the run's
+    `genotype.geno`, with the recipe of its `config.json`, and its history must agree with
+    `metrics.jsonl` (a copy of another run's last.pt, even of the same genotype and recipe, has
+    other numbers). `overrides` may change only the settings that do not change the result
+    (`RESUMABLE_OVERRIDES`); another changed setting raises `SettingChanged`.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "last.pt"
+    state = load_run_checkpoint(path, genotype)
+    stored = stored_genotype(state, path)
+    try:
+        config = TrainConfig(**state["config"])
+    except Exception as error:  # pydantic's ValidationError, a missing key
+        raise CheckpointError(f"{path}: the stored settings are unreadable ({error})") from None
+
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(f"{path} does not belong to the run in {run_dir}: {reason}; "
+                               "nothing was changed (resume from the run's own last.pt)")
+
+    geno_path = run_dir / "genotype.geno"
+    try:
+        run_genotype = stored_genotype({"genotype_text": geno_path.read_text(encoding="utf-8"),
+                                        "genotype_name": state.get("genotype_name")}, geno_path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise refuse(f"cannot read {geno_path.name} ({error.__class__.__name__})") from None
+    except CheckpointError:
+        raise refuse(f"{geno_path.name} does not hold genotype '{stored.name}'") from None
+    if not same_cells(run_genotype, stored):
+        raise refuse(f"it was written for genotype '{stored.name}', whose cells differ from "
+                     f"those in {geno_path.name}")
+
+    config_path = run_dir / "config.json"
+    try:
+        recorded = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise refuse(f"cannot read {config_path.name} ({error.__class__.__name__})") from None
+    stored_settings = dict(state["config"])  # as written, before validation touches paths
+    for field, value in stored_settings.items():
+        if field not in RESUMABLE_OVERRIDES and recorded.get(field, value) != value:
+            raise refuse(f"its {field} is {value!r}, {config_path.name} says {recorded[field]!r}")
+
+    history = list(state.get("history", []))
+    metrics_path = run_dir / "metrics.jsonl"
+    try:
+        lines = metrics_path.read_text(encoding="utf-8").splitlines() if metrics_path.exists() else []
+        records = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as error:
+        raise refuse(f"cannot read {metrics_path.name} ({error.__class__.__name__})") from None
+    # last.pt is written before metrics.jsonl, so the file may lack the checkpoint's last
+    # epoch but never holds an epoch the checkpoint lacks
+    if len(records) > len(history) or records != history[:len(records)]:
+        raise refuse(f"its {len(history)} epochs do not match the {len(records)} recorded "
+                     f"in {metrics_path.name}")
+
+    for field, value in (overrides or {}).items():
+        if field not in RESUMABLE_OVERRIDES and getattr(config, field) != value:
+            raise SettingChanged(field, getattr(config, field))
+    config = config.model_copy(update={k: v for k, v in (overrides or {}).items()
+                                       if k in RESUMABLE_OVERRIDES})
+    return ResumePoint(run_dir, state, TrainConfig(**config.model_dump()), stored)
+
+
 def run_training(
     config: TrainConfig,
     genotype: ir.Genotype,
     *,
     run_dir: str | os.PathLike | None,
     device: str | torch.device | None = None,
-    resume: bool = False,
+    resume: bool | ResumePoint = False,
     progress: bool = False,
 ) -> TrainResult:
     """Train `genotype` with `config`, writing the run directory (rank 0 only).
 
-    With `resume`, `run_dir/last.pt` supplies the model, optimiser, scheduler and epoch; its
-    stored config is used (the caller checks that the requested one agrees).
+    With `resume`, `run_dir/last.pt` supplies the model, optimiser, scheduler and epoch after
+    `open_resume` has checked it against the run directory; its stored config is used with the
+    settings of `RESUMABLE_OVERRIDES` taken from `config`. A `ResumePoint` already opened by the
+    caller is used as it is.
     """
     run_path = Path(run_dir) if run_dir is not None else None
+    point = None
+    if isinstance(resume, ResumePoint):
+        point = resume
+    elif resume:
+        if run_path is None:
+            raise CheckpointError("resuming needs a run directory")
+        point = open_resume(run_path, genotype,
+                            {field: getattr(config, field) for field in RESUMABLE_OVERRIDES})
     distributed = setup_distributed(device)
     try:
-        return _run(config, genotype, run_path, distributed, resume, progress)
+        return _run(config, genotype, run_path, distributed, point, progress)
     finally:
         if distributed.initialized_here:
             dist.destroy_process_group()
 
 
 def _run(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
-         distributed: Distributed, resume: bool, progress: bool) -> TrainResult:
+         distributed: Distributed, point: ResumePoint | None, progress: bool) -> TrainResult:
     device = distributed.device
     rank, world_size = distributed.rank, distributed.world_size
     configure_determinism(config.deterministic)
     state = None
-    if resume:
-        if run_dir is None:
-            raise CheckpointError("resuming needs a run directory")
-        state = load_run_checkpoint(run_dir / "last.pt", genotype)
-        config = TrainConfig(**{**state["config"], **{k: getattr(config, k) for k in RESUMABLE_OVERRIDES}})
+    if point is not None:
+        state, config, genotype = point.state, point.config, point.genotype
+    config = config.with_data_dir()
     spec = config.spec
 
     train_loader, info = data.make_loader(
@@ -443,12 +567,12 @@ def _run(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
         writer.start(config, genotype, text, device, world_size, info, reported_parameters,
                      total_parameters, history)
 
-    log.info("%s on %s: %s weights (%s with the auxiliary head), %d steps/epoch, world size %d%s",
-             genotype.name, device, f"{reported_parameters:,}", f"{total_parameters:,}",
-             len(train_loader), world_size, " [synthetic data]" if info.synthetic else "")
-    steps = len(train_loader)
-    bar = _progress_bar(progress and distributed.is_main, (config.epochs - start_epoch) * steps,
-                        start_epoch, config.epochs)
+    synthetic = " [synthetic data]" if info.synthetic else ""
+    log.info("%s on %s: %s weights (%s with the auxiliary head), %d steps/epoch, %d test images, "
+             "world size %d%s", genotype.name, device, f"{reported_parameters:,}",
+             f"{total_parameters:,}", len(train_loader), _test_images(test_loader), world_size,
+             synthetic)
+    bar = _EpochProgress(config.epochs) if progress and distributed.is_main else None
 
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
@@ -458,14 +582,26 @@ def _run(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
         torch.manual_seed(data.derive_seed(config.seed, epoch, rank, "model"))
         train_loader.set_epoch(epoch)
         if bar is not None:
-            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
-        train_totals = train_epoch(network, optimizer, train_loader, config,
-                                   on_step=(lambda n: bar.update(1)) if bar is not None else None)
+            bar.start(epoch, len(train_loader))
+        try:
+            train_totals = train_epoch(network, optimizer, train_loader, config,
+                                       on_step=bar.step if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.close()
         train_totals = _all_reduce(train_totals, distributed)
         train_values = train_totals.tolist()  # the epoch's one host sync for training
         train_seconds = time.perf_counter() - started
         _broadcast_buffers(model, distributed)
         test_values = _all_reduce(evaluate(model, test_loader, amp=config.amp), distributed).tolist()
+        if not (_all_finite(train_values + test_values) and _model_finite(model)):
+            kept = ("nothing was saved" if not epoch or run_dir is None else
+                     f"epoch 1 is kept in {run_dir}" if epoch == 1 else
+                     f"epochs 1..{epoch} are kept in {run_dir}")
+            without_amp = " or train without --amp" if config.amp else ""
+            raise TrainError(
+                f"the loss became NaN or infinite in epoch {epoch + 1}; stopped ({kept}). "
+                f"Try a lower --lr (this run: {config.lr:g}){without_amp}, or check the data")
         scheduler.step()
         seconds = time.perf_counter() - started
 
@@ -479,11 +615,11 @@ def _run(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
             "test_loss": test_values[0] / test_count,
             "test_top1": 100.0 * test_values[1] / test_count,
             "test_top5": 100.0 * test_values[2] / test_count,
+            "test_images": int(test_values[3]),
+            "synthetic": info.synthetic,
             "seconds": round(seconds, 3),
             "images_per_s": round(train_values[2] / max(train_seconds, 1e-9), 1),
         }
-        if info.synthetic:
-            record["synthetic"] = True
         history.append(record)
         if record["test_top1"] > best_top1:
             best_top1, best_epoch = record["test_top1"], epoch + 1
@@ -508,14 +644,11 @@ def _run(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
                 "world_size": world_size,
             }
             writer.epoch_done(state, improved)
-        if bar is not None:
-            bar.set_postfix(loss=f"{record['train_loss']:.3f}", top1=f"{record['test_top1']:.2f}")
         log.info("epoch %d/%d lr %.5f train loss %.4f acc %.2f | test loss %.4f top-1 %.2f "
-                 "top-5 %.2f | %.0f s, %.0f img/s", epoch + 1, config.epochs, lr,
+                 "top-5 %.2f on %d test images | %.0f s, %.0f img/s%s", epoch + 1, config.epochs, lr,
                  record["train_loss"], record["train_acc"], record["test_loss"],
-                 record["test_top1"], record["test_top5"], seconds, record["images_per_s"])
-    if bar is not None:
-        bar.close()
+                 record["test_top1"], record["test_top5"], record["test_images"], seconds,
+                 record["images_per_s"], synthetic)
 
     last_top1 = history[-1]["test_top1"] if history else float("nan")
     if writer is not None:
@@ -528,10 +661,28 @@ def _run(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
             "best_epoch": best_epoch,
             "last_top1": last_top1,
             "last_top5": history[-1]["test_top5"] if history else float("nan"),
+            "test_images": history[-1]["test_images"] if history else 0,
             "parameters": reported_parameters,
             "parameters_with_auxiliary": total_parameters,
         })
-    return TrainResult(run_dir, best_top1, best_epoch, last_top1, reported_parameters, history, model)
+    return TrainResult(run_dir, best_top1, best_epoch, last_top1, reported_parameters, history,
+                       model, info.synthetic)
+
+
+def _test_images(loader) -> int:
+    """Images one evaluation scores (the whole split, or the capped evaluation's subset)."""
+    dataset = getattr(loader, "dataset", None)
+    return len(dataset) if dataset is not None else loader.num_samples
+
+
+def _all_finite(values: list[float]) -> bool:
+    return all(math.isfinite(value) for value in values)
+
+
+def _model_finite(model: nn.Module) -> bool:
+    """Whether every weight and floating-point buffer is finite (one wait for the device)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def _all_reduce(values: torch.Tensor, distributed: Distributed) -> torch.Tensor:
@@ -555,13 +706,34 @@ def _strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return state_dict
 
 
-def _progress_bar(enabled: bool, total: int, start_epoch: int, epochs: int):
-    if not enabled or total <= 0:
-        return None
-    from tqdm import tqdm
+class _EpochProgress:
+    """One progress bar per epoch on stderr: `epoch E/N`, the epoch's steps, and the running
+    train loss and accuracy of this epoch (read from the device every `POSTFIX_EVERY` steps and
+    at the last step, so most steps do not wait for it). The epoch's log line follows it."""
 
-    return tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
-                desc=f"epoch {start_epoch + 1}/{epochs}")
+    def __init__(self, epochs: int, file=None) -> None:
+        self.epochs = epochs
+        self.file = file
+        self.bar = None
+
+    def start(self, epoch: int, steps: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
+                        file=self.file if self.file is not None else sys.stderr, leave=False,
+                        dynamic_ncols=True, mininterval=1.0)
+
+    def step(self, step: int, totals: torch.Tensor, count: int) -> None:
+        self.bar.update(1)
+        if (step + 1) % POSTFIX_EVERY == 0 or step + 1 == self.bar.total:
+            loss_sum, correct = totals.tolist()
+            self.bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}",
+                                 acc=f"{100.0 * correct / max(count, 1):.1f}%")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class _RunWriter:
@@ -577,6 +749,7 @@ class _RunWriter:
             "genotype": genotype.name,
             "device": str(device),
             "world_size": world_size,
+            "threads": torch.get_num_threads(),
             "synthetic": info.synthetic,
             "train_images": info.num_samples,
             "num_classes": info.num_classes,
@@ -627,10 +800,20 @@ def evaluate_checkpoint(
     stored = TrainConfig(**state["config"])
     spec = data.parse_spec(dataset) if dataset is not None else stored.spec
     device = torch.device(device or default_device())
-    loader, info = data.make_loader(
-        spec, data_dir if data_dir is not None else stored.data_dir, train=False,
-        batch_size=batch_size or stored.batch_size, device=device,
-        workers=stored.workers if workers is None else workers)
+    try:
+        loader, info = data.make_loader(
+            spec, data_dir if data_dir is not None else stored.data_dir, train=False,
+            batch_size=batch_size or stored.batch_size, device=device,
+            workers=stored.workers if workers is None else workers)
+    except data.DataError as error:
+        if spec.kind == "synthetic":
+            raise
+        # the run's data moved or is on another machine: name the option that points at it
+        option = ("--dataset folder:PATH" if spec.kind == "folder" else
+                  "--data-dir DIR" if data_dir is None else "another --data-dir")
+        raise data.DataError(f"{str(error).rstrip('.')}. The run at {path.parent} trained on "
+                             f"{spec}: pass {option} to score it on the data where it is now"
+                             ) from None
     settings = dict(state["model_config"])
     if info.num_classes != settings["num_classes"]:
         raise data.DataError(f"the checkpoint's network has {settings['num_classes']} classes, "
@@ -649,7 +832,7 @@ def evaluate_checkpoint(
         "dataset": str(spec),
         "synthetic": info.synthetic,
         "epoch": int(state["epoch"]),
-        "images": int(values[3]),
+        "test_images": int(values[3]),
         "test_loss": values[0] / count,
         "test_top1": 100.0 * values[1] / count,
         "test_top5": 100.0 * values[2] / count,

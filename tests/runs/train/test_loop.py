@@ -24,6 +24,7 @@ from attdarts.runs import data
 from attdarts.runs.train import loop as train
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.cli import cli
+from helpers import write_cifar10
 from attdarts.language.transform import parse_file
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -40,23 +41,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _private_cache(tmp_path, monkeypatch):
     """ImageFolder decodes are cached per test, never in the user's cache."""
     monkeypatch.setenv("ATTDARTS_CACHE", str(tmp_path / "cache"))
-
-
-def write_cifar10(root: Path, per_file: int = 8) -> Path:
-    """Tiny CIFAR-10 in the real on-disk format (pickled dicts with bytes keys)."""
-    rng = np.random.default_rng(0)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"batch_label": name.encode(),
-                 b"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, per_file)],
-                 b"filenames": [b"x.png"] * per_file}
-        with open(folder / name, "wb") as file:
-            pickle.dump(batch, file)
-    with open(folder / "batches.meta", "wb") as file:
-        pickle.dump({b"label_names": [str(i).encode() for i in range(10)]}, file)
-    return root
 
 
 def write_pngs(root: Path) -> Path:
@@ -109,8 +93,11 @@ def test_defaults_are_the_papers_cifar_recipe():
     assert (config.momentum, config.weight_decay, config.grad_clip) == (0.9, 3e-4, 5.0)
     assert (config.cutout, config.drop_path_prob, config.auxiliary_weight) == (16, 0.2, 0.4)
     assert config.auxiliary and config.amp is None and not config.channels_last
-    with pytest.raises(Exception):
-        config.lr = 1.0  # frozen
+    assert config.drop_path_rule == "darts"  # README's default, DARTS's rule
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="frozen"):
+        config.lr = 1.0
 
 
 def test_imagenet_recipe_is_dartss():
@@ -238,7 +225,7 @@ def test_test_command_scores_a_checkpoint(trained_run):
     assert result.exit_code == 0, result.output
     scores = json.loads(result.output)
     assert scores["synthetic"] is False and scores["dataset"] == "cifar10"
-    assert scores["images"] == 8  # the whole test split, not the run's per-epoch cap
+    assert scores["test_images"] == 8  # the whole test split, not the run's per-epoch cap
     assert 0 <= scores["test_top1"] <= scores["test_top5"] <= 100
 
 
@@ -356,6 +343,7 @@ def _train_command(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
 
 
 # three interpreter starts that import torch (two at once): about 17 s on two idle cores
+@pytest.mark.slow
 def test_resume_after_sigkill_reproduces_the_run(tmp_path):
     data_dir = write_cifar10(tmp_path / "data")
     env = subprocess_env()
@@ -404,6 +392,7 @@ torch.save({k: v.detach() for k, v in result.model.named_parameters()},
 
 
 # torchrun plus two processes importing torch: about 13 s on two idle cores
+@pytest.mark.slow
 def test_ddp_gloo_ranks_hold_identical_parameters(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
