@@ -11,12 +11,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import WriteError, atomic_write_text
-from .errors import DslError, Problem
-from .ir import Document
-from .printer import format_document
-from .source import has_bom
-from .transform import parse_file, parse_text, read_source
+from attdarts.files import WriteError, atomic_write_text
+from attdarts.files import has_bom
+from attdarts.language.errors import DslError, Problem
+from attdarts.language.ir import Document
+from attdarts.language.printer import format_document
+from attdarts.language.transform import parse_file, parse_text, read_source
 
 GENOTYPE_SUFFIXES = (".geno",)
 

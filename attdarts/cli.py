@@ -31,20 +31,20 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use, and which turns a `DslError` or a
-    `CheckpointError` (a damaged checkpoint, a file that cannot be written: full disk, read-only
+    `FileError` (a damaged checkpoint, a file that cannot be written: full disk, read-only
     filesystem) that a command lets through into one clean message (exit status 1) instead of a
     traceback."""
 
     def invoke(self, ctx: click.Context):
-        from .checkpoint import CheckpointError
-        from .errors import DslError
+        from attdarts.files import FileError
+        from attdarts.language.errors import DslError
 
         try:
             return super().invoke(ctx)
         except DslError as error:
             click.echo(error.render(), err=True)
             ctx.exit(1)
-        except CheckpointError as error:
+        except FileError as error:
             click.echo(f"attdarts: {error}", err=True)
             ctx.exit(1)
 

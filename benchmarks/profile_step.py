@@ -23,10 +23,11 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attdarts import data, train  # noqa: E402
-from attdarts.search import Bilevel, SearchConfig  # noqa: E402
-from attdarts.supernet import compile_supernet  # noqa: E402
-from attdarts.transform import parse_file  # noqa: E402
+from attdarts.language.transform import parse_file  # noqa: E402
+from attdarts.networks.supernet import compile_supernet  # noqa: E402
+from attdarts.runs import data  # noqa: E402
+from attdarts.runs.search import Bilevel, SearchConfig  # noqa: E402
+from attdarts.runs.train import loop as train  # noqa: E402
 
 
 def _search_step(device):

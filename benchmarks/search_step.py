@@ -5,9 +5,9 @@
 
 Builds the paper's supernet (genotypes/spaces/att_darts.geno: C=16, 8 cells, 8 operations x 6
 attentions) and times first- and second-order iterations at batch 64 (64 weight images + 64
-architecture images per iteration) with the real `attdarts.search.Bilevel` step, on random
+architecture images per iteration) with the real `attdarts.runs.search.loop.Bilevel` step, on random
 32x32 batches already on the device (no loader cost), for each path: `plain` (every edge on its
-own) and `grouped` (each cell's edges in waves, `attdarts.grouped`; what `attdarts search` runs
+own) and `grouped` (each cell's edges in waves, `attdarts.networks.grouping`; what `attdarts search` runs
 unless --plain). CUDA is synchronised around the timed region. Reports ms per iteration, weight
 images per second, peak memory (CUDA: max allocated; CPU: the process's peak resident set, which
 only grows, so later rows include earlier ones), the tensor operations of one iteration (views
@@ -30,9 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attdarts.search import Bilevel, SearchConfig  # noqa: E402
-from attdarts.supernet import compile_supernet  # noqa: E402
-from attdarts.transform import parse_file  # noqa: E402
+from attdarts.language.transform import parse_file  # noqa: E402
+from attdarts.networks.supernet import compile_supernet  # noqa: E402
+from attdarts.runs.search import Bilevel, SearchConfig  # noqa: E402
 from _device import count_operations, device_name, peak_memory_mib, synchronize  # noqa: E402
 
 ITERATIONS_PER_EPOCH = math.ceil(25_000 / 64)  # 391

@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from attdarts import data, train  # noqa: E402
-from attdarts.transform import parse_file  # noqa: E402
+from attdarts.language.transform import parse_file  # noqa: E402
+from attdarts.runs import data  # noqa: E402
+from attdarts.runs.train import loop as train  # noqa: E402
 from _device import count_operations, device_name, peak_memory_mib, synchronize  # noqa: E402
 
 MODES = {

@@ -32,10 +32,10 @@ SLOW = frozenset({"compile"})
 # Why the other commands are not run here. Other tests cover them on tiny inputs.
 SKIPPED = {
     "search": "needs a downloaded dataset or a GPU, or runs for minutes (even the synthetic smoke "
-              "search takes minutes on a loaded 2-core machine); tests/test_search.py covers it",
+              "search takes minutes on a loaded 2-core machine); tests/runs/search/test_loop.py covers it",
     "train": "needs a downloaded dataset (CIFAR-10/100, ImageNet) or a GPU, and hours; "
-             "tests/test_train.py covers it",
-    "test": "needs a checkpoint from a training run; tests/test_train.py covers it",
+             "tests/runs/train/test_loop.py covers it",
+    "test": "needs a checkpoint from a training run; tests/runs/train/test_loop.py covers it",
     "torchrun": "needs several GPUs (torchrun)",
 }
 # Lines that run other programs (the setup scripts, benchmarks on a GPU, `git config`) are not

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import DslError
-from ..transform import parse_file
+from attdarts.language.errors import DslError
+from attdarts.language.transform import parse_file
 
 _DEFAULT_SIZES = {"imagenet": (48, 14)}  # DARTS ImageNet; CIFAR: the paper's C=36, L=20
 # Far above any published network (C <= 64, L <= 30), low enough that a typo such as 100000 is
@@ -105,7 +105,7 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
 def _measure(genotype, dataset: str, channels: int, layers: int, auxiliary: bool):
     """Build the network and count its weights and multiply-adds: (summary dict, cell rows)."""
     _progress("importing torch")
-    from ..network import compile_network, count_multiply_adds, count_parameters, describe_network
+    from attdarts.networks.network import compile_network, count_multiply_adds, count_parameters, describe_network
 
     _progress(f"building the network (C={channels}, L={layers})")
     model = compile_network(genotype, dataset=dataset, channels=channels, layers=layers,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from ..diff import ItemDiff, diff_documents, diff_genotypes, format_json, format_text, is_same
-from ..errors import DslError
-from ..transform import parse_file, parse_text, read_source
+from attdarts.language.errors import DslError
+from attdarts.language.transform import parse_file, parse_text, read_source
+from attdarts.tools.diff import ItemDiff, diff_documents, diff_genotypes, format_json, format_text, is_same
 
 DEV_NULL = "/dev/null"
 

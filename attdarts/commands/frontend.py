@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from .. import api
-from ..checkpoint import WriteError
-from ..errors import DslError
+from attdarts import api
+from attdarts.files import WriteError
+from attdarts.language.errors import DslError
 
 _PATHS = click.argument("paths", nargs=-1, required=True,
                         type=click.Path(exists=True, path_type=Path))

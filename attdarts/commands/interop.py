@@ -1,4 +1,4 @@
-"""`attdarts import` and `attdarts export`: the click shell over `attdarts.interop`.
+"""`attdarts import` and `attdarts export`: the click shell over `attdarts.tools.interop`.
 
 Neither command imports torch. Output files are written atomically (temporary file + rename), and
 imported DSL is re-parsed before it is written: if the printed text does not read back as the same
@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from .. import interop
-from ..errors import DslError
-from ..ir import Document
-from ..printer import format_document
-from ..transform import parse_text, read_source
+from attdarts.language.errors import DslError
+from attdarts.language.ir import Document
+from attdarts.language.printer import format_checked
+from attdarts.language.transform import parse_text, read_source
+from attdarts.tools import interop
 
 
 @click.command("import")
@@ -92,15 +92,7 @@ def export(file: Path, genotype_name: str | None, format_: str, drop_attention: 
 
 def _checked_text(document: Document) -> str:
     """The document as DSL text, refused unless it parses back to the same genotypes."""
-    text = format_document(document)
-    try:
-        same = parse_text(text) == document
-    except DslError:
-        same = False
-    if not same:
-        raise DslError.single("internal error: the imported genotypes do not print back the same; "
-                              "nothing was written", None, "please report this with the input file")
-    return text
+    return format_checked(document, what="the imported genotypes")
 
 
 def _write(path: Path, text: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..plot import SYNTHETIC_LABEL, RunError, load_run, output_format, plot_weights, timeline
+from attdarts.tools.plot import SYNTHETIC_LABEL, RunError, load_run, output_format, plot_weights, timeline
 
 
 def _picture_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -58,7 +58,7 @@ def plot(run_dir: Path, output: Path | None) -> None:
         click.echo("attdarts plot: no weights.jsonl: nothing to draw", err=True)
         return
     target = output or run_dir / "weights.png"
-    # a file that cannot be written raises checkpoint.WriteError: one line from the CLI, exit 1
+    # a file that cannot be written raises files.WriteError: one line from the CLI, exit 1
     plot_weights(run.weights, target, title=run_dir.resolve().name, synthetic=run.synthetic)
     note = f" (labelled {SYNTHETIC_LABEL})" if run.synthetic else ""
     click.echo(f"attdarts plot: wrote {target}{note}", err=True)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
-from ..errors import DslError
-from ..render import (
+from attdarts.language.errors import DslError
+from attdarts.tools.render import (
     CELL_KINDS, GraphvizMissing, RenderFailed, genotype_dot, output_format, write_drawing,
 )
-from ..transform import parse_file
+from attdarts.language.transform import parse_file
 
 
 @click.command(name="render")

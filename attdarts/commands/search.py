@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from attdarts.errors import DslError
+from attdarts.language.errors import DslError
 
 
 class _TqdmHandler(logging.Handler):
@@ -155,7 +155,9 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """
     import pydantic
 
-    from attdarts import checkpoint, data, search as api
+    from attdarts.runs import checkpoints
+    from attdarts.runs import data
+    from attdarts.runs.search import loop as api
 
     if not quiet:
         _configure_logging()
@@ -199,12 +201,12 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         raise click.ClickException(str(error)) from None
     except pydantic.ValidationError as error:
         raise click.ClickException(_settings_error(error)) from None
-    except (api.SearchError, data.DataError, checkpoint.CheckpointError, OSError) as error:
+    except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
 
 
 def _report(outcome, out: Path) -> None:
-    from attdarts import search as api
+    from attdarts.runs.search import loop as api
 
     if isinstance(outcome, list):
         summary = api.summarise(outcome, Path(out))

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import DslError
+from attdarts.language.errors import DslError
 
 # option name -> TrainConfig field, for options that override the recipe
 _OVERRIDES = {
@@ -107,9 +107,9 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from pydantic import ValidationError
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from .. import train as training
-    from ..checkpoint import CheckpointError
-    from ..data import DataError
+    from attdarts.runs.train import loop as training
+    from attdarts.files import FileError as CheckpointError  # also WriteError, as before #12
+    from attdarts.runs.data import DataError
 
     overrides = {field: options[name] for name, field in _OVERRIDES.items() if _explicit(ctx, name)}
     if options.pop("plain"):
@@ -188,7 +188,7 @@ def _check_device(device: str | None) -> None:
 
 
 def _read_genotype(path: Path, name: str | None):
-    from ..transform import parse_file
+    from attdarts.language.transform import parse_file
 
     return parse_file(path).genotype(name)
 
@@ -205,9 +205,9 @@ def _read_genotype(path: Path, name: str | None):
 def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, device: str | None,
          batch_size: int | None, threads: int | None, as_json: bool) -> None:
     """Score a training checkpoint (last.pt / best.pt) on the test split: top-1, top-5, loss."""
-    from .. import train as training
-    from ..checkpoint import CheckpointError
-    from ..data import DataError, parse_spec
+    from attdarts.runs.train import loop as training
+    from attdarts.files import FileError as CheckpointError  # also WriteError, as before #12
+    from attdarts.runs.data import DataError, parse_spec
 
     _check_device(device)
     _set_threads(threads)

@@ -1,0 +1,77 @@
+"""Text -> lark tree. The grammar is the file `grammar/attdarts.lark`; this module only finds it.
+
+In a checkout the grammar sits beside the package (`<repo>/grammar/`); an installed wheel ships it
+inside the package (`attdarts/grammar/`, see pyproject.toml). The parser is built once
+(`parser()`).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import lark
+
+GRAMMAR_FILE = "attdarts.lark"
+
+
+def grammar_path() -> Path:
+    here = Path(__file__).resolve().parent  # attdarts/language
+    # a wheel ships attdarts/grammar/ (force-include); a checkout has <repo>/grammar/
+    for candidate in (here.parent / "grammar" / GRAMMAR_FILE, here.parent.parent / "grammar" / GRAMMAR_FILE):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"cannot find the grammar file {GRAMMAR_FILE} near {here}")
+
+
+@functools.cache
+def grammar_text() -> str:
+    return grammar_path().read_text(encoding="utf-8")
+
+
+def build_parser(*, strict: bool = False, lexer_callbacks: dict | None = None,
+                 cache: bool = False) -> lark.Lark:
+    """The LALR parser. With `cache`, lark stores the built tables in the temp directory,
+    keyed by a hash of the grammar and options, so later processes start in milliseconds."""
+    return lark.Lark(
+        grammar_text(),
+        cache=cache,
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        strict=strict,
+        lexer_callbacks=lexer_callbacks or {},
+    )
+
+
+def parse_tree(text: str) -> tuple[lark.Tree, list[lark.Token]]:
+    """Parse `text`; return the tree and the comments (tokens) in text order."""
+    comments: list[lark.Token] = []
+    tree = _parse_collecting(text, comments)
+    return tree, comments
+
+
+@functools.cache
+def parser() -> lark.Lark:
+    """The shared LALR parser, which hands comments to the collector of `parse_tree`."""
+    try:
+        return build_parser(lexer_callbacks={"COMMENT": _collect}, cache=True)
+    except OSError:  # an unwritable temp directory only costs start-up time
+        return build_parser(lexer_callbacks={"COMMENT": _collect})
+
+
+_sink: list[lark.Token] | None = None
+
+
+def _collect(token: lark.Token) -> None:
+    if _sink is not None:
+        _sink.append(token)
+
+
+def _parse_collecting(text: str, comments: list[lark.Token]) -> lark.Tree:
+    global _sink
+    previous, _sink = _sink, comments
+    try:
+        return parser().parse(text)
+    finally:
+        _sink = previous

@@ -1,0 +1,90 @@
+"""The paper's settings, in one place: data only, no imports of ours and no torch.
+
+`SEARCH` holds the settings of a search (Att-DARTS, Nakai et al. 2020, following DARTS, Liu et
+al. 2019, Section 3.1): "paper" is what the papers state, "authors" what the authors' code runs
+where the two differ (README, "Paper, authors' code and attdarts"). `TRAIN` holds the evaluation
+protocol: "cifar" (DARTS Section 3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile
+setting, 250 epochs, C=48, L=14). Each row is complete, so a row is a valid set of defaults.
+
+The run's inputs (space file, genotype, run directory) and the machine's settings (device,
+threads) are not part of a recipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PAPER_SEARCH: dict[str, Any] = {
+    "dataset": "cifar10",
+    "data_dir": None,
+    "epochs": 50,
+    "batch_size": 64,
+    "recipe": "paper",
+    "order": 1,
+    "second_order": "darts",
+    "clip": "weights",
+    "bam_combine": None,
+    "seed": 2,
+    "channels": 16,
+    "layers": 8,
+    "train_portion": 0.5,
+    "lr": 0.025,
+    "lr_min": 0.0,
+    "momentum": 0.9,
+    "weight_decay": 3e-4,
+    "grad_clip": 5.0,
+    "arch_lr": 3e-4,
+    "arch_betas": (0.5, 0.999),
+    "arch_weight_decay": 1e-3,
+    "arch_init": "zeros",
+    "augment": True,
+    "max_steps_per_epoch": None,
+    "checkpoint_every": 0,
+    "deterministic": False,
+    "grouped": True,
+}
+
+SEARCH: dict[str, dict[str, Any]] = {
+    "paper": _PAPER_SEARCH,
+    # the authors' code: a floor on the cosine schedule, randn-initialised alphas, their second
+    # order and clipping, and BAM multiplying its gates
+    "authors": {**_PAPER_SEARCH, "recipe": "authors", "lr_min": 0.001, "arch_init": "randn",
+                "second_order": "authors", "clip": "authors", "bam_combine": "product"},
+}
+
+_CIFAR_TRAIN: dict[str, Any] = {
+    "dataset": "cifar10",
+    "data_dir": None,
+    "epochs": 600,
+    "batch_size": 96,
+    "channels": 36,
+    "layers": 20,
+    "auxiliary": True,
+    "auxiliary_weight": 0.4,
+    "lr": 0.025,
+    "lr_min": 0.0,
+    "lr_schedule": "cosine",
+    "lr_gamma": 0.97,
+    "momentum": 0.9,
+    "weight_decay": 3e-4,
+    "grad_clip": 5.0,
+    "label_smoothing": 0.0,
+    "cutout": 16,
+    "drop_path_prob": 0.2,
+    "drop_path_rule": "darts",
+    "seed": 0,
+    "deterministic": False,
+    "amp": None,
+    "channels_last": False,
+    "grouped": True,
+    "max_steps_per_epoch": None,
+    "workers": 0,
+}
+
+TRAIN: dict[str, dict[str, Any]] = {
+    "cifar": _CIFAR_TRAIN,
+    "imagenet": {**_CIFAR_TRAIN, "dataset": "imagenet", "epochs": 250, "batch_size": 128,
+                 "channels": 48, "layers": 14, "lr": 0.1, "lr_schedule": "exponential",
+                 "lr_gamma": 0.97, "weight_decay": 3e-5, "label_smoothing": 0.1, "cutout": 0,
+                 "drop_path_prob": 0.0, "workers": 4},
+}

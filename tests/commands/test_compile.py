@@ -1,0 +1,90 @@
+"""`attdarts compile`: the paper's numbers through the command line."""
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from attdarts.cli import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, ["compile", *map(str, args)])
+
+
+def test_compile_prints_the_papers_parameter_count():
+    result = _run(ROOT / "genotypes" / "att_darts.geno")
+    assert result.exit_code == 0, result.output
+    assert "3,231,343 (without auxiliary head)" in result.output
+    assert f"{3_231_343 + 476_426:,} (with auxiliary head)" in result.output
+    assert "output       (1, 10)" in result.output
+    assert "mult-adds" in result.output
+
+
+def test_compile_json_for_a_small_imagenet_network():
+    result = _run(ROOT / "genotypes" / "darts_v2.geno", "--dataset", "imagenet", "--channels", "8",
+                  "--layers", "5", "--no-auxiliary", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["output_shape"] == [1, 1000] and summary["input_shape"] == [1, 3, 224, 224]
+    assert summary["parameters_with_auxiliary"] is None
+    assert [c["type"] for c in summary["cells"]] == ["normal", "reduce", "normal", "reduce", "normal"]
+    assert summary["multiply_adds"] > 0
+
+
+def test_compile_reports_bad_input_cleanly(tmp_path):
+    result = _run(ROOT / "genotypes" / "att_darts.geno", "--genotype", "nope")
+    assert result.exit_code == 1 and "no genotype named 'nope'" in result.output
+    bad = tmp_path / "bad.geno"
+    bad.write_text("genotype g {")
+    result = _run(bad)
+    assert result.exit_code == 1 and f"{bad}:1:" in result.output and "Traceback" not in result.output
+
+
+def test_sizes_beyond_the_limits_are_refused_at_once():
+    geno = ROOT / "genotypes" / "att_darts.geno"
+    result = _run(geno, "--channels", "100000")
+    assert result.exit_code == 2 and "1<=x<=512" in result.output
+    result = _run(geno, "--layers", "100000")
+    assert result.exit_code == 2 and "3<=x<=200" in result.output
+    result = _run(geno, "--channels", "400", "--layers", "100")
+    assert result.exit_code == 2
+    assert "C*C*L = 16,000,000 exceeds 1,296,000" in result.output and "Traceback" not in result.output
+
+
+def test_running_out_of_memory_is_a_clean_error(monkeypatch):
+    import attdarts.networks.network
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 1099511627776 bytes.")
+
+    monkeypatch.setattr(attdarts.networks.network, "compile_network", no_memory)
+    result = _run(ROOT / "genotypes" / "darts_v2.geno", "--channels", "8", "--layers", "5")
+    assert result.exit_code == 1
+    assert "not enough memory to build darts_v2 with C=8, L=5" in result.output
+    assert "Traceback" not in result.output
+
+    def other_failure(*args, **kwargs):
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(attdarts.networks.network, "compile_network", other_failure)
+    result = _run(ROOT / "genotypes" / "darts_v2.geno", "--channels", "8", "--layers", "5")
+    assert isinstance(result.exception, RuntimeError)  # bugs are not disguised as memory errors
+
+
+def test_progress_goes_to_a_terminal_only(monkeypatch, one_thread):
+    import attdarts.commands.compile as command
+
+    args = (ROOT / "genotypes" / "darts_v2.geno", "--channels", "4", "--layers", "5", "--no-auxiliary")
+    quiet = _run(*args)
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    monkeypatch.setattr(command, "_stderr_is_terminal", lambda: True)
+    watched = _run(*args)
+    assert watched.exit_code == 0
+    stages = [line for line in watched.stderr.splitlines() if line.startswith("attdarts compile: ")]
+    assert [line.split(": ", 1)[1].split(" (")[0].rstrip(".") for line in stages] == [
+        "importing torch", "building the network", "counting parameters", "counting multiply-adds"]
+    assert watched.stdout == quiet.stdout  # the report itself is unchanged
