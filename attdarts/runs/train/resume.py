@@ -31,9 +31,7 @@ def same_cells(a: ir.Genotype, b: ir.Genotype) -> bool:
 
 def load_run_checkpoint(path: Path, genotype: ir.Genotype | None = None) -> dict[str, Any]:
     """A training checkpoint; refused if it was written for a different genotype."""
-    state = checkpoints.load(path)
-    if state.get("kind") != CHECKPOINT_KIND:
-        raise CheckpointError(f"{path}: not a training checkpoint of 'attdarts train'")
+    state = checkpoints.load_run_state(path, CHECKPOINT_KIND)
     if genotype is not None:
         stored = stored_genotype(state, path)
         if not same_cells(stored, genotype):
