@@ -11,10 +11,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from attdarts.files import WriteError, atomic_write_text
-from attdarts.files import has_bom
+from attdarts.files import WriteError, atomic_write_text, has_bom
 from attdarts.language.errors import DslError, Problem
-from attdarts.language.ir import Document
 from attdarts.language.printer import format_document
 from attdarts.language.transform import parse_file, parse_text, read_source
 
@@ -91,7 +89,3 @@ def check_file(path: str | Path) -> list[DslError]:
         return [DslError([Problem("the file defines no genotype or space",
                                   hint="start with 'genotype NAME {' or 'space NAME {'")], str(path), None)]
     return []
-
-
-def load_document(path: str | Path) -> Document:
-    return parse_file(path)

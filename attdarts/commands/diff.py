@@ -3,17 +3,15 @@ behind git's external diff interface)."""
 
 from __future__ import annotations
 
-import difflib
 import sys
 from pathlib import Path
 
 import click
 
 from attdarts.language.errors import DslError
-from attdarts.language.transform import parse_file, parse_text, read_source
+from attdarts.language.transform import parse_file
 from attdarts.tools.diff import ItemDiff, diff_documents, diff_genotypes, format_json, format_text, is_same
-
-DEV_NULL = "/dev/null"
+from attdarts.tools.gitdiff import git_diff_text
 
 
 @click.command(name="diff")
@@ -88,45 +86,3 @@ def git_diff_driver(arguments: tuple[str, ...]) -> None:
     path, old_file, _, _, new_file, _, _ = arguments[:7]
     new_path = arguments[7] if len(arguments) == 9 else path
     click.echo(git_diff_text(path, new_path, old_file, new_file), nl=False)
-
-
-def git_diff_text(path: str, new_path: str, old_file: str, new_file: str) -> str:
-    old_label = DEV_NULL if old_file == DEV_NULL else f"a/{path}"
-    new_label = DEV_NULL if new_file == DEV_NULL else f"b/{new_path}"
-    header = f"diff --attdarts a/{path} b/{new_path}\n--- {old_label}\n+++ {new_label}\n"
-    old_text = "" if old_file == DEV_NULL else _read(old_file)
-    new_text = "" if new_file == DEV_NULL else _read(new_file)
-    if old_file == DEV_NULL or new_file == DEV_NULL:
-        return header + _unified(old_text, new_text)
-    try:
-        old = parse_text(old_text, old_label)
-        new = parse_text(new_text, new_label)
-    except DslError as error:
-        reason = "".join(f"# {line}\n" for line in str(error).splitlines())
-        return header + "# attdarts: not a valid genotype file; plain diff follows\n" + reason + \
-            _unified(old_text, new_text)
-    diffs = diff_documents(old, new, meta=True)
-    if is_same(diffs):
-        if old_text == new_text:
-            return ""
-        return header + "(no semantic change: layout or comments only)\n"
-    return header + format_text(diffs)
-
-
-def _read(file: str) -> str:
-    try:
-        return read_source(file)
-    except DslError as error:
-        return f"<{error}>\n"
-
-
-def _unified(old: str, new: str) -> str:
-    lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                 n=3, lineterm="\n")
-    out = []
-    for position, line in enumerate(lines):
-        if position < 2:  # difflib's own ---/+++ lines: the header already has them
-            continue
-        out.append(line if line.endswith("\n") else line + "\n")
-    return "".join(out)
-

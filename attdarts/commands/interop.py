@@ -8,12 +8,11 @@ with status 1.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
+from attdarts.files import WriteError, atomic_write_text
 from attdarts.language.errors import DslError
 from attdarts.language.ir import Document
 from attdarts.language.printer import format_checked
@@ -96,18 +95,10 @@ def _checked_text(document: Document) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    """Write atomically: a temporary file beside `path`, then a rename."""
+    """Write atomically (`files.atomic_write_text`: a temporary file beside `path`, then a rename);
+    a failure is a DslError located at `path`, worded "cannot write file: REASON"."""
     try:
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise DslError.single(f"cannot write file: {error.strerror or error}").located(str(path), None) from None
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise DslError.single(f"cannot write file: {error.strerror or error}").located(str(path), None) from None
+        atomic_write_text(path, text)
+    except WriteError as error:
+        reason = str(error).removeprefix(f"cannot write {path}: ")
+        raise DslError.single(f"cannot write file: {reason}").located(str(path), None) from None

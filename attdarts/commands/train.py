@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +106,9 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from pydantic import ValidationError
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    from attdarts.runs.train import loop as training
-    from attdarts.files import FileError as CheckpointError  # also WriteError, as before #12
+    from attdarts.files import WriteError
+    from attdarts.runs import train as training
+    from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
 
     overrides = {field: options[name] for name, field in _OVERRIDES.items() if _explicit(ctx, name)}
@@ -117,44 +117,21 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     _check_device(device)
     _set_threads(threads)
     _setup_logging(not quiet)
+    if resume_dir is None and genotype_file is None:
+        raise click.UsageError("missing argument 'GENOTYPE_FILE' (or use --resume RUN_DIR)")
     try:
-        if resume_dir is not None:
-            if out_dir is not None and out_dir.resolve() != resume_dir.resolve():
-                raise click.UsageError("--out and --resume name different directories; "
-                                       "a resumed run stays in its own directory")
-            genotype = None
-            if genotype_file is not None:
-                genotype = _read_genotype(genotype_file, genotype_name)
-            if "dataset" in overrides or "data_dir" in overrides:  # compare them as stored
-                normalised = training.TrainConfig(**{k: overrides[k] for k in ("dataset", "data_dir")
-                                                     if k in overrides})
-                overrides.update({k: getattr(normalised, k) for k in ("dataset", "data_dir")
-                                  if k in overrides})
-            point = training.open_resume(resume_dir, genotype, overrides)
-            config, genotype, run_dir, resume = point.config, point.genotype, resume_dir, point
-        else:
-            if genotype_file is None:
-                raise click.UsageError("missing argument 'GENOTYPE_FILE' (or use --resume RUN_DIR)")
-            genotype = _read_genotype(genotype_file, genotype_name)
-            dataset = overrides.pop("dataset", "cifar10")
-            config = training.TrainConfig.recipe(dataset, **overrides)
-            run_dir = out_dir or Path("runs") / (
-                f"{genotype.name}-{config.spec.kind}-{time.strftime('%Y%m%d-%H%M%S')}")
-            if (run_dir / "last.pt").exists():
-                raise click.UsageError(f"{run_dir} already holds a run; continue it with "
-                                       f"--resume {run_dir} or choose another --out")
-            resume = False
+        genotype = None if genotype_file is None else _read_genotype(genotype_file, genotype_name)
         progress = not quiet and sys.stderr.isatty()
         with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]):
-            result = training.run_training(config, genotype, run_dir=run_dir, device=device,
-                                           resume=resume, progress=progress)
+            result = training.launch(genotype, overrides, out=out_dir, resume=resume_dir,
+                                     device=device, progress=progress)
     except ValidationError as error:
         raise click.UsageError(_validation_message(error)) from None
-    except training.SettingChanged as error:
+    except training.ResumeError as error:  # SettingChanged among them
         raise click.UsageError(str(error)) from None
     except DslError as error:
         raise click.ClickException(error.render()) from None
-    except (CheckpointError, DataError, training.TrainError) as error:
+    except (CheckpointError, WriteError, DataError, training.TrainError) as error:
         raise click.ClickException(str(error)) from None
     if int(os.environ.get("RANK", "0")) == 0:
         synthetic = " [synthetic data]" if result.synthetic else ""
@@ -205,8 +182,9 @@ def _read_genotype(path: Path, name: str | None):
 def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, device: str | None,
          batch_size: int | None, threads: int | None, as_json: bool) -> None:
     """Score a training checkpoint (last.pt / best.pt) on the test split: top-1, top-5, loss."""
-    from attdarts.runs.train import loop as training
-    from attdarts.files import FileError as CheckpointError  # also WriteError, as before #12
+    from attdarts.runs import train as training
+    from attdarts.files import WriteError
+    from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError, parse_spec
 
     _check_device(device)
@@ -223,7 +201,7 @@ def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, devic
                                               device=device, batch_size=batch_size)
     except DataError as error:
         raise click.ClickException(str(error)) from None
-    except CheckpointError as error:
+    except (CheckpointError, WriteError) as error:
         raise click.ClickException(str(error)) from None
     if as_json:
         click.echo(json.dumps(result, indent=2))

@@ -7,6 +7,7 @@ inside the package (`attdarts/grammar/`, see pyproject.toml). The parser is buil
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from pathlib import Path
 
@@ -47,7 +48,11 @@ def build_parser(*, strict: bool = False, lexer_callbacks: dict | None = None,
 def parse_tree(text: str) -> tuple[lark.Tree, list[lark.Token]]:
     """Parse `text`; return the tree and the comments (tokens) in text order."""
     comments: list[lark.Token] = []
-    tree = _parse_collecting(text, comments)
+    reset = _comments.set(comments)
+    try:
+        tree = parser().parse(text)
+    finally:
+        _comments.reset(reset)
     return tree, comments
 
 
@@ -60,18 +65,13 @@ def parser() -> lark.Lark:
         return build_parser(lexer_callbacks={"COMMENT": _collect})
 
 
-_sink: list[lark.Token] | None = None
+# where the lexer puts comments: the list of the `parse_tree` call running in this thread or
+# task (lark's callbacks take the token alone, so the list cannot be passed to them)
+_comments: contextvars.ContextVar[list[lark.Token] | None] = contextvars.ContextVar(
+    "attdarts_grammar_comments", default=None)
 
 
 def _collect(token: lark.Token) -> None:
-    if _sink is not None:
-        _sink.append(token)
-
-
-def _parse_collecting(text: str, comments: list[lark.Token]) -> lark.Tree:
-    global _sink
-    previous, _sink = _sink, comments
-    try:
-        return parser().parse(text)
-    finally:
-        _sink = previous
+    comments = _comments.get()
+    if comments is not None:
+        comments.append(token)

@@ -79,3 +79,26 @@ def load(
                 f"{path}: the {what} was written for a different {key.replace('_', ' ')}"
             )
     return state
+
+
+# what each kind of run checkpoint is called in a refusal; the key is the checkpoint's "kind"
+RUN_KINDS = {
+    "attdarts-train": "a training checkpoint of 'attdarts train'",
+    "attdarts-search": "a search checkpoint of 'attdarts search'",
+}
+
+
+def load_run_state(
+    path: str | os.PathLike,
+    kind: str | None,
+    *,
+    map_location: Any = "cpu",
+    what: str = "checkpoint",
+) -> dict[str, Any]:
+    """A run's checkpoint (last.pt of a training or search run), read as `load` reads it and
+    refused unless its "kind" entry is `kind` (None: checkpoints that carry no kind, as search's
+    today). Resuming code loads through here, so every run refuses another run's file alike."""
+    state = load(path, map_location=map_location, what=what)
+    if kind is not None and state.get("kind") != kind:
+        raise CheckpointError(f"{path}: not {RUN_KINDS.get(kind, repr(kind) + ' checkpoint')}")
+    return state

@@ -25,9 +25,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from attdarts.language.ir import INPUTS, Call, Cell, Document, Edge, Genotype, Node, Output, Space
+from attdarts.language.ir import CELL_KINDS, INPUTS, Call, Cell, Document, Edge, Genotype, Node, Output, Space
 
-CELL_KINDS = ("normal", "reduce")
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attdarts.language.ir import Genotype
+from attdarts.language.ir import CELL_KINDS, Genotype
 from attdarts.tools.diff import diff_genotypes
 
 WEIGHTS_FILE = "weights.jsonl"
 GENOTYPE_FILE = re.compile(r"genotype-epoch(\d+)\.geno\Z")
-CELL_KINDS = ("normal", "reduce")
 PARAMETERS = ("alpha", "beta", "gamma")
 TITLES = {
     "alpha": "operations (α)",

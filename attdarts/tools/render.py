@@ -21,9 +21,10 @@ import subprocess
 from pathlib import Path
 from typing import Iterable
 
-from attdarts.language.ir import INPUTS, Call, Cell, Edge, Genotype
+from attdarts.files import atomic_write_bytes
+from attdarts.language import catalog
+from attdarts.language.ir import CELL_KINDS, INPUTS, Call, Cell, Edge, Genotype
 
-CELL_KINDS = ("normal", "reduce")
 CELL_TITLES = {"normal": "normal cell", "reduce": "reduction cell"}
 FORMATS = ("dot", "svg", "png", "pdf")
 PNG_DPI = 200  # dot's default (96) is too coarse for a slide or a paper
@@ -41,15 +42,6 @@ ATTENTION_COLOR = "#b2182b"
 ATTENTION_FILL = "#fbe3e1"
 EDGE_COLOR = "#404040"
 CONCAT_COLOR = "#909090"
-
-# The paper's names for the attention modules (Section III, Fig. 3).
-ATTENTION_NAMES = {
-    "se": "SE",
-    "bam": "BAM",
-    "cbam": "CBAM",
-    "ge_theta_plus": "GE-θ<sup>+</sup>",
-    "double_attention": "A<sup>2</sup>",
-}
 
 # Metadata key that marks a genotype derived from a search on random images and labels.
 SYNTHETIC_KEY = "synthetic"
@@ -175,7 +167,10 @@ def _edge_label(edge: Edge) -> str:
 
 
 def _attention_text(call: Call) -> str:
-    return ATTENTION_NAMES.get(call.name, _escape(call.name)) + _kwargs_text(call)
+    """The paper's name of the attention (Section III, Fig. 3: `Entry.label`), else the DSL's."""
+    entry = catalog.ATTENTIONS.get(call.name)
+    label = entry.label if entry is not None and entry.label else _escape(call.name)
+    return label + _kwargs_text(call)
 
 
 def _call_text(call: Call) -> str:
@@ -261,11 +256,5 @@ def write_drawing(dot_text: str, path: Path) -> Path:
     """
     fmt = output_format(path)
     data = dot_text.encode("utf-8") if fmt == "dot" else run_dot(dot_text, fmt)
-    _write_atomically(path, data)
+    atomic_write_bytes(path, data)
     return path
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    temporary.replace(path)

@@ -129,3 +129,11 @@ def test_load_still_reads_what_save_wrote(tmp_path, one_thread):
     checkpoints.save(tmp_path / "a.pt", {"epoch": 3})
     assert checkpoints.load(tmp_path / "a.pt") == {"epoch": 3}
     assert Path(tmp_path / "a.pt").stat().st_size > 0
+
+
+def test_load_run_state_refuses_another_kind(tmp_path, one_thread):
+    checkpoints.save(tmp_path / "last.pt", {"kind": "attdarts-search", "epoch": 1})
+    assert checkpoints.load_run_state(tmp_path / "last.pt", "attdarts-search")["epoch"] == 1
+    assert checkpoints.load_run_state(tmp_path / "last.pt", None)["epoch"] == 1
+    with pytest.raises(checkpoints.CheckpointError, match="not a training checkpoint"):
+        checkpoints.load_run_state(tmp_path / "last.pt", "attdarts-train")

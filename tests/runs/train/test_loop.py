@@ -21,7 +21,8 @@ from click.testing import CliRunner
 
 from attdarts.runs import checkpoints as checkpoint
 from attdarts.runs import data
-from attdarts.runs.train import loop as train
+from attdarts.runs import train
+from attdarts.runs.train import loop
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.cli import cli
 from helpers import write_cifar10
@@ -311,13 +312,13 @@ def test_resume_after_a_crash_reproduces_the_run(tmp_path, monkeypatch):
     config = tiny_config(dataset="cifar10", data_dir=str(data_dir), epochs=3, seed=5)
     train.run_training(config, genotype(), run_dir=tmp_path / "whole", device="cpu")
 
-    original = train._RunWriter.epoch_done
+    original = loop._RunWriter.epoch_done
 
     def crash_after_first_epoch(self, state, improved):
         original(self, state, improved)
         raise _Crash
 
-    monkeypatch.setattr(train._RunWriter, "epoch_done", crash_after_first_epoch)
+    monkeypatch.setattr(loop._RunWriter, "epoch_done", crash_after_first_epoch)
     with pytest.raises(_Crash):
         train.run_training(config, genotype(), run_dir=tmp_path / "crashed", device="cpu")
     monkeypatch.undo()
@@ -378,7 +379,7 @@ def test_resume_after_sigkill_reproduces_the_run(tmp_path):
 DDP_SCRIPT = """
 import os, sys, torch
 torch.set_num_threads(1)
-from attdarts.runs.train import loop as train
+from attdarts.runs import train
 from attdarts.language.transform import parse_file
 out = sys.argv[1]
 config = train.TrainConfig.recipe("synthetic", channels=8, layers=5, epochs=1, batch_size=8,
@@ -411,3 +412,23 @@ def test_ddp_gloo_ranks_hold_identical_parameters(tmp_path):
     assert moved > 0
     assert (tmp_path / "run" / "last.pt").is_file()
     assert len(read_metrics(tmp_path / "run")) == 1
+
+
+# --- global settings and launch ---------------------------------------------------------------
+
+
+def test_training_restores_torch_determinism_settings():
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    train.run_training(tiny_config(deterministic=True, max_steps_per_epoch=1), genotype(),
+                       run_dir=None, device="cpu")
+    after = (torch.are_deterministic_algorithms_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    assert after == before
+
+
+def test_launch_refuses_two_directories_and_a_taken_run_dir(trained_run, tmp_path):
+    with pytest.raises(train.ResumeError, match="different directories"):
+        train.launch(None, {}, out=tmp_path / "elsewhere", resume=trained_run, device="cpu")
+    with pytest.raises(train.ResumeError, match="already holds a run"):
+        train.launch(genotype(), {"dataset": "synthetic"}, out=trained_run, device="cpu")

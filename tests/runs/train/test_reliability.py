@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from attdarts.runs import checkpoints as checkpoint
 from attdarts.runs import data
-from attdarts.runs.train import loop as train
+from attdarts.runs import train
+from attdarts.runs.train import loop
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.cli import cli
 from attdarts.language.transform import parse_file
@@ -128,7 +129,7 @@ def test_a_diverging_run_stops_with_a_clean_error(tmp_path):
 
 
 def test_nan_in_epoch_two_keeps_epoch_one(tmp_path, monkeypatch):
-    original = train.train_epoch
+    original = loop.train_epoch
     calls = []
 
     def poisoned(model, *args, **kwargs):
@@ -139,7 +140,7 @@ def test_nan_in_epoch_two_keeps_epoch_one(tmp_path, monkeypatch):
                 next(model.parameters()).fill_(float("nan"))
         return totals
 
-    monkeypatch.setattr(train, "train_epoch", poisoned)
+    monkeypatch.setattr(loop, "train_epoch", poisoned)
     run = tmp_path / "run"
     with pytest.raises(train.TrainError, match=r"epoch 2; stopped \(epoch 1 is kept in"):
         train.run_training(small_config(epochs=3), parse_file(DARTS_V2).genotype(), run_dir=run,
@@ -241,7 +242,7 @@ def test_resume_refuses_a_foreign_checkpoint_and_touches_nothing(two_epoch_run, 
 
 def test_progress_bar_counts_one_epoch_and_shows_its_running_numbers():
     stream = io.StringIO()
-    progress = train._EpochProgress(3, file=stream)
+    progress = loop._EpochProgress(3, file=stream)
     progress.start(1, 2)
     assert progress.bar.total == 2 and progress.bar.desc == "epoch 2/3"
     progress.step(0, torch.tensor([10.0, 0.0], dtype=torch.float64), 4)
