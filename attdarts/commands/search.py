@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import click
 
+from attdarts import recipes
 from attdarts.language.errors import DslError
+
+_PAPER = recipes.SEARCH["paper"]
 
 
 class _TqdmHandler(logging.Handler):
@@ -83,18 +85,18 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.command()
 @click.argument("space_file", required=False, type=click.Path(path_type=Path))
 @click.option("--space", "space_name", help="Space name when the file defines several.")
-@click.option("--recipe", type=click.Choice(["paper", "authors"]), default="paper",
+@click.option("--recipe", type=click.Choice(list(recipes.SEARCH)), default=_PAPER["recipe"],
               show_default=True,
               help="Reproduction preset: 'paper' (the paper: lr-min 0, zero init, exact DARTS "
                    "second order, clip the weights, BAM summed) or 'authors' (their code: "
                    "lr-min 0.001, 1e-3 randn init, their second order and clipping, BAM gates "
                    "multiplied). Options given explicitly win over the recipe.")
-@click.option("--dataset", default="cifar10", show_default=True,
+@click.option("--dataset", default=_PAPER["dataset"], show_default=True,
               help="cifar10, cifar100, synthetic or folder:PATH (ImageFolder with train/).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where CIFAR lives (default ./data).")
-@click.option("--epochs", type=int, default=50, show_default=True)
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--order", type=click.Choice(["1", "2"]), default="1", show_default=True,
+@click.option("--epochs", type=int, default=_PAPER["epochs"], show_default=True)
+@click.option("--batch-size", type=int, default=_PAPER["batch_size"], show_default=True)
+@click.option("--order", type=click.Choice(["1", "2"]), default=str(_PAPER["order"]), show_default=True,
               help="First- or second-order (DARTS unrolled) architecture gradient.")
 @click.option("--second-order", "second_order", type=click.Choice(["darts", "authors"]),
               help="Second-order variant: exact DARTS, or the authors' code (no momentum; "
@@ -106,25 +108,25 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="Rewrite every bam candidate to combine its gates by sum (the paper) or "
                    "product (the authors' code); default: as the space file writes it, "
                    "unless --recipe authors.")
-@click.option("--seed", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=_PAPER["seed"], show_default=True)
 @click.option("--seeds", help="Several seeds run one after another into OUT/seed-N, e.g. 1,2,3,4.")
-@click.option("--channels", type=int, default=16, show_default=True)
-@click.option("--layers", type=int, default=8, show_default=True)
-@click.option("--lr", type=float, default=0.025, show_default=True,
+@click.option("--channels", type=int, default=_PAPER["channels"], show_default=True)
+@click.option("--layers", type=int, default=_PAPER["layers"], show_default=True)
+@click.option("--lr", type=float, default=_PAPER["lr"], show_default=True,
               help="Initial SGD learning rate of the weights.")
 @click.option("--lr-min", type=float,
               help="End of the cosine schedule (paper: 0; authors' code: 0.001)" + _RECIPE_HELP + ".")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum, below 1.")
-@click.option("--weight-decay", type=float, default=3e-4, show_default=True,
+@click.option("--momentum", type=float, default=_PAPER["momentum"], show_default=True, help="SGD momentum, below 1.")
+@click.option("--weight-decay", type=float, default=_PAPER["weight_decay"], show_default=True,
               help="SGD weight decay of the weights.")
-@click.option("--grad-clip", type=float, default=5.0, show_default=True,
+@click.option("--grad-clip", type=float, default=_PAPER["grad_clip"], show_default=True,
               help="Maximum gradient norm of a weight step (see --clip).")
-@click.option("--arch-lr", type=float, default=3e-4, show_default=True,
+@click.option("--arch-lr", type=float, default=_PAPER["arch_lr"], show_default=True,
               help="Adam learning rate of alpha/beta.")
-@click.option("--arch-weight-decay", type=float, default=1e-3, show_default=True,
+@click.option("--arch-weight-decay", type=float, default=_PAPER["arch_weight_decay"], show_default=True,
               help="Adam weight decay of alpha/beta.")
-@click.option("--arch-betas", default="0.5,0.999", show_default=True, help="Adam betas of alpha/beta.")
-@click.option("--train-portion", type=float, default=0.5, show_default=True,
+@click.option("--arch-betas", default=",".join(map(str, _PAPER["arch_betas"])), show_default=True, help="Adam betas of alpha/beta.")
+@click.option("--train-portion", type=float, default=_PAPER["train_portion"], show_default=True,
               help="Share of the training set for the weights; the rest trains the architecture.")
 @click.option("--arch-init", type=click.Choice(["zeros", "randn"]),
               help="zeros (the paper) or 1e-3 * randn (the authors' code)" + _RECIPE_HELP + ".")
@@ -136,7 +138,7 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-identical resume).")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the iterations of every epoch (smoke runs).")
-@click.option("--checkpoint-every", type=int, default=0, show_default=True,
+@click.option("--checkpoint-every", type=int, default=_PAPER["checkpoint_every"], show_default=True,
               help="Also checkpoint every N iterations inside an epoch (0: at epoch ends only).")
 @click.option("--plain", is_flag=True,
               help="Run every edge on its own instead of each cell's edges in groups (the "
@@ -155,9 +157,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """
     import pydantic
 
-    from attdarts.runs import checkpoints
-    from attdarts.runs import data
-    from attdarts.runs.search import loop as api
+    from attdarts.runs import checkpoints, data, search as api
 
     if not quiet:
         _configure_logging()
@@ -166,37 +166,30 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     if threads is not None:
         api.set_threads(threads)
     try:
-        if resume is not None:
-            if space_file is not None:
-                raise click.UsageError("--resume takes its settings from the run directory; "
-                                       "give no SPACE_FILE")
-            outcome = api.resume_search(resume, device=device, progress=not quiet)
-            _report(outcome, resume)
-            return
-        if space_file is None:
-            raise click.UsageError("missing SPACE_FILE (or --resume RUN_DIR)")
-        if not space_file.is_file():
-            raise click.BadParameter(f"'{space_file}' does not exist", param_hint="SPACE_FILE")
-        space = api.load_space(space_file, space_name)
-        chosen = {"second_order": second_order, "clip": clip, "bam_combine": bam_combine,
-                  "lr_min": lr_min, "arch_init": arch_init}
-        config = api.recipe_config(
-            recipe, **{key: value for key, value in chosen.items() if value is not None},
-            space_file=str(space_file.resolve()), space=space_name, dataset=dataset,
-            data_dir=None if data_dir is None else str(data_dir.resolve()), epochs=epochs,
-            batch_size=batch_size, order=int(order), seed=seed_list[0] if seed_list else seed,
-            channels=channels, layers=layers, lr=lr, momentum=momentum,
-            weight_decay=weight_decay, grad_clip=grad_clip, arch_lr=arch_lr,
-            arch_weight_decay=arch_weight_decay, arch_betas=betas, train_portion=train_portion,
-            augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
-            checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
-        if out is None:
-            out = Path("runs") / f"search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if seed_list:
-            outcome = api.run_seeds(config, seed_list, out, device=device, progress=not quiet)
-        else:
-            outcome = api.run_search(config, out, device=device, progress=not quiet)
-        _report(outcome, out)
+        config = None
+        if resume is not None and space_file is not None:
+            raise click.UsageError("--resume takes its settings from the run directory; "
+                                   "give no SPACE_FILE")
+        if resume is None:
+            if space_file is None:
+                raise click.UsageError("missing SPACE_FILE (or --resume RUN_DIR)")
+            if not space_file.is_file():
+                raise click.BadParameter(f"'{space_file}' does not exist", param_hint="SPACE_FILE")
+            chosen = {"second_order": second_order, "clip": clip, "bam_combine": bam_combine,
+                      "lr_min": lr_min, "arch_init": arch_init}
+            config = api.recipe_config(
+                recipe, **{key: value for key, value in chosen.items() if value is not None},
+                space_file=str(space_file.resolve()), space=space_name, dataset=dataset,
+                data_dir=None if data_dir is None else str(data_dir.resolve()), epochs=epochs,
+                batch_size=batch_size, order=int(order), seed=seed_list[0] if seed_list else seed,
+                channels=channels, layers=layers, lr=lr, momentum=momentum,
+                weight_decay=weight_decay, grad_clip=grad_clip, arch_lr=arch_lr,
+                arch_weight_decay=arch_weight_decay, arch_betas=betas, train_portion=train_portion,
+                augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
+                checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
+        outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
+                             progress=not quiet)
+        _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))
     except DslError as error:
         raise click.ClickException(str(error)) from None
     except pydantic.ValidationError as error:
@@ -205,8 +198,15 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         raise click.ClickException(str(error)) from None
 
 
+def _outcome_dir(outcome, out: Path | None) -> Path:
+    """Where the search wrote: `out`, or the default run directory it chose."""
+    if out is not None:
+        return Path(out)
+    return outcome[0].run_dir.parent if isinstance(outcome, list) else outcome.run_dir
+
+
 def _report(outcome, out: Path) -> None:
-    from attdarts.runs.search import loop as api
+    from attdarts.runs import search as api
 
     if isinstance(outcome, list):
         summary = api.summarise(outcome, Path(out))

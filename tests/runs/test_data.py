@@ -357,3 +357,31 @@ def test_make_loader_for_cifar_files(tmp_path):
     images, labels = next(iter(loader))
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.float32
     assert labels.dtype == torch.int64
+
+
+def test_permuted_reorders_images_and_labels_together():
+    dataset = data.synthetic_dataset(train=True, size=6, resolution=4)
+    order = torch.tensor([5, 0, 3, 1, 4, 2])
+    permuted = dataset.permuted(order)
+    assert torch.equal(permuted.images, dataset.images[order])
+    assert torch.equal(permuted.labels, dataset.labels[order])
+    assert (permuted.num_classes, permuted.mean, permuted.synthetic) == (
+        dataset.num_classes, dataset.mean, dataset.synthetic)
+
+
+def test_search_loaders_cut_the_split_and_refuse_tiny_halves():
+    dataset = data.synthetic_dataset(train=True, size=20, resolution=8)
+    weights, architecture = data.search_loaders(
+        dataset, portion=0.5, batch_size=4, device=torch.device("cpu"), augment=False, seed=1)
+    assert (len(weights), len(architecture)) == (2, 2)
+    first, second = data.split(dataset, 0.5)
+    assert torch.equal(weights.images, first.images) and torch.equal(architecture.images, second.images)
+    assert weights.shuffle and weights.drop_last and weights.seed != architecture.seed
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    shuffled, _ = data.search_loaders(
+        dataset, portion=0.5, batch_size=4, device=torch.device("cpu"), augment=False, seed=1,
+        shuffle_seed=0)
+    assert torch.equal(shuffled.images, dataset.images[order][:10])
+    with pytest.raises(DataError, match="too few for two halves"):
+        data.search_loaders(dataset, portion=0.5, batch_size=16, device=torch.device("cpu"),
+                            augment=False, seed=1)

@@ -105,6 +105,10 @@ class ImageTensors:
     def subset(self, start: int, stop: int) -> "ImageTensors":
         return replace(self, images=self.images[start:stop], labels=self.labels[start:stop])
 
+    def permuted(self, order: Tensor) -> "ImageTensors":
+        """The same split with its samples in `order` (a permutation of the indices)."""
+        return replace(self, images=self.images[order], labels=self.labels[order])
+
 
 def split(dataset: ImageTensors, fraction: float = 0.5) -> tuple[ImageTensors, ImageTensors]:
     """DARTS's search split: the first `floor(fraction * N)` samples train the weights, the rest
@@ -688,3 +692,35 @@ def evaluation_subset(size: int, count: int, seed: int) -> Tensor:
         return torch.arange(size)
     generator = torch.Generator().manual_seed(derive_seed(seed, "evaluation subset"))
     return torch.randperm(size, generator=generator)[:count].sort().values
+
+
+def search_loaders(
+    dataset: ImageTensors,
+    *,
+    portion: float,
+    batch_size: int,
+    device: torch.device,
+    augment: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    max_batches: int | None = None,
+    shuffle_seed: int | None = None,
+) -> tuple[DeviceLoader, DeviceLoader]:
+    """The search's two loaders: the first `portion` of `dataset` trains the weights, the rest
+    the architecture (`split`). `shuffle_seed` shuffles the samples once before the cut (an
+    ImageFolder lists its images class by class). Both get the search augmentation (crop, flip,
+    no cutout) when `augment`; each draws from its own stream, seeded from `seed` and its role."""
+    if shuffle_seed is not None:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(shuffle_seed))
+        dataset = dataset.permuted(order)
+    halves = split(dataset, portion)
+    if any(len(half) < batch_size for half in halves):
+        raise DataError(
+            f"the dataset has {len(dataset)} training images: too few for two halves of at least "
+            f"one batch of {batch_size}")
+    return tuple(DeviceLoader(
+        half.images, half.labels, batch_size=batch_size, device=device, augment=augment,
+        shuffle=True, drop_last=True, mean=half.mean, std=half.std,
+        seed=derive_seed(seed, role), rank=rank, world_size=world_size, max_batches=max_batches)
+        for half, role in zip(halves, ("weights", "architecture")))

@@ -19,7 +19,7 @@ from torch.func import functional_call
 from attdarts.cli import cli
 from attdarts.networks.operations import BottleneckAttention
 from attdarts.runs.search import (
-    RECIPES, Bilevel, SearchConfig, hessian_vector_product, recipe_config, run_search,
+    RECIPE_SETTINGS, Bilevel, SearchConfig, hessian_vector_product, recipe_config, run_search,
     with_bam_combine,
 )
 from attdarts.language.transform import parse_file, parse_text
@@ -237,7 +237,7 @@ def test_the_paper_recipe_is_the_default_config():
 def test_authors_recipe_and_explicit_settings_win():
     authors = recipe_config("authors", space_file="s.geno")
     assert authors.recipe == "authors"
-    assert {key: getattr(authors, key) for key in RECIPES["authors"]} == {
+    assert {key: getattr(authors, key) for key in RECIPE_SETTINGS} == {
         "lr_min": 0.001, "arch_init": "randn", "second_order": "authors", "clip": "authors",
         "bam_combine": "product"}
     mixed = recipe_config("authors", space_file="s.geno", lr_min=0.0, clip="weights")
@@ -280,7 +280,7 @@ def test_cli_recipe_authors_is_recorded_and_options_win(space_file, tmp_path):
 
 def test_run_with_the_authors_recipe(space_file, tmp_path):
     config = recipe_config("authors", **config_for(space_file, order=2).model_dump(
-        exclude={"recipe", *RECIPES["authors"]}))
+        exclude={"recipe", *RECIPE_SETTINGS}))
     images = data.synthetic_dataset(train=True, size=16, resolution=8)
     result = run_search(config, tmp_path / "run", device="cpu", dataset=images)
     assert result.epochs == 1

@@ -1,4 +1,4 @@
-"""The bilevel search (attdarts.runs.search.loop) and `attdarts search`."""
+"""The bilevel search (attdarts.runs.search) and `attdarts search`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from torch.func import functional_call
 from attdarts.cli import cli
 from attdarts.networks.network import compile_network
 from attdarts.runs import data
-from attdarts.runs.search import loop as search
+from attdarts.runs import search
+from attdarts.runs.search import bilevel as bilevel_module
 from attdarts.runs.search import (
     Bilevel, SearchConfig, SearchError, cosine_lr, hessian_vector_product, run_search, run_seeds,
     virtual_step,
@@ -153,8 +154,8 @@ def test_unrolled_gradient_matches_autograd_through_the_virtual_step(tiny_space,
     arch = dict(model.named_architecture())
 
     moves = []
-    original = search.virtual_step
-    monkeypatch.setattr(search, "virtual_step",
+    original = bilevel_module.virtual_step
+    monkeypatch.setattr(bilevel_module, "virtual_step",
                         lambda w, g, **kw: moves.append((w, original(w, g, **kw))) or moves[-1][1])
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     grads, _, _ = bilevel.unrolled_gradient(weight_batch, arch_batch)
@@ -259,7 +260,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_earlier_epochs(tiny_space, 
         loss = F.cross_entropy(logits, labels)
         return loss * float("nan") if len(calls) > 4 else loss  # epoch 1: 2 steps x 2 losses
 
-    monkeypatch.setattr(search, "_cross_entropy", poisoned)
+    monkeypatch.setattr(bilevel_module, "_cross_entropy", poisoned)
     config = tiny_config(tiny_space, epochs=3)
     with pytest.raises(SearchError, match="NaN or infinite in epoch 2"):
         run_search(config, tmp_path / "run", device="cpu", dataset=tiny_images())
@@ -318,7 +319,7 @@ def test_resume_without_any_output_restarts_and_says_so(tiny_space, tmp_path, ca
     run.mkdir()  # a run killed in its first epoch: config.json and space.geno only
     for name in ("config.json", "space.geno"):
         (run / name).write_bytes((tmp_path / "reference" / name).read_bytes())
-    with caplog.at_level("WARNING", logger="attdarts.runs.search.loop"):
+    with caplog.at_level("WARNING", logger="attdarts.runs.search"):
         result = search.resume_search(run, device="cpu", dataset=tiny_images())
     assert "starting it again from epoch 1" in caplog.text
     assert result.epochs == 1 and result.genotype == reference.genotype
@@ -399,7 +400,7 @@ def test_cli_rejects_bad_hyper_parameters_in_one_line(tiny_space, tmp_path, argu
 def test_nan_message_names_options_that_exist(tiny_space, tmp_path, monkeypatch):
     import re
 
-    monkeypatch.setattr(search, "_cross_entropy",
+    monkeypatch.setattr(bilevel_module, "_cross_entropy",
                         lambda logits, labels: F.cross_entropy(logits, labels) * float("nan"))
     result = CliRunner().invoke(cli, ["search", str(tiny_space), *SMALL_RUN,
                                       "--out", str(tmp_path / "run")])

@@ -1,0 +1,323 @@
+"""One search iteration: bilevel optimisation of weights and architecture (paper Eq. 12-13).
+
+Each iteration takes one architecture batch and one weight batch (DARTS): first an architecture
+step (Adam on alpha / beta / gamma, on the architecture half), then a weight step (SGD with
+momentum, gradient clipping, on the weight half).
+
+Architecture gradient:
+
+- first order: grad_a L_val(w, a);
+- second order, exactly DARTS (the default, `second_order="darts"`): a virtual step
+  ``w' = w - eta (mu m + grad_w L_train(w) + lambda w)`` with the weight optimiser's momentum
+  buffer m, then ``grad_a L_val(w', a) - eta (grad_a L_train(w+, a) - grad_a L_train(w-, a)) / (2 eps)``
+  with ``w+- = w +- eps grad_w' L_val(w')`` and ``eps = 0.01 / ||grad_w' L_val(w')||``;
+- `second_order="authors"`: the authors' code's variant. Their alpha / beta are parameters of the
+  model, so every step of the formula treats them like weights: the virtual step drops the
+  momentum term and moves them too (``a' = a - eta (grad_a L_train + lambda a)``, lambda the
+  network's weight decay); the vector is the gradient of L_val(w', a') with respect to
+  (w', a'), ``eps = 0.01 / ||(grad_w', grad_a')||``, and the central difference moves alpha /
+  beta with w: ``grad_a L_train(w +- eps v_w, a +- eps v_a)``.
+
+Gradient clipping (`clip`): "weights" clips the weight gradients alone (DARTS). "authors" is what
+the authors' `clip_grad_norm_(model.parameters(), 5)` counts: their Adam clears the architecture
+gradients before the architecture step, so at clipping time alpha / beta still hold the gradient
+the architecture step used (plus Adam's L2 term ``arch_weight_decay * a``, which torch 1.0.1,
+their pinned version, adds into `.grad` in place), and the weight step's backward adds
+``grad_a L_train(w, a_new)`` on top. Those count in the norm; only the weights are scaled.
+
+Everything is functional (`torch.func.functional_call` on parameter dicts, no copy of the model).
+During the second-order step's extra forward passes BatchNorm normalises with batch statistics as
+usual (training mode) but its running statistics are left untouched: those passes run on a
+scratch copy of the buffers, so only real steps (the weight step, and the first-order
+architecture step as in DARTS) move them. Running statistics never affect the search itself,
+which runs in training mode throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from attdarts.networks.supernet import Supernet
+from attdarts.runs.search.config import SearchConfig, SearchError
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(logits, labels)
+
+
+ParamDict = dict[str, Tensor]
+
+
+def virtual_step(
+    weights: ParamDict,
+    grads: Mapping[str, Tensor],
+    *,
+    eta: float,
+    weight_decay: float,
+    momentum: float = 0.0,
+    buffers: Mapping[str, Tensor | None] | None = None,
+) -> ParamDict:
+    """DARTS's virtual step ``w' = w - eta (mu m + g + lambda w)``; m missing or None -> 0."""
+    names = list(weights)
+    current = [weights[name].detach() for name in names]
+    update = list(torch._foreach_add([grads[name] for name in names], current, alpha=weight_decay))
+    present = [i for i, name in enumerate(names) if buffers and buffers.get(name) is not None]
+    if momentum and present:
+        added = torch._foreach_add([update[i] for i in present],
+                                   [buffers[names[i]] for i in present], alpha=momentum)
+        for index, value in zip(present, added):
+            update[index] = value
+    moved = torch._foreach_add(current, update, alpha=-eta)
+    return dict(zip(names, moved))
+
+
+def hessian_vector_product(
+    loss: Callable[[ParamDict, ParamDict], Tensor],
+    weights: ParamDict,
+    arch: ParamDict,
+    vector: Mapping[str, Tensor],
+    *,
+    r: float = 0.01,
+    arch_vector: Mapping[str, Tensor] | None = None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Finite-difference ``(d^2 L / da dw) v`` as DARTS: eps = r / ||v||, central difference.
+
+    `loss(weights, arch)` evaluates L_train. Returns the product per arch name and eps. With
+    `arch_vector` (the authors' variant, where alpha / beta are model parameters) the norm counts
+    it too and the architecture moves along it with the weights: the gradient with respect to
+    the architecture is taken at ``(w +- eps v, a +- eps v_a)``.
+    """
+    names = list(weights)
+    arch_names = list(arch)
+    v = [vector[name] for name in names]
+    v_arch = [] if arch_vector is None else [arch_vector[name] for name in arch_names]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v + v_arch]))
+    eps = r / norm
+    base = [weights[name].detach() for name in names]
+    scaled = torch._foreach_mul(v, eps)
+    arch_base = [arch[name].detach() for name in arch_names]
+    arch_scaled = torch._foreach_mul(v_arch, eps) if v_arch else []
+
+    def arch_gradient(sign: float) -> tuple[Tensor, ...]:
+        moved = torch._foreach_add(base, scaled, alpha=sign)
+        if arch_vector is None:
+            arch_values = [arch[name] for name in arch_names]
+        else:
+            arch_values = [value.requires_grad_() for value in
+                           torch._foreach_add(arch_base, arch_scaled, alpha=sign)]
+        value = loss(dict(zip(names, moved)), dict(zip(arch_names, arch_values)))
+        return torch.autograd.grad(value, arch_values)
+
+    plus = arch_gradient(1.0)
+    minus = arch_gradient(-1.0)
+    product = {name: (p - m) / (2.0 * eps) for name, p, m in zip(arch_names, plus, minus)}
+    return product, eps
+
+
+class Bilevel:
+    """One search iteration: an architecture step, then a weight step.
+
+    `model` is the supernet; `network` is what the weight step calls (the same model, or its
+    DistributedDataParallel wrapper). Under data parallelism the architecture gradients are
+    averaged across ranks with one all-reduce. `hvp_scale` is DARTS's r in eps = r / ||v||.
+    """
+
+    hvp_scale = 0.01
+
+    def __init__(self, model: Supernet, config: SearchConfig, *, network: torch.nn.Module | None = None,
+                 world_size: int = 1) -> None:
+        self.model = model
+        self.network = network if network is not None else model
+        self.config = config
+        self.world_size = world_size
+        self.weight_names = [name for name, _ in model.named_weights()]
+        self.arch_names = [name for name, _ in model.named_architecture()]
+        self.weight_params = model.weights()
+        self.arch_params = model.architecture()
+        if config.clip == "authors" and world_size > 1:
+            raise SearchError("the authors' clipping (--clip authors) runs in one process; "
+                              "use --clip weights under torchrun")
+        # the architecture gradients still held at the weight step (clip="authors"): none before
+        # the first architecture step
+        self._arch_leftover = [torch.zeros_like(param) for param in self.arch_params]
+        self.grad_norm: Tensor | None = None  # the last weight step's clip norm, on the device
+        # foreach: a few multi-tensor operations instead of four per each of the ~6,000 weight
+        # tensors, on every device (torch picks it by itself only on CUDA)
+        self.weight_optimizer = torch.optim.SGD(
+            self.weight_params, lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, foreach=True)
+        self.arch_optimizer = torch.optim.Adam(
+            self.arch_params, lr=config.arch_lr, betas=config.arch_betas,
+            weight_decay=config.arch_weight_decay, foreach=True)
+
+    @property
+    def lr(self) -> float:
+        return self.weight_optimizer.param_groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.weight_optimizer.param_groups:
+            group["lr"] = lr
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def step(self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor]
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(train loss, train correct, val loss, val correct) as device tensors, no sync."""
+        if self.config.order == 2:
+            val_loss, val_logits = self.architecture_step_second_order(weight_batch, arch_batch)
+        else:
+            val_loss, val_logits = self.architecture_step_first_order(arch_batch)
+        train_loss, train_logits = self.weight_step(weight_batch)
+        return (train_loss.detach(), _correct(train_logits, weight_batch[1]),
+                val_loss.detach(), _correct(val_logits, arch_batch[1]))
+
+    def weight_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """SGD on the weights; the clip norm counts the weights, or also alpha / beta ("authors")."""
+        images, labels = batch
+        authors = self.config.clip == "authors"
+        self._arch_requires_grad(authors)
+        try:
+            self.weight_optimizer.zero_grad(set_to_none=True)
+            logits = self.network(images)
+            loss = _cross_entropy(logits, labels)
+            loss.backward()
+            if authors:
+                self.grad_norm = self._clip_as_the_authors()
+            else:
+                self.grad_norm = torch.nn.utils.clip_grad_norm_(self.weight_params,
+                                                                self.config.grad_clip)
+            self.weight_optimizer.step()
+        finally:
+            self._arch_requires_grad(True)
+        return loss, logits.detach()
+
+    def _clip_as_the_authors(self) -> Tensor:
+        """Clip the weight gradients by the norm over the weights and alpha / beta (see above).
+
+        alpha / beta's gradients there: what the architecture step left (`_arch_leftover`) plus
+        this backward's ``grad_a L_train``. They are cleared afterwards; only the weights step.
+        """
+        arch_grads = []
+        for param, leftover in zip(self.arch_params, self._arch_leftover):
+            grad = param.grad
+            arch_grads.append(leftover if grad is None else leftover + grad)
+            param.grad = None
+        weight_grads = [param.grad for param in self.weight_params if param.grad is not None]
+        total = torch.nn.utils.get_total_norm([*weight_grads, *arch_grads])
+        torch.nn.utils.clip_grads_with_norm_(self.weight_params, self.config.grad_clip, total)
+        return total
+
+    def architecture_step_first_order(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        logits = self.model(images)
+        loss = _cross_entropy(logits, labels)
+        grads = torch.autograd.grad(loss, self.arch_params)
+        self._apply_arch_gradient(list(grads))
+        return loss, logits.detach()
+
+    def architecture_step_second_order(
+        self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        grads, val_loss, val_logits = self.unrolled_gradient(weight_batch, arch_batch)
+        self._apply_arch_gradient(grads)
+        return val_loss, val_logits
+
+    def unrolled_gradient(
+        self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor]
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """The second-order architecture gradient (one per `arch_params` entry), L_val, logits."""
+        if self.world_size > 1:
+            raise SearchError("second-order search runs in one process; use --order 1 under torchrun")
+        config = self.config
+        eta = self.lr
+        authors = config.second_order == "authors"
+        weights = dict(zip(self.weight_names, self.weight_params))
+        arch = dict(zip(self.arch_names, self.arch_params))
+        # scratch BN buffers: the extra passes must not move the real running statistics
+        buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
+
+        def forward(w: Mapping[str, Tensor], a: Mapping[str, Tensor], images: Tensor) -> Tensor:
+            return functional_call(self.model, ({**w, **a}, buffers), (images,))
+
+        train_images, train_labels = weight_batch
+        val_images, val_labels = arch_batch
+
+        # 1. virtual step on the training batch
+        if authors:
+            leaves = {**weights, **arch}
+            train_loss = _cross_entropy(forward(weights, arch, train_images), train_labels)
+            grads = torch.autograd.grad(train_loss, list(leaves.values()))
+            moved = virtual_step(leaves, dict(zip(leaves, grads)), eta=eta,
+                                 weight_decay=config.weight_decay)
+            virtual_weights = {name: moved[name] for name in self.weight_names}
+            virtual_arch = {name: moved[name].requires_grad_() for name in self.arch_names}
+        else:
+            detached_arch = {name: value.detach() for name, value in arch.items()}
+            train_loss = _cross_entropy(forward(weights, detached_arch, train_images), train_labels)
+            grads = torch.autograd.grad(train_loss, self.weight_params)
+            momentum_buffers = {
+                name: self.weight_optimizer.state.get(param, {}).get("momentum_buffer")
+                for name, param in weights.items()}
+            virtual_weights = virtual_step(
+                weights, dict(zip(self.weight_names, grads)), eta=eta,
+                weight_decay=config.weight_decay, momentum=config.momentum,
+                buffers=momentum_buffers)
+            virtual_arch = arch
+        for value in virtual_weights.values():
+            value.requires_grad_()
+
+        # 2. validation loss at w' (and a' for the authors' variant)
+        val_logits = forward(virtual_weights, virtual_arch, val_images)
+        val_loss = _cross_entropy(val_logits, val_labels)
+        arch_values = [virtual_arch[name] for name in self.arch_names]
+        grads = torch.autograd.grad(val_loss, [*arch_values, *virtual_weights.values()])
+        arch_grads, vector = grads[:len(arch_values)], grads[len(arch_values):]
+
+        # 3. finite-difference Hessian-vector product around (w, a); the authors' variant moves
+        # alpha / beta along their own validation gradient too
+        product, _ = hessian_vector_product(
+            lambda w, a: _cross_entropy(forward(w, a, train_images), train_labels),
+            weights, arch, dict(zip(self.weight_names, vector)), r=self.hvp_scale,
+            arch_vector=dict(zip(self.arch_names, arch_grads)) if authors else None)
+        total = [g - eta * product[name] for g, name in zip(arch_grads, self.arch_names)]
+        return total, val_loss, val_logits.detach()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _apply_arch_gradient(self, grads: list[Tensor]) -> None:
+        if self.world_size > 1:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            torch.distributed.all_reduce(flat)
+            flat /= self.world_size
+            grads = list(torch.split(flat, [g.numel() for g in grads]))
+            grads = [g.reshape(p.shape) for g, p in zip(grads, self.arch_params)]
+        for param, grad in zip(self.arch_params, grads):
+            param.grad = grad.detach()
+        if self.config.clip == "authors":
+            # the gradient stays in .grad until the weight step's clipping; torch 1.0.1's Adam
+            # adds its L2 term to it in place, at the values before the step
+            decay = self.config.arch_weight_decay
+            self._arch_leftover = [param.grad + decay * param.detach() for param in self.arch_params]
+        self.arch_optimizer.step()
+        self.arch_optimizer.zero_grad(set_to_none=True)
+
+    def _arch_requires_grad(self, flag: bool) -> None:
+        for param in self.arch_params:
+            param.requires_grad_(flag)
+
+    def state_dict(self) -> dict:
+        return {"weight_optimizer": self.weight_optimizer.state_dict(),
+                "arch_optimizer": self.arch_optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+
+
+def _correct(logits: Tensor, labels: Tensor) -> Tensor:
+    return (logits.argmax(dim=1) == labels).sum()

@@ -1,0 +1,180 @@
+"""Search settings, results and the names of a run directory's files.
+
+`SearchConfig` takes its defaults from `attdarts.recipes.SEARCH["paper"]`; `recipe_config` starts
+from another row of that table. The run directory (see `attdarts.runs.search.entry.run_search`)
+holds config.json, space.geno, genotype-epochNNN.geno, genotype.geno, weights.jsonl,
+metrics.jsonl and checkpoint.pt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from attdarts import recipes
+from attdarts.language import catalog, ir
+from attdarts.language.transform import parse_file
+from attdarts.runs import data
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+SPACE = "space.geno"
+SEEDS = "seeds.json"
+SUMMARY = "summary.json"
+FINAL_GENOTYPE = "genotype.geno"
+WEIGHTS_LOG = "weights.jsonl"
+METRICS_LOG = "metrics.jsonl"
+SPLIT_SEED = 0  # fixed shuffle of an ImageFolder before the 50/50 cut
+# what a run on `--dataset synthetic` says in every output (genotype meta `synthetic`; the
+# records of metrics.jsonl and weights.jsonl carry "synthetic": true)
+SYNTHETIC_NOTE = "random images and labels: a smoke test, not a real search"
+
+
+class SearchError(Exception):
+    """A search that cannot go on (diverged, inconsistent run directory); the message says why."""
+
+
+# The reproduction presets of `attdarts search --recipe` (their one home is attdarts.recipes):
+# "paper" holds SearchConfig's defaults, "authors" differs where the authors' code does (README,
+# "Paper, authors' code and attdarts"). Explicit settings win over a recipe (`recipe_config`).
+RECIPES = recipes.SEARCH
+_PAPER = RECIPES["paper"]
+# the settings a recipe decides, i.e. where the rows differ (the CLI leaves them unset by default)
+RECIPE_SETTINGS = tuple(key for key, value in RECIPES["authors"].items()
+                        if key != "recipe" and value != _PAPER[key])
+
+
+class SearchConfig(BaseModel):
+    """Every setting of a search, with the paper's defaults (REFERENCE.md, "Search defaults").
+
+    The defaults are the "paper" recipe (`recipes.SEARCH`): lr_min 0, zero init, exact DARTS second
+    order, weights-only clipping, BAM as the space writes it (its default combine is the paper's
+    sum). `bam_combine` rewrites every `bam` candidate of the space. The device and the number of
+    threads are not settings: the caller chooses them, and they may change when a run resumes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    space_file: str
+    space: str | None = None
+    dataset: str = _PAPER["dataset"]
+    data_dir: str | None = _PAPER["data_dir"]
+    epochs: int = Field(_PAPER["epochs"], ge=1)
+    batch_size: int = Field(_PAPER["batch_size"], ge=1)
+    recipe: Literal["paper", "authors"] = _PAPER["recipe"]
+    order: Literal[1, 2] = _PAPER["order"]
+    second_order: Literal["darts", "authors"] = _PAPER["second_order"]
+    clip: Literal["weights", "authors"] = _PAPER["clip"]
+    bam_combine: Literal["sum", "product"] | None = _PAPER["bam_combine"]
+    seed: int = _PAPER["seed"]
+    channels: int = Field(_PAPER["channels"], ge=1)
+    layers: int = Field(_PAPER["layers"], ge=1)
+    train_portion: float = Field(_PAPER["train_portion"], gt=0.0, lt=1.0)
+    lr: float = Field(_PAPER["lr"], gt=0.0)
+    lr_min: float = Field(_PAPER["lr_min"], ge=0.0)
+    momentum: float = Field(_PAPER["momentum"], ge=0.0, lt=1.0)
+    weight_decay: float = Field(_PAPER["weight_decay"], ge=0.0)
+    grad_clip: float = Field(_PAPER["grad_clip"], gt=0.0)
+    arch_lr: float = Field(_PAPER["arch_lr"], gt=0.0)
+    arch_betas: tuple[float, float] = _PAPER["arch_betas"]
+    arch_weight_decay: float = Field(_PAPER["arch_weight_decay"], ge=0.0)
+    arch_init: Literal["zeros", "randn"] = _PAPER["arch_init"]
+    augment: bool = _PAPER["augment"]
+    max_steps_per_epoch: int | None = Field(_PAPER["max_steps_per_epoch"], ge=1)
+    checkpoint_every: int = Field(_PAPER["checkpoint_every"], ge=0)
+    deterministic: bool = _PAPER["deterministic"]
+    # run each cell's edges in groups (attdarts.networks.grouping): same sums, far fewer kernels; False is
+    # the plain edge-by-edge path (`attdarts search --plain`)
+    grouped: bool = _PAPER["grouped"]
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        spec = data.parse_spec(value)  # raises DataError with the expected forms
+        if spec.kind == "imagenet":
+            raise ValueError("the search runs on CIFAR-sized data; imagenet is not supported")
+        return str(spec)
+
+    @field_validator("arch_betas")
+    @classmethod
+    def _adam_betas(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in value):
+            raise ValueError(f"both betas must lie in [0, 1), got {value[0]}, {value[1]}")
+        return value
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "SearchConfig":
+        if self.lr_min > self.lr:
+            raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr}): the cosine "
+                             "schedule anneals from lr down to lr_min")
+        return self
+
+
+def recipe_config(recipe: str = "paper", **settings: object) -> SearchConfig:
+    """A SearchConfig from a recipe of `RECIPES`; every setting given explicitly wins over it."""
+    if recipe not in RECIPES:
+        raise SearchError(f"unknown recipe '{recipe}'; expected one of {', '.join(RECIPES)}")
+    return SearchConfig(**{**RECIPES[recipe], **settings})
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    seed: int
+    genotype: ir.Genotype
+    epochs: int
+    metrics: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# Small pieces
+
+
+def cosine_lr(config: SearchConfig, epoch: int) -> float:
+    """SGD learning rate of 0-based `epoch`: cosine from lr to lr_min over `epochs` (SGDR)."""
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (
+        1.0 + math.cos(math.pi * epoch / config.epochs))
+
+
+def load_space(path: str | os.PathLike, name: str | None = None) -> ir.Space:
+    return parse_file(path).space(name)
+
+
+def with_bam_combine(space: ir.Space, combine: str | None) -> ir.Space:
+    """`space` with every `bam` candidate combining its gates by `combine` (None: unchanged).
+
+    The paper (and BAM's paper) sum the channel and spatial gates, the authors' code multiplies
+    them; the parameters are the same, so only the IR's keyword changes.
+    """
+    if combine is None:
+        return space
+    parameters = catalog.ATTENTIONS["bam"].parameters
+
+    def rewrite(call: ir.Call) -> ir.Call:
+        if call.name != "bam":
+            return call
+        given = {**call.kwargs_dict(), "combine": combine}
+        kwargs = tuple((key, given[key]) for key in parameters
+                       if key in given and given[key] != parameters[key].default)
+        return call.model_copy(update={"kwargs": kwargs})
+
+    attentions = tuple(rewrite(call) for call in space.attentions)
+    if len(set(attentions)) != len(attentions):
+        raise SearchError(f"space '{space.name}': with combine={combine} two 'bam' candidates "
+                          "become the same attention; list one")
+    return space.model_copy(update={"attentions": attentions})
+
+
+def read_config(run_dir: str | os.PathLike) -> SearchConfig:
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise SearchError(f"'{run_dir}' is not a search run directory (no {CONFIG})")
+    try:
+        return SearchConfig.model_validate_json(path.read_text())
+    except ValueError as error:
+        raise SearchError(f"{path}: not a valid search configuration ({error})") from None

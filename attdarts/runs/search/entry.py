@@ -1,0 +1,178 @@
+"""The search's entry points: start, resume or run several seeds.
+
+`launch` is what `attdarts search` calls: it reads the space once, names the run directory and
+starts, resumes or runs one seed after another. Under torchrun (WORLD_SIZE > 1) each process
+calls the same function; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from attdarts.language import ir
+from attdarts.language.transform import parse_file
+from attdarts.runs import checkpoints, data, runtime
+from attdarts.runs.search.config import (
+    CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SEEDS, SPACE, SUMMARY, WEIGHTS_LOG,
+    SearchConfig, SearchError, SearchResult, load_space, read_config, with_bam_combine,
+)
+from attdarts.runs.search.loop import SearchRun
+from attdarts.runs.search.outputs import prepare_run_dir, summarise
+
+log = logging.getLogger(__name__)
+
+
+def _space_of(config: SearchConfig, run_dir: Path | None = None) -> ir.Space:
+    """The space searched: the run's space.geno if written, else the space file, with
+    `bam_combine` applied (idempotent, so a resumed run gets the same space)."""
+    if run_dir is not None and (run_dir / SPACE).is_file():
+        space = parse_file(run_dir / SPACE).space()
+    else:
+        space = load_space(config.space_file, config.space)
+    return with_bam_combine(space, config.bam_combine)
+
+
+def run_search(
+    config: SearchConfig,
+    run_dir: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    dataset: data.ImageTensors | None = None,
+    resume: bool = False,
+    restart: bool = False,
+    space: ir.Space | None = None,
+) -> SearchResult:
+    """Search one seed into `run_dir` (or continue it with `resume=True`).
+
+    `dataset` overrides loading `config.dataset` (tests pass tiny in-memory images). Under
+    torchrun (WORLD_SIZE > 1) each process calls this; rank 0 writes the files. `restart` is
+    for `resume_search` only: start again a run that has its config but no output yet.
+    """
+    run_dir = Path(run_dir)
+    with (runtime.processes(None if device is None else str(device)) as (process, torch_device),
+          runtime.determinism(config.deterministic, torch_device)):
+        space = _space_of(config, run_dir) if space is None else with_bam_combine(
+            space, config.bam_combine)
+        if not resume and process.main:
+            prepare_run_dir(config, run_dir, space, restart=restart)
+        if process.world_size > 1:
+            torch.distributed.barrier()
+        run = SearchRun(config, run_dir, torch_device, process, space, dataset, progress)
+        if resume:
+            run.restore()
+            run.write_outputs()
+            if run.epoch >= config.epochs:
+                log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
+                return run.result()
+            log.info("%s: resuming at epoch %d, step %d", run_dir, run.epoch + 1, run.step)
+        result = run.run()
+        if process.world_size > 1:
+            torch.distributed.barrier()
+        return result
+
+
+def resume_search(
+    run_dir: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    dataset: data.ImageTensors | None = None,
+) -> SearchResult | list[SearchResult]:
+    """Continue an interrupted search (one seed, or a multi-seed directory) where it stopped.
+
+    Without checkpoint.pt: a run that wrote no epoch yet (killed during its first epoch) starts
+    over from its config.json, with a warning; one that did write epochs is refused, and nothing
+    is touched (its checkpoint, which holds the state, is gone).
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / SEEDS).is_file():
+        record = json.loads((run_dir / SEEDS).read_text())
+        base = SearchConfig.model_validate(record["config"])
+        return run_seeds(base, record["seeds"], run_dir, device=device, progress=progress,
+                         dataset=dataset, resume=True)
+    config = read_config(run_dir)
+    if (run_dir / CHECKPOINT).exists():
+        return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
+                          resume=True)
+    written = sorted(path.name for path in run_dir.glob("genotype-epoch*.geno"))
+    written += [name for name in (FINAL_GENOTYPE, METRICS_LOG, WEIGHTS_LOG)
+                if (run_dir / name).exists()]
+    if written:
+        raise SearchError(
+            f"{run_dir / CHECKPOINT}: missing, but the run already wrote {', '.join(written)}; "
+            "it cannot continue without its checkpoint. Nothing was changed; start a new run "
+            "with another --out")
+    log.warning("%s: no %s and no epoch written yet (the run stopped in its first epoch); "
+                "starting it again from epoch 1", run_dir, CHECKPOINT)
+    return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
+                      restart=True)
+
+
+def run_seeds(
+    config: SearchConfig,
+    seeds: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    dataset: data.ImageTensors | None = None,
+    resume: bool = False,
+    space: ir.Space | None = None,
+) -> list[SearchResult]:
+    """One search per seed, one after another, into out_dir/seed-N; then summary.json."""
+    out_dir = Path(out_dir)
+    if not resume:
+        if (out_dir / SEEDS).exists():
+            raise SearchError(f"'{out_dir}' already holds a search; continue it with --resume {out_dir}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        checkpoints.atomic_write_text(out_dir / SEEDS, json.dumps(
+            {"seeds": list(seeds), "config": config.model_dump(mode="json")}, indent=2) + "\n")
+    results = []
+    for seed in seeds:
+        seed_dir = out_dir / f"seed-{seed}"
+        seed_config = config.model_copy(update={"seed": seed})
+        if resume and (seed_dir / CONFIG).is_file():
+            result = resume_search(seed_dir, device=device, progress=progress, dataset=dataset)
+        else:
+            result = run_search(seed_config, seed_dir, device=device, progress=progress,
+                                dataset=dataset, space=space)
+        assert isinstance(result, SearchResult)
+        results.append(result)
+    if int(os.environ.get("RANK", "0")) == 0:
+        checkpoints.atomic_write_text(out_dir / SUMMARY, json.dumps(
+            summarise(results, out_dir), indent=2) + "\n")
+    return results
+
+
+def default_run_dir(space: ir.Space) -> Path:
+    """runs/search-SPACE-TIME, the run directory when none is given."""
+    return Path("runs") / f"search-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def launch(
+    config: SearchConfig | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    resume: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> SearchResult | list[SearchResult]:
+    """Start a search (one seed, or `seeds` one after another into out/seed-N) or, with
+    `resume`, continue the run in that directory; `config` is not given then."""
+    if resume is not None:
+        return resume_search(resume, device=device, progress=progress)
+    assert config is not None
+    space = load_space(config.space_file, config.space)
+    out = default_run_dir(space) if out is None else out
+    if seeds:
+        return run_seeds(config, seeds, out, device=device, progress=progress, space=space)
+    return run_search(config, out, device=device, progress=progress, space=space)

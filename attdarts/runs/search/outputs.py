@@ -1,0 +1,126 @@
+"""What a search writes: the run directory's files, derived from the run's history.
+
+The checkpoint is the source of truth: it holds the per-epoch history (genotypes, weights
+records, metrics), and every other file is rewritten atomically from it after each epoch, so a
+run killed at any instant resumes to byte-identical files. Genotypes stay `ir.Genotype` objects
+in memory; they become text here, through the printer's checked round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from attdarts.language import ir
+from attdarts.language.printer import cell_lines, format_checked, format_space
+from attdarts.networks.derive import derive_genotype
+from attdarts.networks.supernet import Supernet
+from attdarts.runs import checkpoints
+from attdarts.runs.search.config import (
+    CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SPACE, SYNTHETIC_NOTE, WEIGHTS_LOG,
+    SearchConfig, SearchError, SearchResult,
+)
+
+
+def dump_json(value: object) -> str:
+    """One JSON line as the logs write it."""
+    return json.dumps(value, separators=(", ", ": "))
+
+
+def _short(values: Tensor) -> list:
+    """float32 tensor -> nested lists of the shortest decimals that identify each float32."""
+    array = values.detach().to("cpu", torch.float32).numpy()
+    return [[float(str(np.float32(v))) for v in row] for row in array]
+
+
+def prepare_run_dir(config: SearchConfig, run_dir: Path, space: ir.Space,
+                    restart: bool = False) -> None:
+    """Write config.json and space.geno; `restart` accepts the run's own config.json (a run
+    killed in its first epoch, started again by `resume_search`)."""
+    if (run_dir / CHECKPOINT).exists() or ((run_dir / CONFIG).exists() and not restart):
+        raise SearchError(
+            f"'{run_dir}' already holds a search; continue it with --resume {run_dir} "
+            "or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints.atomic_write_text(run_dir / CONFIG, json.dumps(
+        config.model_dump(mode="json"), indent=2) + "\n")
+    checkpoints.atomic_write_text(run_dir / SPACE, format_space(space))
+
+
+def epoch_genotype(model: Supernet, space: ir.Space, config: SearchConfig, epoch: int,
+                   synthetic: bool) -> ir.Genotype:
+    """The genotype derived after `epoch`, its meta naming the space, epoch, seed and data."""
+    meta = {"space": space.name, "epoch": f"{epoch}/{config.epochs}",
+            "seed": str(config.seed), "dataset": config.dataset}
+    if synthetic:
+        meta["dataset"] += f" ({SYNTHETIC_NOTE})"
+        meta["synthetic"] = SYNTHETIC_NOTE
+    return derive_genotype(model, space, name=f"{space.name}_seed{config.seed}", meta=meta)
+
+
+def genotype_text(genotype: ir.Genotype) -> str:
+    """The genotype as written (refused unless it prints back to the same IR)."""
+    return format_checked(genotype, what="the derived genotype")
+
+
+def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
+    """One line of weights.jsonl: the softmaxed alpha / beta / gamma of each cell kind."""
+    record: dict = {"epoch": epoch}
+    if synthetic:
+        record["synthetic"] = True
+    tensors = model.architecture_tensors()
+    for cell in ir.CELL_KINDS:
+        record[cell] = {kind: _short(torch.softmax(tensors[cell][kind].float(), dim=-1))
+                        for kind in ("alpha", "beta", "gamma") if kind in tensors[cell]}
+    columns = model.columns
+    record["edges"] = list(model.edge_names)
+    record["operations"] = columns["alpha"]
+    attentions = columns.get("beta", columns.get("gamma"))
+    if attentions is not None:
+        record["attentions"] = attentions
+    return dump_json(record)
+
+
+def write_outputs(run_dir: Path, history: Mapping[str, list], texts: list[str]) -> None:
+    """Rewrite every derived file from the history (atomic, idempotent). `texts` caches the
+    genotype texts of earlier epochs; it is extended here."""
+    genotypes = history["genotypes"]
+    texts.extend(genotype_text(genotype) for genotype in genotypes[len(texts):])
+    for index, text in enumerate(texts):
+        path = run_dir / f"genotype-epoch{index + 1:03d}.geno"
+        if not path.is_file() or path.read_text() != text:
+            checkpoints.atomic_write_text(path, text)
+    if texts:
+        checkpoints.atomic_write_text(run_dir / FINAL_GENOTYPE, texts[-1])
+    checkpoints.atomic_write_text(run_dir / WEIGHTS_LOG,
+                                 "".join(line + "\n" for line in history["weights"]))
+    checkpoints.atomic_write_text(run_dir / METRICS_LOG,
+                                 "".join(line + "\n" for line in history["metrics"]))
+
+
+def summarise(results: Sequence[SearchResult], out_dir: Path) -> dict:
+    """Which genotype each seed produced; seeds with the same cells are grouped."""
+    groups: dict[tuple, list[int]] = {}
+    rows = []
+    for result in results:
+        seed = result.seed
+        cells = (result.genotype.normal, result.genotype.reduce)
+        groups.setdefault(cells, []).append(seed)
+        rows.append({
+            "seed": seed,
+            "genotype": str((result.run_dir / FINAL_GENOTYPE).relative_to(out_dir)),
+            "epochs": result.epochs,
+            "val_accuracy": result.metrics.get("val_accuracy"),
+            "cells": {kind: "; ".join(cell_lines(getattr(result.genotype, kind)))
+                      for kind in ir.CELL_KINDS},
+        })
+    for row in rows:
+        for cells, seeds in groups.items():
+            if row["seed"] in seeds:
+                row["same_cells_as"] = [s for s in seeds if s != row["seed"]]
+    return {"seeds": rows}
