@@ -291,7 +291,7 @@ def test_cli_refuses_to_overwrite_a_run(trained_run):
 
 
 def test_cli_missing_cifar_is_a_clean_error(tmp_path, monkeypatch):
-    monkeypatch.setattr("attdarts.runs.data._download_cifar", lambda *a, **k: None)  # no network here
+    monkeypatch.setattr("attdarts.runs.data.datasets._download_cifar", lambda *a, **k: None)  # no network here
     result = CliRunner().invoke(cli, ["train", str(DARTS_V2), "--data-dir", str(tmp_path),
                                       "--out", str(tmp_path / "run"), "--device", "cpu", *TINY])
     assert result.exit_code == 1

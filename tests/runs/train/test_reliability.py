@@ -192,7 +192,7 @@ def test_cifar_default_data_dir_is_recorded_absolute(tmp_path, monkeypatch):
     assert json.loads((work / "run" / "config.json").read_text())["data_dir"] == str(work / "data")
     monkeypatch.chdir(tmp_path)
     assert run_cli("test", "work/run/best.pt", "--device", "cpu").exit_code == 0
-    monkeypatch.setattr("attdarts.runs.data._download_cifar", lambda *a, **k: None)  # offline
+    monkeypatch.setattr("attdarts.runs.data.datasets._download_cifar", lambda *a, **k: None)  # offline
     shutil.rmtree(work / "data")
     missing = run_cli("test", "work/run/best.pt", "--device", "cpu")
     assert missing.exit_code == 1 and "pass --data-dir DIR" in missing.output

@@ -1,0 +1,364 @@
+"""Datasets held in memory: specs, CIFAR-10/100, ImageFolder (decoded once and cached) and
+synthetic tensors, and the search's split.
+
+CIFAR-sized data is small: the whole split is held as one uint8 tensor (`ImageTensors`), which
+the loaders (`attdarts.runs.data.loaders`) move to the training device once.
+
+Dataset specs: `cifar10`, `cifar100`, `imagenet`, `folder:PATH` (ImageFolder with `train/` and
+`test/`), `synthetic` (random images with random labels, for smoke runs only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from attdarts.runs import checkpoints as checkpoint
+
+log = logging.getLogger(__name__)
+
+Stats = tuple[float, float, float]
+
+CIFAR10_MEAN: Stats = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: Stats = (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN: Stats = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD: Stats = (0.2675, 0.2565, 0.2761)
+IMAGENET_MEAN: Stats = (0.485, 0.456, 0.406)
+IMAGENET_STD: Stats = (0.229, 0.224, 0.225)
+
+SYNTHETIC_SIZES = {True: 2048, False: 512}  # train / test images of the `synthetic` dataset
+
+KINDS = ("cifar10", "cifar100", "imagenet", "folder", "synthetic")
+SPEC_HELP = "cifar10, cifar100, imagenet, synthetic or folder:PATH"
+
+
+class DataError(Exception):
+    """A dataset that cannot be found, downloaded or read; the message says what was expected."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    kind: Literal["cifar10", "cifar100", "imagenet", "folder", "synthetic"]
+    path: str | None = None
+
+    def __str__(self) -> str:
+        return f"folder:{self.path}" if self.kind == "folder" else self.kind
+
+    @property
+    def network_dataset(self) -> str:
+        """The network skeleton to build: the ImageNet stem for ImageNet, the CIFAR one otherwise."""
+        return "imagenet" if self.kind == "imagenet" else "cifar100" if self.kind == "cifar100" else "cifar10"
+
+
+def parse_spec(spec: str) -> DatasetSpec:
+    text = spec.strip()
+    if text.startswith("folder:"):
+        path = text[len("folder:"):]
+        if not path:
+            raise DataError("'folder:' needs a path, e.g. folder:/data/my-images")
+        return DatasetSpec("folder", path)
+    if text.lower() in KINDS and text.lower() != "folder":
+        return DatasetSpec(text.lower())  # type: ignore[arg-type]
+    raise DataError(f"unknown dataset '{spec}': expected {SPEC_HELP}")
+
+
+@dataclass
+class ImageTensors:
+    """A whole split in memory: `images` uint8 (N, 3, H, W), `labels` int64 (N,)."""
+
+    images: Tensor
+    labels: Tensor
+    num_classes: int
+    mean: Stats
+    std: Stats
+    synthetic: bool = False
+    classes: tuple[str, ...] = ()
+    name: str = ""
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.images[index], self.labels[index]
+
+    def subset(self, start: int, stop: int) -> "ImageTensors":
+        return replace(self, images=self.images[start:stop], labels=self.labels[start:stop])
+
+    def permuted(self, order: Tensor) -> "ImageTensors":
+        """The same split with its samples in `order` (a permutation of the indices)."""
+        return replace(self, images=self.images[order], labels=self.labels[order])
+
+
+def split(dataset: ImageTensors, fraction: float = 0.5) -> tuple[ImageTensors, ImageTensors]:
+    """DARTS's search split: the first `floor(fraction * N)` samples train the weights, the rest
+    the architecture (Liu et al. 2019, Sec. 3; the Att-DARTS search uses the same 50/50 split)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split fraction must be between 0 and 1, got {fraction}")
+    cut = int(math.floor(fraction * len(dataset)))
+    return dataset.subset(0, cut), dataset.subset(cut, len(dataset))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def default_data_dir(spec: DatasetSpec) -> Path:
+    """Where a dataset is looked for without --data-dir (relative to the working directory)."""
+    return Path("data/imagenet") if spec.kind == "imagenet" else Path("data")
+
+
+def load_dataset(
+    spec: str | DatasetSpec,
+    data_dir: str | os.PathLike | None,
+    *,
+    train: bool,
+    download: bool = True,
+    workers: int = 0,
+) -> ImageTensors:
+    """Load one split of a CIFAR-sized dataset into memory (uint8, CPU)."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    root = Path(data_dir) if data_dir is not None else default_data_dir(spec)
+    if spec.kind in ("cifar10", "cifar100"):
+        return _load_cifar(spec.kind, root, train=train, download=download)
+    if spec.kind == "folder":
+        return _load_folder(Path(spec.path), train=train, workers=workers)  # type: ignore[arg-type]
+    if spec.kind == "synthetic":
+        return synthetic_dataset(train=train)
+    raise DataError(
+        "imagenet is not held in memory; build its loader with make_loader('imagenet', ...)"
+    )
+
+
+def synthetic_dataset(*, train: bool, size: int | None = None, num_classes: int = 10,
+                      resolution: int = 32) -> ImageTensors:
+    """Random images with random labels: exercises the whole pipeline, learns nothing."""
+    count = size if size is not None else SYNTHETIC_SIZES[train]
+    generator = torch.Generator().manual_seed(0 if train else 1)
+    images = torch.randint(0, 256, (count, 3, resolution, resolution), generator=generator,
+                           dtype=torch.uint8)
+    labels = torch.randint(0, num_classes, (count,), generator=generator)
+    return ImageTensors(images, labels, num_classes, CIFAR10_MEAN, CIFAR10_STD, synthetic=True,
+                        classes=tuple(str(i) for i in range(num_classes)), name="synthetic")
+
+
+@dataclass(frozen=True)
+class _CifarLayout:
+    title: str
+    folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+    mean: Stats
+    std: Stats
+    num_classes: int
+
+
+_CIFAR = {
+    "cifar10": _CifarLayout(
+        "CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+        ("test_batch",), "batches.meta", "labels", "label_names", CIFAR10_MEAN, CIFAR10_STD, 10),
+    "cifar100": _CifarLayout(
+        "CIFAR-100", "cifar-100-python", ("train",), ("test",), "meta", "fine_labels",
+        "fine_label_names", CIFAR100_MEAN, CIFAR100_STD, 100),
+}
+
+
+def _expected_files(layout: _CifarLayout) -> str:
+    if layout.folder == "cifar-10-batches-py":
+        return "cifar-10-batches-py/data_batch_1..5, test_batch"
+    return "cifar-100-python/train, test"
+
+
+def _load_cifar(kind: str, root: Path, *, train: bool, download: bool) -> ImageTensors:
+    layout = _CIFAR[kind]
+    folder = root / layout.folder
+    if not folder.is_dir() and root.name == layout.folder:
+        folder, root = root, root.parent  # --data-dir pointed at the batch folder itself
+    names = layout.train_files if train else layout.test_files
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing and download:
+        _download_cifar(kind, root, train=train)
+        missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{layout.title} not found under '{root}': expected {_expected_files(layout)} "
+            f"(missing: {', '.join(missing)}). Download the python version from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it there, or pass --data-dir"
+        )
+    images, labels = [], []
+    for name in names:
+        batch = _read_pickle(folder / name)
+        try:
+            data = torch.as_tensor(_as_array(batch["data"]), dtype=torch.uint8)
+            batch_labels = torch.as_tensor(list(batch[layout.label_key]), dtype=torch.int64)
+        except KeyError as error:
+            raise DataError(f"{folder / name}: not a {layout.title} batch (no {error} entry)") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != batch_labels.shape[0]:
+            raise DataError(f"{folder / name}: expected 'data' of shape (N, 3072) and N labels, "
+                            f"got {tuple(data.shape)} and {tuple(batch_labels.shape)}")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
+    classes: tuple[str, ...] = ()
+    if (folder / layout.meta_file).is_file():
+        meta = _read_pickle(folder / layout.meta_file)
+        classes = tuple(_text(name) for name in meta.get(layout.names_key, ()))
+    all_labels = torch.cat(labels)
+    if all_labels.numel() and (all_labels.min() < 0 or all_labels.max() >= layout.num_classes):
+        raise DataError(f"{folder}: labels outside 0..{layout.num_classes - 1}")
+    return ImageTensors(torch.cat(images).contiguous(), all_labels, layout.num_classes,
+                        layout.mean, layout.std, classes=classes, name=kind)
+
+
+def _download_cifar(kind: str, root: Path, *, train: bool) -> None:
+    import torchvision
+
+    constructor = torchvision.datasets.CIFAR10 if kind == "cifar10" else torchvision.datasets.CIFAR100
+    log.info("downloading %s into %s", _CIFAR[kind].title, root)
+    try:
+        constructor(root=str(root), train=train, download=True)
+    except Exception as error:  # no network, a proxy, a bad checksum, a read-only directory ...
+        layout = _CIFAR[kind]
+        raise DataError(
+            f"{layout.title} not found under '{root}' (expected {_expected_files(layout)}) and "
+            f"downloading it failed: {error}. Download the python version from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html and unpack it there, or pass --data-dir"
+        ) from None
+
+
+def _read_pickle(path: Path) -> dict:
+    """A CIFAR pickle; keys become `str` whether the file was written by Python 2 or 3."""
+    try:
+        with open(path, "rb") as file:
+            content = pickle.load(file, encoding="bytes")
+    except Exception as error:
+        raise DataError(f"{path}: cannot read the CIFAR pickle ({error})") from None
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: expected a dict in the CIFAR pickle, got {type(content).__name__}")
+    return {_text(key): value for key, value in content.items()}
+
+
+def _text(value: object) -> str:
+    return value.decode("latin1") if isinstance(value, bytes) else str(value)
+
+
+def _as_array(data: object):
+    import numpy as np
+
+    return np.ascontiguousarray(np.asarray(data, dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageFolder, decoded once and cached
+
+
+def cache_dir() -> Path:
+    """Where decoded ImageFolder tensors are kept: $ATTDARTS_CACHE, else ~/.cache/attdarts."""
+    if os.environ.get("ATTDARTS_CACHE"):
+        return Path(os.environ["ATTDARTS_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "attdarts"
+
+
+def _split_folder(root: Path, train: bool) -> Path:
+    candidates = ("train",) if train else ("test", "val")
+    for name in candidates:
+        if (root / name).is_dir():
+            return root / name
+    raise DataError(
+        f"'{root}' is not an ImageFolder dataset: expected the subfolders "
+        f"{root / 'train'} and {root / 'test'}, each with one folder of images per class"
+    )
+
+
+def _load_folder(root: Path, *, train: bool, workers: int = 0) -> ImageTensors:
+    if not root.is_dir():
+        raise DataError(f"dataset folder '{root}' does not exist")
+    images, labels, classes = _decode_folder(_split_folder(root, train), workers)
+    if train:
+        mean, std = _channel_stats(images)
+    else:  # normalise the test split with the training split's statistics
+        train_images, _, train_classes = _decode_folder(_split_folder(root, True), workers)
+        if train_classes != classes:
+            raise DataError(f"'{root}': train/ and test/ have different class folders")
+        mean, std = _channel_stats(train_images)
+    return ImageTensors(images, labels, len(classes), mean, std, classes=classes,
+                        name=f"folder:{root}")
+
+
+def _decode_folder(folder: Path, workers: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    import torchvision
+
+    try:
+        listing = torchvision.datasets.ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as error:
+        raise DataError(f"'{folder}': {error}") from None
+    samples = listing.samples
+    classes = tuple(listing.classes)
+    signature = hashlib.sha256(str(folder.resolve()).encode())
+    for path, label in samples:
+        stat = os.stat(path)
+        signature.update(f"{os.path.relpath(path, folder)}\0{label}\0{stat.st_size}\0"
+                         f"{stat.st_mtime_ns}\n".encode())
+    cached = cache_dir() / f"folder-{signature.hexdigest()[:24]}.pt"
+    if cached.is_file():
+        try:
+            state = torch.load(cached, map_location="cpu", weights_only=True)
+            return state["images"], state["labels"], tuple(state["classes"])
+        except Exception as error:
+            log.warning("ignoring unreadable cache %s (%s)", cached, error)
+
+    import numpy as np
+
+    from PIL import UnidentifiedImageError
+
+    def decode(path: str):
+        try:
+            return np.asarray(listing.loader(path).convert("RGB"), dtype=np.uint8)
+        except UnidentifiedImageError:
+            raise DataError(f"{path}: not a readable image (unknown format or damaged header); "
+                            "remove or replace the file") from None
+        except (OSError, ValueError, SyntaxError) as error:  # PIL: truncated, broken chunks
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataError(f"{path}: not a readable image ({reason}); remove or replace the "
+                            "file") from None
+
+    log.info("decoding %d images from %s (cached afterwards in %s)", len(samples), folder, cached)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        arrays = list(pool.map(decode, (path for path, _ in samples)))
+    shapes = {array.shape for array in arrays}
+    if len(shapes) > 1:
+        first, *others = sorted(shapes)
+        raise DataError(
+            f"'{folder}': images have different sizes ({first[1]}x{first[0]} and "
+            f"{others[0][1]}x{others[0][0]}); the in-memory loader needs one size (resize them)"
+        )
+    if not arrays:
+        raise DataError(f"'{folder}': no images found")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    try:
+        checkpoint.atomic_write(cached, lambda file: torch.save(
+            {"images": images, "labels": labels, "classes": list(classes)}, file))
+    except OSError as error:
+        log.warning("could not cache decoded images in %s (%s)", cached, error)
+    return images, labels, classes
+
+
+def _channel_stats(images: Tensor) -> tuple[Stats, Stats]:
+    """Per-channel mean and std of uint8 images, as fractions of 255."""
+    values = images.permute(1, 0, 2, 3).reshape(3, -1).to(torch.float64) / 255.0
+    mean = values.mean(dim=1)
+    std = values.std(dim=1, unbiased=False)
+    return tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)  # type: ignore[return-value]
