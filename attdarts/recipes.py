@@ -88,3 +88,12 @@ TRAIN: dict[str, dict[str, Any]] = {
                  "lr_gamma": 0.97, "weight_decay": 3e-5, "label_smoothing": 0.1, "cutout": 0,
                  "drop_path_prob": 0.0, "workers": 4},
 }
+
+# Sizes every command accepts. A network needs 3 cells or more: the two reduction cells sit at
+# L//3 and 2L//3, so with fewer there is no normal cell (a search has nothing to give its normal
+# alpha a gradient, and the auxiliary head's input is the wrong size). The upper bounds are far
+# beyond any published network (C=48, L=20) and stop a typing slip from spending minutes
+# allocating tens of gigabytes.
+MIN_LAYERS = 3
+MAX_LAYERS = 200
+MAX_CHANNELS = 512

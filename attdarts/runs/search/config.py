@@ -72,8 +72,8 @@ class SearchConfig(BaseModel):
     clip: Literal["weights", "authors"] = _PAPER["clip"]
     bam_combine: Literal["sum", "product"] | None = _PAPER["bam_combine"]
     seed: int = _PAPER["seed"]
-    channels: int = Field(_PAPER["channels"], ge=1)
-    layers: int = Field(_PAPER["layers"], ge=1)
+    channels: int = Field(_PAPER["channels"], ge=1, le=recipes.MAX_CHANNELS)
+    layers: int = Field(_PAPER["layers"], ge=recipes.MIN_LAYERS, le=recipes.MAX_LAYERS)
     train_portion: float = Field(_PAPER["train_portion"], gt=0.0, lt=1.0)
     lr: float = Field(_PAPER["lr"], gt=0.0)
     lr_min: float = Field(_PAPER["lr_min"], ge=0.0)

@@ -50,8 +50,8 @@ class TrainConfig(BaseModel):
     data_dir: str | None = _CIFAR["data_dir"]
     epochs: int = Field(_CIFAR["epochs"], ge=1)
     batch_size: int = Field(_CIFAR["batch_size"], ge=1)
-    channels: int = Field(_CIFAR["channels"], ge=1)
-    layers: int = Field(_CIFAR["layers"], ge=1)
+    channels: int = Field(_CIFAR["channels"], ge=1, le=recipes.MAX_CHANNELS)
+    layers: int = Field(_CIFAR["layers"], ge=recipes.MIN_LAYERS, le=recipes.MAX_LAYERS)
     auxiliary: bool = _CIFAR["auxiliary"]
     auxiliary_weight: float = Field(_CIFAR["auxiliary_weight"], ge=0)
     lr: float = Field(_CIFAR["lr"], gt=0)

@@ -170,7 +170,7 @@ def test_unreadable_image_is_a_data_error_naming_the_file(tmp_path, damage):
     root = Path(__file__).resolve().parents[3]
     result = CliRunner().invoke(cli, [
         "train", str(root / "genotypes" / "darts_v2.geno"), "--dataset",
-        f"folder:{tmp_path / 'images'}", "--channels", "4", "--layers", "2", "--epochs", "1",
+        f"folder:{tmp_path / 'images'}", "--channels", "4", "--layers", "3", "--epochs", "1",
         "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.count("\n") == 1 and str(bad) in result.output

@@ -26,7 +26,7 @@ from attdarts.language.transform import parse_file
 ROOT = Path(__file__).resolve().parents[3]
 DARTS_V2 = ROOT / "genotypes" / "darts_v2.geno"
 DARTS_V1 = ROOT / "genotypes" / "darts_v1.geno"
-SMALL = ["--channels", "4", "--layers", "2", "--batch-size", "4", "--device", "cpu"]
+SMALL = ["--channels", "4", "--layers", "3", "--batch-size", "4", "--device", "cpu"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,7 +52,7 @@ def write_folder(root: Path, *, train_per_class: int = 4, test_per_class: int = 
 
 
 def small_config(**overrides) -> train.TrainConfig:
-    settings = dict(channels=4, layers=2, epochs=1, batch_size=4, max_steps_per_epoch=1)
+    settings = dict(channels=4, layers=3, epochs=1, batch_size=4, max_steps_per_epoch=1)
     settings.update(overrides)
     return train.TrainConfig.recipe(settings.pop("dataset", "synthetic"), **settings)
 
