@@ -82,7 +82,27 @@ def cli() -> None:
 
 
 def main() -> None:
-    cli(prog_name="attdarts")
+    """The console script. An operating-system error that no command turned into a message
+    (typically stdout on a full disk: `attdarts export ... > genotypes.py`) ends the run with one
+    line and exit status 1 instead of a traceback, and stdout is flushed here so that a listing
+    cut short by a full disk is reported instead of passing silently."""
+    status: int | str | None = 0
+    try:
+        try:
+            cli(prog_name="attdarts")
+        except SystemExit as done:
+            status = done.code
+        sys.stdout.flush()
+    except OSError as error:
+        reason = error.strerror or str(error)
+        where = f" {error.filename}" if getattr(error, "filename", None) else ""
+        try:
+            sys.stderr.write(f"attdarts: cannot write the output{where}: {reason}\n")
+            sys.stderr.flush()
+        except OSError:
+            pass
+        status = 1
+    sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

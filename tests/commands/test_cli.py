@@ -173,3 +173,19 @@ def test_train_on_a_full_disk_is_one_line_and_keeps_earlier_files(tmp_path, monk
     assert "unexpected pos" not in result.output
     assert checkpoints.load(run / "last.pt")["epoch"] == 1
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_an_output_error_outside_any_command_is_one_line(monkeypatch, capsys):
+    """`attdarts plot RUN -o p.png > listing.txt` on a full disk: click.echo raises OSError from
+    inside the command; the console script prints one line and exits 1, no traceback."""
+    import attdarts.cli as shell
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(shell, "cli", full_disk)
+    with pytest.raises(SystemExit) as done:
+        shell.main()
+    assert done.value.code == 1
+    error = capsys.readouterr().err
+    assert error == "attdarts: cannot write the output: File too large\n"
