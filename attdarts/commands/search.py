@@ -174,7 +174,8 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
             if space_file is None:
                 raise click.UsageError("missing SPACE_FILE (or --resume RUN_DIR)")
             if not space_file.is_file():
-                raise click.BadParameter(f"'{space_file}' does not exist", param_hint="SPACE_FILE")
+                problem = "is a directory, not a space file" if space_file.is_dir() else "does not exist"
+                raise click.BadParameter(f"'{space_file}' {problem}", param_hint="SPACE_FILE")
             chosen = {"second_order": second_order, "clip": clip, "bam_combine": bam_combine,
                       "lr_min": lr_min, "arch_init": arch_init}
             config = api.recipe_config(

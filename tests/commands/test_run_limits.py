@@ -61,3 +61,19 @@ def test_other_runtime_errors_are_not_disguised_as_memory(command, target, tmp_p
     monkeypatch.setattr(target, broken)
     result = CliRunner().invoke(cli, [*COMMANDS[command], *TINY, "--out", str(tmp_path / "run")])
     assert isinstance(result.exception, RuntimeError)
+
+
+def test_search_on_a_directory_says_it_is_a_directory():
+    result = CliRunner().invoke(cli, ["search", str(ROOT / "genotypes"), *TINY])
+    assert result.exit_code == 2 and "is a directory, not a space file" in result.output
+
+
+def test_search_resume_of_a_training_run_is_one_clear_line(tmp_path):
+    run = tmp_path / "trained"
+    result = CliRunner().invoke(cli, [*COMMANDS["train"], *TINY, "--layers", "3", "--quiet",
+                                      "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["search", "--resume", str(run)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "attdarts train --resume" in lines[0]

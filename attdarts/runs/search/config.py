@@ -177,4 +177,11 @@ def read_config(run_dir: str | os.PathLike) -> SearchConfig:
     try:
         return SearchConfig.model_validate_json(path.read_text())
     except ValueError as error:
-        raise SearchError(f"{path}: not a valid search configuration ({error})") from None
+        hint = ""
+        if (Path(run_dir) / "last.pt").is_file() or (Path(run_dir) / "genotype.geno").is_file() \
+                and not (Path(run_dir) / "space.geno").is_file():
+            hint = "; it looks like a training run: continue it with 'attdarts train --resume'"
+        first = error.errors()[0] if hasattr(error, "errors") and error.errors() else None
+        reason = (f"{'.'.join(str(part) for part in first['loc'])}: {first['msg']}"
+                  if first else str(error).splitlines()[0])
+        raise SearchError(f"{path}: not a search configuration ({reason}){hint}") from None
