@@ -34,6 +34,8 @@ def format_text(text: str, path: str | None = None) -> str:
     """Canonical text for `text`, verified like black: the output must parse back to the same IR
     (comments included) and format to itself; otherwise nothing is returned for writing."""
     document = parse_text(text, path)
+    if not document.items:
+        raise _no_items(path)
     formatted = format_document(document)
     again = parse_text(formatted, path)
     if again.model_dump() != document.model_dump() or again != document:
@@ -86,6 +88,16 @@ def check_file(path: str | Path) -> list[DslError]:
     except DslError as error:
         return [error]
     if not document.items:
-        return [DslError([Problem("the file defines no genotype or space",
-                                  hint="start with 'genotype NAME {' or 'space NAME {'")], str(path), None)]
+        return [_no_items(path)]
     return []
+
+
+def _no_items(path: str | Path | None) -> DslError:
+    return DslError([Problem("the file defines no genotype or space",
+                             hint="start with 'genotype NAME {' or 'space NAME {'")],
+                    None if path is None else str(path), None)
+
+
+def empty_directories(paths) -> list[Path]:
+    """The directories among `paths` that hold no genotype file (fmt and check say so)."""
+    return [Path(path) for path in paths if Path(path).is_dir() and not expand_paths([path])]

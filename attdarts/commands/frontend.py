@@ -26,9 +26,10 @@ def fmt(paths: tuple[Path, ...], check_only: bool) -> None:
     its permissions, a symbolic link is written through, and a UTF-8 byte-order mark is dropped.
     Read-only files and files that cannot be written (full disk, read-only filesystem) are
     reported and left untouched; the other files are still formatted. Exit status: 0 when
-    nothing is wrong, 1 when a file has errors, cannot be written or (with --check) would change.
+    nothing is wrong, 1 when a file has errors (an empty file among them), cannot be written or
+    (with --check) would change, and when a directory in PATHS holds no *.geno file.
     """
-    failed = False
+    failed = _report_empty_directories("fmt", paths)
     for path in api.expand_paths(paths):
         try:
             result = api.format_file(path, write=not check_only)
@@ -58,14 +59,18 @@ def check(paths: tuple[Path, ...]) -> None:
     Silent with exit status 0 when all files are valid; exit status 1 on any error, and when a
     directory in PATHS holds no *.geno file (nothing was checked).
     """
-    failed = False
-    for path in paths:
-        if path.is_dir() and not api.expand_paths([path]):
-            click.echo(f"attdarts check: {path}: no genotype files (*.geno) in this directory; "
-                       "nothing checked", err=True)
-            failed = True
+    failed = _report_empty_directories("check", paths)
     for path in api.expand_paths(paths):
         for error in api.check_file(path):
             click.echo(error.render(), err=True)
             failed = True
     raise SystemExit(1 if failed else 0)
+
+
+def _report_empty_directories(command: str, paths) -> bool:
+    """Say which directories hold no genotype file; True if any (the command then exits 1)."""
+    empty = api.empty_directories(paths)
+    for path in empty:
+        click.echo(f"attdarts {command}: {path}: no genotype files (*.geno) in this directory; "
+                   f"nothing {'checked' if command == 'check' else 'formatted'}", err=True)
+    return bool(empty)

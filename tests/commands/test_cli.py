@@ -189,3 +189,16 @@ def test_an_output_error_outside_any_command_is_one_line(monkeypatch, capsys):
     assert done.value.code == 1
     error = capsys.readouterr().err
     assert error == "attdarts: cannot write the output: File too large\n"
+
+
+def test_fmt_refuses_an_empty_file_and_an_empty_directory_as_check_does(tmp_path):
+    empty_file = tmp_path / "empty.geno"
+    empty_file.write_text("")
+    empty_dir = tmp_path / "nothing"
+    empty_dir.mkdir()
+    for command in ("fmt", "check"):
+        result = CliRunner().invoke(cli, [command, str(empty_file)])
+        assert result.exit_code == 1 and "defines no genotype or space" in result.output
+        result = CliRunner().invoke(cli, [command, str(empty_dir)])
+        assert result.exit_code == 1 and "no genotype files (*.geno)" in result.output
+    assert empty_file.read_text() == ""
