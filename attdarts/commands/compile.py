@@ -105,7 +105,8 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
 def _measure(genotype, dataset: str, channels: int, layers: int, auxiliary: bool):
     """Build the network and count its weights and multiply-adds: (summary dict, cell rows)."""
     _progress("importing torch")
-    from attdarts.networks.network import compile_network, count_multiply_adds, count_parameters, describe_network
+    from attdarts.networks.measure import count_multiply_adds, count_parameters, describe_network
+    from attdarts.networks.network import compile_network
 
     _progress(f"building the network (C={channels}, L={layers})")
     model = compile_network(genotype, dataset=dataset, channels=channels, layers=layers,

@@ -2,8 +2,8 @@
 
 The front end (`check`, `fmt`, `import`) validates names against this catalog so it can start
 fast. Each name has one `Entry`: its keyword arguments, the dotted path of its torch factory, its
-label in pictures and its spelling in the authors' files. `attdarts.networks.operations` still
-registers one factory per name too, and a test asserts the two agree.
+label in pictures and its spelling in the authors' files. `attdarts.networks.registry` imports
+the factory when a network is built; a test resolves every path.
 Candidate order in a search is taken from the space declaration, not from here.
 """
 

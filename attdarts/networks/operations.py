@@ -1,13 +1,14 @@
 """Every torch layer of attdarts: candidate operations, attention modules, cell preprocessing.
 
-Two registries map DSL names to factories (STYLE.md section 5):
+The catalog (`attdarts.language.catalog`) names each factory below by its dotted path, and
+`attdarts.networks.registry` imports it on demand (STYLE.md section 5). Two signatures:
 
-- `OPERATIONS`: ``factory(channels, stride, *, affine=True, pool_bn=False) -> nn.Module``.
+- operations: ``factory(channels, stride, *, affine=True, pool_bn=False) -> nn.Module``.
   Operations are built as DARTS builds them (REFERENCE.md, "Operations and network skeleton"):
   convolutions have no bias, BN is affine in the discrete network and not in the supernet.
   `pool_bn=True` follows each pooling with a BatchNorm, as DARTS's MixedOp does in the supernet;
   the other operations accept and ignore it so the supernet can pass one set of keywords to all.
-- `ATTENTIONS`: ``factory(channels, *, spatial, **hyperparameters) -> nn.Module``. `spatial` is the
+- attentions: ``factory(channels, *, spatial, **hyperparameters) -> nn.Module``. `spatial` is the
   height (= width) of the map the module will see; only GE-theta+ needs it (its depthwise kernel
   spans the whole map). Hidden widths are ``max(1, channels // reduction)`` so tiny test networks
   work (the authors' code builds zero-width layers below 16 channels).
@@ -28,11 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attdarts.networks.registry import Registry
-
 __all__ = [
-    "ATTENTIONS",
-    "OPERATIONS",
     "BottleneckAttention",
     "ConvBlockAttention",
     "DilatedConv",
@@ -49,8 +46,6 @@ __all__ = [
     "preprocess_inputs",
 ]
 
-OPERATIONS: Registry = Registry("operation")
-ATTENTIONS: Registry = Registry("attention")
 
 
 def hidden_width(channels: int, reduction: int) -> int:
@@ -193,13 +188,11 @@ def _pool(pool: nn.Module, channels: int, affine: bool, pool_bn: bool) -> nn.Mod
     return pool
 
 
-@OPERATIONS.register("none")
 def none(channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False) -> nn.Module:
     """Zeros; lets the supernet learn that an edge is absent. Never chosen at derivation."""
     return Zero(stride)
 
 
-@OPERATIONS.register("max_pool_3x3")
 def max_pool_3x3(
     channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
 ) -> nn.Module:
@@ -207,7 +200,6 @@ def max_pool_3x3(
     return _pool(nn.MaxPool2d(3, stride=stride, padding=1), channels, affine, pool_bn)
 
 
-@OPERATIONS.register("avg_pool_3x3")
 def avg_pool_3x3(
     channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
 ) -> nn.Module:
@@ -216,7 +208,6 @@ def avg_pool_3x3(
     return _pool(pool, channels, affine, pool_bn)
 
 
-@OPERATIONS.register("skip_connect")
 def skip_connect(
     channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
 ) -> nn.Module:
@@ -226,39 +217,36 @@ def skip_connect(
     return FactorizedReduce(channels, channels, affine=affine)
 
 
-def _register_separable(kernel: int) -> None:
-    name = f"sep_conv_{kernel}x{kernel}"
-
+def _separable(kernel: int):
     def factory(
         channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
     ) -> nn.Module:
         return SeparableConv(channels, channels, kernel, stride, affine=affine)
 
-    factory.__name__ = name
+    factory.__name__ = factory.__qualname__ = f"sep_conv_{kernel}x{kernel}"
     factory.__doc__ = f"Two stacked ReLU-depthwise {kernel}x{kernel}-pointwise-BN blocks (DARTS)."
-    OPERATIONS.register(name)(factory)
+    return factory
 
 
-def _register_dilated(kernel: int) -> None:
-    name = f"dil_conv_{kernel}x{kernel}"
-
+def _dilated(kernel: int):
     def factory(
         channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
     ) -> nn.Module:
         return DilatedConv(channels, channels, kernel, stride, affine=affine)
 
-    factory.__name__ = name
+    factory.__name__ = factory.__qualname__ = f"dil_conv_{kernel}x{kernel}"
     factory.__doc__ = f"ReLU, depthwise {kernel}x{kernel} dilation 2, pointwise, BN (DARTS)."
-    OPERATIONS.register(name)(factory)
+    return factory
 
 
-for _kernel in (3, 5, 7):
-    _register_separable(_kernel)
-for _kernel in (3, 5):
-    _register_dilated(_kernel)
+# module attributes, so that the catalog's factory paths name them
+sep_conv_3x3 = _separable(3)
+sep_conv_5x5 = _separable(5)
+sep_conv_7x7 = _separable(7)
+dil_conv_3x3 = _dilated(3)
+dil_conv_5x5 = _dilated(5)
 
 
-@OPERATIONS.register("conv_7x1_1x7")
 def conv_7x1_1x7(
     channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
 ) -> nn.Module:
@@ -460,25 +448,21 @@ class DoubleAttention(nn.Module):
         return x + self.attend(x)
 
 
-@ATTENTIONS.register("identity")
 def identity(channels: int, *, spatial: int) -> nn.Module:
     """No attention (the candidate that lets the search keep an edge unchanged)."""
     return IdentityAttention()
 
 
-@ATTENTIONS.register("se")
 def se(channels: int, *, spatial: int, reduction: int = 16) -> nn.Module:
     """Squeeze-and-excitation, Hu et al. 2018 (r = 16)."""
     return SqueezeExcitation(channels, reduction=reduction)
 
 
-@ATTENTIONS.register("ge_theta_plus")
 def ge_theta_plus(channels: int, *, spatial: int, reduction: int = 16) -> nn.Module:
     """Gather-excite GE-theta+, Hu et al. 2018: global depthwise gather of size `spatial`."""
     return GatherExcite(channels, spatial, reduction=reduction)
 
 
-@ATTENTIONS.register("bam")
 def bam(
     channels: int, *, spatial: int, reduction: int = 16, dilation: int = 4, combine: str = "sum"
 ) -> nn.Module:
@@ -486,13 +470,11 @@ def bam(
     return BottleneckAttention(channels, reduction=reduction, dilation=dilation, combine=combine)
 
 
-@ATTENTIONS.register("cbam")
 def cbam(channels: int, *, spatial: int, reduction: int = 16) -> nn.Module:
     """Convolutional block attention module, Woo et al. 2018 (r = 16)."""
     return ConvBlockAttention(channels, reduction=reduction)
 
 
-@ATTENTIONS.register("double_attention")
 def double_attention(channels: int, *, spatial: int, reduction: int = 4) -> nn.Module:
     """Double-attention (A^2) block, Chen et al. 2018 (M = N = C / 4)."""
     return DoubleAttention(channels, reduction=reduction)

@@ -20,8 +20,8 @@ from attdarts.language import catalog
 from attdarts.language.transform import parse_file, parse_text
 from attdarts.networks import grouping as grouped
 from attdarts.networks.network import compile_network
-from attdarts.networks.operations import ATTENTIONS, OPERATIONS
-from attdarts.networks.supernet import GROUPED_LOCATIONS, compile_supernet
+from attdarts.networks.registry import ATTENTIONS, OPERATIONS
+from attdarts.networks.supernet import compile_supernet
 from attdarts.runs.search import Bilevel, SearchConfig, read_config
 from attdarts.runs.train import TrainConfig
 
