@@ -17,7 +17,8 @@ from torch import nn
 
 from attdarts.language import ir
 from attdarts.networks import grouping as grouped
-from attdarts.networks.operations import IdentityAttention, preprocess_inputs
+from attdarts.networks.attentions import IdentityAttention
+from attdarts.networks.operations import preprocess_inputs
 from attdarts.networks.registry import build_attention, build_operation
 from attdarts.networks.stacking import halve
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -9,10 +10,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from attdarts.language import ir
+from attdarts.networks import network
 from attdarts.networks.network import Network, _stem_size
 from attdarts.networks.stacking import halve
 
-__all__ = ["CellSummary", "count_multiply_adds", "count_parameters", "describe_network"]
+__all__ = [
+    "CellSummary", "count_multiply_adds", "count_parameters", "describe_network", "measure",
+]
 
 
 def count_parameters(model: nn.Module, *, auxiliary: bool) -> int:
@@ -81,3 +86,48 @@ def count_multiply_adds(model: Network, input_size: int | None = None) -> int:
         model.train(was_training)
     return counter.get_total_flops() // 2
 
+
+def measure(
+    genotype: ir.Genotype,
+    *,
+    dataset: str,
+    channels: int,
+    layers: int,
+    auxiliary: bool,
+    progress: Callable[[str], None] = lambda message: None,
+) -> tuple[dict, list[CellSummary]]:
+    """Build the network of `genotype` and measure it for `attdarts compile`: (summary, rows).
+
+    The summary has the parameter counts (without and with the auxiliary head), multiply-adds
+    per image, input and output shapes and the per-cell rows; `progress` hears each stage.
+    """
+    progress(f"building the network (C={channels}, L={layers})")
+    model = network.compile_network(genotype, dataset=dataset, channels=channels, layers=layers,
+                            auxiliary=auxiliary)
+    progress("counting parameters")
+    rows = describe_network(model)
+    parameters = count_parameters(model, auxiliary=False)
+    with_auxiliary = count_parameters(model, auxiliary=True) if auxiliary else None
+    progress("counting multiply-adds (one forward pass)")
+    outputs = []  # the output shape comes from the same forward pass, not a second one
+    hook = model.register_forward_hook(lambda module, inputs, output: outputs.append(output[0]))
+    try:
+        multiply_adds = count_multiply_adds(model)
+    finally:
+        hook.remove()
+    summary = {
+        "genotype": genotype.name,
+        "dataset": dataset,
+        "channels": channels,
+        "layers": layers,
+        "input_shape": [1, 3, model.input_size, model.input_size],
+        "output_shape": list(outputs[-1].shape),
+        "parameters": parameters,
+        "parameters_with_auxiliary": with_auxiliary,
+        "multiply_adds": multiply_adds,
+        "cells": [
+            {"index": r.index, "type": r.kind, "channels": r.channels_out, "spatial": r.spatial,
+             "parameters": r.parameters} for r in rows
+        ],
+    }
+    return summary, rows

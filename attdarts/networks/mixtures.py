@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from attdarts.networks import grouping as grouped
-from attdarts.networks.operations import IdentityAttention, Zero
+from attdarts.networks.attentions import IdentityAttention
+from attdarts.networks.operations import Zero
 
 __all__ = [
     "MASK_FLOOR", "MixedAttention", "MixedOperation", "mix_attentions_grouped",

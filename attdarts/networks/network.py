@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from attdarts import recipes
 from attdarts.language import ir
 from attdarts.networks import grouping as grouped
 from attdarts.networks.cell import (  # noqa: F401 - DROP_PATH_RULES, drop_path: re-exported
@@ -203,12 +204,12 @@ def compile_network(
     genotype: ir.Genotype,
     *,
     dataset: str = "cifar10",
-    channels: int = 36,
-    layers: int = 20,
+    channels: int = recipes.TRAIN["cifar"]["channels"],
+    layers: int = recipes.TRAIN["cifar"]["layers"],
     auxiliary: bool = True,
     num_classes: int | None = None,
     input_size: int | None = None,
-    drop_path_rule: DropPathRule = "darts",
+    drop_path_rule: DropPathRule = recipes.TRAIN["cifar"]["drop_path_rule"],
     grouped: bool = False,
 ) -> Network:
     """Build the discrete network of `genotype` for `dataset` ("cifar10", "cifar100", "imagenet").

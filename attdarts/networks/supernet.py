@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attdarts import recipes
 from attdarts.language import ir
 from attdarts.language.ir import CELL_KINDS  # noqa: F401 - runs/search/loop.py imports it from here
 from attdarts.networks import grouping as grouped
@@ -406,8 +407,8 @@ class Supernet(nn.Module):
 def compile_supernet(
     space: ir.Space,
     *,
-    channels: int = 16,
-    layers: int = 8,
+    channels: int = recipes.SEARCH["paper"]["channels"],
+    layers: int = recipes.SEARCH["paper"]["layers"],
     num_classes: int = 10,
     input_size: int = 32,
     init: Init = "zeros",

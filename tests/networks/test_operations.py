@@ -18,17 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from attdarts.language import catalog
-from attdarts.networks.operations import (
+from attdarts.networks.attentions import (
     BottleneckAttention,
     ConvBlockAttention,
     DoubleAttention,
-    FactorizedReduce,
     GatherExcite,
     IdentityAttention,
     MaskingAttention,
-    ReLUConvBN,
     SqueezeExcitation,
 )
+from attdarts.networks.operations import FactorizedReduce, ReLUConvBN
 from attdarts.networks.registry import (
     ATTENTIONS, OPERATIONS, DuplicateNameError, UnknownNameError, resolve,
 )
