@@ -8,16 +8,21 @@ from pathlib import Path
 
 import click
 
+from attdarts import recipes
 from attdarts.language.errors import DslError
 from attdarts.language.transform import parse_file
 
-_DEFAULT_SIZES = {"imagenet": (48, 14)}  # DARTS ImageNet; CIFAR: the paper's C=36, L=20
+_CIFAR = recipes.TRAIN["cifar"]
+_IMAGENET = recipes.TRAIN["imagenet"]
+# (C, L) per dataset: DARTS ImageNet for imagenet, the paper's CIFAR setting otherwise
+_DEFAULT_SIZES = {"imagenet": (_IMAGENET["channels"], _IMAGENET["layers"])}
+_CIFAR_SIZE = (_CIFAR["channels"], _CIFAR["layers"])
 # Far above any published network (C <= 64, L <= 30), low enough that a typo such as 100000 is
 # refused at once instead of allocating gigabytes or building for minutes (about 20 ms per cell).
 MAX_CHANNELS = 512
 MAX_LAYERS = 200
 # C * C * L grows like the parameter count (3.2 M at C=36, L=20); this allows about 160 M.
-MAX_SIZE = 36 * 36 * 20 * 50
+MAX_SIZE = _CIFAR["channels"] ** 2 * _CIFAR["layers"] * 50
 
 
 def _progress(message: str) -> None:
@@ -44,11 +49,11 @@ def _out_of_memory(error: BaseException) -> bool:
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
               show_default=True, help="Network skeleton and number of classes.")
 @click.option("--channels", type=click.IntRange(min=1, max=MAX_CHANNELS),
-              help=f"Initial channels C, at most {MAX_CHANNELS} (default 36 for CIFAR, 48 for "
-                   "ImageNet).")
+              help=f"Initial channels C, at most {MAX_CHANNELS} (default {_CIFAR['channels']} for "
+                   f"CIFAR, {_IMAGENET['channels']} for ImageNet).")
 @click.option("--layers", type=click.IntRange(min=3, max=MAX_LAYERS),
-              help=f"Number of cells L, at most {MAX_LAYERS} (default 20 for CIFAR, 14 for "
-                   "ImageNet).")
+              help=f"Number of cells L, at most {MAX_LAYERS} (default {_CIFAR['layers']} for "
+                   f"CIFAR, {_IMAGENET['layers']} for ImageNet).")
 @click.option("--auxiliary/--no-auxiliary", default=True, show_default=True,
               help="Build the auxiliary head after cell 2L/3.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
@@ -67,7 +72,7 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
         genotype = parse_file(file).genotype(genotype_name)
     except DslError as error:
         raise click.ClickException(error.located(str(file), None).render()) from None
-    default_channels, default_layers = _DEFAULT_SIZES.get(dataset, (36, 20))
+    default_channels, default_layers = _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE)
     channels = channels or default_channels
     layers = layers or default_layers
     if channels * channels * layers > MAX_SIZE:
@@ -77,7 +82,8 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
             "(36*36*20*50, about 160 M parameters)")
 
     try:
-        summary, rows = _measure(genotype, dataset, channels, layers, auxiliary)
+        summary, rows = _measure(genotype, dataset=dataset, channels=channels, layers=layers,
+                                 auxiliary=auxiliary, progress=_progress)
     except (RuntimeError, MemoryError) as error:
         if not _out_of_memory(error):
             raise
@@ -102,38 +108,9 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
                    f"{r.parameters:>11,}")
 
 
-def _measure(genotype, dataset: str, channels: int, layers: int, auxiliary: bool):
-    """Build the network and count its weights and multiply-adds: (summary dict, cell rows)."""
+def _measure(genotype, **options):
+    """`networks.measure.measure`, importing torch only when a network is built."""
     _progress("importing torch")
-    from attdarts.networks.network import compile_network, count_multiply_adds, count_parameters, describe_network
+    from attdarts.networks.measure import measure
 
-    _progress(f"building the network (C={channels}, L={layers})")
-    model = compile_network(genotype, dataset=dataset, channels=channels, layers=layers,
-                            auxiliary=auxiliary)
-    _progress("counting parameters")
-    rows = describe_network(model)
-    parameters = count_parameters(model, auxiliary=False)
-    with_auxiliary = count_parameters(model, auxiliary=True) if auxiliary else None
-    _progress("counting multiply-adds (one forward pass)")
-    outputs = []  # the output shape comes from the same forward pass, not a second one
-    hook = model.register_forward_hook(lambda module, inputs, output: outputs.append(output[0]))
-    try:
-        multiply_adds = count_multiply_adds(model)
-    finally:
-        hook.remove()
-    summary = {
-        "genotype": genotype.name,
-        "dataset": dataset,
-        "channels": channels,
-        "layers": layers,
-        "input_shape": [1, 3, model.input_size, model.input_size],
-        "output_shape": list(outputs[-1].shape),
-        "parameters": parameters,
-        "parameters_with_auxiliary": with_auxiliary,
-        "multiply_adds": multiply_adds,
-        "cells": [
-            {"index": r.index, "type": r.kind, "channels": r.channels_out, "spatial": r.spatial,
-             "parameters": r.parameters} for r in rows
-        ],
-    }
-    return summary, rows
+    return measure(genotype, **options)

@@ -2,8 +2,8 @@
 
 The front end (`check`, `fmt`, `import`) validates names against this catalog so it can start
 fast. Each name has one `Entry`: its keyword arguments, the dotted path of its torch factory, its
-label in pictures and its spelling in the authors' files. `attdarts.networks.operations` still
-registers one factory per name too, and a test asserts the two agree.
+label in pictures and its spelling in the authors' files. `attdarts.networks.registry` imports
+the factory when a network is built; a test resolves every path.
 Candidate order in a search is taken from the space declaration, not from here.
 """
 
@@ -24,6 +24,7 @@ class Parameter:
 
 _REDUCTION = Parameter(int, 16, minimum=1)
 _OPERATIONS = "attdarts.networks.operations"
+_ATTENTIONS = "attdarts.networks.attentions"
 
 
 class DuplicateNameError(RuntimeError):
@@ -73,23 +74,23 @@ OPERATIONS: dict[str, Entry] = {entry.name: entry for entry in (
 )}
 
 ATTENTIONS: dict[str, Entry] = {entry.name: entry for entry in (
-    Entry("identity", "attention", factory=f"{_OPERATIONS}:identity", authors_name="Identity"),
-    Entry("se", "attention", {"reduction": _REDUCTION}, factory=f"{_OPERATIONS}:se",
+    Entry("identity", "attention", factory=f"{_ATTENTIONS}:identity", authors_name="Identity"),
+    Entry("se", "attention", {"reduction": _REDUCTION}, factory=f"{_ATTENTIONS}:se",
           label="SE", authors_name="SE"),
     Entry("bam", "attention", {
         "reduction": _REDUCTION,
         "dilation": Parameter(int, 4, minimum=1),
         "combine": Parameter(str, "sum", choices=("sum", "product")),
-    }, factory=f"{_OPERATIONS}:bam", label="BAM", authors_name="BAM",
+    }, factory=f"{_ATTENTIONS}:bam", label="BAM", authors_name="BAM",
         # the authors' BAM multiplies its gates and has no switch: both combines export as 'BAM'
         authors_kwargs=(("combine", "product"),), droppable_kwargs=frozenset({"combine"})),
-    Entry("cbam", "attention", {"reduction": _REDUCTION}, factory=f"{_OPERATIONS}:cbam",
+    Entry("cbam", "attention", {"reduction": _REDUCTION}, factory=f"{_ATTENTIONS}:cbam",
           label="CBAM", authors_name="CBAM"),
     Entry("ge_theta_plus", "attention", {"reduction": _REDUCTION},
-          factory=f"{_OPERATIONS}:ge_theta_plus", label="GE-θ<sup>+</sup>",
+          factory=f"{_ATTENTIONS}:ge_theta_plus", label="GE-θ<sup>+</sup>",
           authors_name="GE_theta-plus"),
     Entry("double_attention", "attention", {"reduction": Parameter(int, 4, minimum=1)},
-          factory=f"{_OPERATIONS}:double_attention", label="A<sup>2</sup>",
+          factory=f"{_ATTENTIONS}:double_attention", label="A<sup>2</sup>",
           authors_name="DoubleAttention", additive=True),
 )}
 

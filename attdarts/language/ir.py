@@ -17,7 +17,9 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from attdarts.language.errors import DslError, Problem, Span
+from attdarts.language.errors import DslError, Problem, Span, suggest
+from attdarts.language.locations import LOCATIONS
+from attdarts.language.locations import Location as LocationSpec
 
 Value = Union[int, float, str]
 
@@ -26,10 +28,6 @@ OUTPUT = "c_k"  # the cell's output (concatenation of intermediate nodes)
 CELL_KINDS = ("normal", "reduce")  # a genotype's two cells, in text order
 RESERVED = frozenset((*INPUTS, OUTPUT, "concat", "normal", "reduce", "genotype", "space"))
 
-Location = Literal[
-    "after_every", "end", "after_every_and_end", "mixed_with_operation", "double_mixed",
-    "no_attention",
-]
 Mixing = Literal["sum", "product"]
 
 _PRESENTATION = frozenset(
@@ -176,7 +174,7 @@ class Space(_Node):
     attentions: tuple[Call, ...] = ()
     nodes: int = 4
     keep: int = 2
-    location: Location = "after_every"
+    location: str = "after_every"  # a key of locations.LOCATIONS
     mixing: Mixing = "sum"
     setting_comments: tuple[tuple[str, Comments], ...] = Field(default=(), exclude=False)
     setting_spans: tuple[tuple[str, Span], ...] = Field(default=(), exclude=True, repr=False)
@@ -194,10 +192,12 @@ class Space(_Node):
                 seen.add(call)
         if not self.operations:
             problems.append(Problem("a space needs at least one operation", self.span))
-        if self.location != "no_attention" and not self.attentions:
+        if self.location not in LOCATIONS:
             problems.append(Problem(
-                f"location '{self.location}' needs at least one attention", self.span,
-                "list candidates with 'attentions = [...]' or use 'location = no_attention'"))
+                f"unknown location '{self.location}'", self.span_of("location"),
+                suggest(self.location, LOCATIONS) or "choose one of " + ", ".join(LOCATIONS)))
+        else:
+            problems.extend(self.location_spec.problems(self))
         if self.nodes < 1:
             problems.append(Problem("'nodes' must be at least 1", self.span))
         if not 1 <= self.keep:
@@ -207,6 +207,11 @@ class Space(_Node):
         if problems:
             raise DslError(problems)
         return self
+
+    @property
+    def location_spec(self) -> LocationSpec:
+        """The `Location` object named by `location`: what every stage asks about it."""
+        return LOCATIONS[self.location]
 
     def span_of(self, key: str) -> Span | None:
         """Where the setting `key` is written, or the space itself if it is not (a default)."""
@@ -274,20 +279,8 @@ def derivation_problems(space: Space) -> list[Problem]:
     first node would keep fewer edges than the others, which no cell in the papers does.
     """
     problems: list[Problem] = []
-    real_operations = [call for call in space.operations if call.name != "none"]
-    if not real_operations:
-        if space.location == "mixed_with_operation":
-            if not space.attentions:
-                problems.append(Problem(
-                    "every edge would derive to 'none': the space has no operation other than "
-                    "'none' and no attention", space.span_of("operations"),
-                    "add an operation such as sep_conv_3x3 or skip_connect"))
-        else:
-            problems.append(Problem(
-                "every edge would derive to 'none': the space has no operation other than 'none'",
-                space.span_of("operations"),
-                "derivation never picks 'none' (paper, Sec. III-A); add an operation such as "
-                "sep_conv_3x3 or skip_connect"))
+    if space.location in LOCATIONS:
+        problems.extend(space.location_spec.derivation_problems(space))
     if space.keep > len(INPUTS):
         problems.append(Problem(
             f"'keep' is {space.keep}, but the first node has only {len(INPUTS)} inputs "

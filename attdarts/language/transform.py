@@ -23,6 +23,8 @@ from attdarts.language.grammar import parse_tree, parser
 from attdarts.language.ir import (
     Call, Cell, Comments, Document, Edge, Genotype, Meta, NO_COMMENTS, Node, Output, Space,
 )
+from attdarts.language.locations import LOCATIONS
+
 
 def parse_text(text: str, path: str | None = None) -> Document:
     """Parse DSL text into a Document; raise DslError listing every problem found."""
@@ -43,10 +45,6 @@ def parse_text(text: str, path: str | None = None) -> Document:
 def parse_file(path: str | Path) -> Document:
     """Read and parse a file; unreadable, binary or non-UTF-8 files give a DslError too."""
     return parse_text(read_source(path), str(path))
-
-
-def parse_genotype(text: str, name: str | None = None) -> Genotype:
-    return parse_text(text).genotype(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,13 +293,6 @@ class _Builder:
         if "operations" not in present:
             self.problems.append(Problem(f"space '{name}' lists no operations", _span(name),
                                          "add operations = [none, max_pool_3x3, ...]"))
-        if values.get("mixing") == "product":
-            for call in values.get("attentions", ()):
-                if call.name in catalog.ATTENTIONS and catalog.ATTENTIONS[call.name].additive:
-                    self.problems.append(Problem(
-                        f"'{call.name}' adds to its input rather than masking it, so it cannot "
-                        "take part in mixing = product", call.span,
-                        "Att-DARTS-P (paper, Eq. 17) excludes it: remove it from the attentions"))
         if "operations" not in values:
             return None
         return self._try(lambda: Space(
@@ -322,7 +313,7 @@ class _Builder:
                 self.problems.append(Problem(f"'{key}' must be a positive whole number", _span(value_tree)))
                 return None
             return value
-        choices = catalog.LOCATIONS if key == "location" else catalog.MIXINGS
+        choices = tuple(LOCATIONS) if key == "location" else catalog.MIXINGS
         if value not in choices:
             self.problems.append(Problem(
                 f"unknown {key} '{value}'", _span(value_tree),

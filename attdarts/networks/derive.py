@@ -32,7 +32,8 @@ from collections.abc import Mapping
 import torch
 
 from attdarts.language import ir
-from attdarts.networks.supernet import CELL_KINDS, Supernet, column_names
+from attdarts.language.locations import strongest
+from attdarts.networks.supernet import Supernet, column_names
 
 __all__ = ["check_derivable", "derive_cell", "derive_genotype"]
 
@@ -43,38 +44,13 @@ def _softmax_rows(tensor: torch.Tensor) -> list[list[float]]:
     return torch.softmax(tensor.detach().to("cpu", torch.float64), dim=-1).tolist()
 
 
-def _argmax(row: list[float], allowed: list[int]) -> int:
-    """Index of the largest row[i] over `allowed` (first one on ties)."""
-    best = allowed[0]
-    for index in allowed[1:]:
-        if row[index] > row[best]:
-            best = index
-    return best
-
-
 def _edge_choice(
     space: ir.Space, alpha: list[float], beta: list[float] | None
 ) -> tuple[ir.Call, ir.Call | None, float]:
-    """(operation, attention, ranking weight) of one edge."""
-    operations = list(space.operations)
-    attentions = list(space.attentions)
-    operation_columns = [i for i, call in enumerate(operations) if call.name != "none"]
-    location = space.location
-    if location == "mixed_with_operation":
-        columns = operation_columns + [len(operations) + i for i in range(len(attentions))]
-        best = _argmax(alpha, columns)
-        if best < len(operations):
-            return operations[best], None, alpha[best]
-        return ir.Call(name="skip_connect"), _no_identity(attentions[best - len(operations)]), alpha[best]
-    best_operation = _argmax(alpha, operation_columns)
-    attention: ir.Call | None = None
-    if location == "double_mixed":
-        assert beta is not None
-        columns = [len(operations) + i for i in range(len(attentions))]
-        attention = attentions[_argmax(beta, columns) - len(operations)]
-    elif beta is not None:
-        attention = attentions[_argmax(beta, list(range(len(attentions))))]
-    return operations[best_operation], _no_identity(attention), alpha[best_operation]
+    """(operation, attention, ranking weight) of one edge, as its location chooses them."""
+    operation, attention, weight = space.location_spec.choose_edge(space, alpha, beta)
+    chosen = ir.Call(name="skip_connect") if operation is None else space.operations[operation]
+    return chosen, _no_identity(None if attention is None else space.attentions[attention]), weight
 
 
 def _no_identity(call: ir.Call | None) -> ir.Call | None:
@@ -120,7 +96,7 @@ def derive_cell(space: ir.Space, kind: str, tensors: Mapping[str, torch.Tensor])
     if "gamma" in tensors:
         gamma = _softmax_rows(tensors["gamma"])[0]
         output_attention = _no_identity(
-            space.attentions[_argmax(gamma, list(range(len(space.attentions))))])
+            space.attentions[strongest(gamma, list(range(len(space.attentions))))])
     output = ir.Output(nodes=tuple(node.name for node in nodes), attention=output_attention)
     return ir.Cell(kind=kind, nodes=tuple(nodes), output=output)
 
@@ -148,13 +124,13 @@ def derive_genotype(
         tensors = source
     check_derivable(space)
     expected = set(column_names(space))
-    for kind in CELL_KINDS:
+    for kind in ir.CELL_KINDS:
         if kind not in tensors or set(tensors[kind]) != expected:
             found = sorted(tensors.get(kind, {}))
             raise ValueError(
                 f"the {kind} cell needs architecture tensors {sorted(expected)} for location "
                 f"'{space.location}', got {found}")
-    cells = {kind: derive_cell(space, kind, tensors[kind]) for kind in CELL_KINDS}
+    cells = {kind: derive_cell(space, kind, tensors[kind]) for kind in ir.CELL_KINDS}
     entries = tuple(ir.Meta(key=key, value=value) for key, value in (meta or {}).items())
     return ir.Genotype(name=name or space.name, meta=entries, normal=cells["normal"],
                        reduce=cells["reduce"])

@@ -35,18 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attdarts.networks.operations import (
-    BottleneckAttention,
-    ConvBlockAttention,
-    DoubleAttention,
-    FactorizedReduce,
-    GatherExcite,
-    IdentityAttention,
-    SqueezeExcitation,
-    Zero,
-)
+from attdarts.networks.operations import FactorizedReduce, Zero
 
-__all__ = ["Group", "batch_norm", "conv2d", "deferred_statistics", "forward", "linear", "mask"]
+__all__ = [
+    "Group", "batch_norm", "conv2d", "deferred_statistics", "forward", "layers_of", "linear", "mask",
+    "masked", "run_layers",
+]
 
 Modules = Sequence[nn.Module]
 
@@ -169,7 +163,7 @@ _PER_CHANNEL = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
 
 
 def _layer_groupable(layer: nn.Module, *, linear: bool) -> bool:
-    """Whether `_run_layers` reproduces `layer` exactly (exact types: a subclass may change its
+    """Whether `run_layers` reproduces `layer` exactly (exact types: a subclass may change its
     forward, as SyncBatchNorm does). `linear`: a Linear is known to see (N, features) inputs."""
     kind = type(layer)
     if kind is nn.Conv2d:
@@ -181,7 +175,7 @@ def _layer_groupable(layer: nn.Module, *, linear: bool) -> bool:
     return kind is nn.ReLU or kind in _PER_CHANNEL
 
 
-def _run_layers(layers: Sequence[Modules], x: Tensor, edges: int) -> Tensor:
+def run_layers(layers: Sequence[Modules], x: Tensor, edges: int) -> Tensor:
     """Run, position by position, the layers of E sequences of the same shape."""
     for group in layers:
         layer = group[0]
@@ -198,7 +192,7 @@ def _run_layers(layers: Sequence[Modules], x: Tensor, edges: int) -> Tensor:
     return x
 
 
-def _layers_of(sequences: Modules) -> list[list[nn.Module]]:
+def layers_of(sequences: Modules) -> list[list[nn.Module]]:
     return [list(position) for position in zip(*sequences)]
 
 
@@ -208,10 +202,10 @@ def _sequential_groupable(sequence: nn.Sequential) -> bool:
 
 
 def _sequential(modules: Modules, group: Group) -> Tensor:
-    layers = _layers_of(modules)
+    layers = layers_of(modules)
     if isinstance(layers[0][0], nn.ReLU):  # share relu(x) between the candidates
-        return _run_layers(layers[1:], group.relu, group.edges)
-    return _run_layers(layers, group.x, group.edges)
+        return run_layers(layers[1:], group.relu, group.edges)
+    return run_layers(layers, group.x, group.edges)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,115 +234,29 @@ def _per_channel(modules: Modules, group: Group) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention masks, ``(N, E, c, h, w)``
-
-
-def _squeeze_excitation_mask(modules: Modules, group: Group) -> Tensor:
-    edges = group.edges
-    squeezed = group.x.mean(dim=(2, 3))  # (N, E*C)
-    hidden = F.relu(linear(squeezed, [m.fc_1 for m in modules], edges))
-    excited = linear(hidden, [m.fc_2 for m in modules], edges)
-    return group.split(torch.sigmoid(excited))[..., None, None]
-
-
-def _gather_excite_mask(modules: Modules, group: Group) -> Tensor:
-    edges, x = group.edges, group.x
-    gathered = conv2d(x, [m.gather for m in modules], edges)
-    gathered = batch_norm(gathered, [m.bn for m in modules], edges)
-    gathered = F.relu(conv2d(gathered, [m.conv_1 for m in modules], edges))
-    gathered = conv2d(gathered, [m.conv_2 for m in modules], edges)
-    if gathered.shape[-2:] != (1, 1):
-        gathered = F.interpolate(gathered, size=x.shape[-2:], mode="nearest")
-    return group.split(torch.sigmoid(gathered))
-
-
-def _bottleneck_mask(modules: Modules, group: Group) -> Tensor:
-    edges, x = group.edges, group.x
-    channel = _run_layers(_layers_of([m.channel_gate for m in modules]), x.mean(dim=(2, 3)), edges)
-    spatial = _run_layers(_layers_of([m.spatial_gate for m in modules]), x, edges)
-    channel = group.split(channel)[..., None, None]  # (N, E, C, 1, 1)
-    spatial = spatial.unsqueeze(2)  # (N, E, 1, H, W)
-    combined = channel * spatial if modules[0].product else channel + spatial
-    return 1.0 + torch.sigmoid(combined)
-
-
-def _cbam_channel(modules: Modules, group: Group) -> Tensor:
-    layers = _layers_of([m.mlp for m in modules])
-    x = group.x
-    pooled = (_run_layers(layers, x.mean(dim=(2, 3)), group.edges)
-              + _run_layers(layers, x.amax(dim=(2, 3)), group.edges))
-    return group.split(torch.sigmoid(pooled))[..., None, None]
-
-
-def _cbam_spatial(modules: Modules, gated: Tensor, edges: int) -> Tensor:
-    """`gated` is ``(N, E, C, H, W)``; returns ``(N, E, 1, H, W)``."""
-    pooled = torch.stack([gated.amax(dim=2), gated.mean(dim=2)], dim=2).flatten(1, 2)
-    conv = conv2d(pooled, [m.spatial_conv for m in modules], edges)  # (N, E, H, W)
-    return torch.sigmoid(batch_norm(conv, [m.spatial_bn for m in modules], edges)).unsqueeze(2)
-
-
-def _cbam_mask(modules: Modules, group: Group) -> Tensor:
-    channel = _cbam_channel(modules, group)
-    return channel * _cbam_spatial(modules, group.split(group.x) * channel, group.edges)
-
-
-def _cbam(modules: Modules, group: Group) -> Tensor:
-    gated = group.split(group.x) * _cbam_channel(modules, group)
-    return (gated * _cbam_spatial(modules, gated, group.edges)).flatten(1, 2)
-
-
-def _double_attention(modules: Modules, group: Group) -> Tensor:
-    edges, x = group.edges, group.x
-    batch, _, height, width = x.shape
-
-    def project(name: str) -> Tensor:  # (N*E, M, H*W)
-        out = conv2d(x, [getattr(m, name) for m in modules], edges)
-        return out.reshape(batch * edges, -1, height * width)
-
-    features = project("conv_a")
-    maps = torch.softmax(project("conv_b"), dim=-1)
-    vectors = torch.softmax(project("conv_v"), dim=1)
-    descriptors = torch.bmm(features, maps.transpose(1, 2))
-    distributed = torch.bmm(descriptors, vectors).reshape(batch, -1, height, width)
-    return x + conv2d(distributed, [m.conv_out for m in modules], edges)
-
-
-def _masked(mask_of: Callable[[Modules, Group], Tensor]) -> Callable[[Modules, Group], Tensor]:
-    def run(modules: Modules, group: Group) -> Tensor:
-        return (group.split(group.x) * mask_of(modules, group)).flatten(1, 2)
-    return run
-
-
-# ---------------------------------------------------------------------------------------------
 # Dispatch: exact module type -> grouped implementation
 
 
-_MASKS: dict[type, Callable[[Modules, Group], Tensor]] = {
-    SqueezeExcitation: _squeeze_excitation_mask,
-    GatherExcite: _gather_excite_mask,
-    BottleneckAttention: _bottleneck_mask,
-    ConvBlockAttention: _cbam_mask,
-}
-
 _FORWARDS: dict[type, Callable[[Modules, Group], Tensor]] = {
     nn.Identity: _identity,
-    IdentityAttention: _identity,
     Zero: _per_channel,
     nn.MaxPool2d: _per_channel,
     nn.AvgPool2d: _per_channel,
     FactorizedReduce: _factorized_reduce,
-    SqueezeExcitation: _masked(_squeeze_excitation_mask),
-    GatherExcite: _masked(_gather_excite_mask),
-    BottleneckAttention: _masked(_bottleneck_mask),
-    ConvBlockAttention: _cbam,
-    DoubleAttention: _double_attention,
 }
+
+
+def _rule(kind: type, name: str) -> Callable[[Modules, Group], Tensor] | None:
+    """The grouped implementation `name` ("grouped_forward", "grouped_mask") that the class
+    itself declares (not one inherited: a subclass may compute something else)."""
+    return getattr(kind, name) if name in vars(kind) else None
+
 
 def _groupable(module: nn.Module) -> bool:
     kind = type(module)
     if isinstance(module, nn.Sequential) and kind.forward is nn.Sequential.forward:
         return len(module) > 0 and _sequential_groupable(module)
-    if kind not in _FORWARDS:
+    if kind not in _FORWARDS and _rule(kind, "grouped_forward") is None:
         return False
     # the layers inside (their Linears see pooled (N, C) vectors) must be the plain ones, e.g. no
     # SyncBatchNorm after convert_sync_batchnorm
@@ -369,13 +277,22 @@ def forward(modules: Modules, group: Group) -> Tensor:
         return _each(modules, group)
     if isinstance(first, nn.Sequential):
         return _sequential(modules, group)
-    return _FORWARDS[type(first)](modules, group)
+    return (_FORWARDS.get(type(first)) or _rule(type(first), "grouped_forward"))(modules, group)
 
 
 def mask(modules: Modules, group: Group) -> Tensor:
     """The masks of masking attentions `modules` on `group`: ``(N, E, c, h, w)``."""
     first = modules[0]
-    if type(first) in _MASKS and _groupable(first):
-        return _MASKS[type(first)](modules, group)
+    rule = _rule(type(first), "grouped_mask")
+    if rule is not None and _groupable(first):
+        return rule(modules, group)
     chunks = group.split(group.x).unbind(1)
     return torch.stack([module.mask(chunk) for module, chunk in zip(modules, chunks)], dim=1)
+
+
+def masked(mask_of: Callable[[Modules, Group], Tensor]) -> Callable[[Modules, Group], Tensor]:
+    """A masking attention's grouped forward from its grouped mask: x * mask(x)."""
+
+    def run(modules: Modules, group: Group) -> Tensor:
+        return (group.split(group.x) * mask_of(modules, group)).flatten(1, 2)
+    return run

@@ -1,22 +1,18 @@
-"""Every torch layer of attdarts: candidate operations, attention modules, cell preprocessing.
+"""The DARTS candidate operations and cell preprocessing, as torch layers.
 
-Two registries map DSL names to factories (STYLE.md section 5):
+The catalog (`attdarts.language.catalog`) names each factory below by its dotted path, and
+`attdarts.networks.registry` imports it on demand (STYLE.md section 5). Two signatures:
 
-- `OPERATIONS`: ``factory(channels, stride, *, affine=True, pool_bn=False) -> nn.Module``.
+- operations: ``factory(channels, stride, *, affine=True, pool_bn=False) -> nn.Module``.
   Operations are built as DARTS builds them (REFERENCE.md, "Operations and network skeleton"):
   convolutions have no bias, BN is affine in the discrete network and not in the supernet.
   `pool_bn=True` follows each pooling with a BatchNorm, as DARTS's MixedOp does in the supernet;
   the other operations accept and ignore it so the supernet can pass one set of keywords to all.
-- `ATTENTIONS`: ``factory(channels, *, spatial, **hyperparameters) -> nn.Module``. `spatial` is the
-  height (= width) of the map the module will see; only GE-theta+ needs it (its depthwise kernel
-  spans the whole map). Hidden widths are ``max(1, channels // reduction)`` so tiny test networks
-  work (the authors' code builds zero-width layers below 16 channels).
-
-Attention modules come in two kinds (paper Eq. 15-17). Masking modules (identity, se,
-ge_theta_plus, bam, cbam) have ``mask(x)``, a tensor broadcastable to `x`, and return
-``x * mask(x)``; the supernet's Att-DARTS-P mixes them as ``exp(sum_a t_a log mask_a(h)) * h``
-(Eq. 17). The double-attention block adds instead of masking (``adds_residual = True``, no `mask`),
-which is why Eq. 17 excludes it.
+- attentions (in `attdarts.networks.attentions`): ``factory(channels, *, spatial,
+  **hyperparameters) -> nn.Module``. `spatial` is the height (= width) of the map the module will
+  see; only GE-theta+ needs it (its depthwise kernel spans the whole map). Hidden widths are
+  ``max(1, channels // reduction)`` (`hidden_width`) so tiny test networks work (the authors'
+  code builds zero-width layers below 16 channels).
 
 Forward passes avoid host synchronisation and data-dependent Python branches, use `reshape` /
 `flatten` rather than `view`, and work in channels_last and under bf16 autocast.
@@ -28,29 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attdarts.networks.registry import Registry
-
 __all__ = [
-    "ATTENTIONS",
-    "OPERATIONS",
-    "BottleneckAttention",
-    "ConvBlockAttention",
     "DilatedConv",
-    "DoubleAttention",
     "FactorizedReduce",
-    "GatherExcite",
-    "IdentityAttention",
-    "MaskingAttention",
     "ReLUConvBN",
     "SeparableConv",
-    "SqueezeExcitation",
     "Zero",
     "hidden_width",
     "preprocess_inputs",
 ]
 
-OPERATIONS: Registry = Registry("operation")
-ATTENTIONS: Registry = Registry("attention")
 
 
 def hidden_width(channels: int, reduction: int) -> int:
@@ -193,13 +176,11 @@ def _pool(pool: nn.Module, channels: int, affine: bool, pool_bn: bool) -> nn.Mod
     return pool
 
 
-@OPERATIONS.register("none")
 def none(channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False) -> nn.Module:
     """Zeros; lets the supernet learn that an edge is absent. Never chosen at derivation."""
     return Zero(stride)
 
 
-@OPERATIONS.register("max_pool_3x3")
 def max_pool_3x3(
     channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
 ) -> nn.Module:
@@ -207,7 +188,6 @@ def max_pool_3x3(
     return _pool(nn.MaxPool2d(3, stride=stride, padding=1), channels, affine, pool_bn)
 
 
-@OPERATIONS.register("avg_pool_3x3")
 def avg_pool_3x3(
     channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
 ) -> nn.Module:
@@ -216,7 +196,6 @@ def avg_pool_3x3(
     return _pool(pool, channels, affine, pool_bn)
 
 
-@OPERATIONS.register("skip_connect")
 def skip_connect(
     channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
 ) -> nn.Module:
@@ -226,39 +205,36 @@ def skip_connect(
     return FactorizedReduce(channels, channels, affine=affine)
 
 
-def _register_separable(kernel: int) -> None:
-    name = f"sep_conv_{kernel}x{kernel}"
-
+def _separable(kernel: int):
     def factory(
         channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
     ) -> nn.Module:
         return SeparableConv(channels, channels, kernel, stride, affine=affine)
 
-    factory.__name__ = name
+    factory.__name__ = factory.__qualname__ = f"sep_conv_{kernel}x{kernel}"
     factory.__doc__ = f"Two stacked ReLU-depthwise {kernel}x{kernel}-pointwise-BN blocks (DARTS)."
-    OPERATIONS.register(name)(factory)
+    return factory
 
 
-def _register_dilated(kernel: int) -> None:
-    name = f"dil_conv_{kernel}x{kernel}"
-
+def _dilated(kernel: int):
     def factory(
         channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
     ) -> nn.Module:
         return DilatedConv(channels, channels, kernel, stride, affine=affine)
 
-    factory.__name__ = name
+    factory.__name__ = factory.__qualname__ = f"dil_conv_{kernel}x{kernel}"
     factory.__doc__ = f"ReLU, depthwise {kernel}x{kernel} dilation 2, pointwise, BN (DARTS)."
-    OPERATIONS.register(name)(factory)
+    return factory
 
 
-for _kernel in (3, 5, 7):
-    _register_separable(_kernel)
-for _kernel in (3, 5):
-    _register_dilated(_kernel)
+# module attributes, so that the catalog's factory paths name them
+sep_conv_3x3 = _separable(3)
+sep_conv_5x5 = _separable(5)
+sep_conv_7x7 = _separable(7)
+dil_conv_3x3 = _dilated(3)
+dil_conv_5x5 = _dilated(5)
 
 
-@OPERATIONS.register("conv_7x1_1x7")
 def conv_7x1_1x7(
     channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
 ) -> nn.Module:
@@ -271,228 +247,16 @@ def conv_7x1_1x7(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Attention modules
-# ---------------------------------------------------------------------------------------------
+_MOVED = frozenset({
+    "BottleneckAttention", "ConvBlockAttention", "DoubleAttention", "GatherExcite",
+    "IdentityAttention", "MaskingAttention", "SqueezeExcitation",
+})
 
 
-class MaskingAttention(nn.Module):
-    """An attention module of the form x * mask(x) (paper Eq. 15).
+def __getattr__(name: str):
+    """Attention classes moved to `attentions`; old imports still resolve (remove after #12)."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-    Subclasses implement `mask`; Att-DARTS-P (Eq. 17) calls it directly to mix masks in log space.
-    """
-
-    adds_residual = False
-
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.mask(x)
-
-
-class IdentityAttention(MaskingAttention):
-    """No attention: the mask is all ones (log mask = 0 in Eq. 17), the output is `x` itself."""
-
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_ones((1, 1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-class SqueezeExcitation(MaskingAttention):
-    """SE (Hu et al. 2018): channel mask sigmoid(W2 relu(W1 avgpool(x))), linears without bias."""
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        hidden = hidden_width(channels, reduction)
-        self.fc_1 = nn.Linear(channels, hidden, bias=False)
-        self.relu = nn.ReLU(inplace=False)
-        self.fc_2 = nn.Linear(hidden, channels, bias=False)
-
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
-        squeezed = x.mean(dim=(2, 3))  # (batch, channels)
-        excited = self.fc_2(self.relu(self.fc_1(squeezed)))
-        return torch.sigmoid(excited)[:, :, None, None]  # (batch, channels, 1, 1)
-
-
-class GatherExcite(MaskingAttention):
-    """GE-theta+ (Hu et al. 2018): a global depthwise conv gathers, an SE-like 1x1 MLP excites.
-
-    The depthwise kernel spans the whole feature map, so the module is built for one spatial size
-    (`spatial`); a larger map gives a larger gathered map, which is resized back to the input.
-    """
-
-    def __init__(self, channels: int, spatial: int, reduction: int = 16) -> None:
-        super().__init__()
-        hidden = hidden_width(channels, reduction)
-        self.gather = nn.Conv2d(channels, channels, spatial, groups=channels, bias=False)
-        self.bn = nn.BatchNorm2d(channels)
-        self.conv_1 = nn.Conv2d(channels, hidden, 1, bias=False)
-        self.relu = nn.ReLU(inplace=False)
-        self.conv_2 = nn.Conv2d(hidden, channels, 1, bias=False)
-
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
-        gathered = self.conv_2(self.relu(self.conv_1(self.bn(self.gather(x)))))
-        if gathered.shape[-2:] != (1, 1):  # static shape: a 1x1 map broadcasts as it is
-            gathered = F.interpolate(gathered, size=x.shape[-2:], mode="nearest")
-        return torch.sigmoid(gathered)
-
-
-class BottleneckAttention(MaskingAttention):
-    """BAM (Park et al. 2018): mask 1 + sigmoid(combine(channel gate, spatial gate)).
-
-    The paper (and the BAM paper) combine the gates by sum; the authors' code (and BAM's own code)
-    by product. `combine` picks one; the parameters are identical. All linears and convolutions
-    have biases.
-    """
-
-    def __init__(
-        self, channels: int, reduction: int = 16, dilation: int = 4, combine: str = "sum"
-    ) -> None:
-        super().__init__()
-        if combine not in ("sum", "product"):
-            raise ValueError(f"bam: combine must be 'sum' or 'product', not {combine!r}")
-        self.product = combine == "product"
-        hidden = hidden_width(channels, reduction)
-        self.channel_gate = nn.Sequential(
-            nn.Linear(channels, hidden),
-            nn.BatchNorm1d(hidden),
-            nn.ReLU(inplace=False),
-            nn.Linear(hidden, channels),
-        )
-        layers: list[nn.Module] = [
-            nn.Conv2d(channels, hidden, 1),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=False),
-        ]
-        for _ in range(2):
-            layers += [
-                nn.Conv2d(hidden, hidden, 3, padding=dilation, dilation=dilation),
-                nn.BatchNorm2d(hidden),
-                nn.ReLU(inplace=False),
-            ]
-        layers.append(nn.Conv2d(hidden, 1, 1))
-        self.spatial_gate = nn.Sequential(*layers)
-
-    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Channel gate (batch, C, 1, 1) and spatial gate (batch, 1, H, W), before the sigmoid."""
-        channel = self.channel_gate(x.mean(dim=(2, 3)))[:, :, None, None]
-        return channel, self.spatial_gate(x)
-
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
-        channel, spatial = self.gates(x)
-        combined = channel * spatial if self.product else channel + spatial
-        return 1.0 + torch.sigmoid(combined)
-
-    def extra_repr(self) -> str:
-        return f"combine={'product' if self.product else 'sum'}"
-
-
-class ConvBlockAttention(MaskingAttention):
-    """CBAM (Woo et al. 2018): channel gate (avg + max pooled, shared MLP), then a 7x7 spatial gate.
-
-    The spatial gate sees the channel-gated map; the total mask is channel * spatial. The MLP has
-    biases, the 7x7 conv none, its BN momentum 0.01 (as CBAM's code).
-    """
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        hidden = hidden_width(channels, reduction)
-        self.mlp = nn.Sequential(
-            nn.Linear(channels, hidden),
-            nn.ReLU(inplace=False),
-            nn.Linear(hidden, channels),
-        )
-        self.spatial_conv = nn.Conv2d(2, 1, 7, padding=3, bias=False)
-        self.spatial_bn = nn.BatchNorm2d(1, momentum=0.01)
-
-    def channel_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """sigmoid(MLP(avgpool x) + MLP(maxpool x)), shaped (batch, C, 1, 1)."""
-        pooled = self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3)))
-        return torch.sigmoid(pooled)[:, :, None, None]
-
-    def spatial_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """sigmoid(BN(conv7x7([max over channels, mean over channels]))), (batch, 1, H, W)."""
-        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.spatial_bn(self.spatial_conv(pooled)))
-
-    def mask(self, x: torch.Tensor) -> torch.Tensor:
-        channel = self.channel_mask(x)
-        return channel * self.spatial_mask(x * channel)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same as x * mask(x), reusing the channel-gated map instead of forming the full mask.
-        gated = x * self.channel_mask(x)
-        return gated * self.spatial_mask(gated)
-
-
-class DoubleAttention(nn.Module):
-    """A^2 block (Chen et al. 2018): gather with attention maps, distribute with attention vectors.
-
-    A = conv_a(x) (M channels); B = softmax over positions of conv_b(x), V = softmax over channels
-    of conv_v(x) (N channels each); G = A B^T, Z = G V; output x + conv_out(Z). It adds, so it has
-    no mask (excluded from Att-DARTS-P, Eq. 17). All four 1x1 convolutions have biases.
-    """
-
-    adds_residual = True
-
-    def __init__(self, channels: int, reduction: int = 4) -> None:
-        super().__init__()
-        width = hidden_width(channels, reduction)  # M = N = C / 4 in the paper
-        self.conv_a = nn.Conv2d(channels, width, 1)
-        self.conv_b = nn.Conv2d(channels, width, 1)
-        self.conv_v = nn.Conv2d(channels, width, 1)
-        self.conv_out = nn.Conv2d(width, channels, 1)
-
-    def attend(self, x: torch.Tensor) -> torch.Tensor:
-        """The branch added to `x`: conv_out(Z), shaped like `x`."""
-        batch, _, height, width = x.shape
-        features = self.conv_a(x).flatten(2)  # (batch, M, H*W)
-        maps = torch.softmax(self.conv_b(x).flatten(2), dim=-1)  # (batch, N, H*W)
-        vectors = torch.softmax(self.conv_v(x).flatten(2), dim=1)  # (batch, N, H*W)
-        descriptors = torch.bmm(features, maps.transpose(1, 2))  # (batch, M, N)
-        distributed = torch.bmm(descriptors, vectors)  # (batch, M, H*W)
-        return self.conv_out(distributed.reshape(batch, -1, height, width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.attend(x)
-
-
-@ATTENTIONS.register("identity")
-def identity(channels: int, *, spatial: int) -> nn.Module:
-    """No attention (the candidate that lets the search keep an edge unchanged)."""
-    return IdentityAttention()
-
-
-@ATTENTIONS.register("se")
-def se(channels: int, *, spatial: int, reduction: int = 16) -> nn.Module:
-    """Squeeze-and-excitation, Hu et al. 2018 (r = 16)."""
-    return SqueezeExcitation(channels, reduction=reduction)
-
-
-@ATTENTIONS.register("ge_theta_plus")
-def ge_theta_plus(channels: int, *, spatial: int, reduction: int = 16) -> nn.Module:
-    """Gather-excite GE-theta+, Hu et al. 2018: global depthwise gather of size `spatial`."""
-    return GatherExcite(channels, spatial, reduction=reduction)
-
-
-@ATTENTIONS.register("bam")
-def bam(
-    channels: int, *, spatial: int, reduction: int = 16, dilation: int = 4, combine: str = "sum"
-) -> nn.Module:
-    """Bottleneck attention module, Park et al. 2018 (r = 16, d = 4; combine sum as the paper)."""
-    return BottleneckAttention(channels, reduction=reduction, dilation=dilation, combine=combine)
-
-
-@ATTENTIONS.register("cbam")
-def cbam(channels: int, *, spatial: int, reduction: int = 16) -> nn.Module:
-    """Convolutional block attention module, Woo et al. 2018 (r = 16)."""
-    return ConvBlockAttention(channels, reduction=reduction)
-
-
-@ATTENTIONS.register("double_attention")
-def double_attention(channels: int, *, spatial: int, reduction: int = 4) -> nn.Module:
-    """Double-attention (A^2) block, Chen et al. 2018 (M = N = C / 4)."""
-    return DoubleAttention(channels, reduction=reduction)
+    return getattr(importlib.import_module("attdarts.networks.attentions"), name)

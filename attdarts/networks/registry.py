@@ -1,30 +1,36 @@
-"""A name -> factory table, one per kind of layer (operations, attention modules).
+"""Name -> torch factory, read from the catalog: the catalog is the registry.
 
-The key is exactly the DSL token, so a genotype's `sep_conv_3x3` and the registry entry are the same
-string. Registration order is kept for listings only: candidate order in a search comes from the
-search-space declaration, never from here (STYLE.md section 5). This module imports no torch, so
-front-end code may ask what is registered without paying for it.
+Each `catalog.Entry` names its factory as a dotted path ("package.module:function"); this module
+imports it the first time a network asks for the name, so the front end never loads torch and a
+plug-in adds an operation or attention with one `catalog.register(Entry(...))`. The key is
+exactly the DSL token. Candidate order in a search comes from the search-space declaration,
+never from here (STYLE.md section 5).
+
+Signatures, one per kind:
+- operation: ``factory(channels, stride, *, affine=True, pool_bn=False, **kwargs)``
+- attention: ``factory(channels, *, spatial, **kwargs)``
 """
 
 from __future__ import annotations
 
-import difflib
+import importlib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
 
-# one error for a name registered twice, here and in the catalog
-from attdarts.language.catalog import DuplicateNameError
+from attdarts.language import catalog, ir
+from attdarts.language.catalog import DuplicateNameError  # noqa: F401 - one error, re-exported
+from attdarts.language.errors import close_names
 
-__all__ = ["DuplicateNameError", "Registry", "UnknownNameError"]
-
-FactoryT = TypeVar("FactoryT", bound=Callable[..., object])
+__all__ = [
+    "ATTENTIONS", "OPERATIONS", "DuplicateNameError", "Factories", "UnknownNameError",
+    "build_attention", "build_operation", "resolve",
+]
 
 
 class UnknownNameError(KeyError):
     """A registry miss; the message names the closest registered names.
 
-    A `KeyError`, so `name in registry` style code and plain `except KeyError` both work, but with a
-    readable `str()` (KeyError's own quotes its argument).
+    A `KeyError`, so plain `except KeyError` works, but with a readable `str()` (KeyError's own
+    quotes its argument).
     """
 
     def __init__(self, kind: str, name: str, suggestions: tuple[str, ...]) -> None:
@@ -41,50 +47,59 @@ class UnknownNameError(KeyError):
         return message
 
 
-class Registry(Generic[FactoryT]):
-    """Name -> factory function, filled with the `register(name)` decorator.
+_RESOLVED: dict[str, Callable[..., object]] = {}
 
-    Every factory of one registry shares one signature (the registry's `kind` documents which);
-    `get` raises `UnknownNameError` with did-you-mean suggestions on a miss.
-    """
 
-    def __init__(self, kind: str) -> None:
+def resolve(path: str) -> Callable[..., object]:
+    """Import the factory a dotted path "package.module:attribute" names (cached)."""
+    factory = _RESOLVED.get(path)
+    if factory is None:
+        module, _, attribute = path.partition(":")
+        factory = getattr(importlib.import_module(module), attribute)
+        _RESOLVED[path] = factory
+    return factory
+
+
+class Factories:
+    """The factories of one catalog table ("operation" or "attention"), looked up by name."""
+
+    def __init__(self, kind: str, table: dict[str, catalog.Entry]) -> None:
         self.kind = kind
-        self._factories: dict[str, FactoryT] = {}
+        self._table = table
 
-    def register(self, name: str) -> Callable[[FactoryT], FactoryT]:
-        """Decorator: file the decorated factory under `name` and return it unchanged."""
-        if name in self._factories:
-            raise DuplicateNameError(f"{self.kind} {name!r} is already registered")
-
-        def decorate(factory: FactoryT) -> FactoryT:
-            if name in self._factories:
-                raise DuplicateNameError(f"{self.kind} {name!r} is already registered")
-            self._factories[name] = factory
-            return factory
-
-        return decorate
-
-    def get(self, name: str) -> FactoryT:
-        """The factory registered as `name`, or `UnknownNameError` naming the closest ones."""
-        try:
-            return self._factories[name]
-        except KeyError:
-            suggestions = tuple(difflib.get_close_matches(name, self._factories, n=3))
-            raise UnknownNameError(self.kind, name, suggestions) from None
+    def get(self, name: str) -> Callable[..., object]:
+        """The factory of `name`, or `UnknownNameError` naming the closest names."""
+        entry = self._table.get(name)
+        if entry is None:
+            raise UnknownNameError(self.kind, name, tuple(close_names(name, self._table)))
+        return resolve(entry.factory)
 
     def names(self) -> tuple[str, ...]:
-        """Registered names in registration order."""
-        return tuple(self._factories)
+        """Catalog names in catalog order."""
+        return tuple(self._table)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._factories
+        return name in self._table
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._factories)
+        return iter(self._table)
 
     def __len__(self) -> int:
-        return len(self._factories)
+        return len(self._table)
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, names={list(self._factories)})"
+        return f"Factories({self.kind!r}, names={list(self._table)})"
+
+
+OPERATIONS = Factories("operation", catalog.OPERATIONS)
+ATTENTIONS = Factories("attention", catalog.ATTENTIONS)
+
+
+def build_operation(call: ir.Call, channels: int, stride: int, **options: object):
+    """The operation module of `call` (options: `affine`, `pool_bn`)."""
+    return OPERATIONS.get(call.name)(channels, stride, **options, **call.kwargs_dict())
+
+
+def build_attention(call: ir.Call, channels: int, spatial: int):
+    """The attention module of `call`, built for a `spatial` x `spatial` map."""
+    return ATTENTIONS.get(call.name)(channels, spatial=spatial, **call.kwargs_dict())

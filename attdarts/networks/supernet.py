@@ -16,16 +16,9 @@ optimisers take (SGD for w, Adam for alpha/beta/gamma, Eq. 12-13). Per cell type
   10); for `double_mixed` the second mixture, over the same columns as alpha;
 - gamma (1 x attentions): the attention mixture on the cell's concatenated output (`end`).
 
-Attention locations (the authors' one knob, REFERENCE.md "Attention locations"):
-
-| location | edge | cell output |
-|---|---|---|
-| after_every (paper) | op mixture (alpha) -> attention mixture (beta) | - |
-| end | op mixture | attention mixture (gamma) |
-| after_every_and_end | both | both |
-| mixed_with_operation | one mixture over ops + attentions (alpha); at stride 2 an attention is preceded by a factorized reduce | - |
-| double_mixed | that mixture (alpha), then the same candidates at stride 1 (beta) | - |
-| no_attention | op mixture (plain DARTS) | - |
+Attention locations (which mixtures an edge and a cell output have) are `Location` objects in
+`attdarts.language.locations`, with their table; a cell asks `space.location_spec`. At stride 2
+a mixed location's attention is preceded by a factorized reduce.
 
 Mixing of an attention mixture: `sum` (Att-DARTS-S, Eq. 10) is the weighted sum of the modules'
 outputs; `product` (Att-DARTS-P, Eq. 17) is ``exp(sum_a t_a log mask_a(h)) * h`` with each module's
@@ -51,12 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attdarts import recipes
 from attdarts.language import ir
-from attdarts.language import catalog
+from attdarts.language.ir import CELL_KINDS  # noqa: F401 - runs/search/loop.py imports it from here
 from attdarts.networks import grouping as grouped
-from attdarts.networks.operations import (
-    ATTENTIONS, OPERATIONS, FactorizedReduce, IdentityAttention, Zero, preprocess_inputs,
+from attdarts.networks.mixtures import (  # noqa: F401 - MASK_FLOOR re-exported
+    MASK_FLOOR, MixedAttention, MixedOperation, mix_attentions_grouped, mix_operations_grouped,
 )
+from attdarts.networks.operations import (
+    FactorizedReduce, preprocess_inputs,
+)
+from attdarts.networks.registry import build_attention, build_operation
 from attdarts.networks.stacking import STEM_MULTIPLIER, halve, stack_cells
 
 __all__ = [
@@ -73,15 +71,7 @@ __all__ = [
     "edge_names",
 ]
 
-MASK_FLOOR = 1e-6  # masks are clamped to at least this before log (Eq. 17)
 ARCHITECTURE_PREFIX = "arch."
-CELL_KINDS = ("normal", "reduce")
-MIXED_LOCATIONS = frozenset({"mixed_with_operation", "double_mixed"})
-# locations whose cells can run edge groups (`SearchCell.forward_grouped`)
-GROUPED_LOCATIONS = frozenset({"after_every", "end", "after_every_and_end", "no_attention"})
-EDGE_ATTENTION_LOCATIONS = frozenset({"after_every", "after_every_and_end"})
-OUTPUT_ATTENTION_LOCATIONS = frozenset({"end", "after_every_and_end"})
-
 Init = Literal["zeros", "randn"]
 
 
@@ -96,119 +86,7 @@ def edge_names(nodes: int) -> list[str]:
 
 def column_names(space: ir.Space) -> dict[str, list[str]]:
     """Candidate names labelling the columns of alpha, beta and gamma (those the space has)."""
-    operations = [call.name for call in space.operations]
-    attentions = [call.name for call in space.attentions]
-    location = space.location
-    if location == "no_attention":
-        return {"alpha": operations}
-    if location == "mixed_with_operation":
-        return {"alpha": operations + attentions}
-    if location == "double_mixed":
-        return {"alpha": operations + attentions, "beta": operations + attentions}
-    columns = {"alpha": operations}
-    if location in EDGE_ATTENTION_LOCATIONS:
-        columns["beta"] = attentions
-    if location in OUTPUT_ATTENTION_LOCATIONS:
-        columns["gamma"] = attentions
-    return columns
-
-
-# ---------------------------------------------------------------------------------------------
-# Mixtures
-
-
-class MixedOperation(nn.Module):
-    """Eq. 9: ``sum_o s_o o(x)`` over the candidates (operations, or operations + attentions)."""
-
-    def __init__(self, candidates: list[nn.Module]) -> None:
-        super().__init__()
-        self.candidates = nn.ModuleList(candidates)
-        active = tuple(i for i, module in enumerate(candidates) if not isinstance(module, Zero))
-        # an all-`none` mixture still needs an output of the right shape
-        self.active = active or (0,)
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = None
-        for index in self.active:
-            term = weights[index] * self.candidates[index](x)
-            out = term if out is None else out + term
-        return out
-
-
-class MixedAttention(nn.Module):
-    """An attention mixture: Eq. 10 (`sum`) or Eq. 17 (`product`, masks mixed in log space)."""
-
-    def __init__(self, modules: list[nn.Module], mixing: str) -> None:
-        super().__init__()
-        if mixing not in ("sum", "product"):
-            raise ValueError(f"unknown mixing {mixing!r}; expected 'sum' or 'product'")
-        self.candidates = nn.ModuleList(modules)
-        self.product = mixing == "product"
-        if self.product:
-            for module in modules:
-                if getattr(module, "adds_residual", False) or not hasattr(module, "mask"):
-                    raise ValueError(
-                        f"mixing 'product' (Eq. 17) needs masking attentions; "
-                        f"{type(module).__name__} adds to its input instead")
-            # the identity's mask is 1 and its log 0: it adds nothing to the exponent
-            self.masked = tuple(
-                i for i, module in enumerate(modules) if not isinstance(module, IdentityAttention))
-
-    def forward(self, h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        if self.product:
-            exponent = None
-            for index in self.masked:
-                mask = self.candidates[index].mask(h).clamp_min(MASK_FLOOR)
-                term = weights[index] * torch.log(mask)
-                exponent = term if exponent is None else exponent + term
-            return h if exponent is None else h * torch.exp(exponent)
-        out = None
-        for index, module in enumerate(self.candidates):
-            term = weights[index] * module(h)
-            out = term if out is None else out + term
-        return out
-
-
-def _column(weights: torch.Tensor, index: int, like: torch.Tensor) -> torch.Tensor:
-    """Column `index` of an (E, K) weight matrix, shaped to scale the (N, E, C, H, W) map `like`
-    and in its dtype: the plain path's 0-dim weight does not promote a bf16 map either."""
-    return weights[:, index].reshape(1, -1, 1, 1, 1).to(like.dtype)
-
-
-def mix_operations_grouped(
-    mixtures: list[MixedOperation], group: grouped.Group, weights: torch.Tensor
-) -> torch.Tensor:
-    """Eq. 9 on E edges at once: `weights` is (E, K); returns (N, E, C, H', W')."""
-    total = None
-    for index in mixtures[0].active:
-        candidates = [mixture.candidates[index] for mixture in mixtures]
-        out = group.split(grouped.forward(candidates, group))
-        term = out * _column(weights, index, out)
-        total = term if total is None else total + term
-    return total
-
-
-def mix_attentions_grouped(
-    mixtures: list[MixedAttention], group: grouped.Group, weights: torch.Tensor
-) -> torch.Tensor:
-    """Eq. 10 (`sum`) or Eq. 17 (`product`) on E edges at once; returns (N, E, C, H, W)."""
-    first = mixtures[0]
-    if first.product:
-        exponent = None
-        for index in first.masked:
-            candidates = [mixture.candidates[index] for mixture in mixtures]
-            log_mask = torch.log(grouped.mask(candidates, group).clamp_min(MASK_FLOOR))
-            term = _column(weights, index, log_mask) * log_mask
-            exponent = term if exponent is None else exponent + term
-        h = group.split(group.x)
-        return h if exponent is None else h * torch.exp(exponent)
-    total = None
-    for index in range(len(first.candidates)):
-        candidates = [mixture.candidates[index] for mixture in mixtures]
-        out = group.split(grouped.forward(candidates, group))
-        term = out * _column(weights, index, out)
-        total = term if total is None else total + term
-    return total
+    return space.location_spec.columns(space)
 
 
 class SearchEdge(nn.Module):
@@ -237,12 +115,11 @@ class SearchEdge(nn.Module):
 
 
 def _operation(call: ir.Call, channels: int, stride: int) -> nn.Module:
-    return OPERATIONS.get(call.name)(
-        channels, stride, affine=False, pool_bn=True, **call.kwargs_dict())
+    return build_operation(call, channels, stride, affine=False, pool_bn=True)
 
 
 def _attention(call: ir.Call, channels: int, spatial: int) -> nn.Module:
-    return ATTENTIONS.get(call.name)(channels, spatial=spatial, **call.kwargs_dict())
+    return build_attention(call, channels, spatial)
 
 
 def _mixed_candidates(space: ir.Space, channels: int, stride: int, spatial: int) -> list[nn.Module]:
@@ -275,13 +152,13 @@ class SearchCell(nn.Module):
     ) -> None:
         super().__init__()
         self.reduction = reduction
-        self.kind_index = CELL_KINDS.index("reduce" if reduction else "normal")
+        self.kind_index = ir.CELL_KINDS.index("reduce" if reduction else "normal")
         self.spatial_out = halve(spatial_in) if reduction else spatial_in
         self.preprocess0, self.preprocess1 = preprocess_inputs(
             channels_prev_prev, channels_prev, channels, reduction_prev=reduction_prev,
             affine=False)
 
-        location = space.location
+        location = space.location_spec
         edges = []
         for node in range(space.nodes):
             for input_index in range(2 + node):
@@ -302,26 +179,26 @@ class SearchCell(nn.Module):
         )
         for k, wave in enumerate(self.waves):  # indices into alpha / beta rows, on the device
             self.register_buffer(f"wave_{k}", torch.tensor(wave), persistent=False)
-        self.groupable = location in GROUPED_LOCATIONS
+        self.groupable = location.groupable
         self.grouped = False  # set through `Supernet.set_grouped`
         self.channels_out = channels * space.nodes
         self.output_attention: MixedAttention | None = None
-        if location in OUTPUT_ATTENTION_LOCATIONS:
+        if location.output_attention:
             self.output_attention = MixedAttention(
                 [_attention(call, self.channels_out, self.spatial_out) for call in space.attentions],
                 space.mixing)
 
     def _edge(self, space: ir.Space, channels: int, stride: int, input_index: int) -> SearchEdge:
-        location = space.location
-        if location in MIXED_LOCATIONS:
+        location = space.location_spec
+        if location.mixes_operations_and_attentions:
             first = MixedOperation(_mixed_candidates(space, channels, stride, self.spatial_out))
             then: nn.Module | None = None
-            if location == "double_mixed":
+            if location.then is not None:  # double_mixed: the same candidates again, at stride 1
                 then = MixedOperation(_mixed_candidates(space, channels, 1, self.spatial_out))
             return SearchEdge(first, then, input_index)
         first = MixedOperation([_operation(call, channels, stride) for call in space.operations])
         then = None
-        if location in EDGE_ATTENTION_LOCATIONS:
+        if location.then is not None:
             then = MixedAttention(
                 [_attention(call, channels, self.spatial_out) for call in space.attentions],
                 space.mixing)
@@ -397,7 +274,7 @@ class SearchCell(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        kind = CELL_KINDS[self.kind_index]
+        kind = ir.CELL_KINDS[self.kind_index]
         return f"{kind}, channels_out={self.channels_out}, spatial_out={self.spatial_out}"
 
 
@@ -418,7 +295,7 @@ class Architecture(nn.Module):
             raise ValueError(f"unknown architecture init {init!r}; expected 'zeros' or 'randn'")
         self.kinds = tuple(shapes)  # ("alpha", "beta", "gamma") subset, in that order
         for kind, shape in shapes.items():
-            for cell in CELL_KINDS:
+            for cell in ir.CELL_KINDS:
                 value = torch.zeros(shape) if init == "zeros" else 1e-3 * torch.randn(shape)
                 self.register_parameter(f"{kind}_{cell}", nn.Parameter(value))
 
@@ -428,7 +305,7 @@ class Architecture(nn.Module):
     def mixture_weights(self) -> list[tuple[torch.Tensor | None, ...]]:
         """Softmaxed (alpha, beta, gamma) per cell type, indexed by `SearchCell.kind_index`."""
         weights = []
-        for cell in CELL_KINDS:
+        for cell in ir.CELL_KINDS:
             weights.append(tuple(
                 F.softmax(self.tensor(kind, cell), dim=-1) if kind in self.kinds else None
                 for kind in ("alpha", "beta", "gamma")))
@@ -451,7 +328,6 @@ class Supernet(nn.Module):
         grouped: bool = False,
     ) -> None:
         super().__init__()
-        _check_space(space)
         self.space = space
         self.channels = channels
         self.layers = layers
@@ -525,30 +401,14 @@ class Supernet(nn.Module):
     def architecture_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
         """Raw (pre-softmax) parameters: ``{"normal": {"alpha": T, ...}, "reduce": {...}}``."""
         return {cell: {kind: self.arch.tensor(kind, cell).detach() for kind in self.arch.kinds}
-                for cell in CELL_KINDS}
-
-
-def _check_space(space: ir.Space) -> None:
-    location = space.location
-    if location != "no_attention" and not space.attentions:
-        raise ValueError(f"location '{location}' needs at least one attention")
-    if space.mixing == "product":
-        if location in MIXED_LOCATIONS:
-            raise ValueError(
-                f"mixing 'product' (Eq. 17) mixes attention masks; location '{location}' mixes "
-                "attentions with operations, which have no mask")
-        additive = [call.name for call in space.attentions
-                    if call.name in catalog.ATTENTIONS and catalog.ATTENTIONS[call.name].additive]
-        if additive:
-            raise ValueError(
-                f"mixing 'product' (Eq. 17) cannot mix '{additive[0]}': it adds rather than masks")
+                for cell in ir.CELL_KINDS}
 
 
 def compile_supernet(
     space: ir.Space,
     *,
-    channels: int = 16,
-    layers: int = 8,
+    channels: int = recipes.SEARCH["paper"]["channels"],
+    layers: int = recipes.SEARCH["paper"]["layers"],
     num_classes: int = 10,
     input_size: int = 32,
     init: Init = "zeros",

@@ -21,6 +21,7 @@ from attdarts.language.errors import DslError
 from attdarts.language.grammar import build_parser
 from attdarts.language.ir import (Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space,
                          derivation_problems)
+from attdarts.language.locations import LOCATIONS
 from attdarts.language.printer import format_document
 from attdarts.language.transform import decode_source, parse_file, parse_text
 
@@ -241,7 +242,9 @@ def genotypes(draw):
 @st.composite
 def spaces(draw):
     mixing = draw(st.sampled_from(catalog.MIXINGS))
-    location = draw(st.sampled_from(catalog.LOCATIONS))
+    # product mixing needs a location whose mixtures hold attentions only (locations.py)
+    location = draw(st.sampled_from(
+        [name for name, spec in LOCATIONS.items() if mixing == "sum" or spec.product_allowed]))
     operations = draw(st.lists(_call(catalog.OPERATIONS), min_size=1, max_size=5, unique=True))
     # derivation needs a candidate other than `none` (refused otherwise, see the test above)
     operations = [c for c in operations if c.name != "none"] or [Call(name="skip_connect")]

@@ -20,8 +20,8 @@ from attdarts.language import catalog
 from attdarts.language.transform import parse_file, parse_text
 from attdarts.networks import grouping as grouped
 from attdarts.networks.network import compile_network
-from attdarts.networks.operations import ATTENTIONS, OPERATIONS
-from attdarts.networks.supernet import GROUPED_LOCATIONS, compile_supernet
+from attdarts.networks.registry import ATTENTIONS, OPERATIONS
+from attdarts.networks.supernet import compile_supernet
 from attdarts.runs.search import Bilevel, SearchConfig, read_config
 from attdarts.runs.train import TrainConfig
 
@@ -388,3 +388,13 @@ def test_search_runs_grouped_by_default_and_plain_on_request(tmp_path):
             "--out", str(out), "--device", "cpu", "--quiet", *flags])
         assert result.exit_code == 0, result.output
         assert read_config(out).grouped is expected
+
+
+@pytest.mark.parametrize("name", ATTENTIONS.names())
+def test_every_paper_attention_declares_its_grouped_rule(name):
+    """The rule lives on the class (attentions.py), so the grouped path never falls back."""
+    module = ATTENTIONS.get(name)(32, spatial=8)
+    assert "grouped_forward" in vars(type(module))
+    assert grouped._groupable(module)
+    if name not in ("identity", "double_attention"):
+        assert "grouped_mask" in vars(type(module))

@@ -15,17 +15,10 @@ import torch
 from torch import nn
 
 from attdarts.language import ir
-from attdarts.networks.network import (
-    CellModule,
-    EdgeModule,
-    compile_network,
-    count_droppable_edges,
-    count_multiply_adds,
-    count_parameters,
-    describe_network,
-    drop_path,
-)
-from attdarts.networks.operations import GatherExcite
+from attdarts.networks.cell import CellModule, EdgeModule, count_droppable_edges, drop_path
+from attdarts.networks.measure import count_multiply_adds, count_parameters, describe_network
+from attdarts.networks.network import compile_network
+from attdarts.networks.attentions import GatherExcite
 from attdarts.networks.stacking import Layer, reduction_indices, stack_cells
 
 ATTENTION_NAMES = {"A2": "double_attention", "CBAM": "cbam", "BAM": "bam", "SE": "se",

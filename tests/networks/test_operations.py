@@ -17,20 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attdarts.networks.operations import (
-    ATTENTIONS,
-    OPERATIONS,
+from attdarts.language import catalog
+from attdarts.networks.attentions import (
     BottleneckAttention,
     ConvBlockAttention,
     DoubleAttention,
-    FactorizedReduce,
     GatherExcite,
     IdentityAttention,
     MaskingAttention,
-    ReLUConvBN,
     SqueezeExcitation,
 )
-from attdarts.networks.registry import DuplicateNameError, Registry, UnknownNameError
+from attdarts.networks.operations import FactorizedReduce, ReLUConvBN
+from attdarts.networks.registry import (
+    ATTENTIONS, OPERATIONS, DuplicateNameError, UnknownNameError, resolve,
+)
 
 SIZE = 8
 BATCH = 2
@@ -54,28 +54,24 @@ def _assert_gradients_reach_every_parameter(module: nn.Module, out: torch.Tensor
 # --- registry ---------------------------------------------------------------------------------
 
 
-def test_registry_registers_in_order_and_gets():
-    registry: Registry = Registry("widget")
-
-    @registry.register("beta")
-    def beta():
-        return "b"
-
-    @registry.register("alpha")
-    def alpha():
-        return "a"
-
-    assert registry.names() == ("beta", "alpha")
-    assert registry.get("alpha") is alpha
-    assert "beta" in registry and "gamma" not in registry
-    assert list(registry) == ["beta", "alpha"] and len(registry) == 2
+def test_registry_is_the_catalog_in_its_order():
+    assert OPERATIONS.names() == tuple(catalog.OPERATIONS)
+    assert ATTENTIONS.names() == tuple(catalog.ATTENTIONS)
+    assert "cbam" in ATTENTIONS and "gamma" not in ATTENTIONS
+    assert list(OPERATIONS) == list(catalog.OPERATIONS) and len(OPERATIONS) == len(catalog.OPERATIONS)
 
 
-def test_registry_rejects_duplicates():
-    registry: Registry = Registry("widget")
-    registry.register("same")(lambda: None)
-    with pytest.raises(DuplicateNameError, match="'same' is already registered"):
-        registry.register("same")(lambda: None)
+@pytest.mark.parametrize("entry", [*catalog.OPERATIONS.values(), *catalog.ATTENTIONS.values()],
+                         ids=lambda entry: entry.name)
+def test_every_catalog_factory_path_resolves_to_a_function_of_that_name(entry):
+    factory = resolve(entry.factory)
+    assert callable(factory) and factory.__name__ == entry.name
+    assert (OPERATIONS if entry.kind == "operation" else ATTENTIONS).get(entry.name) is factory
+
+
+def test_catalog_rejects_duplicates():
+    with pytest.raises(DuplicateNameError, match="'se' is already in the catalog"):
+        catalog.register(catalog.Entry("se", "operation", factory="x:y"))
 
 
 def test_registry_miss_suggests_close_names():
@@ -94,17 +90,8 @@ def test_registry_module_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_registries_match_catalog():
-    from attdarts.language import catalog
-
-    assert set(OPERATIONS.names()) == set(catalog.OPERATIONS)
-    assert set(ATTENTIONS.names()) == set(catalog.ATTENTIONS)
-
-
 @pytest.mark.parametrize("name", ATTENTIONS.names())
 def test_attention_keywords_match_catalog(name):
-    from attdarts.language import catalog
-
     signature = inspect.signature(ATTENTIONS.get(name))
     keywords = {
         key: parameter.default

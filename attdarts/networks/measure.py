@@ -1,0 +1,133 @@
+"""Measure a compiled network: parameters, per-cell summary, multiply-adds (`attdarts compile`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from attdarts.language import ir
+from attdarts.networks import network
+from attdarts.networks.network import Network, _stem_size
+from attdarts.networks.stacking import halve
+
+__all__ = [
+    "CellSummary", "count_multiply_adds", "count_parameters", "describe_network", "measure",
+]
+
+
+def count_parameters(model: nn.Module, *, auxiliary: bool) -> int:
+    """Number of weights; without the auxiliary head when `auxiliary` is False (the number every
+    DARTS paper reports)."""
+    total = sum(p.numel() for p in model.parameters())
+    head = getattr(model, "auxiliary_head", None)
+    if not auxiliary and head is not None:
+        total -= sum(p.numel() for p in head.parameters())
+    return total
+
+
+@dataclass(frozen=True)
+class CellSummary:
+    """One row of `describe_network`."""
+
+    index: int
+    kind: Literal["normal", "reduce"]
+    channels_out: int
+    spatial: int
+    parameters: int
+
+
+def _probe(model: Network, input_size: int | None) -> torch.Tensor:
+    size = model.input_size if input_size is None else input_size
+    parameter = next(model.parameters())
+    return torch.zeros((1, 3, size, size), dtype=parameter.dtype, device=parameter.device)
+
+
+def describe_network(model: Network, input_size: int | None = None) -> list[CellSummary]:
+    """Per-cell rows (index, normal/reduce, output channels, output height, parameters) for an
+    `input_size` x `input_size` image (default: the size the network was built for).
+
+    Sizes follow the same arithmetic as construction (every stride-2 layer gives ceil(H / 2)), so
+    no forward pass is needed.
+    """
+    size = model.input_size if input_size is None else input_size
+    spatial = _stem_size(model.imagenet_stem, size)
+    rows = []
+    for index, cell in enumerate(model.cells):
+        if cell.reduction:
+            spatial = halve(spatial)
+        rows.append(CellSummary(
+            index=index,
+            kind="reduce" if cell.reduction else "normal",
+            channels_out=cell.channels_out,
+            spatial=spatial,
+            parameters=sum(p.numel() for p in cell.parameters()),
+        ))
+    return rows
+
+
+def count_multiply_adds(model: Network, input_size: int | None = None) -> int:
+    """Multiply-adds of one image (batch 1, eval mode, so no auxiliary head).
+
+    Counted by `torch.utils.flop_counter.FlopCounterMode`, which reports FLOPs = 2 x MACs for
+    convolutions and matrix products; pooling and element-wise work are not counted (as usual).
+    """
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(_probe(model, input_size))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def measure(
+    genotype: ir.Genotype,
+    *,
+    dataset: str,
+    channels: int,
+    layers: int,
+    auxiliary: bool,
+    progress: Callable[[str], None] = lambda message: None,
+) -> tuple[dict, list[CellSummary]]:
+    """Build the network of `genotype` and measure it for `attdarts compile`: (summary, rows).
+
+    The summary has the parameter counts (without and with the auxiliary head), multiply-adds
+    per image, input and output shapes and the per-cell rows; `progress` hears each stage.
+    """
+    progress(f"building the network (C={channels}, L={layers})")
+    model = network.compile_network(genotype, dataset=dataset, channels=channels, layers=layers,
+                            auxiliary=auxiliary)
+    progress("counting parameters")
+    rows = describe_network(model)
+    parameters = count_parameters(model, auxiliary=False)
+    with_auxiliary = count_parameters(model, auxiliary=True) if auxiliary else None
+    progress("counting multiply-adds (one forward pass)")
+    outputs = []  # the output shape comes from the same forward pass, not a second one
+    hook = model.register_forward_hook(lambda module, inputs, output: outputs.append(output[0]))
+    try:
+        multiply_adds = count_multiply_adds(model)
+    finally:
+        hook.remove()
+    summary = {
+        "genotype": genotype.name,
+        "dataset": dataset,
+        "channels": channels,
+        "layers": layers,
+        "input_shape": [1, 3, model.input_size, model.input_size],
+        "output_shape": list(outputs[-1].shape),
+        "parameters": parameters,
+        "parameters_with_auxiliary": with_auxiliary,
+        "multiply_adds": multiply_adds,
+        "cells": [
+            {"index": r.index, "type": r.kind, "channels": r.channels_out, "spatial": r.spatial,
+             "parameters": r.parameters} for r in rows
+        ],
+    }
+    return summary, rows
