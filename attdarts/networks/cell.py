@@ -123,6 +123,10 @@ class CellModule(nn.Module):
             channels_prev_prev, channels_prev, channels, reduction_prev=reduction_prev,
             affine=True)
 
+        # the authors' model gives every edge of a cell with attentions a second layer, where a
+        # DSL edge without attention is their 'Identity' (see `_droppable`)
+        cell_has_attention = any(edge.attention is not None for node in cell.nodes
+                                 for edge in node.edges)
         nodes = []
         for node in cell.nodes:
             edges = []
@@ -135,7 +139,7 @@ class CellModule(nn.Module):
                     operation,
                     attention,
                     cell.index_of(edge.input),
-                    _droppable(operation, attention, drop_path_rule),
+                    _droppable(operation, attention, drop_path_rule, cell_has_attention),
                 ))
             nodes.append(NodeModule(edges))
         self.nodes = nn.ModuleList(nodes)
@@ -274,22 +278,26 @@ def _build_attention(call: ir.Call | None, channels: int, spatial: int) -> nn.Mo
     return build_attention(call, channels, spatial)
 
 
-def _droppable(operation: nn.Module, attention: nn.Module | None, rule: DropPathRule) -> bool:
+def _droppable(operation: nn.Module, attention: nn.Module | None, rule: DropPathRule,
+               cell_has_attention: bool = True) -> bool:
     """Whether drop path applies to an edge (REFERENCE.md, "Evaluation").
 
     "darts" (DARTS's NetworkCIFAR, the default): every edge whose operation is not the identity.
-    "authors" (the Att-DARTS code, model.py `Cell.forward`): in a cell whose edges name
-    attentions, an edge is also spared when its attention is the identity module; a cell with no
-    named attention falls back to DARTS's rule. A missing attention is therefore not an identity
-    attention, so a plain DARTS genotype is dropped exactly as DARTS drops it. (The authors'
-    format cannot mix edges with and without attention in one cell; per edge, the two readings
-    agree on every cell it can express.)
+    "authors" (the Att-DARTS code, model.py `Cell.forward`): a cell whose genotype names
+    attentions gives every edge a second layer, 'Identity' where the edge has none, and spares an
+    edge whose operation or second layer is the identity. In the DSL `>> identity` is written as
+    no attention (and the exporter writes such an edge as 'Identity'), so in a cell where any edge
+    has an attention, an edge without one is spared. A cell with no attention at all follows
+    DARTS's rule, so a plain DARTS genotype is dropped exactly as DARTS drops it.
     """
     identity_operation = isinstance(operation, nn.Identity)
     if rule == "darts":
         return not identity_operation
     if rule == "authors":
-        return not (identity_operation or isinstance(attention, IdentityAttention))
+        if not cell_has_attention:
+            return not identity_operation
+        identity_attention = attention is None or isinstance(attention, IdentityAttention)
+        return not (identity_operation or identity_attention)
     raise ValueError(f"unknown drop path rule {rule!r}; expected one of {', '.join(DROP_PATH_RULES)}")
 
 

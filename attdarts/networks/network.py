@@ -27,14 +27,11 @@ from torch import nn
 from attdarts import recipes
 from attdarts.language import ir
 from attdarts.networks import grouping as grouped
-from attdarts.networks.cell import (  # noqa: F401 - DROP_PATH_RULES, drop_path: re-exported
-    DROP_PATH_RULES, CellModule, DropPathRule, drop_path,
-)
+from attdarts.networks.cell import DROP_PATH_RULES, CellModule, DropPathRule
 from attdarts.networks.stacking import STEM_MULTIPLIER, Layer, halve, stack_cells
 
 __all__ = [
     "DATASETS",
-    "DROP_PATH_RULES",
     "Network",
     "compile_network",
 ]

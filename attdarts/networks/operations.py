@@ -245,18 +245,3 @@ def conv_7x1_1x7(
         nn.Conv2d(channels, channels, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
         nn.BatchNorm2d(channels, affine=affine),
     )
-
-
-_MOVED = frozenset({
-    "BottleneckAttention", "ConvBlockAttention", "DoubleAttention", "GatherExcite",
-    "IdentityAttention", "MaskingAttention", "SqueezeExcitation",
-})
-
-
-def __getattr__(name: str):
-    """Attention classes moved to `attentions`; old imports still resolve (remove after #12)."""
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module("attdarts.networks.attentions"), name)

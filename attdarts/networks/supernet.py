@@ -46,7 +46,6 @@ from torch import nn
 
 from attdarts import recipes
 from attdarts.language import ir
-from attdarts.language.ir import CELL_KINDS  # noqa: F401 - runs/search/loop.py imports it from here
 from attdarts.networks import grouping as grouped
 from attdarts.networks.mixtures import (  # noqa: F401 - MASK_FLOOR re-exported
     MASK_FLOOR, MixedAttention, MixedOperation, mix_attentions_grouped, mix_operations_grouped,

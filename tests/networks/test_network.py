@@ -350,9 +350,27 @@ def test_drop_path_rules_differ_as_defined():
     # pools at stride 2, then: identity op + identity attention, conv + identity attention,
     # identity op + cbam, conv + cbam, identity op without attention, conv without attention
     assert _edge_flags(genotype, "darts") == [True, True, False, True, False, True, False, True]
-    # the authors' code spares an edge whose op or attention is the identity module; an edge
-    # without attention follows DARTS's rule (their model.py: a cell with no named attention)
-    assert _edge_flags(genotype, "authors") == [True, True, False, False, False, True, False, True]
+    # the authors' code spares an edge whose op or second layer is the identity; in a cell with
+    # attentions an edge without one is their 'Identity' (what `export` writes), so the two
+    # pools and the last conv are spared too; the normal cell has no attention: DARTS's rule
+    assert _edge_flags(genotype, "authors") == [False, False, False, False, False, True, False, False]
+
+
+def test_authors_rule_spares_plain_edges_of_a_cell_with_attention():
+    """Found by a hostile-user pass: one `>> cbam` edge among plain ones. The authors' code (and
+    our export, which writes the plain edges as 'Identity') drops only that edge in each normal
+    cell; darts_v2's reduction cell has no attention, so there both rules drop 5 of 8 edges."""
+    normal = [(S3, 0, "CBAM")] + [(S3, index % 2) for index in range(1, 8)]
+    reduce = [(edge.operation.name, edge.input) for node in GENOTYPES["darts_v2"].reduce.nodes
+              for edge in node.edges]
+    genotype = _genotype("one_cbam", normal, [(op, ["c_k2", "c_k1"].index(source)
+                                               if source in ("c_k2", "c_k1") else int(source[1:]) + 2)
+                                              for op, source in reduce])
+    counts = {rule: count_droppable_edges(compile_network(genotype, channels=36, layers=20,
+                                                          drop_path_rule=rule))
+              for rule in ("darts", "authors")}
+    assert counts["darts"] == (18 * 8 + 2 * 5, 160)
+    assert counts["authors"] == (18 * 1 + 2 * 5, 160)
 
 
 def test_darts_is_the_default_drop_path_rule():

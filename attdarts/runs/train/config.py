@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from attdarts import recipes
-from attdarts.networks.network import DROP_PATH_RULES
+from attdarts.networks.cell import DROP_PATH_RULES
 from attdarts.runs import data
 
 CHECKPOINT_KIND = "attdarts-train"

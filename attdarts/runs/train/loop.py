@@ -33,7 +33,7 @@ from torch import nn
 
 from attdarts.language import ir
 from attdarts.language.printer import format_genotype
-from attdarts.networks.network import count_parameters  # networks/measure.py after WS-B
+from attdarts.networks.measure import count_parameters
 from attdarts.runs import checkpoints, data, runtime
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.runs.train.config import CHECKPOINT_KIND, RESUMABLE_OVERRIDES, TrainConfig, TrainError

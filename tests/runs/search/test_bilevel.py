@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from torch.func import functional_call
 
 from attdarts.cli import cli
-from attdarts.networks.operations import BottleneckAttention
+from attdarts.networks.attentions import BottleneckAttention
 from attdarts.runs.search import (
     RECIPE_SETTINGS, Bilevel, SearchConfig, hessian_vector_product, recipe_config, run_search,
     with_bam_combine,
