@@ -161,6 +161,11 @@ class Genotype(_Node):
         return next((m.value for m in self.meta if m.key == key), None)
 
 
+# Intermediate nodes of a search space. A supernet cell has n(n+3)/2 mixed edges (14 at the
+# papers' 4); past this limit a typing slip would build a supernet for minutes without a word.
+MAX_SPACE_NODES = 16
+
+
 class Space(_Node):
     """A search space: candidate operations and attentions, cell size, and how attention is placed.
 
@@ -200,6 +205,12 @@ class Space(_Node):
             problems.extend(self.location_spec.problems(self))
         if self.nodes < 1:
             problems.append(Problem("'nodes' must be at least 1", self.span))
+        elif self.nodes > MAX_SPACE_NODES:
+            problems.append(Problem(
+                f"'nodes' is {self.nodes}; a search space has at most {MAX_SPACE_NODES}",
+                self.span_of("nodes"),
+                f"the papers search 4 (NASNet's cells have 5); {self.nodes} nodes would give "
+                f"{self.nodes * (self.nodes + 3) // 2} mixed edges per cell"))
         if not 1 <= self.keep:
             problems.append(Problem("'keep' must be at least 1", self.span))
         if not problems:
