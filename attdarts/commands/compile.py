@@ -10,7 +10,7 @@ import click
 
 from attdarts import recipes
 from attdarts.language.errors import DslError
-from attdarts.language.transform import parse_file
+from attdarts.language.transform import read_genotype
 
 _CIFAR = recipes.TRAIN["cifar"]
 _IMAGENET = recipes.TRAIN["imagenet"]
@@ -69,7 +69,7 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
     memory is reported as such. On a terminal, a status line per stage goes to stderr.
     """
     try:
-        genotype = parse_file(file).genotype(genotype_name)
+        genotype = read_genotype(file, genotype_name)
     except DslError as error:
         raise click.ClickException(error.located(str(file), None).render()) from None
     default_channels, default_layers = _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE)

@@ -11,7 +11,7 @@ from attdarts.language.errors import DslError
 from attdarts.tools.render import (
     CELL_KINDS, GraphvizMissing, RenderFailed, genotype_dot, output_format, write_drawing,
 )
-from attdarts.language.transform import parse_file
+from attdarts.language.transform import read_genotype
 
 
 @click.command(name="render")
@@ -38,7 +38,7 @@ def render(file: Path, name: str | None, cell: str, output: Path | None) -> None
     Exit status: 0 drawn; 1 graphviz missing (.dot written instead); 2 bad input.
     """
     try:
-        genotype = parse_file(file).genotype(name)
+        genotype = read_genotype(file, name)
     except DslError as error:
         _fail(str(error.located(str(file), None)))
     cells = CELL_KINDS if cell == "both" else (cell,)

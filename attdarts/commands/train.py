@@ -172,9 +172,9 @@ def _check_device(device: str | None) -> None:
 
 
 def _read_genotype(path: Path, name: str | None):
-    from attdarts.language.transform import parse_file
+    from attdarts.language.transform import read_genotype
 
-    return parse_file(path).genotype(name)
+    return read_genotype(path, name)
 
 
 @click.command()

@@ -47,6 +47,24 @@ def parse_file(path: str | Path) -> Document:
     return parse_text(read_source(path), str(path))
 
 
+def read_genotype(path: str | Path, name: str | None = None) -> Genotype:
+    """The genotype `name` of a file (or its only one); every error names the file."""
+    return _named(path, lambda document: document.genotype(name))
+
+
+def read_space(path: str | Path, name: str | None = None) -> Space:
+    """The space `name` of a file (or its only one); every error names the file."""
+    return _named(path, lambda document: document.space(name))
+
+
+def _named(path, pick):
+    document = parse_file(path)
+    try:
+        return pick(document)
+    except DslError as error:
+        raise error.located(str(path), None) from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Syntax errors
 

@@ -77,3 +77,15 @@ def test_search_resume_of_a_training_run_is_one_clear_line(tmp_path):
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "attdarts train --resume" in lines[0]
+
+
+@pytest.mark.parametrize("arguments, missing", [
+    (["train", str(ROOT / "genotypes" / "spaces" / "att_darts.geno")], "defines no genotype"),
+    (["compile", str(ROOT / "genotypes" / "spaces" / "att_darts.geno")], "defines no genotype"),
+    (["render", str(ROOT / "genotypes" / "spaces" / "att_darts.geno")], "defines no genotype"),
+    (["search", str(ROOT / "genotypes" / "darts_v2.geno"), "--dataset", "synthetic"], "defines no space"),
+])
+def test_a_file_of_the_wrong_kind_is_named_in_the_error(arguments, missing):
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert f"{arguments[1]}: the file {missing}" in result.output

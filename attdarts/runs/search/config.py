@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from attdarts import recipes
 from attdarts.language import catalog, ir
-from attdarts.language.transform import parse_file
+from attdarts.language.transform import read_space
 from attdarts.runs import data
 
 CHECKPOINT = "checkpoint.pt"
@@ -142,7 +142,7 @@ def cosine_lr(config: SearchConfig, epoch: int) -> float:
 
 
 def load_space(path: str | os.PathLike, name: str | None = None) -> ir.Space:
-    return parse_file(path).space(name)
+    return read_space(path, name)
 
 
 def with_bam_combine(space: ir.Space, combine: str | None) -> ir.Space:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from attdarts.language import ir
-from attdarts.language.transform import parse_file
+from attdarts.language.transform import read_space
 from attdarts.runs import checkpoints, data, runtime
 from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SEEDS, SPACE, SUMMARY, WEIGHTS_LOG,
@@ -33,7 +33,7 @@ def _space_of(config: SearchConfig, run_dir: Path | None = None) -> ir.Space:
     """The space searched: the run's space.geno if written, else the space file, with
     `bam_combine` applied (idempotent, so a resumed run gets the same space)."""
     if run_dir is not None and (run_dir / SPACE).is_file():
-        space = parse_file(run_dir / SPACE).space()
+        space = read_space(run_dir / SPACE)
     else:
         space = load_space(config.space_file, config.space)
     return with_bam_combine(space, config.bam_combine)
