@@ -135,7 +135,6 @@ def _too_long() -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="#12: modules are split during the parallel phase")
 def test_modules_and_functions_stay_small():
     too_long = _too_long()
     assert not too_long, "split these:\n" + "\n".join(too_long)

@@ -100,7 +100,6 @@ def test_one_step_search(dummy_entry, tmp_path):
     assert result.genotype.normal.nodes  # a genotype was derived over the dummy's columns
 
 
-@pytest.mark.xfail(strict=False, reason="needs WS-C: render and interop read the catalog")
 def test_render_and_authors_format_round_trip(dummy_entry):
     from attdarts.tools import interop, render
 
