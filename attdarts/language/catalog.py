@@ -118,9 +118,5 @@ PAPER_OPERATIONS = (
 )
 PAPER_ATTENTIONS = ("identity", "se", "bam", "cbam", "ge_theta_plus", "double_attention")
 
-LOCATIONS = (
-    "after_every", "end", "after_every_and_end", "mixed_with_operation", "double_mixed",
-    "no_attention",
-)
 MIXINGS = ("sum", "product")
 
