@@ -5,7 +5,7 @@
 
 Builds the paper's supernet (genotypes/spaces/att_darts.geno: C=16, 8 cells, 8 operations x 6
 attentions) and times first- and second-order iterations at batch 64 (64 weight images + 64
-architecture images per iteration) with the real `attdarts.runs.search.loop.Bilevel` step, on random
+architecture images per iteration) with the real `attdarts.runs.search.bilevel.Bilevel` step, on random
 32x32 batches already on the device (no loader cost), for each path: `plain` (every edge on its
 own) and `grouped` (each cell's edges in waves, `attdarts.networks.grouping`; what `attdarts search` runs
 unless --plain). CUDA is synchronised around the timed region. Reports ms per iteration, weight
