@@ -183,14 +183,18 @@ class _NoBar:
         pass
 
 
-def progress(enabled: bool, total: int, initial: int, description: str):
-    """A tqdm bar on stderr with rate and ETA, or a silent stand-in when not `enabled`."""
+def progress(enabled: bool, total: int, initial: int, description: str, *, file=None,
+             leave: bool = True):
+    """The one progress bar of every loop: tqdm on stderr (or `file`) with rate and ETA, or a
+    silent stand-in when not `enabled`. `leave=False` clears it when closed (train's per-epoch
+    bar, followed by the epoch's log line)."""
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=description, unit="step", file=sys.stderr,
-                dynamic_ncols=True, leave=True)
+    return tqdm(total=total, initial=initial, desc=description, unit="step",
+                file=file if file is not None else sys.stderr, dynamic_ncols=True, leave=leave,
+                mininterval=1.0)
 
 
 def check_finite(*tensors: torch.Tensor) -> bool:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,11 +328,8 @@ class _EpochProgress:
         self.bar = None
 
     def start(self, epoch: int, steps: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="step",
-                        file=self.file if self.file is not None else sys.stderr, leave=False,
-                        dynamic_ncols=True, mininterval=1.0)
+        self.bar = runtime.progress(True, steps, 0, f"epoch {epoch + 1}/{self.epochs}",
+                                    file=self.file, leave=False)
 
     def step(self, step: int, totals: torch.Tensor, count: int) -> None:
         self.bar.update(1)
