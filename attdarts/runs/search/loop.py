@@ -111,7 +111,8 @@ class SearchRun:
 
     def restore(self) -> None:
         path = self.run_dir / CHECKPOINT
-        state = checkpoints.load(path, map_location=self.device, what="search checkpoint")
+        state = checkpoints.load_run_state(path, None, map_location=self.device,
+                                           what="search checkpoint")
         # compared as settings, not as dicts: a checkpoint written before a setting existed
         # holds that setting's default, which is what that run did
         try:
