@@ -22,6 +22,7 @@ from attdarts.tools import interop
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "data" / "interop"
+EXAMPLES = ROOT / "examples"  # the DARTS genotypes.py and authors' genotype.json README imports
 ZOO = ROOT / "genotypes"
 
 # The DARTS-family genotypes.py names of the zoo's genotypes.
@@ -137,7 +138,7 @@ def with_product_bam(cell: Cell) -> Cell:
 
 
 def test_genotypes_py_imports_every_published_genotype_as_in_the_zoo():
-    document = interop.import_file(DATA / "genotypes.py")
+    document = interop.import_file(EXAMPLES / "genotypes.py")
     # file order; the alias DARTS = DARTS_V2 and the Genotype(...) inside a function are skipped
     assert [g.name for g in document.genotypes] == list(ZOO_NAMES)
     for genotype in document.genotypes:
@@ -146,7 +147,7 @@ def test_genotypes_py_imports_every_published_genotype_as_in_the_zoo():
 
 
 def test_published_tuples_survive_import_and_export():
-    document = interop.import_file(DATA / "genotypes.py")
+    document = interop.import_file(EXAMPLES / "genotypes.py")
     for genotype in document.genotypes:
         assert interop.genotype_tuples(genotype, attention=False) == PUBLISHED[genotype.name]
     text = interop.export_genotypes(document.genotypes, "darts-py")
@@ -181,11 +182,11 @@ def test_every_zoo_genotype_round_trips_through_every_format(path, format):
 
 
 def test_a_name_picks_one_genotype_and_aliases_resolve():
-    document = interop.import_file(DATA / "genotypes.py", name="DARTS")
+    document = interop.import_file(EXAMPLES / "genotypes.py", name="DARTS")
     (genotype,) = document.genotypes
     assert genotype.name == "DARTS" and same_cells(genotype, zoo("darts_v2"))
     with pytest.raises(DslError) as error:
-        interop.import_file(DATA / "genotypes.py", name="DARTS_V3")
+        interop.import_file(EXAMPLES / "genotypes.py", name="DARTS_V3")
     assert "no genotype named 'DARTS_V3'" in str(error.value)
     assert "did you mean" in str(error.value)
 
@@ -209,7 +210,7 @@ def test_positional_fields_follow_the_namedtuple_in_the_file():
 
 @pytest.mark.parametrize("path, name", [
     (DATA / "att_darts_genotypes.py", "Att_DARTS"),
-    (DATA / "genotype.json", None),
+    (EXAMPLES / "genotype.json", None),
 ])
 def test_att_darts_differs_from_the_zoo_exactly_in_bam_combine(path, name):
     """The authors' code multiplies BAM's gates; the zoo cell follows the paper (sum)."""
@@ -231,8 +232,8 @@ def test_att_darts_differs_from_the_zoo_exactly_in_bam_combine(path, name):
 
 
 def test_json_is_named_after_the_file_unless_named():
-    assert interop.import_file(DATA / "genotype.json").genotypes[0].name == "imported_genotype"
-    assert interop.import_file(DATA / "genotype.json", name="searched").genotypes[0].name == "searched"
+    assert interop.import_file(EXAMPLES / "genotype.json").genotypes[0].name == "imported_genotype"
+    assert interop.import_file(EXAMPLES / "genotype.json", name="searched").genotypes[0].name == "searched"
 
 
 def test_att_darts_py_without_attention_reads_as_plain_darts():
@@ -349,8 +350,9 @@ def test_mutated_files_give_only_dsl_errors():
     so that both outcomes are exercised, and counted.
     """
     generator = random.Random(0)
-    sources = [(DATA / name).read_text() for name in
-               ("genotypes.py", "att_darts_genotypes.py", "genotype.json", "pt_darts.txt", "nb201.txt")]
+    sources = [path.read_text() for path in
+               (EXAMPLES / "genotypes.py", DATA / "att_darts_genotypes.py", EXAMPLES / "genotype.json",
+                DATA / "pt_darts.txt", DATA / "nb201.txt")]
     alphabet = "()[]{},:'\"|~+0123456789-_ \nabcSEBAMr"
     words = ["sep_conv_3x3", "max_pool_3x3", "skip_connect", "none", "dil_conv_5x5", "sep_conv_3x4",
              "CBAM", "BAM", "SE", "Identity", "cbam", "0", "1", "2", "3", "5", "9", "-1", "range"]
@@ -425,7 +427,7 @@ def test_attention_parameters_are_refused():
 
 
 def test_json_holds_one_genotype():
-    document = interop.import_file(DATA / "genotypes.py")
+    document = interop.import_file(EXAMPLES / "genotypes.py")
     with pytest.raises(DslError, match="a genotype.json holds one genotype"):
         interop.export_genotypes(document.genotypes, "att-darts-json")
 
@@ -439,7 +441,7 @@ def run(*arguments: str):
 
 
 def test_cli_import_prints_dsl_that_parses_back():
-    result = run("import", str(DATA / "genotypes.py"))
+    result = run("import", str(EXAMPLES / "genotypes.py"))
     assert result.exit_code == 0, result.output
     document = parse_text(result.stdout)
     assert [g.name for g in document.genotypes] == list(ZOO_NAMES)
@@ -451,7 +453,7 @@ def test_cli_import_writes_a_file_and_splits(tmp_path):
     assert result.exit_code == 0 and result.stdout == ""
     assert same_cells(parse_file(output).genotype(), interop.import_file(
         DATA / "att_darts_genotypes.py", name="Att_DARTS").genotype())
-    result = run("import", str(DATA / "genotypes.py"), "--split", str(tmp_path / "split"))
+    result = run("import", str(EXAMPLES / "genotypes.py"), "--split", str(tmp_path / "split"))
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "split").iterdir()) == sorted(f"{n}.geno" for n in ZOO_NAMES)
     assert same_cells(parse_file(tmp_path / "split" / "PDARTS.geno").genotype(), zoo("p_darts"))
@@ -471,7 +473,7 @@ def test_cli_split_directory_that_cannot_be_made_exits_1(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     split = blocker / "split"  # a file stands where a parent directory should be
-    result = run("import", str(DATA / "genotypes.py"), "--split", str(split))
+    result = run("import", str(EXAMPLES / "genotypes.py"), "--split", str(split))
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.startswith(f"{split}: cannot create directory: ")  # then the OS's reason
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
@@ -532,7 +534,7 @@ import sys
 from click.testing import CliRunner
 from attdarts.cli import cli
 runner = CliRunner()
-assert runner.invoke(cli, ["import", {str(DATA / "genotypes.py")!r}, "-o", {str(tmp_path / "z.geno")!r}]).exit_code == 0
+assert runner.invoke(cli, ["import", {str(EXAMPLES / "genotypes.py")!r}, "-o", {str(tmp_path / "z.geno")!r}]).exit_code == 0
 assert runner.invoke(cli, ["export", {str(tmp_path / "z.geno")!r}, "--format", "att-darts-py"]).exit_code == 0
 assert runner.invoke(cli, ["import", {str(DATA / "nb201.txt")!r}]).exit_code == 0
 assert "torch" not in sys.modules, "torch was imported"
