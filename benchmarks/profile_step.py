@@ -27,7 +27,8 @@ from attdarts.language.transform import parse_file  # noqa: E402
 from attdarts.networks.supernet import compile_supernet  # noqa: E402
 from attdarts.runs import data  # noqa: E402
 from attdarts.runs.search import Bilevel, SearchConfig  # noqa: E402
-from attdarts.runs.train import loop as train  # noqa: E402
+from attdarts.runs import train  # noqa: E402
+from attdarts.runs.train.loop import model_config  # noqa: E402
 
 
 def _search_step(device):
@@ -45,7 +46,7 @@ def _train_parts(device, batch_size, amp=None, channels_last=False):
     torch.manual_seed(0)
     config = train.TrainConfig(batch_size=batch_size, amp=amp, channels_last=channels_last)
     genotype = parse_file(ROOT / "genotypes/att_darts.geno").genotype()
-    model = train.build_model(genotype, train.model_config(
+    model = train.build_model(genotype, model_config(
         config, data.parse_spec("cifar10"), num_classes=10, input_size=32))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=fmt).train()

@@ -17,6 +17,7 @@ would take at that rate (evaluation excluded).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -28,8 +29,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from attdarts.language.transform import parse_file  # noqa: E402
-from attdarts.runs import data  # noqa: E402
-from attdarts.runs.train import loop as train  # noqa: E402
+from attdarts.networks.measure import count_parameters  # noqa: E402
+from attdarts.runs import data, runtime  # noqa: E402
+from attdarts.runs import train  # noqa: E402
+from attdarts.runs.train.loop import model_config  # noqa: E402
 from _device import count_operations, device_name, peak_memory_mib, synchronize  # noqa: E402
 
 MODES = {
@@ -49,9 +52,9 @@ def benchmark(genotype_path: Path, path: str, mode: str, args, device: torch.dev
                                layers=args.layers, grouped=path == "grouped", **settings)
     genotype = parse_file(genotype_path).genotype()
     torch.manual_seed(0)
-    model = train.build_model(genotype, train.model_config(
+    model = train.build_model(genotype, model_config(
         config, data.parse_spec("cifar10"), num_classes=10, input_size=32))
-    parameters = train.count_parameters(model)[1]
+    parameters = count_parameters(model, auxiliary=False)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     model.drop_path_prob = config.drop_path_prob
@@ -124,7 +127,6 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     device = torch.device(args.device)
-    train.configure_determinism(False)  # cudnn.benchmark on, as in training
     paths = [GENOTYPES.get(name.strip(), Path(name.strip())) for name in args.genotypes.split(",")]
 
     print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch_size}, "
@@ -135,17 +137,16 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     results = []
-    for genotype_path in paths:
-        for mode in modes:
-            for path in paths_run:
-                row = benchmark(genotype_path, path, mode, args, device)
-                results.append(row)
-                operations = row["operations_per_step"]
-                print(f"{row['genotype']:<12} {path:<8} {mode:<20} {row['parameters']:>10,} "
-                      f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>9.1f} "
-                      f"{row['peak_memory_mib']:>9.0f} "
-                      f"{'-' if operations is None else format(operations, ','):>9} "
-                      f"{row['hours_600_epochs']:>9.1f}", flush=True)
+    with runtime.determinism(False, device):  # cudnn.benchmark on, as in training
+        for genotype_path, mode, path in itertools.product(paths, modes, paths_run):
+            row = benchmark(genotype_path, path, mode, args, device)
+            results.append(row)
+            operations = row["operations_per_step"]
+            print(f"{row['genotype']:<12} {path:<8} {mode:<20} {row['parameters']:>10,} "
+                  f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>9.1f} "
+                  f"{row['peak_memory_mib']:>9.0f} "
+                  f"{'-' if operations is None else format(operations, ','):>9} "
+                  f"{row['hours_600_epochs']:>9.1f}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"device": device_name(device), "batch_size": args.batch_size,
                                          "steps": args.steps, "results": results}, indent=2) + "\n")
