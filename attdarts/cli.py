@@ -29,6 +29,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation failure (host or device). Judged by type name and message,
+    so this module needs no torch: torch reports a failed allocation as a RuntimeError ("can't
+    allocate memory") or, on CUDA, as torch.OutOfMemoryError."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        phrase in text for phrase in ("out of memory", "can't allocate", "cannot allocate"))
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use, and which turns a `DslError` or a
     `FileError` (a damaged checkpoint, a file that cannot be written: full disk, read-only
@@ -46,6 +57,12 @@ class LazyGroup(click.Group):
             ctx.exit(1)
         except FileError as error:
             click.echo(f"attdarts: {error}", err=True)
+            ctx.exit(1)
+        except (MemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+            click.echo("attdarts: not enough memory for this network and batch; try smaller "
+                       "--channels, --layers or --batch-size", err=True)
             ctx.exit(1)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

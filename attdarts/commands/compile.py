@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from attdarts import recipes
+from attdarts.cli import is_out_of_memory
 from attdarts.language.errors import DslError
 from attdarts.language.transform import read_genotype
 
@@ -33,14 +34,6 @@ def _progress(message: str) -> None:
 
 def _stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
-
-
-def _out_of_memory(error: BaseException) -> bool:
-    if isinstance(error, MemoryError):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate" in text
-                                                or "cannot allocate" in text)
 
 
 @click.command("compile")
@@ -85,7 +78,7 @@ def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int 
         summary, rows = _measure(genotype, dataset=dataset, channels=channels, layers=layers,
                                  auxiliary=auxiliary, progress=_progress)
     except (RuntimeError, MemoryError) as error:
-        if not _out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
         raise click.ClickException(
             f"not enough memory to build {genotype.name} with C={channels}, L={layers}; "

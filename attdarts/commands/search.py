@@ -157,7 +157,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """
     import pydantic
 
-    from attdarts.runs import checkpoints, data, runtime, search as api
+    from attdarts.runs import checkpoints, data, search as api
 
     if not quiet:
         _configure_logging()
@@ -197,12 +197,6 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         raise click.ClickException(_settings_error(error)) from None
     except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
-    except (RuntimeError, MemoryError) as error:
-        if not runtime.is_out_of_memory(error):
-            raise
-        raise click.ClickException(
-            "not enough memory for this supernet and batch; try smaller --channels, --layers "
-            "or --batch-size") from None
 
 
 def _outcome_dir(outcome, out: Path | None) -> Path:

@@ -107,7 +107,6 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from attdarts.files import WriteError
-    from attdarts.runs import runtime
     from attdarts.runs import train as training
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
@@ -134,12 +133,6 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         raise click.ClickException(error.render()) from None
     except (CheckpointError, WriteError, DataError, training.TrainError) as error:
         raise click.ClickException(str(error)) from None
-    except (RuntimeError, MemoryError) as error:
-        if not runtime.is_out_of_memory(error):
-            raise
-        raise click.ClickException(
-            "not enough memory for this network and batch; try smaller --channels, --layers or "
-            "--batch-size") from None
     if int(os.environ.get("RANK", "0")) == 0:
         synthetic = " [synthetic data]" if result.synthetic else ""
         test_images = result.history[-1]["test_images"] if result.history else 0

@@ -226,13 +226,3 @@ def strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.
     if state_dict and all(key.startswith("module.") for key in state_dict):
         return {key[len("module."):]: value for key, value in state_dict.items()}
     return state_dict
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """Whether `error` is an allocation failure (host or device), which a command reports as one
-    line suggesting smaller sizes instead of a traceback."""
-    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and any(
-        phrase in text for phrase in ("out of memory", "can't allocate", "cannot allocate"))
