@@ -205,26 +205,26 @@ def skip_connect(
     return FactorizedReduce(channels, channels, affine=affine)
 
 
-def _separable(kernel: int):
+def _convolution(module: type[nn.Module], prefix: str, kernel: int, doc: str):
+    """The factory of one kernel size of a DARTS convolution (`sep_conv_KxK`, `dil_conv_KxK`)."""
     def factory(
         channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
     ) -> nn.Module:
-        return SeparableConv(channels, channels, kernel, stride, affine=affine)
+        return module(channels, channels, kernel, stride, affine=affine)
 
-    factory.__name__ = factory.__qualname__ = f"sep_conv_{kernel}x{kernel}"
-    factory.__doc__ = f"Two stacked ReLU-depthwise {kernel}x{kernel}-pointwise-BN blocks (DARTS)."
+    factory.__name__ = factory.__qualname__ = f"{prefix}_{kernel}x{kernel}"
+    factory.__doc__ = doc
     return factory
+
+
+def _separable(kernel: int):
+    return _convolution(SeparableConv, "sep_conv", kernel,
+                        f"Two stacked ReLU-depthwise {kernel}x{kernel}-pointwise-BN blocks (DARTS).")
 
 
 def _dilated(kernel: int):
-    def factory(
-        channels: int, stride: int, *, affine: bool = True, pool_bn: bool = False
-    ) -> nn.Module:
-        return DilatedConv(channels, channels, kernel, stride, affine=affine)
-
-    factory.__name__ = factory.__qualname__ = f"dil_conv_{kernel}x{kernel}"
-    factory.__doc__ = f"ReLU, depthwise {kernel}x{kernel} dilation 2, pointwise, BN (DARTS)."
-    return factory
+    return _convolution(DilatedConv, "dil_conv", kernel,
+                        f"ReLU, depthwise {kernel}x{kernel} dilation 2, pointwise, BN (DARTS).")
 
 
 # module attributes, so that the catalog's factory paths name them
