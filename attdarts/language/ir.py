@@ -18,8 +18,11 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from attdarts.language.errors import DslError, Problem, Span, suggest
+from attdarts.language.locations import ATTENTIONS as ATTENTION_MIXTURE
 from attdarts.language.locations import LOCATIONS
+from attdarts.language.locations import OPERATIONS as OPERATION_MIXTURE
 from attdarts.language.locations import Location as LocationSpec
+from attdarts.language.methods import OPTIONS as METHOD_OPTIONS
 
 Value = Union[int, float, str]
 
@@ -171,6 +174,8 @@ class Space(_Node):
 
     `location` is one of the six attention locations of the authors' code (`after_every` is the
     paper's); `mixing` is `sum` (Att-DARTS-S, Eq. 10) or `product` (Att-DARTS-P, Eq. 17).
+    The fields after `mixing` are search methods (`attdarts.language.methods.OPTIONS`); their
+    defaults switch them off.
     """
 
     name: str
@@ -181,6 +186,16 @@ class Space(_Node):
     keep: int = 2
     location: str = "after_every"  # a key of locations.LOCATIONS
     mixing: Mixing = "sum"
+    partial_channels: int = 1
+    edge_normalisation: bool = False
+    max_skip_connect: int | None = None
+    max_identity: int | None = None
+    stop_at_skips: int | None = None
+    auxiliary_skip: Literal["off", "linear", "cosine"] = "off"
+    auxiliary_identity: Literal["off", "linear", "cosine"] = "off"
+    beta_decay: float = 0.0
+    beta_decay_schedule: Literal["linear", "constant"] = "linear"
+    smoothing: float = 0.0
     setting_comments: tuple[tuple[str, Comments], ...] = Field(default=(), exclude=False)
     setting_spans: tuple[tuple[str, Span], ...] = Field(default=(), exclude=True, repr=False)
     comments: Comments = NO_COMMENTS
@@ -214,10 +229,18 @@ class Space(_Node):
         if not 1 <= self.keep:
             problems.append(Problem("'keep' must be at least 1", self.span))
         if not problems:
+            problems = method_problems(self)
+        if not problems:
             problems = derivation_problems(self)
         if problems:
             raise DslError(problems)
         return self
+
+    @property
+    def methods(self) -> dict[str, object]:
+        """The search-method options that differ from their default, in table order."""
+        return {key: getattr(self, key) for key, option in METHOD_OPTIONS.items()
+                if getattr(self, key) != option.default}
 
     @property
     def location_spec(self) -> LocationSpec:
@@ -297,6 +320,55 @@ def derivation_problems(space: Space) -> list[Problem]:
             f"'keep' is {space.keep}, but the first node has only {len(INPUTS)} inputs "
             f"({', '.join(INPUTS)})", space.span_of("keep"),
             f"each node keeps at most {len(INPUTS)} incoming edges (DARTS keeps 2)"))
+    return problems
+
+
+def method_problems(space: Space) -> list[Problem]:
+    """Search-method options (`methods.OPTIONS`) that this space's candidates or location defeat."""
+    problems: list[Problem] = []
+    for key, option in METHOD_OPTIONS.items():  # ranges, for spaces built without the text
+        value = getattr(space, key)
+        if option.kind in ("int", "float") and value is not None:
+            message = option.convert(value)[1]
+            if message:
+                problems.append(Problem(message, space.span_of(key)))
+    if problems:
+        return problems
+    location = space.location_spec
+    operations = [call.name for call in space.operations]
+    attentions = [call.name for call in space.attentions]
+    separate = location.edge_mixture == OPERATION_MIXTURE
+    if space.max_skip_connect is not None and not separate:
+        problems.append(Problem(
+            f"'max_skip_connect' needs operations chosen apart from attentions; location "
+            f"'{space.location}' mixes them in one softmax", space.span_of("max_skip_connect"),
+            "use it with after_every, end, after_every_and_end or no_attention"))
+    elif space.max_skip_connect is not None and not set(operations) - {"none", "skip_connect"}:
+        problems.append(Problem(
+            f"'max_skip_connect' is {space.max_skip_connect}, but the space has no operation "
+            "other than none and skip_connect to put in place of an extra skip",
+            space.span_of("max_skip_connect"), "add an operation such as sep_conv_3x3"))
+    if space.stop_at_skips is not None and "skip_connect" not in operations:
+        problems.append(Problem(
+            "'stop_at_skips' counts skip_connect, which the space does not list",
+            space.span_of("stop_at_skips"), "add skip_connect to the operations or drop the option"))
+    if space.max_identity is not None:
+        if location.then != ATTENTION_MIXTURE or "identity" not in attentions:
+            problems.append(Problem(
+                "'max_identity' caps edges whose attention derives to identity; it needs "
+                "'identity' among the attentions and an attention mixture after every edge",
+                space.span_of("max_identity"),
+                "use location after_every or after_every_and_end with identity listed"))
+        elif len(attentions) < 2:
+            problems.append(Problem(
+                "'max_identity' needs an attention other than identity to put in its place",
+                space.span_of("max_identity"), "add an attention such as se"))
+    if space.auxiliary_identity != "off" and not (
+            location.then == ATTENTION_MIXTURE or location.output_attention):
+        problems.append(Problem(
+            f"'auxiliary_identity' adds to attention mixtures; location '{space.location}' has "
+            "none", space.span_of("auxiliary_identity"),
+            "use location after_every, end or after_every_and_end"))
     return problems
 
 

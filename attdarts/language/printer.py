@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
+from attdarts.language import methods
 from attdarts.language.errors import DslError
-from attdarts.language.ir import Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space, Value
+from attdarts.language.ir import NO_COMMENTS, Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space, Value
 
 INDENT = "    "
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -175,4 +176,10 @@ def _space(space: Space) -> list[str]:
         if key == "attentions" and not space.attentions:
             continue
         body.extend(_statement(f"{key} = {values[key]}", space.comments_for(key), 1))
+    # search methods: those switched on (and a default one that carries a comment)
+    for key, option in methods.OPTIONS.items():
+        value = getattr(space, key)
+        if value != option.default or space.comments_for(key) != NO_COMMENTS:
+            text = "none" if value is None else option.text(value)
+            body.extend(_statement(f"{key} = {text}", space.comments_for(key), 1))
     return _block(f"space {space.name}", space.comments, space.closing, 0, body)

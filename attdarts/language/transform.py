@@ -17,7 +17,7 @@ import lark
 from lark import Token, Tree
 
 from attdarts.files import decode_source, read_source  # noqa: F401 - re-exported for callers
-from attdarts.language import catalog
+from attdarts.language import catalog, methods
 from attdarts.language.errors import DslError, Problem, Span, by_position, suggest
 from attdarts.language.grammar import parse_tree, parser
 from attdarts.language.ir import (
@@ -284,7 +284,8 @@ class _Builder:
         values: dict[str, object] = {}
         setting_comments: list[tuple[str, Comments]] = []
         setting_spans: list[tuple[str, Span]] = []
-        known = ("operations", "attentions", "nodes", "keep", "location", "mixing")
+        known = ("operations", "attentions", "nodes", "keep", "location", "mixing",
+                 *methods.OPTIONS)
         for entry in settings:
             key, value, value_tree, entry_comments = self.setting(entry)
             entry_span = _span(entry)
@@ -300,7 +301,8 @@ class _Builder:
                 self.problems.append(Problem(f"'{key}' is set twice", entry_span))
                 continue
             converted = self._space_value(key, value, value_tree, entry_span)
-            if converted is not None:
+            # a search-method option may be written as `none` (its default) to keep a comment
+            if converted is not None or (key in methods.OPTIONS and value == "none"):
                 values[key] = converted
                 if entry_span is not None:
                     setting_spans.append((key, entry_span))
@@ -326,6 +328,11 @@ class _Builder:
             table = catalog.OPERATIONS if key == "operations" else catalog.ATTENTIONS
             label = "operation" if key == "operations" else "attention"
             return tuple(self.call(c, table, label) for c in value)
+        if key in methods.OPTIONS:
+            converted, expected = methods.OPTIONS[key].convert(value)
+            if expected is not None:
+                self.problems.append(Problem(expected, _span(value_tree)))
+            return converted
         if key in ("nodes", "keep"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self.problems.append(Problem(f"'{key}' must be a positive whole number", _span(value_tree)))

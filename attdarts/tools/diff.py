@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from attdarts.language import methods
 from attdarts.language.ir import CELL_KINDS, INPUTS, Call, Cell, Document, Edge, Genotype, Node, Output, Space
 
 
@@ -193,7 +194,13 @@ def diff_documents(a: Document, b: Document, *, meta: bool = False) -> tuple[Ite
     else:
         result.extend(_paired("genotype", a.genotypes, b.genotypes,
                               lambda x, y: diff_genotypes(x, y, meta=meta)))
-    result.extend(_paired("space", a.spaces, b.spaces, lambda x, y: diff_spaces(x, y, meta=meta)))
+    if len(a.spaces) == 1 and len(b.spaces) == 1:
+        first_space, second_space = a.spaces[0], b.spaces[0]
+        result.append(ItemDiff("space", first_space.name, second_space.name,
+                               tuple(diff_spaces(first_space, second_space, meta=meta))))
+    else:
+        result.extend(_paired("space", a.spaces, b.spaces,
+                              lambda x, y: diff_spaces(x, y, meta=meta)))
     return tuple(result)
 
 
@@ -214,11 +221,12 @@ def _paired(kind, a_items, b_items, compare) -> list[ItemDiff]:
 
 def diff_spaces(a: Space, b: Space, *, meta: bool = False) -> list[Change]:
     changes = _meta_changes(a, b) if meta else []
-    for key in ("operations", "attentions", "nodes", "keep", "location", "mixing"):
+    for key in ("operations", "attentions", "nodes", "keep", "location", "mixing",
+                *methods.OPTIONS):
         old, new = getattr(a, key), getattr(b, key)
         if old != new:
-            changes.append(Change("space", node=key, before=_setting_text(old),
-                                  after=_setting_text(new)))
+            changes.append(Change("space", node=key, before=_setting_text(key, old),
+                                  after=_setting_text(key, new)))
     return changes
 
 
@@ -291,9 +299,11 @@ def _value(value: object) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def _setting_text(value: object) -> str:
+def _setting_text(key: str, value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(call_text(call) for call in value) + "]"
+    if key in methods.OPTIONS and value is not None:
+        return methods.OPTIONS[key].text(value)
     return str(value)
 
 
