@@ -151,10 +151,9 @@ def test_first_order_architecture_step_follows_val_loss_plus_the_term(monkeypatc
     bilevel.architecture_step_first_order(arch_batch)
 
     # hand-written: autograd of L_val + lambda * mean over rows of logsumexp, then Adam
-    arch = dict(reference.named_architecture())
-    regularised = [value for name, value in arch.items()]  # alpha / beta of both cells
+    arch = dict(reference.named_architecture())  # alpha / beta of both cells, all regularised
     loss = F.cross_entropy(reference(arch_batch[0]), arch_batch[1])
-    rows = torch.cat([torch.logsumexp(value, dim=-1) for value in regularised])
+    rows = torch.cat([torch.logsumexp(value, dim=-1) for value in arch.values()])
     total = loss + 0.7 * rows.mean()
     expected = torch.autograd.grad(total, list(arch.values()))
     for got, want in zip(seen[0], expected):
