@@ -2,9 +2,11 @@
 
 `SEARCH` holds the settings of a search (Att-DARTS, Nakai et al. 2020, following DARTS, Liu et
 al. 2019, Section 3.1): "paper" is what the papers state, "authors" what the authors' code runs
-where the two differ (README, "Paper, authors' code and attdarts"). `TRAIN` holds the evaluation
-protocol: "cifar" (DARTS Section 3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile
-setting, 250 epochs, C=48, L=14). Each row is complete, so a row is a valid set of defaults.
+where the two differ (README, "Paper, authors' code and attdarts"), "pc-darts" PC-DARTS's search
+settings (Xu et al. 2020; for a space with partial channels such as
+genotypes/spaces/pc_darts.geno). `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
+3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile setting, 250 epochs, C=48, L=14).
+Each row is complete, so a row is a valid set of defaults.
 
 The run's inputs (space file, genotype, run directory) and the machine's settings (device,
 threads) are not part of a recipe.
@@ -42,6 +44,7 @@ _PAPER_SEARCH: dict[str, Any] = {
     "checkpoint_every": 0,
     "deterministic": False,
     "grouped": True,
+    "arch_start_epoch": 0,
 }
 
 SEARCH: dict[str, dict[str, Any]] = {
@@ -50,6 +53,10 @@ SEARCH: dict[str, dict[str, Any]] = {
     # order and clipping, and BAM multiplying its gates
     "authors": {**_PAPER_SEARCH, "recipe": "authors", "lr_min": 0.001, "arch_init": "randn",
                 "second_order": "authors", "clip": "authors", "bam_combine": "product"},
+    # PC-DARTS (Xu et al., ICLR 2020, CIFAR-10 search): a larger batch and learning rates,
+    # and 15 epochs that train the weights only before the architecture steps start
+    "pc-darts": {**_PAPER_SEARCH, "recipe": "pc-darts", "batch_size": 256, "lr": 0.1,
+                 "arch_lr": 6e-4, "arch_start_epoch": 15},
 }
 
 _CIFAR_TRAIN: dict[str, Any] = {

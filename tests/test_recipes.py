@@ -1,5 +1,8 @@
 """recipes.py states the defaults that SearchConfig and TrainConfig use (one home per default)."""
 
+import re
+from pathlib import Path
+
 from attdarts import recipes
 from attdarts.runs.search import SearchConfig, recipe_config
 from attdarts.runs.train import TrainConfig
@@ -21,3 +24,31 @@ def test_train_recipes_are_the_configs_defaults():
     assert set(recipes.TRAIN["cifar"]) == set(TrainConfig.model_fields)
     imagenet = TrainConfig.recipe("imagenet")
     assert _settings(imagenet, recipes.TRAIN["imagenet"]) == recipes.TRAIN["imagenet"]
+
+
+def _readme_recipe_rows() -> dict[str, str]:
+    """README's recipe table: recipe name -> its "settings that differ" cell."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index("Every recipe of `attdarts search --recipe`")
+    rows = {}
+    for line in text[start:].splitlines()[1:]:
+        if line.startswith("## "):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 3:
+            rows[cells[0].strip("`")] = cells[2]
+    return rows
+
+
+def test_readme_lists_every_search_recipe_with_its_settings():
+    rows = _readme_recipe_rows()
+    assert list(rows) == list(recipes.SEARCH)
+    paper = recipes.SEARCH["paper"]
+    for name, cell in rows.items():
+        shown = dict(re.findall(r"`--([a-z-]+) ([^`]+)`", cell))
+        differing = {key: value for key, value in recipes.SEARCH[name].items()
+                     if key != "recipe" and value != paper[key]}
+        assert {option.replace("-", "_") for option in shown} == set(differing), name
+        for option, value in shown.items():
+            expected = differing[option.replace("-", "_")]
+            assert str(value) == str(expected) or float(value) == expected, (name, option)

@@ -72,7 +72,7 @@ def _settings_error(error) -> str:
             problems.append(f"{_option_name(field)} {value}: {message}" if isinstance(
                 value, (int, float, str)) else f"{_option_name(field)}: {message}")
         else:  # a check across settings names them itself
-            for field in ("lr_min", "lr"):
+            for field in ("lr_min", "lr", "arch_start_epoch", "epochs"):
                 message = message.replace(f"{field} (", f"{_option_name(field)} (")
             problems.append(message)
     return "invalid settings: " + "; ".join(problems)
@@ -88,14 +88,16 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--recipe", type=click.Choice(list(recipes.SEARCH)), default=_PAPER["recipe"],
               show_default=True,
               help="Reproduction preset: 'paper' (the paper: lr-min 0, zero init, exact DARTS "
-                   "second order, clip the weights, BAM summed) or 'authors' (their code: "
+                   "second order, clip the weights, BAM summed), 'authors' (their code: "
                    "lr-min 0.001, 1e-3 randn init, their second order and clipping, BAM gates "
-                   "multiplied). Options given explicitly win over the recipe.")
+                   "multiplied) or 'pc-darts' (PC-DARTS's search: batch 256, lr 0.1, arch-lr "
+                   "6e-4, architecture steps from epoch 15; for a space with partial_channels). "
+                   "Options given explicitly win over the recipe.")
 @click.option("--dataset", default=_PAPER["dataset"], show_default=True,
               help="cifar10, cifar100, synthetic or folder:PATH (ImageFolder with train/).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where CIFAR lives (default ./data).")
 @click.option("--epochs", type=int, default=_PAPER["epochs"], show_default=True)
-@click.option("--batch-size", type=int, default=_PAPER["batch_size"], show_default=True)
+@click.option("--batch-size", type=int, help="Images per step of each half" + _RECIPE_HELP + ".")
 @click.option("--order", type=click.Choice(["1", "2"]), default=str(_PAPER["order"]), show_default=True,
               help="First- or second-order (DARTS unrolled) architecture gradient.")
 @click.option("--second-order", "second_order", type=click.Choice(["darts", "authors"]),
@@ -112,8 +114,8 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--seeds", help="Several seeds run one after another into OUT/seed-N, e.g. 1,2,3,4.")
 @click.option("--channels", type=int, default=_PAPER["channels"], show_default=True)
 @click.option("--layers", type=int, default=_PAPER["layers"], show_default=True)
-@click.option("--lr", type=float, default=_PAPER["lr"], show_default=True,
-              help="Initial SGD learning rate of the weights.")
+@click.option("--lr", type=float,
+              help="Initial SGD learning rate of the weights" + _RECIPE_HELP + ".")
 @click.option("--lr-min", type=float,
               help="End of the cosine schedule (paper: 0; authors' code: 0.001)" + _RECIPE_HELP + ".")
 @click.option("--momentum", type=float, default=_PAPER["momentum"], show_default=True, help="SGD momentum, below 1.")
@@ -121,8 +123,11 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="SGD weight decay of the weights.")
 @click.option("--grad-clip", type=float, default=_PAPER["grad_clip"], show_default=True,
               help="Maximum gradient norm of a weight step (see --clip).")
-@click.option("--arch-lr", type=float, default=_PAPER["arch_lr"], show_default=True,
-              help="Adam learning rate of alpha/beta.")
+@click.option("--arch-lr", type=float,
+              help="Adam learning rate of alpha/beta" + _RECIPE_HELP + ".")
+@click.option("--arch-start-epoch", type=int,
+              help="Epochs of weight steps only before the architecture steps start (PC-DARTS: "
+                   "15)" + _RECIPE_HELP + ".")
 @click.option("--arch-weight-decay", type=float, default=_PAPER["arch_weight_decay"], show_default=True,
               help="Adam weight decay of alpha/beta.")
 @click.option("--arch-betas", default=",".join(map(str, _PAPER["arch_betas"])), show_default=True, help="Adam betas of alpha/beta.")
@@ -147,7 +152,8 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size, order,
            second_order, clip, bam_combine, seed, seeds, channels, layers, lr, lr_min, momentum,
-           weight_decay, grad_clip, arch_lr, arch_weight_decay, arch_betas, train_portion,
+           weight_decay, grad_clip, arch_lr, arch_start_epoch, arch_weight_decay, arch_betas,
+           train_portion,
            arch_init, no_augment, out, device, threads, resume, deterministic,
            max_steps_per_epoch, checkpoint_every, plain, quiet) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
@@ -177,14 +183,15 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 problem = "is a directory, not a space file" if space_file.is_dir() else "does not exist"
                 raise click.BadParameter(f"'{space_file}' {problem}", param_hint="SPACE_FILE")
             chosen = {"second_order": second_order, "clip": clip, "bam_combine": bam_combine,
-                      "lr_min": lr_min, "arch_init": arch_init}
+                      "lr_min": lr_min, "arch_init": arch_init, "batch_size": batch_size,
+                      "lr": lr, "arch_lr": arch_lr, "arch_start_epoch": arch_start_epoch}
             config = api.recipe_config(
                 recipe, **{key: value for key, value in chosen.items() if value is not None},
                 space_file=str(space_file.resolve()), space=space_name, dataset=dataset,
                 data_dir=None if data_dir is None else str(data_dir.resolve()), epochs=epochs,
-                batch_size=batch_size, order=int(order), seed=seed_list[0] if seed_list else seed,
-                channels=channels, layers=layers, lr=lr, momentum=momentum,
-                weight_decay=weight_decay, grad_clip=grad_clip, arch_lr=arch_lr,
+                order=int(order), seed=seed_list[0] if seed_list else seed,
+                channels=channels, layers=layers, momentum=momentum,
+                weight_decay=weight_decay, grad_clip=grad_clip,
                 arch_weight_decay=arch_weight_decay, arch_betas=betas, train_portion=train_portion,
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)

@@ -16,7 +16,7 @@ cannot work, README's table lists them.
 | auxiliary_skip | DARTS- (Chu et al. 2021) | off / linear / cosine decay of b from 1 to 0 (off) |
 | auxiliary_identity | new here | the same on every attention mixture (off) |
 | beta_decay | beta-DARTS (Ye et al. 2022) | lambda of the logsumexp regulariser (0: off) |
-| beta_decay_schedule | beta-DARTS | linear (0 -> lambda over the search) / constant (linear) |
+| beta_decay_schedule | beta-DARTS | linear (lambda * epoch / epochs) / constant (linear) |
 | smoothing | SDARTS-RS (Chen and Hsieh 2020) | eps of the uniform noise on the weights (0: off) |
 
 Torch-free and IR-free (the IR imports this module).
@@ -106,17 +106,19 @@ OPTIONS: dict[str, Option] = {option.key: option for option in (
            "at most N edges without attention (identity) in the derived normal cell", minimum=0),
     Option("stop_at_skips", "int", None, "DARTS+ (Liang et al., 2019)",
            "stop the search at the end of the first epoch whose derived normal cell has N or "
-           "more skip_connect (DARTS+: 2)", minimum=1),
+           "more skip_connect (DARTS+: 2); epochs without architecture steps and the last "
+           "epoch do not count", minimum=1),
     Option("auxiliary_skip", "choice", "off", "DARTS- (Chu et al., ICLR 2021)",
            "every operation mixture gets + b * x, b decaying from 1 to 0 over the search; gone "
            "at derivation", choices=DECAYS),
     Option("auxiliary_identity", "choice", "off", "new here (DARTS- on attentions)",
            "every attention mixture gets + b * h, b decaying from 1 to 0", choices=DECAYS),
     Option("beta_decay", "float", 0.0, "beta-DARTS (Ye et al., CVPR 2022)",
-           "lambda: adds lambda * mean over edges of logsumexp(weights) to the architecture "
-           "loss, for alpha and the attention weights (0: off)", minimum=0.0),
+           "lambda: adds lambda_t * (mean over the rows of alpha, beta and gamma of "
+           "logsumexp(row)) to the architecture loss (0: off)", minimum=0.0),
     Option("beta_decay_schedule", "choice", "linear", "beta-DARTS (Ye et al., CVPR 2022)",
-           "how lambda moves over the search: linear (0 to lambda) or constant",
+           "lambda_t in 0-based epoch t of E: linear, lambda * t / E (beta-DARTS's code), or "
+           "constant, lambda",
            choices=("linear", "constant")),
     Option("smoothing", "float", 0.0, "SDARTS-RS (Chen and Hsieh, ICML 2020)",
            "eps: uniform noise in [-eps, eps] on alpha and the attention weights for each "

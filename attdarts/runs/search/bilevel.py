@@ -31,11 +31,25 @@ usual (training mode) but its running statistics are left untouched: those passe
 scratch copy of the buffers, so only real steps (the weight step, and the first-order
 architecture step as in DARTS) move them. Running statistics never affect the search itself,
 which runs in training mode throughout.
+
+Two search methods act inside the iteration (options of the space, README "Search methods"):
+
+- beta-decay (beta-DARTS, Ye et al. 2022): the architecture gradient gets
+  ``lambda_t * grad_a R(a)`` with ``R = mean over rows of logsumexp(row)``, one mean over every
+  row (edge) of alpha, beta and gamma of both cell types (gamma's one row counts as a row);
+  `beta_decay` holds lambda_t (the loop sets it per epoch). It adds to the first- and the
+  second-order gradient alike (R does not depend on the weights).
+- random smoothing (SDARTS-RS, Chen and Hsieh 2020): before each weight step alpha, beta and
+  gamma get uniform noise in [-eps, eps] from torch's global generator (so a resume replays it);
+  the weight gradient is taken there, then the exact previous values are copied back.
+
+Edge weights of edge normalisation are architecture parameters too (Adam moves them) but neither
+method touches them: they act on the kinds of `REGULARISED_KINDS` only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +65,23 @@ def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 ParamDict = dict[str, Tensor]
+# the architecture kinds that beta-decay and random smoothing act on (`arch.alpha_normal`, ...)
+REGULARISED_KINDS = ("alpha", "beta", "gamma")
+
+
+def regularised_kind(name: str) -> bool:
+    """Whether the architecture parameter `name` (e.g. `arch.beta_reduce`) is alpha/beta/gamma."""
+    return name.rsplit(".", 1)[-1].split("_", 1)[0] in REGULARISED_KINDS
+
+
+def beta_decay_term(tensors: Sequence[Tensor]) -> Tensor:
+    """beta-DARTS's regulariser: the mean over the rows of all `tensors` of logsumexp(row).
+
+    Each tensor is (rows, candidates); the rows of tensors of different widths are pooled, so
+    every edge of alpha and of the attention weights counts once (gamma's one row counts once).
+    """
+    total = sum(torch.logsumexp(tensor, dim=-1).sum() for tensor in tensors)
+    return total / sum(tensor.shape[0] for tensor in tensors)
 
 
 def virtual_step(
@@ -139,6 +170,13 @@ class Bilevel:
         self.arch_names = [name for name, _ in model.named_architecture()]
         self.weight_params = model.weights()
         self.arch_params = model.architecture()
+        space = getattr(model, "space", None)
+        # search methods (module docstring): lambda_t of beta-decay, set by the loop per epoch;
+        # eps of random smoothing; the parameters both act on
+        self.beta_decay = 0.0
+        self.smoothing = float(space.smoothing) if space is not None else 0.0
+        self.regularised = [param for name, param in zip(self.arch_names, self.arch_params)
+                            if regularised_kind(name)]
         if config.clip == "authors" and world_size > 1:
             raise SearchError("the authors' clipping (--clip authors) runs in one process; "
                               "use --clip weights under torchrun")
@@ -165,9 +203,17 @@ class Bilevel:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def step(self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor]
+    def step(self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor] | None
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(train loss, train correct, val loss, val correct) as device tensors, no sync."""
+        """(train loss, train correct, val loss, val correct) as device tensors, no sync.
+
+        `arch_batch` None: a weight step only (the architecture's warm-up, `arch_start_epoch`);
+        the val numbers are zeros then.
+        """
+        if arch_batch is None:
+            train_loss, train_logits = self.weight_step(weight_batch)
+            zero = torch.zeros((), device=train_loss.device)
+            return train_loss.detach(), _correct(train_logits, weight_batch[1]), zero, zero
         if self.config.order == 2:
             val_loss, val_logits = self.architecture_step_second_order(weight_batch, arch_batch)
         else:
@@ -181,6 +227,7 @@ class Bilevel:
         images, labels = batch
         authors = self.config.clip == "authors"
         self._arch_requires_grad(authors)
+        saved = self._perturb_architecture() if self.smoothing else None
         try:
             self.weight_optimizer.zero_grad(set_to_none=True)
             logits = self.network(images)
@@ -193,8 +240,20 @@ class Bilevel:
                                                                 self.config.grad_clip)
             self.weight_optimizer.step()
         finally:
+            if saved is not None:
+                with torch.no_grad():
+                    torch._foreach_copy_(self.regularised, saved)
             self._arch_requires_grad(True)
         return loss, logits.detach()
+
+    def _perturb_architecture(self) -> list[Tensor]:
+        """SDARTS-RS: alpha / beta / gamma += U[-eps, eps] (global generator, parameter order);
+        returns copies of the values before, which the weight step copies back exactly."""
+        saved = [param.detach().clone() for param in self.regularised]
+        with torch.no_grad():
+            for param in self.regularised:
+                param.add_(torch.empty_like(param).uniform_(-self.smoothing, self.smoothing))
+        return saved
 
     def _clip_as_the_authors(self) -> Tensor:
         """Clip the weight gradients by the norm over the weights and alpha / beta (see above).
@@ -217,14 +276,14 @@ class Bilevel:
         logits = self.model(images)
         loss = _cross_entropy(logits, labels)
         grads = torch.autograd.grad(loss, self.arch_params)
-        self._apply_arch_gradient(list(grads))
+        self._apply_arch_gradient(self._with_beta_decay(list(grads)))
         return loss, logits.detach()
 
     def architecture_step_second_order(
         self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor]
     ) -> tuple[Tensor, Tensor]:
         grads, val_loss, val_logits = self.unrolled_gradient(weight_batch, arch_batch)
-        self._apply_arch_gradient(grads)
+        self._apply_arch_gradient(self._with_beta_decay(grads))
         return val_loss, val_logits
 
     def unrolled_gradient(
@@ -288,6 +347,16 @@ class Bilevel:
         return total, val_loss, val_logits.detach()
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _with_beta_decay(self, grads: list[Tensor]) -> list[Tensor]:
+        """`grads` (one per `arch_params` entry) plus ``lambda_t * grad_a R`` (beta-DARTS)."""
+        if not self.beta_decay or not self.regularised:
+            return grads
+        with torch.enable_grad():
+            extra = iter(torch.autograd.grad(beta_decay_term(self.regularised), self.regularised))
+        chosen = {id(param) for param in self.regularised}
+        return [grad + self.beta_decay * next(extra) if id(param) in chosen else grad
+                for param, grad in zip(self.arch_params, grads)]
 
     def _apply_arch_gradient(self, grads: list[Tensor]) -> None:
         if self.world_size > 1:

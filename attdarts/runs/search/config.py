@@ -44,7 +44,8 @@ class SearchError(Exception):
 # "Paper, authors' code and attdarts"). Explicit settings win over a recipe (`recipe_config`).
 RECIPES = recipes.SEARCH
 _PAPER = RECIPES["paper"]
-# the settings a recipe decides, i.e. where the rows differ (the CLI leaves them unset by default)
+# the settings the "authors" recipe decides, i.e. where its row differs from the paper's (the CLI
+# leaves them unset by default, as it does those of the other recipes)
 RECIPE_SETTINGS = tuple(key for key, value in RECIPES["authors"].items()
                         if key != "recipe" and value != _PAPER[key])
 
@@ -66,7 +67,7 @@ class SearchConfig(BaseModel):
     data_dir: str | None = _PAPER["data_dir"]
     epochs: int = Field(_PAPER["epochs"], ge=1)
     batch_size: int = Field(_PAPER["batch_size"], ge=1)
-    recipe: Literal["paper", "authors"] = _PAPER["recipe"]
+    recipe: Literal["paper", "authors", "pc-darts"] = _PAPER["recipe"]
     order: Literal[1, 2] = _PAPER["order"]
     second_order: Literal["darts", "authors"] = _PAPER["second_order"]
     clip: Literal["weights", "authors"] = _PAPER["clip"]
@@ -91,6 +92,8 @@ class SearchConfig(BaseModel):
     # run each cell's edges in groups (attdarts.networks.grouping): same sums, far fewer kernels; False is
     # the plain edge-by-edge path (`attdarts search --plain`)
     grouped: bool = _PAPER["grouped"]
+    # epochs of weight steps only before the architecture steps start (PC-DARTS: 15)
+    arch_start_epoch: int = Field(_PAPER["arch_start_epoch"], ge=0)
 
     @field_validator("dataset")
     @classmethod
@@ -112,6 +115,9 @@ class SearchConfig(BaseModel):
         if self.lr_min > self.lr:
             raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr}): the cosine "
                              "schedule anneals from lr down to lr_min")
+        if self.arch_start_epoch >= self.epochs:
+            raise ValueError(f"arch_start_epoch ({self.arch_start_epoch}) must be below epochs "
+                             f"({self.epochs}): the architecture would never be trained")
         return self
 
 
@@ -139,6 +145,32 @@ def cosine_lr(config: SearchConfig, epoch: int) -> float:
     """SGD learning rate of 0-based `epoch`: cosine from lr to lr_min over `epochs` (SGDR)."""
     return config.lr_min + 0.5 * (config.lr - config.lr_min) * (
         1.0 + math.cos(math.pi * epoch / config.epochs))
+
+
+def auxiliary_weight(decay: str, epoch: int, epochs: int) -> float:
+    """DARTS-'s coefficient b of the auxiliary skip in 0-based `epoch` (0.0 when `decay` is off).
+
+    b starts at 1 and falls towards 0: "linear" ``1 - epoch / epochs``, "cosine"
+    ``(1 + cos(pi epoch / epochs)) / 2`` (DARTS-'s code, src/utils.py `DecayScheduler` with its
+    defaults T_start 0, T_max = T_stop = epochs; linear is its scripts' choice).
+    """
+    if decay == "off":
+        return 0.0
+    if decay == "linear":
+        return 1.0 - epoch / epochs
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def beta_decay_weight(space: ir.Space, epoch: int, epochs: int) -> float:
+    """lambda_t of beta-DARTS's regulariser in 0-based `epoch`: `space.beta_decay` throughout
+    ("constant") or ``beta_decay * epoch / epochs`` ("linear", growing from 0 towards lambda).
+
+    beta-DARTS's code (optimizers/darts/architect.py `_backward_step`) uses ``50 * epoch / 100``
+    over a 100-epoch search: "linear" with lambda = 50.
+    """
+    if space.beta_decay_schedule == "constant":
+        return space.beta_decay
+    return space.beta_decay * epoch / epochs
 
 
 def load_space(path: str | os.PathLike, name: str | None = None) -> ir.Space:

@@ -15,6 +15,12 @@ they cost nothing extra; DARTS's separate evaluation pass is not run.
 
 The checkpoint holds the per-epoch history with the genotypes as text (the format every run
 directory has), so a run killed at any instant resumes to byte-identical outputs.
+
+Search methods that act per epoch (options of the space, README "Search methods"): at every
+epoch start (also after a resume) the loop sets beta-decay's lambda_t on the bilevel step and
+DARTS-'s auxiliary coefficients b on the supernet (`Supernet.set_auxiliary`); epochs before
+`arch_start_epoch` run weight steps only; DARTS+'s early stop reads each epoch's genotype. Their
+values go into that epoch's metrics record (only for the methods that are on).
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from attdarts.runs.runtime import Process
 from attdarts.runs.search import outputs
 from attdarts.runs.search.bilevel import Bilevel
 from attdarts.runs.search.config import (
-    CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, cosine_lr,
+    CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, auxiliary_weight,
+    beta_decay_weight, cosine_lr,
 )
 
 log = logging.getLogger(__name__)
@@ -148,9 +155,20 @@ class SearchRun:
     # -- loop -----------------------------------------------------------------------------------
 
     def run(self) -> SearchResult:
-        while self.epoch < self.config.epochs:
+        stopped = self.stopped_early
+        if stopped is not None:
+            log.info("%s: the search finished early at epoch %d (%s); nothing to resume",
+                     self.run_dir, stopped["epoch"], stopped["reason"])
+        while self.epoch < self.config.epochs and self.stopped_early is None:
             self.run_epoch()
         return self.result()
+
+    @property
+    def stopped_early(self) -> dict | None:
+        """{"epoch", "reason"} when DARTS+'s early stop ended the search, else None."""
+        if not self.history["metrics"]:
+            return None
+        return json.loads(self.history["metrics"][-1]).get("stopped_early")
 
     def result(self) -> SearchResult:
         metrics = json.loads(self.history["metrics"][-1])
@@ -168,8 +186,31 @@ class SearchRun:
             self.totals.zero_()
             self.counts = [0, 0]
             self.elapsed = 0.0
+        methods = self._start_methods(epoch)
         started = self._steps(epoch, time.perf_counter())
-        self._epoch_record(epoch, lr, self.elapsed + time.perf_counter() - started)
+        self._epoch_record(epoch, lr, self.elapsed + time.perf_counter() - started, methods)
+
+    def architecture_steps(self, epoch: int) -> bool:
+        """Whether 0-based `epoch` trains the architecture (`arch_start_epoch`, PC-DARTS)."""
+        return epoch >= self.config.arch_start_epoch
+
+    def _start_methods(self, epoch: int) -> dict:
+        """Set the per-epoch values of the space's search methods; returns those to record."""
+        space, config = self.space, self.config
+        record: dict = {}
+        self.bilevel.beta_decay = beta_decay_weight(space, epoch, config.epochs)
+        if space.beta_decay:
+            record["beta_decay"] = self.bilevel.beta_decay
+        if space.auxiliary_skip != "off" or space.auxiliary_identity != "off":
+            skip = auxiliary_weight(space.auxiliary_skip, epoch, config.epochs)
+            identity = auxiliary_weight(space.auxiliary_identity, epoch, config.epochs)
+            self.model.set_auxiliary(skip, identity)
+            record.update({key: value for key, value in (
+                ("auxiliary_skip", skip), ("auxiliary_identity", identity))
+                if getattr(space, key) != "off"})
+        if config.arch_start_epoch:
+            record["architecture_steps"] = self.architecture_steps(epoch)
+        return record
 
     def _steps(self, epoch: int, started: float) -> float:
         """Run the epoch's remaining steps; returns when the current timing span started."""
@@ -178,13 +219,15 @@ class SearchRun:
         bar = runtime.progress(self.progress, self.steps_per_epoch, skip,
                                f"seed {config.seed} epoch {epoch + 1}/{config.epochs}")
         batches = zip(self.weight_loader, self.arch_loader)
+        architecture = self.architecture_steps(epoch)  # else the arch batches are drawn, unused
         try:
             for index, (weight_batch, arch_batch) in enumerate(batches):
                 if index < skip:
                     continue  # drawing the batch advanced the loaders' generators as before
                 train_loss, train_correct, val_loss, val_correct = self.bilevel.step(
-                    weight_batch, arch_batch)
-                train_count, val_count = weight_batch[1].shape[0], arch_batch[1].shape[0]
+                    weight_batch, arch_batch if architecture else None)
+                train_count = weight_batch[1].shape[0]
+                val_count = arch_batch[1].shape[0] if architecture else 0
                 self.totals += torch.stack([
                     train_loss * train_count, train_correct, val_loss * val_count, val_correct,
                 ]).to(torch.float64)
@@ -201,7 +244,7 @@ class SearchRun:
             bar.close()
         return started
 
-    def _epoch_record(self, epoch: int, lr: float, seconds: float) -> None:
+    def _epoch_record(self, epoch: int, lr: float, seconds: float, methods: dict) -> None:
         """Close the epoch: metrics, genotype and weights into the history, then save and write."""
         config = self.config
         totals = self._reduced_totals()
@@ -211,31 +254,55 @@ class SearchRun:
             "epoch": epoch + 1,
             "train_loss": train_loss / max(train_count, 1),
             "train_accuracy": train_correct / max(train_count, 1),
-            "val_loss": val_loss / max(val_count, 1),
-            "val_accuracy": val_correct / max(val_count, 1),
+            # None in the architecture's warm-up (no architecture batch was used)
+            "val_loss": val_loss / val_count if val_count else None,
+            "val_accuracy": val_correct / val_count if val_count else None,
             "lr": lr,
             "steps": self.step,
             "seconds": round(seconds, 3),
             "images_per_s": round(train_count / seconds, 2) if seconds > 0 else None,
         }
+        metrics.update(methods)
         if self.synthetic:
             metrics["synthetic"] = True
         self.epoch = epoch + 1
         self.step = 0
         self.elapsed = 0.0
-        self.history["genotypes"].append(outputs.epoch_genotype(
-            self.model, self.space, config, self.epoch, self.synthetic))
+        genotype = outputs.epoch_genotype(self.model, self.space, config, self.epoch,
+                                          self.synthetic)
+        reason = self._early_stop_reason(epoch, genotype)
+        if reason is not None:
+            metrics["stopped_early"] = {"epoch": self.epoch, "reason": reason}
+            genotype = outputs.with_meta(genotype, outputs.STOPPED_EARLY,
+                                         f"epoch {self.epoch}/{config.epochs}: {reason}")
+        self.history["genotypes"].append(genotype)
         self.history["weights"].append(outputs.weights_record(self.model, self.epoch, self.synthetic))
         self.history["metrics"].append(outputs.dump_json(metrics))
         self.totals.zero_()
         self.counts = [0, 0]
         self.save()
         self.write_outputs()
+        val = ("val loss %.4f acc %.4f" % (metrics["val_loss"], metrics["val_accuracy"])
+               if val_count else "no architecture steps (warm-up)")
         log.info(
-            "seed %d epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.5f | "
-            "%.1f s, %.1f images/s", config.seed, self.epoch, config.epochs,
-            metrics["train_loss"], metrics["train_accuracy"], metrics["val_loss"],
-            metrics["val_accuracy"], lr, seconds, train_count / seconds if seconds > 0 else 0.0)
+            "seed %d epoch %d/%d: train loss %.4f acc %.4f | %s | lr %.5f | %.1f s, %.1f images/s",
+            config.seed, self.epoch, config.epochs, metrics["train_loss"],
+            metrics["train_accuracy"], val, lr, seconds,
+            train_count / seconds if seconds > 0 else 0.0)
+        if reason is not None:
+            log.info("seed %d: stopped early after epoch %d/%d (DARTS+): %s", config.seed,
+                     self.epoch, config.epochs, reason)
+
+    def _early_stop_reason(self, epoch: int, genotype: ir.Genotype) -> str | None:
+        """DARTS+: why the search stops after 0-based `epoch` (None: it goes on). Only epochs
+        that trained the architecture count; the last epoch ends the search anyway."""
+        limit = self.space.stop_at_skips
+        if limit is None or not self.architecture_steps(epoch) or epoch + 1 >= self.config.epochs:
+            return None
+        skips = outputs.count_skips(genotype.normal)
+        if skips < limit:
+            return None
+        return (f"the derived normal cell has {skips} skip_connect (stop_at_skips = {limit})")
 
     def _reduced_totals(self) -> Tensor:
         counts = torch.tensor(self.counts, dtype=torch.float64).to(self.device)

@@ -63,20 +63,40 @@ def epoch_genotype(model: Supernet, space: ir.Space, config: SearchConfig, epoch
     return derive_genotype(model, space, name=f"{space.name}_seed{config.seed}", meta=meta)
 
 
+STOPPED_EARLY = "stopped_early"  # genotype meta, metrics and summary key of DARTS+'s stop
+
+
+def with_meta(genotype: ir.Genotype, key: str, value: str) -> ir.Genotype:
+    """`genotype` with one more meta entry (`key = "value"`)."""
+    return genotype.model_copy(update={"meta": (*genotype.meta, ir.Meta(key=key, value=value))})
+
+
+def count_skips(cell: ir.Cell) -> int:
+    """How many edges of `cell` are skip_connect (DARTS+'s criterion)."""
+    return sum(edge.operation.name == "skip_connect" for node in cell.nodes for edge in node.edges)
+
+
 def genotype_text(genotype: ir.Genotype) -> str:
     """The genotype as written (refused unless it prints back to the same IR)."""
     return format_checked(genotype, what="the derived genotype")
 
 
 def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
-    """One line of weights.jsonl: the softmaxed alpha / beta / gamma of each cell kind."""
+    """One line of weights.jsonl: the softmaxed architecture weights of each cell kind, every
+    kind the supernet has (alpha / beta / gamma, and e.g. edge weights), in its order.
+
+    Edge weights normalise over the edges entering a node, not over a row; they are written
+    raw (pre-softmax) under their kind, the other kinds softmaxed over each row.
+    """
     record: dict = {"epoch": epoch}
     if synthetic:
         record["synthetic"] = True
     tensors = model.architecture_tensors()
     for cell in ir.CELL_KINDS:
-        record[cell] = {kind: _short(torch.softmax(tensors[cell][kind].float(), dim=-1))
-                        for kind in ("alpha", "beta", "gamma") if kind in tensors[cell]}
+        record[cell] = {
+            kind: _short(torch.softmax(tensor.float(), dim=-1) if kind in ("alpha", "beta", "gamma")
+                         else tensor.float().reshape(-1, tensor.shape[-1]))
+            for kind, tensor in tensors[cell].items()}
     columns = model.columns
     record["edges"] = list(model.edge_names)
     record["operations"] = columns["alpha"]
@@ -119,6 +139,8 @@ def summarise(results: Sequence[SearchResult], out_dir: Path) -> dict:
             "cells": {kind: "; ".join(cell_lines(getattr(result.genotype, kind)))
                       for kind in ir.CELL_KINDS},
         })
+        if STOPPED_EARLY in result.metrics:
+            rows[-1][STOPPED_EARLY] = result.metrics[STOPPED_EARLY]
     for row in rows:
         for cells, seeds in groups.items():
             if row["seed"] in seeds:
