@@ -39,7 +39,10 @@ def report(run_dirs: tuple[Path, ...], output_format: str, std: str, mult_adds: 
 
 def count_mult_adds(runs: list[reporting.TrainingRun]) -> None:
     """Fill in each run's multiply-adds, built once per distinct network from its last.pt (a run
-    without a readable checkpoint keeps None, shown as '-')."""
+    without a readable checkpoint keeps None, shown as '-'); torch is imported only if needed."""
+    runs = [run for run in runs if (Path(run.path) / "last.pt").is_file()]
+    if not runs:
+        return
     from attdarts.networks.measure import count_multiply_adds
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.train.evaluate import build_model
@@ -48,8 +51,6 @@ def count_mult_adds(runs: list[reporting.TrainingRun]) -> None:
     counted: dict[tuple, int] = {}
     for run in runs:
         path = Path(run.path) / "last.pt"
-        if not path.is_file():
-            continue
         try:
             state = load_run_checkpoint(path)
             genotype = stored_genotype(state, path)

@@ -300,12 +300,16 @@ def plus_minus(mean: float, deviation: float | None, digits: int = 2) -> str:
     return f"{mean:.{digits}f} +- {deviation:.{digits}f}"
 
 
-def _millions(value: int | None, digits: int) -> str:
-    return "-" if value is None else f"{value / 1e6:.{digits}f}"
+def count(value: int | None) -> str:
+    """3,349,342 -> "3.35 M" (as papers give sizes); small counts in full; None -> "-"."""
+    if value is None:
+        return "-"
+    return f"{value / 1e6:.2f} M" if value >= 1_000_000 else f"{value:,}"
 
 
 def _dataset(entry: dict) -> str:
-    return entry["dataset"] + (" (synthetic data)" if entry["synthetic"] else "")
+    synthetic = entry["synthetic"] and entry["dataset"] != "synthetic"
+    return entry["dataset"] + (" (synthetic data)" if synthetic else "")
 
 
 def _epochs(run: dict) -> str:
@@ -324,10 +328,10 @@ def _training_lines(entries: list[dict], std: str) -> list[str]:
     lines = ["## Trainings", ""]
     lines += _table(
         ("genotype", "dataset", "C", "L", "runs", "test error (%)", "best of N (%)",
-         "params (M)", "mult-adds (M)"), "llrrrrrrr",
+         "params", "mult-adds"), "llrrrrrrr",
         ((e["genotype"], _dataset(e), str(e["channels"]), str(e["layers"]), str(e["runs"]),
           plus_minus(e["test_error_mean"], e["test_error_std"]), f"{e['test_error_best']:.2f}",
-          _millions(e["parameters"], 2), _millions(e["mult_adds"], 1)) for e in entries))
+          count(e["parameters"]), count(e["mult_adds"])) for e in entries))
     lines += ["", f"Test error at the last epoch, mean +- {std} standard deviation over the runs "
               f"({'n - 1' if std == 'sample' else 'n'} in the denominator); best of N: the lowest; "
               "params without the auxiliary head.", ""]
