@@ -18,7 +18,7 @@ from attdarts import recipes
 from attdarts.files import FileError, WriteError, atomic_write_text, has_bom
 from attdarts.language.errors import DslError, Problem, close_names
 from attdarts.language.ir import Genotype, Space
-from attdarts.language.printer import format_document
+from attdarts.language.printer import format_document, format_space
 from attdarts.language.transform import parse_file, parse_text, read_genotype, read_source
 
 GENOTYPE_SUFFIXES = (".geno",)
@@ -226,14 +226,12 @@ def search(space: Space | str | os.PathLike, *, out: str | os.PathLike | None = 
 
     if isinstance(space, Space):
         out = Path(out) if out is not None else searching.default_run_dir(space)
-        # the run directory's space.geno (written first) is the space file of record
-        config = searching.recipe_config(recipe, space_file=str((out / "space.geno").resolve()),
-                                         space=space.name, **settings)
-        if seeds:
-            return searching.run_seeds(config, seeds, out, device=device, progress=progress,
-                                       space=space)
-        return searching.run_search(config, out, device=device, progress=progress, space=space)
-    path = _zoo_file(space, "space")
+        path = out / "space.geno"  # the space file of record, unless out already holds a run
+        if not any((out / name).exists() for name in ("config.json", "seeds.json")):
+            atomic_write_text(path, format_space(space))
+        settings.setdefault("space", space.name)
+    else:
+        path = _zoo_file(space, "space")
     config = searching.recipe_config(recipe, space_file=str(path.resolve()), **settings)
     return searching.launch(config, out, seeds=seeds, device=device, progress=progress)
 

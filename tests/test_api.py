@@ -116,6 +116,12 @@ def test_search_takes_a_space_object_and_returns_its_result(tmp_path, one_thread
     assert result.run_dir == tmp_path / "s" and result.epochs == 1
     assert (tmp_path / "s" / "genotype.geno").is_file() and result.genotype.name == "darts_seed2"
     assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
+    # the space object became the run's space file of record, so the run can be resumed
+    import json
+
+    space_file = Path(json.loads((tmp_path / "s" / "config.json").read_text())["space_file"])
+    assert space_file == (tmp_path / "s" / "space.geno").resolve()
+    assert read_space(space_file) == read_space(ROOT / "genotypes" / "spaces" / "darts.geno")
 
 
 def _readme_python_example() -> str:
