@@ -1,7 +1,9 @@
-"""Public functions of the front end; the CLI is a thin shell over these.
+"""The public functions: the front end (fmt, check over files) and the Python API over the
+heavier stages (`create_network`, `load_network`, `search`, `train`, `export_model`), which the
+package also offers as `attdarts.create_network`, ... The CLI is a shell over these.
 
-Heavier stages (network, supernet, search, train) have their own public functions in their
-modules; they are not imported here so that `import attdarts.api` stays free of torch.
+torch is imported inside the heavy functions only, so `import attdarts.api` (and `attdarts fmt`,
+`check`, ...) stays free of it.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from attdarts.files import WriteError, atomic_write_text, has_bom
-from attdarts.language.errors import DslError, Problem
-from attdarts.language.printer import format_document
-from attdarts.language.transform import parse_file, parse_text, read_source
+from attdarts import recipes
+from attdarts.files import FileError, WriteError, atomic_write_text, has_bom
+from attdarts.language.errors import DslError, Problem, close_names
+from attdarts.language.ir import Genotype, Space
+from attdarts.language.printer import format_document, format_space
+from attdarts.language.transform import parse_file, parse_text, read_genotype, read_source
 
 GENOTYPE_SUFFIXES = (".geno",)
 
@@ -101,3 +106,161 @@ def _no_items(path: str | Path | None) -> DslError:
 def empty_directories(paths) -> list[Path]:
     """The directories among `paths` that hold no genotype file (fmt and check say so)."""
     return [Path(path) for path in paths if Path(path).is_dir() and not expand_paths([path])]
+
+
+# ---------------------------------------------------------------------------------------------
+# The Python API over networks and runs (torch imported on first call)
+
+ZOO = Path(__file__).resolve().parent.parent / "genotypes"
+
+
+class GenotypeNotFound(FileError):
+    """A genotype given by name that is neither a file nor in the zoo; the message lists the zoo."""
+
+
+def zoo_names(kind: str = "genotype") -> list[str]:
+    """Names of the zoo's genotypes (`genotypes/*.geno`) or spaces (`genotypes/spaces/*.geno`)."""
+    folder = ZOO if kind == "genotype" else ZOO / "spaces"
+    return sorted(path.stem for path in folder.glob("*.geno"))
+
+
+def _zoo_file(name: str | os.PathLike, kind: str) -> Path:
+    """A `.geno` path as given, or the zoo's file of that name."""
+    path = Path(name)
+    if path.suffix == ".geno" or path.exists():
+        return path
+    folder = ZOO if kind == "genotype" else ZOO / "spaces"
+    if (folder / f"{name}.geno").is_file():
+        return folder / f"{name}.geno"
+    names = zoo_names(kind)
+    close = close_names(str(name), names)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise GenotypeNotFound(f"'{name}' is neither a {kind} file nor a zoo {kind} "
+                           f"({', '.join(names) or 'none found in ' + str(folder)}){hint}")
+
+
+def resolve_genotype(genotype: Genotype | str | os.PathLike, name: str | None = None) -> Genotype:
+    """An `ir.Genotype` as given, the genotype of a `.geno` file (`name` picks one of several), or
+    a zoo genotype by name ("darts_v2", "att_darts", ...)."""
+    if isinstance(genotype, Genotype):
+        return genotype
+    return read_genotype(_zoo_file(genotype, "genotype"), name)
+
+
+def create_network(genotype: Genotype | str | os.PathLike, dataset: str = "cifar10",
+                   channels: int | None = None, layers: int | None = None,
+                   auxiliary: bool = False, **options: Any):
+    """The discrete network (an `nn.Module`, freshly initialised) of a genotype: a zoo name, a
+    `.geno` path or an `ir.Genotype`.
+
+    `dataset` is "cifar10", "cifar100" or "imagenet"; `channels` and `layers` default to the
+    training recipe of that dataset (`recipes.TRAIN`: C=36, L=20 for CIFAR; C=48, L=14 for
+    ImageNet). `create_network("darts_v2")` has the 3,349,342 weights DARTS reports. `options`
+    go to `compile_network` (num_classes, input_size, drop_path_rule, grouped). `forward`
+    returns `(logits, aux_logits)`, aux_logits None in eval mode or without the head.
+    """
+    from attdarts.networks.network import compile_network
+
+    recipe = recipes.TRAIN["imagenet" if dataset == "imagenet" else "cifar"]
+    return compile_network(resolve_genotype(genotype), dataset=dataset,
+                           channels=recipe["channels"] if channels is None else channels,
+                           layers=recipe["layers"] if layers is None else layers,
+                           auxiliary=auxiliary, **options)
+
+
+@dataclass(frozen=True)
+class LoadedNetwork:
+    """A trained network (eval mode) with its genotype, its `TrainConfig` and the epoch its
+    checkpoint was written at; unpacks as `network, genotype, config = load_network(...)`."""
+
+    network: Any
+    genotype: Genotype
+    config: Any
+    epoch: int
+    checkpoint: Path
+
+    def __iter__(self):
+        return iter((self.network, self.genotype, self.config))
+
+
+def load_network(checkpoint: str | os.PathLike, *, which: str = "last",
+                 device: str | None = None) -> LoadedNetwork:
+    """The trained network of a training run: a run directory (its `last.pt`, or `best.pt` with
+    `which="best"`) or a checkpoint file. A missing, truncated or foreign file (a search's
+    checkpoint, any other file) raises `CheckpointError` with a message for a user."""
+    from attdarts.runs import runtime, train as training
+    from attdarts.runs.checkpoints import CheckpointError
+    from attdarts.runs.train.resume import load_run_checkpoint, stored_genotype
+
+    path = Path(checkpoint)
+    if which not in ("last", "best"):
+        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+    if path.is_dir():
+        if not (path / f"{which}.pt").is_file() and (path / "checkpoint.pt").is_file():
+            raise CheckpointError(f"{path} is a search run, not a training run; train its "
+                                  f"genotype first: attdarts train {path / 'genotype.geno'}")
+        path = path / f"{which}.pt"
+    state = load_run_checkpoint(path)
+    genotype = stored_genotype(state, path)
+    try:
+        config = training.TrainConfig(**state["config"])
+        model = training.build_model(genotype, dict(state["model_config"]))
+        model.load_state_dict(runtime.strip_module_prefix(state["model"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"{path}: the checkpoint does not hold a usable network ({reason})") from None
+    if device is not None:
+        model.to(device)
+    return LoadedNetwork(model.eval(), genotype, config, int(state.get("epoch", 0)), path)
+
+
+def search(space: Space | str | os.PathLike, *, out: str | os.PathLike | None = None,
+           seeds: list[int] | None = None, recipe: str = "paper", device: str | None = None,
+           progress: bool = False, **settings: Any):
+    """Run an architecture search; return its `SearchResult` (run_dir, seed, genotype, epochs,
+    metrics of the last epoch), or one per seed with `seeds`. `space` is a space file, a zoo space
+    name ("att_darts", "darts", ...) or an `ir.Space`; `settings` are `SearchConfig` fields
+    (epochs, batch_size, channels, layers, dataset, lr, ...) over the `recipe`'s defaults.
+    `out` defaults to runs/search-SPACE-TIME."""
+    from attdarts.runs import search as searching
+
+    if isinstance(space, Space):
+        out = Path(out) if out is not None else searching.default_run_dir(space)
+        path = out / "space.geno"  # the space file of record, unless out already holds a run
+        if not any((out / name).exists() for name in ("config.json", "seeds.json")):
+            atomic_write_text(path, format_space(space))
+        settings.setdefault("space", space.name)
+    else:
+        path = _zoo_file(space, "space")
+    config = searching.recipe_config(recipe, space_file=str(path.resolve()), **settings)
+    return searching.launch(config, out, seeds=seeds, device=device, progress=progress)
+
+
+def train(genotype: Genotype | str | os.PathLike, *, out: str | os.PathLike | None = None,
+          device: str | None = None, progress: bool = False, **settings: Any):
+    """Train a genotype (zoo name, `.geno` path or `ir.Genotype`) from scratch; return its
+    `TrainResult` (run_dir, best_top1, best_epoch, last_top1, parameters, history, model).
+    `settings` are `TrainConfig` fields (dataset, epochs, batch_size, channels, layers, lr,
+    seed, ...) over the paper's recipe for the dataset; `out` defaults to runs/NAME-DATASET-TIME."""
+    from attdarts.runs import train as training
+
+    return training.launch(resolve_genotype(genotype), settings, out=out, device=device,
+                           progress=progress)
+
+
+def export_model(source: str | os.PathLike | Genotype, output: str | os.PathLike, *,
+                 batch: int | None = None, exporter: str = "torchscript", dataset: str = "cifar10",
+                 channels: int | None = None, layers: int | None = None):
+    """Write the network of a training checkpoint (a run directory or a `.pt` file) or of a
+    genotype (zoo name, `.geno` path, `ir.Genotype`: freshly initialised weights, sized by
+    `dataset`, `channels`, `layers`) to `output` (.onnx or .pt2), as deployed: eval mode, no
+    drop path, no auxiliary head, logits only. Returns the exported `InferenceNetwork`."""
+    from attdarts.networks.export import export_format, export_network
+
+    export_format(output)  # an unknown suffix is refused before anything is built
+    path = None if isinstance(source, Genotype) else Path(source)
+    if path is not None and (path.is_dir() or path.suffix == ".pt"):
+        network = load_network(path).network.cpu()
+    else:
+        network = create_network(source, dataset, channels, layers)
+    return export_network(network, output, batch=batch, exporter=exporter)

@@ -37,6 +37,9 @@ SKIPPED = {
              "tests/runs/train/test_loop.py covers it",
     "test": "needs a checkpoint from a training run; tests/runs/train/test_loop.py covers it",
     "torchrun": "needs several GPUs (torchrun)",
+    "export-model": "needs a training run or builds paper-sized networks (tens of seconds), and "
+                    "the export extra; tests/commands/test_export_model.py covers it",
+    "report": "needs run directories of train or search; tests/commands/test_report.py covers it",
 }
 # Lines that run other programs (the setup scripts, benchmarks on a GPU, `git config`) are not
 # attdarts commands and are not run here.

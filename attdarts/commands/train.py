@@ -93,10 +93,14 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads torch uses for the run [torch's choice].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")
+@click.option("--repeats", type=click.IntRange(min=1),
+              help="Train N times, seeds SEED..SEED+N-1, into OUT/seed-K (each a run directory), "
+                   "then print the report over them (attdarts report OUT); the same command again "
+                   "continues unfinished seeds.")
 @click.pass_context
 def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | None,
           out_dir: Path | None, resume_dir: Path | None, device: str | None, threads: int | None,
-          quiet: bool, **options: Any) -> None:
+          quiet: bool, repeats: int | None, **options: Any) -> None:
     """Train a genotype from scratch with the paper's evaluation recipe.
 
     Defaults are the Att-DARTS/DARTS CIFAR settings (600 epochs, batch 96, C=36, L=20, SGD 0.025
@@ -123,6 +127,9 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         genotype = None if genotype_file is None else _read_genotype(genotype_file, genotype_name)
         progress = not quiet and sys.stderr.isatty()
         with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]):
+            if repeats is not None:  # --repeats: one run per seed, then the report
+                return _train_repeats(genotype, overrides, repeats, out_dir, resume_dir, device,
+                                      progress)
             result = training.launch(genotype, overrides, out=out_dir, resume=resume_dir,
                                      device=device, progress=progress)
     except ValidationError as error:
@@ -210,3 +217,40 @@ def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, devic
     click.echo(f"{result['genotype']} (epoch {result['epoch']}) on {result['dataset']}{synthetic}: "
                f"top-1 {result['test_top1']:.2f}%  top-5 {result['test_top5']:.2f}%  "
                f"loss {result['test_loss']:.4f}  ({result['test_images']:,} test images)")
+
+
+# ---------------------------------------------------------------------------------------------
+# --repeats: seeds SEED..SEED+N-1 into OUT/seed-K, then the report over them
+
+
+def _train_repeats(genotype, overrides: dict[str, Any], repeats: int, out_dir: Path | None,
+                   resume_dir: Path | None, device: str | None, progress: bool) -> None:
+    """Train one run per seed into OUT/seed-K; a seed directory that already holds a run is
+    resumed (so the same command continues, and a changed setting is refused as --resume
+    refuses it); then print `attdarts report OUT`."""
+    from attdarts.commands.report import count_mult_adds
+    from attdarts.runs import train as training
+    from attdarts.tools import report as reporting
+
+    if resume_dir is not None:
+        raise click.UsageError("--repeats continues its seeds itself: run the same command "
+                               "again instead of --resume")
+    first = overrides.get("seed", training.TrainConfig().seed)
+    if out_dir is None:
+        config = training.TrainConfig.recipe(overrides.get("dataset", "cifar10"))
+        out_dir = training.default_run_dir(genotype, config)
+    main = int(os.environ.get("RANK", "0")) == 0
+    for seed in range(first, first + repeats):
+        seed_dir = out_dir / f"seed-{seed}"
+        settings = {**overrides, "seed": seed}
+        started = (seed_dir / "last.pt").is_file()
+        result = training.launch(genotype, settings, out=None if started else seed_dir,
+                                 resume=seed_dir if started else None, device=device,
+                                 progress=progress)
+        if main:
+            click.echo(f"seed {seed}: {result.run_dir}: last test top-1 {result.last_top1:.2f}%, "
+                       f"best {result.best_top1:.2f}% (epoch {result.best_epoch})")
+    if main:
+        runs = reporting.read_runs([out_dir])
+        count_mult_adds(runs.trainings)
+        click.echo(reporting.format_markdown(reporting.aggregate(runs)), nl=False)

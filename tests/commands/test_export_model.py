@@ -1,0 +1,209 @@
+"""`attdarts export-model` (issue 15, item 2): the network as deployed, as ONNX and .pt2 files
+that reproduce the PyTorch network's logits.
+
+ONNX files are run with onnxruntime, .pt2 files with `torch.export.load`; both are compared with
+the network in eval mode. Networks are tiny (C=4, L=3, 32x32 CIFAR input); the TorchScript ONNX
+export takes about a second, torch.export several (marked slow beyond darts_v2).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from attdarts.cli import cli
+
+pytest.importorskip("onnx", reason="the export extra: pip install -e '.[export]'")
+pytest.importorskip("onnxruntime", reason="the export extra: pip install -e '.[export]'")
+
+import torch  # noqa: E402
+
+from attdarts import api  # noqa: E402
+from attdarts.language.transform import parse_text  # noqa: E402
+from attdarts.networks.export import (  # noqa: E402
+    ExportError, InferenceNetwork, export_network, run_exported,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+ZOO = api.zoo_names()
+ATOL = 1e-5
+
+# every attention of the catalog, BAM both ways, and an attention on a cell's output
+EVERY_ATTENTION = parse_text("""
+genotype every_attention {
+    normal {
+        n0 = sep_conv_3x3(c_k2) >> se + sep_conv_3x3(c_k1) >> ge_theta_plus
+        n1 = dil_conv_3x3(c_k2) >> bam(combine=product) + skip_connect(n0) >> bam
+        c_k = concat(n0, n1) >> cbam
+    }
+    reduce {
+        n0 = max_pool_3x3(c_k2) >> ge_theta_plus + avg_pool_3x3(c_k1) >> double_attention
+        n1 = skip_connect(n0) >> se + sep_conv_5x5(c_k1) >> cbam
+        c_k = concat(n0, n1) >> double_attention
+    }
+}
+""").genotype()
+
+
+def _tiny(genotype, **options):
+    torch.manual_seed(0)
+    network = api.create_network(genotype, channels=4, layers=3, auxiliary=True, **options)
+    _randomise_statistics(network)
+    return network
+
+
+def _randomise_statistics(network):
+    """BatchNorm running statistics away from (0, 1), so eval mode is really exercised."""
+    generator = torch.Generator().manual_seed(1)
+    for module in network.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+
+
+def _images(batch: int) -> torch.Tensor:
+    return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+
+def _reference(network, images):
+    network.eval()
+    with torch.no_grad():
+        return network(images)[0]
+
+
+def _check(network, path, batch_sizes=(1, 3)):
+    for batch in batch_sizes:
+        images = _images(batch)
+        torch.testing.assert_close(run_exported(path, images), _reference(network, images),
+                                   atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_every_zoo_genotype_exports_to_onnx_with_any_batch(name, tmp_path, one_thread):
+    network = _tiny(name)
+    export_network(network, tmp_path / "model.onnx")
+    _check(network, tmp_path / "model.onnx")
+
+
+def test_every_attention_exports_to_onnx(tmp_path, one_thread):
+    network = _tiny(EVERY_ATTENTION)
+    export_network(network, tmp_path / "model.onnx")
+    _check(network, tmp_path / "model.onnx")
+
+
+@pytest.mark.slow
+def test_every_attention_exports_to_pt2(tmp_path, one_thread):
+    network = _tiny(EVERY_ATTENTION)
+    export_network(network, tmp_path / "model.pt2")
+    _check(network, tmp_path / "model.pt2")
+
+
+def test_pt2_round_trip_through_torch_export_load(tmp_path, one_thread):
+    network = _tiny("darts_v2")
+    export_network(network, tmp_path / "model.pt2")
+    _check(network, tmp_path / "model.pt2")
+    program = torch.export.load(str(tmp_path / "model.pt2"))
+    # the auxiliary head is left out of the file; the network keeps its own
+    assert not any("auxiliary" in key for key in program.state_dict)
+    assert network.auxiliary_head is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_every_zoo_genotype_exports_to_pt2(name, tmp_path, one_thread):
+    network = _tiny(name)
+    export_network(network, tmp_path / "model.pt2")
+    _check(network, tmp_path / "model.pt2")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("onnxscript") is None, reason="needs onnxscript")
+def test_the_dynamo_onnx_exporter_gives_the_same_numbers(tmp_path, one_thread):
+    network = _tiny(EVERY_ATTENTION)
+    export_network(network, tmp_path / "model.onnx", exporter="dynamo")
+    _check(network, tmp_path / "model.onnx")
+
+
+def test_the_exported_network_is_the_deployed_one(one_thread):
+    """Eval mode, no drop path, no auxiliary head, logits only; the network given is untouched."""
+    network = _tiny("att_darts", grouped=True)
+    network.train()
+    network.drop_path_prob = 0.3
+    deployed = InferenceNetwork(network)
+    assert not deployed.training and deployed.network.auxiliary_head is None
+    assert deployed.network.drop_path_prob == 0.0 and not deployed.network.grouped
+    assert network.training and network.drop_path_prob == 0.3 and network.grouped
+    images = _images(2)
+    # the grouped network in eval mode computes what the plain deployed copy computes
+    torch.testing.assert_close(deployed(images), _reference(network, images), atol=ATOL, rtol=1e-4)
+
+
+def test_a_fixed_batch_is_written_into_the_onnx_graph(tmp_path, one_thread):
+    import onnx
+
+    export_network(_tiny("darts_v1"), tmp_path / "fixed.onnx", batch=2)
+    export_network(_tiny("darts_v1"), tmp_path / "dynamic.onnx")
+
+    def first_dimension(path):
+        dimension = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+        return dimension.dim_value or dimension.dim_param
+
+    assert first_dimension(tmp_path / "fixed.onnx") == 2
+    assert first_dimension(tmp_path / "dynamic.onnx") == "batch"
+
+
+def _export(*args):
+    return CliRunner().invoke(cli, ["export-model", *map(str, args)])
+
+
+def test_cli_exports_a_trained_checkpoint(tmp_path, one_thread):
+    result = api.train("darts_v2", out=tmp_path / "run", dataset="synthetic", epochs=1,
+                       channels=4, layers=3, batch_size=4, max_steps_per_epoch=2, device="cpu")
+    for target in (tmp_path / "run", tmp_path / "run" / "best.pt"):
+        output = tmp_path / f"{target.name}.onnx"
+        outcome = _export(target, "-o", output)
+        assert outcome.exit_code == 0, outcome.output
+        assert "input (batch, 3, 32, 32) -> logits (batch, 10)" in outcome.output
+        assert "largest difference from PyTorch" in outcome.output
+        _check(result.model, output, batch_sizes=(2,))
+
+
+def test_cli_exports_a_genotype_file_for_imagenet_with_a_fixed_batch(tmp_path, one_thread):
+    output = tmp_path / "model.pt2"
+    outcome = _export(ROOT / "genotypes" / "darts_v2.geno", "-o", output, "--dataset", "imagenet",
+                      "--channels", "8", "--layers", "3", "--batch", "1")
+    assert outcome.exit_code == 0, outcome.output
+    assert "input (1, 3, 224, 224) -> logits (1, 1000)" in outcome.output
+    assert output.is_file()
+
+
+def test_cli_refuses_bad_requests_cleanly(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "file").write_text("")
+    tiny = ("--channels", "4", "--layers", "3")
+    cases = [
+        (("darts_v2", "-o", tmp_path / "model.txt"), "name the file *.onnx (ONNX) or *.pt2"),
+        (("darts_v3", "-o", tmp_path / "model.onnx"), "did you mean 'darts_v2'"),
+        ((tmp_path / "junk.pt", "-o", tmp_path / "model.onnx"), "truncated or corrupt"),
+        ((tmp_path / "missing", "-o", tmp_path / "model.onnx"), "neither a genotype file"),
+        (("darts_v2", "-o", tmp_path / "file" / "model.onnx", *tiny), "cannot write"),
+    ]
+    for args, message in cases:
+        outcome = _export(*args)
+        assert outcome.exit_code == 1 and message in outcome.output, (args, outcome.output)
+        assert "Traceback" not in outcome.output
+    assert not list(tmp_path.glob("*.onnx*"))  # nothing half-written
+
+
+def test_a_missing_onnx_package_says_how_to_install_it(tmp_path, monkeypatch):
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "onnx" else found(name, *args))
+    with pytest.raises(ExportError, match=r"needs the 'onnx' package: pip install 'attdarts\[export\]'"):
+        export_network(_tiny("darts_v2"), tmp_path / "model.onnx")
+    outcome = _export("darts_v2", "-o", tmp_path / "model.onnx", "--channels", "4", "--layers", "3")
+    assert outcome.exit_code == 1 and "pip install" in outcome.output
+    assert not (tmp_path / "model.onnx").exists()
