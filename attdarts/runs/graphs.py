@@ -15,7 +15,9 @@ capture"). The step function itself is plain eager code; it is capture-safe beca
 - random numbers (drop-path masks) come from the default CUDA generator, which `torch.cuda.graph`
   registers by itself: each replay draws fresh numbers from the generator's current seed and
   offset, so `torch.manual_seed` between epochs (the training loop's reseeding) still applies.
-  No other generator is used inside a step, so none needs `register_generator_state`.
+  A step that draws from its own `torch.Generator` (say, perturbation noise) passes it as
+  `generators=`: each is registered with the graph (`CUDAGraph.register_generator_state`) before
+  capture, so its replays advance it as eager calls would. Today's steps use none.
 
 Python-side constants of a step (batch shape, the epoch's drop-path probability, train mode) are
 its `key`: a new key re-captures (the training loop's drop-path ramp does so once per epoch; the
@@ -50,9 +52,10 @@ class CapturableSGD:
     checkpoints, its `momentum_buffer` states for resuming); `refresh()`, called outside the
     step, mirrors the group's lr into `lr` (a float64 tensor on the parameters' device), and
     `step()` does torch's multi-tensor SGD (weight decay, momentum, no dampening or Nesterov)
-    reading it. The update ``p - lr * v`` is written as ``p.addcmul(v, lr, value=-1)``, which
-    rounds exactly like torch's ``p.add(v, alpha=-lr)`` (tested bitwise in float32 and float64):
-    the eager path's numbers do not change.
+    reading it. On the CPU the update ``p - lr * v`` is written as ``p.addcmul(v, lr, value=-1)``,
+    which rounds exactly like torch's ``p.add(v, alpha=-lr)`` (tested bitwise in float32 and
+    float64): the CPU's numbers do not change. On CUDA it is one multi-tensor multiply by the rate
+    tensor and one subtraction (torch's kernel fuses the two: the last bit may differ there).
     """
 
     def __init__(self, optimizer: torch.optim.SGD) -> None:
@@ -90,7 +93,10 @@ class CapturableSGD:
         if momentum:
             grads = self._momentum(params, grads, momentum)
         lr = self.lr.to(params[0].dtype)
-        torch._foreach_addcmul_(params, grads, [lr] * len(params), value=-1)
+        if params[0].is_cuda:  # two multi-tensor kernels, the rate read on the device
+            torch._foreach_sub_(params, torch._foreach_mul(grads, lr))
+        else:  # one operation per tensor, rounding as torch's alpha=-lr (fused multiply-add)
+            torch._foreach_addcmul_(params, grads, [lr] * len(params), value=-1)
 
     def _momentum(self, params: list[Tensor], grads: list[Tensor], momentum: float) -> list[Tensor]:
         """v <- momentum v + g, created as a copy of g on a parameter's first step (as torch)."""
@@ -130,8 +136,10 @@ class CapturedStep:
     first capture (they are real steps: lazy states such as optimiser buffers are created there).
     """
 
-    def __init__(self, step: Callable[..., Any], *, enabled: bool, warmup: int = 3) -> None:
+    def __init__(self, step: Callable[..., Any], *, enabled: bool, warmup: int = 3,
+                 generators: tuple[torch.Generator, ...] = ()) -> None:
         self.step = step
+        self.generators = tuple(generators)
         self.enabled = bool(enabled) and torch.cuda.is_available()  # else: eager, the CPU fallback
         self.warmup = warmup
         self.captures = 0  # how many times the step was captured (a re-capture counts)
@@ -141,6 +149,7 @@ class CapturedStep:
         self._graph = None
         self._outputs: Any = None
         self._pool = None
+        self._side = None  # the warm-up stream
         self._warm = 0
 
     def __call__(self, *inputs: Any, key: Hashable = ()) -> Any:
@@ -172,7 +181,9 @@ class CapturedStep:
         return pytree.tree_unflatten(self._buffers, spec)
 
     def _on_side_stream(self, static: tuple) -> Any:
-        side = torch.cuda.Stream()
+        if self._side is None:
+            self._side = torch.cuda.Stream()
+        side = self._side
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             outputs = self.step(*static)
@@ -181,6 +192,8 @@ class CapturedStep:
 
     def _capture(self, static: tuple) -> None:
         graph = torch.cuda.CUDAGraph()
+        for generator in self.generators:  # the default CUDA generator is registered by torch
+            graph.register_generator_state(generator)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=self._pool):
