@@ -194,7 +194,13 @@ class Bilevel:
         Captured, the four tensors are the graph's outputs: read them before the next step.
         """
         self.weight_update.refresh()
-        return self.captured(weight_batch, arch_batch)
+        return self.captured(weight_batch, arch_batch, key=self.capture_key())
+
+    def capture_key(self) -> tuple:
+        """The Python values `_step` reads that may change during a search: a captured step is
+        re-captured when they change (a value that changes every epoch, such as a schedule's
+        weight, belongs in a device tensor written outside the step, like the learning rate)."""
+        return ()
 
     def _step(self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor]
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
