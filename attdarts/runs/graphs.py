@@ -154,7 +154,7 @@ class CapturedStep:
 
     def __call__(self, *inputs: Any, key: Hashable = ()) -> Any:
         static = self._fill(inputs)
-        if not (self.enabled and all(b.is_cuda for b in self._buffers)):
+        if not self._capturing():
             return self.step(*static)
         if key != self._key:
             self._graph, self._outputs, self._key = None, None, key
@@ -165,6 +165,9 @@ class CapturedStep:
             self._capture(static)
         self._graph.replay()
         return self._outputs
+
+    def _capturing(self) -> bool:
+        return self.enabled and all(buffer.is_cuda for buffer in self._buffers)
 
     def _fill(self, inputs: tuple) -> tuple:
         """Copy `inputs` into the static buffers (new buffers when their shapes change)."""

@@ -451,3 +451,67 @@ def test_captured_training_steps_equal_eager_ones_on_cuda():
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=1e-4, atol=1e-5)
     for a, b in zip(runs[0][1], runs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+class FakeCuda:
+    """Stands in for torch.cuda's streams and graphs, logging what the wrapper asks of them: the
+    wrapper's bookkeeping (warm-up, capture, replay, re-capture, one pool) runs without a GPU."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.events: list[str] = []
+        self.where = "main"
+        self.pools = 0
+        fake = self
+
+        class Stream:
+            def wait_stream(self, other) -> None:
+                pass
+
+        class Graph:
+            def register_generator_state(self, generator) -> None:
+                fake.events.append("register generator")
+
+            def replay(self) -> None:
+                fake.events.append("replay")
+
+        class Place:
+            def __init__(self, where: str) -> None:
+                self.where = where
+
+            def __enter__(self):
+                self.saved, fake.where = fake.where, self.where
+
+            def __exit__(self, *exc) -> None:
+                fake.where = self.saved
+
+        def pool_handle():
+            fake.pools += 1
+            return ("pool", fake.pools)
+
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+        monkeypatch.setattr(torch.cuda, "stream", lambda stream: Place("side stream"))
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+        monkeypatch.setattr(torch.cuda, "graph", lambda graph, pool=None: Place(f"capture {pool}"))
+        monkeypatch.setattr(torch.cuda, "graph_pool_handle", pool_handle)
+        monkeypatch.setattr(graphs.CapturedStep, "_capturing", lambda self: True)
+
+
+def test_the_capture_wrapper_warms_up_captures_replays_and_recaptures(monkeypatch):
+    fake = FakeCuda(monkeypatch)
+
+    def step(x):
+        fake.events.append(f"run on {fake.where}")
+        return x * 2
+
+    generator = torch.Generator()
+    captured = graphs.CapturedStep(step, enabled=True, warmup=3, generators=(generator,))
+    outputs = [captured(torch.ones(2), key="epoch 1") for _ in range(6)]
+    assert fake.events == ["run on side stream"] * 3 + [
+        "register generator", "run on capture ('pool', 1)", "replay", "replay", "replay"]
+    assert outputs[3] is outputs[4] is outputs[5]  # the graph's static outputs
+    fake.events.clear()
+    captured(torch.ones(2), key="epoch 2")  # a new key: captured again, without warm-up
+    captured(torch.ones(3), key="epoch 2")  # a new shape: new buffers, captured again
+    assert fake.events == ["register generator", "run on capture ('pool', 1)", "replay"] * 2
+    assert captured.captures == 3 and fake.pools == 1  # every capture shares one pool
