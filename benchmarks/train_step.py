@@ -10,7 +10,14 @@ ms/step, images/s, peak memory, tensor operations per step (views excluded: on a
 is a kernel launch; counted on one extra step) and the hours that 600 epochs of 50,000 images
 would take at that rate (evaluation excluded).
 
+The step is the loop's `TrainStep`: `--graphs` replays it as one CUDA graph (what `attdarts
+train` does on CUDA; warm-up then takes at least 3 eager steps and the capture, and the capture
+step's time is printed); off CUDA it runs eagerly and the row says so. `--compile` compiles the
+cells (`attdarts.networks.compiled.compile_cells`) when that module exists. A variant that is
+missing or fails prints one line saying so and the others go on.
+
     python benchmarks/train_step.py                       # cuda when available
+    python benchmarks/train_step.py --device cuda --paths grouped --graphs --modes fp32,bf16
     python benchmarks/train_step.py --device cpu --steps 3 --warmup 1
 """
 
@@ -33,7 +40,10 @@ from attdarts.networks.measure import count_parameters  # noqa: E402
 from attdarts.runs import data, runtime  # noqa: E402
 from attdarts.runs import train  # noqa: E402
 from attdarts.runs.train.loop import model_config  # noqa: E402
-from _device import count_operations, device_name, peak_memory_mib, synchronize  # noqa: E402
+from attdarts.runs.train.steps import TrainStep  # noqa: E402
+from _device import (  # noqa: E402
+    count_operations, device_name, optional, peak_memory_mib, synchronize, variant_label,
+)
 
 MODES = {
     "fp32": dict(amp=None, channels_last=False),
@@ -44,6 +54,7 @@ MODES = {
 GENOTYPES = {"att_darts": ROOT / "genotypes" / "att_darts.geno",
              "darts_v2": ROOT / "genotypes" / "darts_v2.geno"}
 EPOCHS, IMAGES_PER_EPOCH = 600, 50_000
+GRAPH_WARMUP = 4  # CapturedStep's 3 eager warm-up steps, then the step that captures
 
 
 def benchmark(genotype_path: Path, path: str, mode: str, args, device: torch.device) -> dict:
@@ -58,7 +69,15 @@ def benchmark(genotype_path: Path, path: str, mode: str, args, device: torch.dev
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     model.drop_path_prob = config.drop_path_prob
+    compile_seconds = None
+    if args.compile:
+        compiled = optional("attdarts.networks.compiled", "--compile")
+        started = time.perf_counter()
+        model = compiled.compile_cells(model, backend=args.compile_backend)
+        compile_seconds = time.perf_counter() - started
     optimizer = train.make_optimizer(model, config)
+    train_step = TrainStep(model, optimizer, config, graphs=args.graphs)
+    warmup = max(args.warmup, GRAPH_WARMUP) if train_step.captured.enabled else args.warmup
     pool = data.synthetic_dataset(train=True, size=4 * args.batch_size)
     loader = data.DeviceLoader(pool.images, pool.labels, batch_size=args.batch_size, device=device,
                                augment=True, cutout=config.cutout, mean=pool.mean, std=pool.std,
@@ -71,15 +90,16 @@ def benchmark(genotype_path: Path, path: str, mode: str, args, device: torch.dev
     stream = batches()
 
     def step():
-        images, labels = next(stream)
-        train.train_step(model, optimizer, images, labels, auxiliary_weight=config.auxiliary_weight,
-                         grad_clip=config.grad_clip, amp=config.amp)
+        train_step(*next(stream))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
+    warmup_seconds = []
+    for _ in range(warmup):
+        started = time.perf_counter()
         step()
-    synchronize(device)
+        synchronize(device)
+        warmup_seconds.append(time.perf_counter() - started)
     started = time.perf_counter()
     for _ in range(args.steps):
         step()
@@ -87,9 +107,14 @@ def benchmark(genotype_path: Path, path: str, mode: str, args, device: torch.dev
     seconds = (time.perf_counter() - started) / args.steps
     images_per_s = args.batch_size / seconds
     operations = count_operations(step) if args.count else None
+    captured = train_step.captured.enabled
     return {
         "genotype": genotype.name,
+        "variant": variant_label(path, args),
         "path": path,
+        "graphs": captured,
+        "graphs_requested": args.graphs,
+        "compile": args.compile,
         "mode": mode,
         "operations_per_step": operations,
         "parameters": parameters,
@@ -97,6 +122,9 @@ def benchmark(genotype_path: Path, path: str, mode: str, args, device: torch.dev
         "images_per_s": images_per_s,
         "peak_memory_mib": peak_memory_mib(device),
         "hours_600_epochs": EPOCHS * IMAGES_PER_EPOCH / images_per_s / 3600,
+        "first_step_seconds": warmup_seconds[0] if warmup_seconds else None,
+        "capture_step_seconds": warmup_seconds[-1] if captured and warmup_seconds else None,
+        "compile_call_seconds": compile_seconds,
     }
 
 
@@ -113,10 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, from {', '.join(MODES)}")
     parser.add_argument("--paths", default="plain,grouped",
                         help="comma-separated: plain, grouped or both")
+    parser.add_argument("--graphs", action="store_true", help="replay each step as a CUDA graph")
+    parser.add_argument("--compile", action="store_true", help="compile the cells (torch.compile)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend for --compile [inductor]")
     parser.add_argument("--no-count", dest="count", action="store_false",
                         help="skip the extra step that counts tensor operations")
+    parser.add_argument("--threads", type=int, help="CPU intra-op threads (torch.set_num_threads)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     paths_run = [p.strip() for p in args.paths.split(",") if p.strip()]
     if not paths_run or any(p not in ("plain", "grouped") for p in paths_run):
         parser.error("--paths takes plain, grouped or both")
@@ -132,23 +167,42 @@ def main(argv: list[str] | None = None) -> None:
     print(f"device: {device_name(device)}; torch {torch.__version__}; batch {args.batch_size}, "
           f"C={args.channels}, L={args.layers}, auxiliary, drop path 0.2; "
           f"{args.warmup} warmup + {args.steps} timed steps")
-    header = (f"{'genotype':<12} {'path':<8} {'mode':<20} {'weights':>10} {'ms/step':>9} "
+    if args.graphs and device.type != "cuda":
+        print("graphs: no CUDA here, so the same step runs eagerly (the CPU fallback)")
+    header = (f"{'genotype':<12} {'variant':<22} {'mode':<20} {'weights':>10} {'ms/step':>9} "
               f"{'img/s':>9} {'peak MiB':>9} {'ops/step':>9} {'h/600 ep':>9}")
     print(header)
     print("-" * len(header))
     results = []
     with runtime.determinism(False, device):  # cudnn.benchmark on, as in training
         for genotype_path, mode, path in itertools.product(paths, modes, paths_run):
-            row = benchmark(genotype_path, path, mode, args, device)
+            label = f"{genotype_path.stem:<12} {variant_label(path, args):<22} {mode:<20}"
+            try:
+                row = benchmark(genotype_path, path, mode, args, device)
+            except ImportError as error:  # an optional module that is not there
+                print(f"{label} not available ({error})", flush=True)
+                results.append({"genotype": genotype_path.stem, "variant": variant_label(path, args),
+                                "mode": mode, "not_available": str(error)})
+                continue
+            except Exception as error:  # noqa: BLE001 - a benchmark reports and goes on
+                print(f"{label} failed: {type(error).__name__}: {error}".splitlines()[0], flush=True)
+                results.append({"genotype": genotype_path.stem, "variant": variant_label(path, args),
+                                "mode": mode, "error": f"{type(error).__name__}: {error}"})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             results.append(row)
             operations = row["operations_per_step"]
-            print(f"{row['genotype']:<12} {path:<8} {mode:<20} {row['parameters']:>10,} "
+            capture = ("" if row["capture_step_seconds"] is None
+                       else f"  (capture step {row['capture_step_seconds']:.1f} s)")
+            print(f"{row['genotype']:<12} {row['variant']:<22} {mode:<20} {row['parameters']:>10,} "
                   f"{row['ms_per_step']:>9.1f} {row['images_per_s']:>9.1f} "
                   f"{row['peak_memory_mib']:>9.0f} "
                   f"{'-' if operations is None else format(operations, ','):>9} "
-                  f"{row['hours_600_epochs']:>9.1f}", flush=True)
+                  f"{row['hours_600_epochs']:>9.1f}{capture}", flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"device": device_name(device), "batch_size": args.batch_size,
+        args.json.write_text(json.dumps({"device": device_name(device), "kind": "train",
+                                         "torch": torch.__version__, "batch_size": args.batch_size,
                                          "steps": args.steps, "results": results}, indent=2) + "\n")
 
 

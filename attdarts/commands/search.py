@@ -149,13 +149,17 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="Run every edge on its own instead of each cell's edges in groups (the "
                    "default: the same results to float rounding from about a third of the "
                    "tensor operations).")
+@click.option("--graphs/--no-graphs", default=None,
+              help="Replay each search iteration as one CUDA graph on CUDA (the default; same "
+                   "results, far fewer launches); --no-graphs runs it eagerly. The CPU always "
+                   "runs eagerly.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
 def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size, order,
            second_order, clip, bam_combine, seed, seeds, channels, layers, lr, lr_min, momentum,
            weight_decay, grad_clip, arch_lr, arch_start_epoch, arch_weight_decay, arch_betas,
            train_portion,
            arch_init, no_augment, out, device, threads, resume, deterministic,
-           max_steps_per_epoch, checkpoint_every, plain, quiet) -> None:
+           max_steps_per_epoch, checkpoint_every, plain, graphs, quiet) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
@@ -184,7 +188,8 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 raise click.BadParameter(f"'{space_file}' {problem}", param_hint="SPACE_FILE")
             chosen = {"second_order": second_order, "clip": clip, "bam_combine": bam_combine,
                       "lr_min": lr_min, "arch_init": arch_init, "batch_size": batch_size,
-                      "lr": lr, "arch_lr": arch_lr, "arch_start_epoch": arch_start_epoch}
+                      "lr": lr, "arch_lr": arch_lr, "arch_start_epoch": arch_start_epoch,
+                      "graphs": graphs}
             config = api.recipe_config(
                 recipe, **{key: value for key, value in chosen.items() if value is not None},
                 space_file=str(space_file.resolve()), space=space_name, dataset=dataset,

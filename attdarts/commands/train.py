@@ -29,6 +29,7 @@ _OVERRIDES = {
     "max_steps_per_epoch": "max_steps_per_epoch",
     "workers": "workers",
     "drop_path_rule": "drop_path_rule",
+    "graphs": "graphs",
 }
 
 
@@ -90,6 +91,10 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--plain", is_flag=True,
               help="Run every edge on its own instead of each cell's ready edges in groups "
                    "(the default: same results, fewer kernels).")
+@click.option("--graphs/--no-graphs", default=True,
+              help="Replay each training step as one CUDA graph on CUDA (the default; same "
+                   "results, far fewer launches); --no-graphs runs it eagerly. The CPU always "
+                   "runs eagerly.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads torch uses for the run [torch's choice].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")

@@ -57,6 +57,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from attdarts.networks.supernet import Supernet
+from attdarts.runs import graphs as captured
 from attdarts.runs.search.config import SearchConfig, SearchError
 
 
@@ -88,12 +89,16 @@ def virtual_step(
     weights: ParamDict,
     grads: Mapping[str, Tensor],
     *,
-    eta: float,
+    eta: float | Tensor,
     weight_decay: float,
     momentum: float = 0.0,
     buffers: Mapping[str, Tensor | None] | None = None,
 ) -> ParamDict:
-    """DARTS's virtual step ``w' = w - eta (mu m + g + lambda w)``; m missing or None -> 0."""
+    """DARTS's virtual step ``w' = w - eta (mu m + g + lambda w)``; m missing or None -> 0.
+
+    `eta` may be a 0-dim tensor (the search's learning rate on the device, so that a captured
+    step follows the schedule); it rounds as the float does.
+    """
     names = list(weights)
     current = [weights[name].detach() for name in names]
     update = list(torch._foreach_add([grads[name] for name in names], current, alpha=weight_decay))
@@ -103,7 +108,11 @@ def virtual_step(
                                    [buffers[names[i]] for i in present], alpha=momentum)
         for index, value in zip(present, added):
             update[index] = value
-    moved = torch._foreach_add(current, update, alpha=-eta)
+    if isinstance(eta, Tensor):
+        moved = torch._foreach_addcmul(current, update, [eta.to(current[0].dtype)] * len(current),
+                                       value=-1)
+    else:
+        moved = torch._foreach_add(current, update, alpha=-eta)
     return dict(zip(names, moved))
 
 
@@ -156,12 +165,18 @@ class Bilevel:
     `model` is the supernet; `network` is what the weight step calls (the same model, or its
     DistributedDataParallel wrapper). Under data parallelism the architecture gradients are
     averaged across ranks with one all-reduce. `hvp_scale` is DARTS's r in eps = r / ||v||.
+
+    `step` runs as one CUDA graph replay (`attdarts.runs.graphs.CapturedStep`) when `graphs`
+    (default: `config.graphs`, True when the config has no such field) and the model is on CUDA
+    in one process; otherwise the same step runs eagerly. The weight update reads the learning
+    rate from a device tensor that `set_lr` writes, so the schedule never forces a re-capture;
+    Adam is `capturable` when captured.
     """
 
     hvp_scale = 0.01
 
     def __init__(self, model: Supernet, config: SearchConfig, *, network: torch.nn.Module | None = None,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, graphs: bool | None = None) -> None:
         self.model = model
         self.network = network if network is not None else model
         self.config = config
@@ -192,6 +207,12 @@ class Bilevel:
         self.arch_optimizer = torch.optim.Adam(
             self.arch_params, lr=config.arch_lr, betas=config.arch_betas,
             weight_decay=config.arch_weight_decay, foreach=True)
+        self.weight_update = captured.CapturableSGD(self.weight_optimizer)
+        wanted = getattr(config, "graphs", True) if graphs is None else graphs
+        device = self.weight_params[0].device
+        self.captured = captured.CapturedStep(
+            self._step, enabled=wanted and captured.capture_possible(device, world_size=world_size))
+        captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
 
     @property
     def lr(self) -> float:
@@ -200,6 +221,7 @@ class Bilevel:
     def set_lr(self, lr: float) -> None:
         for group in self.weight_optimizer.param_groups:
             group["lr"] = lr
+        self.weight_update.refresh()
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -208,8 +230,22 @@ class Bilevel:
         """(train loss, train correct, val loss, val correct) as device tensors, no sync.
 
         `arch_batch` None: a weight step only (the architecture's warm-up, `arch_start_epoch`);
-        the val numbers are zeros then.
+        the val numbers are zeros then. Captured, the four tensors are the graph's outputs: read
+        them before the next step.
         """
+        self.weight_update.refresh()
+        return self.captured(weight_batch, arch_batch, key=self.capture_key())
+
+    def capture_key(self) -> tuple:
+        """The Python values `_step` reads that may change during a search: a captured step is
+        re-captured when they change. beta-decay's lambda_t changes once per epoch (set by the
+        loop), so a search with beta-decay re-captures once per epoch; the learning rate lives in
+        a device tensor and never forces one."""
+        return (self.beta_decay,)
+
+    def _step(self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor] | None
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The step itself: capture-safe (no host sync, no branch on a tensor's value)."""
         if arch_batch is None:
             train_loss, train_logits = self.weight_step(weight_batch)
             zero = torch.zeros((), device=train_loss.device)
@@ -238,7 +274,7 @@ class Bilevel:
             else:
                 self.grad_norm = torch.nn.utils.clip_grad_norm_(self.weight_params,
                                                                 self.config.grad_clip)
-            self.weight_optimizer.step()
+            self.weight_update.step()  # torch's SGD, learning rate read from a device tensor
         finally:
             if saved is not None:
                 with torch.no_grad():
@@ -293,7 +329,7 @@ class Bilevel:
         if self.world_size > 1:
             raise SearchError("second-order search runs in one process; use --order 1 under torchrun")
         config = self.config
-        eta = self.lr
+        eta = self.weight_update.lr  # a device tensor: a captured step follows the schedule
         authors = config.second_order == "authors"
         weights = dict(zip(self.weight_names, self.weight_params))
         arch = dict(zip(self.arch_names, self.arch_params))
@@ -343,7 +379,8 @@ class Bilevel:
             lambda w, a: _cross_entropy(forward(w, a, train_images), train_labels),
             weights, arch, dict(zip(self.weight_names, vector)), r=self.hvp_scale,
             arch_vector=dict(zip(self.arch_names, arch_grads)) if authors else None)
-        total = [g - eta * product[name] for g, name in zip(arch_grads, self.arch_names)]
+        total = [g - eta.to(g.dtype) * product[name]
+                 for g, name in zip(arch_grads, self.arch_names)]
         return total, val_loss, val_logits.detach()
 
     # -- helpers --------------------------------------------------------------------------------
@@ -386,6 +423,9 @@ class Bilevel:
     def load_state_dict(self, state: Mapping) -> None:
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        # the checkpoint brings back the flag it was written with (CPU, --no-graphs or captured)
+        captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
+        self.weight_update.refresh()
 
 
 def _correct(logits: Tensor, labels: Tensor) -> Tensor:

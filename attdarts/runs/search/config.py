@@ -92,6 +92,9 @@ class SearchConfig(BaseModel):
     # run each cell's edges in groups (attdarts.networks.grouping): same sums, far fewer kernels; False is
     # the plain edge-by-edge path (`attdarts search --plain`)
     grouped: bool = _PAPER["grouped"]
+    # replay each search iteration as one CUDA graph on CUDA (attdarts.runs.graphs); the CPU, a
+    # run under torchrun and False (`attdarts search --no-graphs`) run the same step eagerly
+    graphs: bool = _PAPER["graphs"]
     # epochs of weight steps only before the architecture steps start (PC-DARTS: 15)
     arch_start_epoch: int = Field(_PAPER["arch_start_epoch"], ge=0)
 

@@ -73,6 +73,9 @@ class TrainConfig(BaseModel):
     # run each cell's ready edges in groups (attdarts.grouped): the same network and numbers,
     # fewer kernels; False is the plain edge-by-edge path (`attdarts train --plain`)
     grouped: bool = _CIFAR["grouped"]
+    # replay each training step as one CUDA graph on CUDA (attdarts.runs.graphs); the CPU and
+    # False (`attdarts train --no-graphs`) run the same step eagerly
+    graphs: bool = True
     max_steps_per_epoch: int | None = Field(_CIFAR["max_steps_per_epoch"], ge=1)
     workers: int = Field(_CIFAR["workers"], ge=0)
 
@@ -125,5 +128,5 @@ IMAGENET_RECIPE: dict[str, Any] = {
 }
 
 # Settings that may differ when a run is resumed: they do not change what is computed.
-RESUMABLE_OVERRIDES = frozenset({"data_dir", "workers", "grouped"})
+RESUMABLE_OVERRIDES = frozenset({"data_dir", "workers", "grouped", "graphs"})
 

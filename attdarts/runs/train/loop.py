@@ -33,12 +33,14 @@ from torch import nn
 from attdarts.language import ir
 from attdarts.language.printer import format_genotype
 from attdarts.networks.measure import count_parameters
-from attdarts.runs import checkpoints, data, runtime
+from attdarts.runs import checkpoints, data, graphs, runtime
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.runs.train.config import CHECKPOINT_KIND, RESUMABLE_OVERRIDES, TrainConfig, TrainError
 from attdarts.runs.train.evaluate import build_model
 from attdarts.runs.train.resume import ResumePoint, open_resume
-from attdarts.runs.train.steps import evaluate, make_optimizer, make_scheduler, train_epoch
+from attdarts.runs.train.steps import (
+    TrainStep, evaluate, make_optimizer, make_scheduler, train_epoch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ class _Run:
     parameters: tuple[int, int]  # (with the auxiliary head, without: the number papers report)
     writer: _RunWriter | None
     bar: _EpochProgress | None
+    step: TrainStep | None = None  # the training step, captured as a CUDA graph when it can be
     start_epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = 0
@@ -179,6 +182,8 @@ def _prepare(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
         run.history = list(state["history"])
         log.info("resuming %s at epoch %d/%d", run_dir, run.start_epoch, config.epochs)
     run.network = runtime.wrap_data_parallel(model, process, device)
+    capture = config.graphs and graphs.capture_possible(device, world_size=process.world_size)
+    run.step = TrainStep(run.network, optimizer, config, graphs=capture)
 
     total, reported = parameters
     if run.writer is not None:
@@ -204,7 +209,8 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
         run.bar.start(epoch, len(run.train_loader))
     try:
         train_totals = train_epoch(run.network, run.optimizer, run.train_loader, config,
-                                   on_step=run.bar.step if run.bar is not None else None)
+                                   on_step=run.bar.step if run.bar is not None else None,
+                                   step=run.step)
     finally:
         if run.bar is not None:
             run.bar.close()

@@ -1,5 +1,10 @@
 """One training step, one epoch and one evaluation pass, with the optimiser and schedule of the
-recipe (DARTS, Sec. 3.2: SGD with momentum, cosine annealing; ImageNet: lr x 0.97 per epoch)."""
+recipe (DARTS, Sec. 3.2: SGD with momentum, cosine annealing; ImageNet: lr x 0.97 per epoch).
+
+`TrainStep` is the step the loop runs: `train_step` with the SGD update reading its learning rate
+from a device tensor (`attdarts.runs.graphs.CapturableSGD`), replayed as one CUDA graph on CUDA
+(`graphs`), eager elsewhere; both give the numbers of torch's own SGD step.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from attdarts.runs import graphs as captured
 from attdarts.runs.train.config import TrainConfig
 
 
@@ -44,10 +50,13 @@ def train_step(
     grad_clip: float | None = 5.0,
     label_smoothing: float = 0.0,
     amp: str | None = None,
+    update: captured.CapturableSGD | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step; returns the (detached) loss and logits, still on the device.
 
     The loss is the main loss plus `auxiliary_weight` times the auxiliary head's (DARTS).
+    `update` (wrapping `optimizer`) makes the step capture-safe: the learning rate is read from
+    its device tensor; without it `optimizer.step()` runs. Clipping never waits for the device.
     """
     with autocast(images.device, amp):
         logits, auxiliary_logits = model(images)
@@ -59,12 +68,46 @@ def train_step(
     loss.backward()
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    (optimizer if update is None else update).step()
     return loss.detach(), logits.detach()
 
 
-def train_epoch(model, optimizer, loader, config: TrainConfig, *, on_step=None) -> torch.Tensor:
+class TrainStep:
+    """The loop's training step: `train_step` with a `CapturableSGD` update, captured as a CUDA
+    graph when `graphs` (and CUDA, one process: see `attdarts.runs.graphs`), eager otherwise.
+
+    The step's Python-side constants are its capture key: the epoch's drop-path probability (the
+    network reads it as a float: the linear ramp re-captures once per epoch) and train mode.
+    """
+
+    def __init__(self, network: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 *, graphs: bool = False) -> None:
+        self.network = network
+        self.model = getattr(network, "module", network)  # under DistributedDataParallel
+        self.update = captured.CapturableSGD(optimizer)
+        self.settings = dict(auxiliary_weight=config.auxiliary_weight, grad_clip=config.grad_clip,
+                             label_smoothing=config.label_smoothing, amp=config.amp)
+        self.optimizer = optimizer
+        self.captured = captured.CapturedStep(self._step, enabled=graphs)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_step(self.network, self.optimizer, images, labels, update=self.update,
+                          **self.settings)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of the step, on the device (captured: read them before the next call)."""
+        self.update.refresh()
+        key = (float(getattr(self.model, "drop_path_prob", 0.0)), self.model.training)
+        return self.captured(images, labels, key=key)
+
+
+def train_epoch(model, optimizer, loader, config: TrainConfig, *, on_step=None,
+                step: TrainStep | None = None) -> torch.Tensor:
     """Sums (loss x samples, correct, samples) over the epoch, kept on the device.
+
+    `step` is the run's `TrainStep` (kept across epochs, with its capture); without it an eager
+    one is made for this epoch.
 
     Sample counts are known on the host, so nothing waits for the device until the caller reads
     the result once at the end of the epoch.
@@ -75,15 +118,14 @@ def train_epoch(model, optimizer, loader, config: TrainConfig, *, on_step=None) 
     device = _device_of(model)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
     count = 0
-    for step, (images, labels) in enumerate(loader):
-        loss, logits = train_step(
-            model, optimizer, images, labels, auxiliary_weight=config.auxiliary_weight,
-            grad_clip=config.grad_clip, label_smoothing=config.label_smoothing, amp=config.amp)
+    step = TrainStep(model, optimizer, config) if step is None else step
+    for index, (images, labels) in enumerate(loader):
+        loss, logits = step(images, labels)
         batch = labels.shape[0]
         totals += torch.stack([loss.double() * batch, (logits.argmax(dim=1) == labels).sum().double()])
         count += batch
         if on_step is not None:
-            on_step(step, totals, count)
+            on_step(index, totals, count)
     return torch.cat([totals, torch.tensor([float(count)], dtype=torch.float64, device=device)])
 
 
