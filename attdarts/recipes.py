@@ -44,6 +44,7 @@ _PAPER_SEARCH: dict[str, Any] = {
     "checkpoint_every": 0,
     "deterministic": False,
     "grouped": True,
+    "graphs": True,
     "arch_start_epoch": 0,
 }
 

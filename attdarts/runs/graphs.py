@@ -167,20 +167,23 @@ class CapturedStep:
         return self._outputs
 
     def _capturing(self) -> bool:
-        return self.enabled and all(buffer.is_cuda for buffer in self._buffers)
+        return self.enabled and all(buffer.is_cuda for buffer in self._buffers
+                                    if isinstance(buffer, Tensor))
 
     def _fill(self, inputs: tuple) -> tuple:
         """Copy `inputs` into the static buffers (new buffers when their shapes change)."""
         leaves, spec = pytree.tree_flatten(inputs)
-        if (self._buffers is None or spec != self._spec or any(
-                b.shape != t.shape or b.dtype != t.dtype or b.device != t.device
-                or b.stride() != t.stride() for b, t in zip(self._buffers, leaves))):
+        # non-tensor leaves (e.g. None for a missing batch) pass through as they are
+        if (self._buffers is None or spec != self._spec or len(leaves) != len(self._buffers)
+                or any(not _same_slot(b, t) for b, t in zip(self._buffers, leaves))):
             self._buffers = [torch.empty_strided(t.shape, t.stride(), dtype=t.dtype,
-                                                 device=t.device) for t in leaves]
+                                                 device=t.device)
+                             if isinstance(t, Tensor) else t for t in leaves]
             self._spec = spec
             self._graph, self._outputs, self._key = None, None, None
         for buffer, value in zip(self._buffers, leaves):
-            buffer.copy_(value)
+            if isinstance(buffer, Tensor):
+                buffer.copy_(value)
         return pytree.tree_unflatten(self._buffers, spec)
 
     def _on_side_stream(self, static: tuple) -> Any:
@@ -203,3 +206,13 @@ class CapturedStep:
             outputs = self.step(*static)
         self._graph, self._outputs = graph, outputs
         self.captures += 1
+
+
+def _same_slot(buffer: Any, value: Any) -> bool:
+    """Whether a static buffer can take `value` (same tensor layout, or the same non-tensor)."""
+    if isinstance(buffer, Tensor) != isinstance(value, Tensor):
+        return False
+    if not isinstance(buffer, Tensor):
+        return buffer is value or buffer == value
+    return (buffer.shape == value.shape and buffer.dtype == value.dtype
+            and buffer.device == value.device and buffer.stride() == value.stride())
