@@ -111,9 +111,9 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--seed", type=int, default=_PAPER["seed"], show_default=True)
 @click.option("--seeds", help="Several seeds run one after another into OUT/seed-N, e.g. 1,2,3,4.")
 @click.option("--together", is_flag=True,
-              help="Run the --seeds as one batched model (one kernel does every seed's work; "
-                   "the same results and files as one after another, memory grows with the "
-                   "seeds; first order only).")
+              help="Run the --seeds as one batched model: one kernel does every seed's work; "
+                   "the same results and files as one after another; memory grows with the "
+                   "seeds.")
 @click.option("--channels", type=int, default=_PAPER["channels"], show_default=True)
 @click.option("--layers", type=int, default=_PAPER["layers"], show_default=True)
 @click.option("--lr", type=float, default=_PAPER["lr"], show_default=True,

@@ -26,7 +26,7 @@ from attdarts.runs.search.config import (
 )
 from attdarts.runs.search.loop import SearchRun
 from attdarts.runs.search.outputs import prepare_run_dir, summarise
-from attdarts.runs.search.together import run_together, unsupported
+from attdarts.runs.search.together import TogetherSearch, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def run_seeds(
     together: bool = False,
 ) -> list[SearchResult]:
     """One search per seed into out_dir/seed-N, then summary.json. The seeds run one after
-    another, or with `together` as one batched model (`together.run_together`: the same
+    another, or with `together` as one batched model (`run_together`: the same
     results, each seed's files as its own run writes them)."""
     out_dir = Path(out_dir)
     if together:  # refused before anything is written
@@ -148,7 +148,7 @@ def run_seeds(
             record["together"] = True
         out_dir.mkdir(parents=True, exist_ok=True)
         checkpoints.atomic_write_text(out_dir / SEEDS, json.dumps(record, indent=2) + "\n")
-    results = _run_together(config, seeds, out_dir, device=device, progress=progress,
+    results = _seeds_together(config, seeds, out_dir, device=device, progress=progress,
                             dataset=dataset, resume=resume, space=space) if together else None
     if results is None:
         results = _run_one_by_one(config, seeds, out_dir, device=device, progress=progress,
@@ -159,7 +159,7 @@ def run_seeds(
     return results
 
 
-def _run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,
+def _seeds_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,
                   resume: bool, space: ir.Space, **options) -> list[SearchResult] | None:
     """The seeds together; None where a resume must continue them one by one (their
     checkpoints stopped at different points, or only some of them wrote one)."""
@@ -178,6 +178,30 @@ def _run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,
     log.warning("%s: the seeds' checkpoints stopped at different points; continuing them one "
                 "after another", out_dir)
     return None
+
+
+def run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *, space: ir.Space,
+                 device: str | torch.device | None = None, progress: bool = False,
+                 dataset: data.ImageTensors | None = None, resume: bool = False,
+                 restart: bool = False) -> list[SearchResult] | None:
+    """Search `seeds` together into out_dir/seed-N (`resume`: continue them; `restart`: start
+    again seeds killed before their first checkpoint). None when resuming seeds whose
+    checkpoints stopped at different points: the caller continues them one by one."""
+    with (runtime.processes(None if device is None else str(device)) as (process, torch_device),
+          runtime.determinism(config.deterministic, torch_device)):
+        search = TogetherSearch(
+            config, seeds, out_dir, device=torch_device, space=space, dataset=dataset,
+            progress=progress, process=process, prepare=not resume, restart=restart,
+            resume=resume)
+        if resume:
+            if not search.aligned:
+                return None
+            for run in search.runs:
+                run.write_outputs()
+            if search.epoch < config.epochs:
+                log.info("%s: resuming seeds %s together at epoch %d, step %d", out_dir,
+                         ",".join(map(str, seeds)), search.epoch + 1, search.steps_done)
+        return search.run()
 
 
 def _run_one_by_one(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,

@@ -1,36 +1,32 @@
 """Several seeds' searches as one batched model (`attdarts search --seeds 1,2,3,4 --together`).
 
-The paper searches four seeds. Run one after another, each seed's step is launch-bound on a GPU
-(thousands of small kernels); run together, every kernel does all the seeds' work. Each seed's
+The paper searches four seeds. One after another, each seed's step is launch-bound on a GPU
+(thousands of small kernels); together, every kernel does all the seeds' work. Each seed's
 supernet is built exactly as its own run builds it (`SearchRun`: `seed_everything(seed)`, its
-loaders, then its supernet), then the seeds' parameters, running statistics and optimiser state
-are stacked along a new leading seed dimension, and one supernet runs on them through
-`torch.vmap` over `torch.func.functional_call`: a convolution whose weight carries the seed
-dimension becomes one grouped convolution over the seeds (and over the edges too, in grouped
-cells), a batch norm keeps each seed's running statistics apart.
+loaders, then its supernet); their parameters, running statistics and optimiser states are
+stacked along a new leading seed dimension, and one supernet runs on them through `torch.vmap`
+over `torch.func.functional_call`: a convolution whose weight carries the seed dimension becomes
+one grouped convolution over the seeds, and a batch norm keeps each seed's statistics apart.
 
 Each seed's result is that of its own run (tests compare them in float64):
 
-- losses are per seed and the gradient of their sum is each seed's own gradient (the seeds share
-  no value);
+- losses are per seed, and the gradient of their sum is each seed's own gradient;
 - SGD with momentum and Adam are elementwise, so one optimiser over the stacked tensors moves
   every seed as its own would (Adam's step count is the same for all);
-- the gradient clip uses each seed's own norm (over all but the seed dimension), scaled per seed,
-  as `torch.nn.utils.clip_grad_norm_` does for one seed; `clip="authors"` counts each seed's
-  architecture gradients as `Bilevel` does;
+- the gradient clip uses each seed's own norm (over all but the seed dimension), as
+  `clip_grad_norm_` does for one seed; `clip="authors"` counts each seed's alpha / beta
+  gradients as `Bilevel` does; second order takes eps = r / ||v|| per seed;
 - each seed draws its batches from its own loaders, in its own order.
 
-Each seed writes its own run directory with the files of a separate run (the `SearchRun` of that
-seed records the epoch, through `outputs`), including its checkpoint.pt in the format of a
-separate run: a together run resumes together, and a seed's directory can also be continued on
-its own. The step draws no random number (`vmap(randomness="error")` would fail if it did), so
-each seed's global generator state stays what its initialisation left; each checkpoint records
-that state, as a separate run's does.
+Each seed writes its own run directory with the files of a separate run (its `SearchRun` records
+the epochs, through `outputs`), checkpoint.pt included: a together run resumes together, and a
+seed's directory can also be continued alone. The step draws no random number
+(`vmap(randomness="error")` fails if it does), so each seed's generators stay as its
+initialisation left them; its checkpoint records them, as a separate run's does.
 
-Not supported together, refused with one line: second order (`--order 2`), data parallelism,
-and the space options that act in the step or the loop (search methods other than the
-derivation caps `max_skip_connect` / `max_identity`). Memory grows linearly with the seeds
-(README, "Seeds together").
+Refused with one line: data parallelism, and the space options that act in the step or the loop
+(search methods other than the derivation caps `max_skip_connect` / `max_identity`). Memory
+grows linearly with the seeds (README, "Seeds together").
 """
 
 from __future__ import annotations
@@ -51,6 +47,7 @@ from attdarts.language.methods import OPTIONS
 from attdarts.networks import grouping
 from attdarts.runs import data, runtime
 from attdarts.runs.runtime import Process
+from attdarts.runs.search.bilevel import Bilevel, virtual_step
 from attdarts.runs.search.config import SearchConfig, SearchError, SearchResult, cosine_lr
 from attdarts.runs.search.loop import SearchRun
 from attdarts.runs.search.outputs import prepare_run_dir
@@ -65,9 +62,6 @@ Batch = tuple[Tensor, Tensor]  # (seeds, batch, 3, H, W) images and (seeds, batc
 
 def unsupported(config: SearchConfig, space: ir.Space) -> str | None:
     """Why `config` on `space` cannot run together (one line), or None."""
-    if config.order == 2:
-        return ("--together runs first-order searches only; run second order (--order 2) "
-                "seed by seed without --together")
     active = [option.key for option in OPTIONS.values()
               if getattr(space, option.key) != option.default and option.key not in DERIVATION_OPTIONS]
     if active:
@@ -114,7 +108,7 @@ def _stack(tensors: Sequence[Tensor]) -> Tensor:
 
 
 class StackedBilevel:
-    """`Bilevel`'s first-order iteration for S seeds at once, on stacked tensors.
+    """`Bilevel`'s iteration (first or second order) for S seeds at once, on stacked tensors.
 
     `models` are the seeds' supernets (same space and sizes); their values are copied into
     stacked leaves here (`load`) and back (`unload`); the first model serves as the template the
@@ -153,30 +147,41 @@ class StackedBilevel:
 
     # -- steps ----------------------------------------------------------------------------------
 
-    def logits(self, images: Tensor) -> Tensor:
-        """(seeds, batch, classes): every seed's supernet on its own images, one batched pass."""
-        def one(weights, arch, buffers, x):
-            return functional_call(self.template, ({**weights, **arch}, buffers), (x,))
+    def logits(self, images: Tensor, values: dict[str, Tensor] | None = None,
+               buffers: Sequence[Tensor] | None = None) -> Tensor:
+        """(seeds, batch, classes): every seed's supernet on its own images, one batched pass.
+        `values` replaces weights / alpha / beta by name, `buffers` the running statistics."""
+        current = dict(zip(self.weight_names + self.arch_names, self.weights + self.arch))
+        current.update(values or {})
+        stats = dict(zip(self.buffer_names, self.buffers if buffers is None else buffers))
 
-        return torch.vmap(one, randomness="error")(
-            dict(zip(self.weight_names, self.weights)), dict(zip(self.arch_names, self.arch)),
-            dict(zip(self.buffer_names, self.buffers)), images)
+        def one(values, buffers, x):
+            return functional_call(self.template, (values, buffers), (x,))
+
+        return torch.vmap(one, randomness="error")(current, stats, images)
 
     def step(self, weight_batch: Batch, arch_batch: Batch) -> Tensor:
         """One iteration of every seed: the architecture step on `arch_batch`, then the weight
         step on `weight_batch`. Returns (4, seeds) on the device, no host synchronisation:
         train loss, train correct, val loss, val correct."""
-        val_loss, val_logits = self.architecture_step(arch_batch)
+        val_loss, val_logits = self.architecture_step(arch_batch, weight_batch)
         train_loss, train_logits = self.weight_step(weight_batch)
         return torch.stack([
             train_loss.detach(), _correct(train_logits, weight_batch[1]).to(train_loss.dtype),
             val_loss.detach(), _correct(val_logits, arch_batch[1]).to(val_loss.dtype)])
 
-    def architecture_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        images, labels = batch
-        logits = self.logits(images)
-        loss = _cross_entropy(logits, labels)
-        grads = torch.autograd.grad(loss.sum(), self.arch)
+    def architecture_step(self, batch: Batch, weight_batch: Batch | None = None
+                          ) -> tuple[Tensor, Tensor]:
+        """Adam on alpha / beta: first order on `batch`, or second order (`unrolled_gradient`,
+        which also needs the `weight_batch`)."""
+        if self.config.order == 2:
+            assert weight_batch is not None
+            grads, loss, logits = self.unrolled_gradient(weight_batch, batch)
+        else:
+            logits = self.logits(batch[0])
+            loss = _cross_entropy(logits, batch[1])
+            grads = list(torch.autograd.grad(loss.sum(), self.arch))
+            logits = logits.detach()
         for value, grad in zip(self.arch, grads):
             value.grad = grad
         if self.config.clip == "authors":
@@ -184,7 +189,68 @@ class StackedBilevel:
             self._arch_leftover = [value.grad + decay * value.detach() for value in self.arch]
         self.arch_optimizer.step()
         self.arch_optimizer.zero_grad(set_to_none=True)
-        return loss, logits.detach()
+        return loss, logits
+
+    def unrolled_gradient(self, weight_batch: Batch, arch_batch: Batch
+                          ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """`Bilevel.unrolled_gradient` for every seed at once (both variants; the extra passes
+        on scratch running statistics). The only per-seed quantity beyond the elementwise
+        virtual step is eps = r / ||v||, one per seed (`_hessian_vector_product`)."""
+        config, eta = self.config, self.weight_optimizer.param_groups[0]["lr"]
+        weights = dict(zip(self.weight_names, self.weights))
+        arch = dict(zip(self.arch_names, self.arch))
+        scratch = [buffer.clone() for buffer in self.buffers]
+
+        def loss(values: dict[str, Tensor], batch: Batch) -> Tensor:
+            return _cross_entropy(self.logits(batch[0], values, scratch), batch[1]).sum()
+
+        if config.second_order == "authors":  # alpha / beta move with the weights
+            leaves = {**weights, **arch}
+            grads = torch.autograd.grad(loss(leaves, weight_batch), list(leaves.values()))
+            moved = virtual_step(leaves, dict(zip(leaves, grads)), eta=eta,
+                                 weight_decay=config.weight_decay)
+        else:
+            detached = {name: value.detach() for name, value in arch.items()}
+            grads = torch.autograd.grad(loss({**weights, **detached}, weight_batch), self.weights)
+            momentum = {name: self.weight_optimizer.state.get(value, {}).get("momentum_buffer")
+                        for name, value in weights.items()}
+            moved = {**virtual_step(weights, dict(zip(self.weight_names, grads)), eta=eta,
+                                    weight_decay=config.weight_decay, momentum=config.momentum,
+                                    buffers=momentum), **arch}
+        virtual = {name: value if value.requires_grad else value.requires_grad_()
+                   for name, value in moved.items()}
+        val_logits = self.logits(arch_batch[0], virtual, scratch)
+        val_loss = _cross_entropy(val_logits, arch_batch[1])
+        arch_values = [virtual[name] for name in self.arch_names]
+        grads = torch.autograd.grad(val_loss.sum(), [*arch_values, *(
+            virtual[name] for name in self.weight_names)])
+        arch_grads, vector = grads[:len(arch_values)], grads[len(arch_values):]
+        product = self._hessian_vector_product(
+            loss, weight_batch, vector,
+            arch_grads if config.second_order == "authors" else None)
+        total = [grad - eta * part for grad, part in zip(arch_grads, product)]
+        return total, val_loss, val_logits.detach()
+
+    def _hessian_vector_product(self, loss, batch: Batch, vector: Sequence[Tensor],
+                                arch_vector: Sequence[Tensor] | None) -> list[Tensor]:
+        """`bilevel.hessian_vector_product` with eps_s = r / ||v_s|| for each seed s: the
+        central difference of grad_a L_train at w +- eps_s v_s (and a +- eps_s v_a,s)."""
+        flat = torch.cat([v.reshape(self.seeds, -1) for v in (*vector, *(arch_vector or ()))], 1)
+        eps = Bilevel.hvp_scale / torch.linalg.vector_norm(flat, dim=1)
+
+        def moved(bases: Sequence[Tensor], directions: Sequence[Tensor], sign: float) -> list:
+            return [base.detach() + sign * (direction * _seed_view(eps, direction.dim()))
+                    for base, direction in zip(bases, directions)]
+
+        def arch_gradient(sign: float) -> tuple[Tensor, ...]:
+            arch = (list(self.arch) if arch_vector is None else
+                    [value.requires_grad_() for value in moved(self.arch, arch_vector, sign)])
+            values = dict(zip(self.weight_names, moved(self.weights, vector, sign)))
+            values.update(zip(self.arch_names, arch))
+            return torch.autograd.grad(loss(values, batch), arch)
+
+        plus, minus = arch_gradient(1.0), arch_gradient(-1.0)
+        return [(p - m) / (2.0 * _seed_view(eps, p.dim())) for p, m in zip(plus, minus)]
 
     def weight_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
         images, labels = batch
@@ -211,60 +277,56 @@ class StackedBilevel:
 
     # -- the seeds' own models and optimisers ---------------------------------------------------
 
-    def unload(self, models: Sequence[nn.Module], bilevels: Sequence) -> None:
+    def _values(self) -> Iterator[tuple[str, Tensor]]:
+        return zip([*self.weight_names, *self.arch_names, *self.buffer_names],
+                   [*self.weights, *self.arch, *self.buffers])
+
+    def _optimizers(self) -> tuple:
+        """(stacked optimiser, the matching attribute of a seed's `Bilevel`, values, names)."""
+        return ((self.weight_optimizer, "weight_optimizer", self.weights, self.weight_names),
+                (self.arch_optimizer, "arch_optimizer", self.arch, self.arch_names))
+
+    def unload(self, models: Sequence[nn.Module], bilevels: Sequence[Bilevel]) -> None:
         """Copy seed s's slice of every value and optimiser state into `models[s]` and the
-        optimisers of `bilevels[s]` (a `Bilevel`), as that seed's separate run holds them."""
-        names = [*self.weight_names, *self.arch_names, *self.buffer_names]
-        stacked = [*self.weights, *self.arch, *self.buffers]
-        pairs = ((self.weight_optimizer, "weight_optimizer", self.weights, self.weight_names),
-                 (self.arch_optimizer, "arch_optimizer", self.arch, self.arch_names))
+        optimisers of `bilevels[s]`, as that seed's separate run holds them."""
+        lr = self.weight_optimizer.param_groups[0]["lr"]
         with torch.no_grad():
             for seed, (model, bilevel) in enumerate(zip(models, bilevels)):
-                own = model.state_dict(keep_vars=True)
-                for name, value in zip(names, stacked):
+                own, params = model.state_dict(keep_vars=True), dict(model.named_parameters())
+                for name, value in self._values():
                     own[name].copy_(value[seed])
-                params = dict(model.named_parameters())
-                for optimizer, attribute, values, value_names in pairs:
-                    target = getattr(bilevel, attribute)
-                    target.state.clear()
-                    for value, name in zip(values, value_names):
-                        if value in optimizer.state:
-                            target.state[params[name]] = {
-                                key: item[seed].clone() if _per_seed(item, value) else item.clone()
+                for optimizer, attribute, values, names in self._optimizers():
+                    target = getattr(bilevel, attribute).state
+                    target.clear()
+                    for value, name in zip(values, names):
+                        if value in optimizer.state:  # Adam's step count: the same for all
+                            target[params[name]] = {
+                                key: item[seed].clone() if _shaped_like(item, value) else item.clone()
                                 for key, item in optimizer.state[value].items()}
-                for group in bilevel.weight_optimizer.param_groups:
-                    group["lr"] = self.weight_optimizer.param_groups[0]["lr"]
+                bilevel.set_lr(lr)
 
-    def load(self, models: Sequence[nn.Module], bilevels: Sequence) -> None:
+    def load(self, models: Sequence[nn.Module], bilevels: Sequence[Bilevel]) -> None:
         """The reverse of `unload`: stack the seeds' values and optimiser states (a resume)."""
         owned = [model.state_dict(keep_vars=True) for model in models]
-        names = [*self.weight_names, *self.arch_names, *self.buffer_names]
-        stacked = [*self.weights, *self.arch, *self.buffers]
+        params = [dict(model.named_parameters()) for model in models]
         with torch.no_grad():
-            for name, value in zip(names, stacked):
+            for name, value in self._values():
                 value.copy_(_stack([own[name] for own in owned]))
-        for attribute, optimizer, values, value_names in (
-                ("weight_optimizer", self.weight_optimizer, self.weights, self.weight_names),
-                ("arch_optimizer", self.arch_optimizer, self.arch, self.arch_names)):
-            sources = [getattr(bilevel, attribute) for bilevel in bilevels]
-            parameters = [dict(model.named_parameters()) for model in models]
+        for optimizer, attribute, values, names in self._optimizers():
             optimizer.state.clear()
-            for value, name in zip(values, value_names):
-                states = [source.state.get(params[name]) for source, params in zip(sources, parameters)]
-                if any(state is None for state in states):
-                    continue
-                optimizer.state[value] = {
-                    key: (_stack([state[key] for state in states]) if _per_seed(item, value, own=True)
-                          else item.clone())
-                    for key, item in states[0].items()}
+            for value, name in zip(values, names):
+                states = [getattr(bilevel, attribute).state.get(own[name])
+                          for bilevel, own in zip(bilevels, params)]
+                if all(state is not None for state in states):
+                    optimizer.state[value] = {
+                        key: _stack([state[key] for state in states])
+                        if _shaped_like(item, value[0]) else item.clone()
+                        for key, item in states[0].items()}
 
 
-def _per_seed(item: object, value: Tensor, own: bool = False) -> bool:
-    """Whether an optimiser state entry has the parameter's shape (stacked: with the seeds)."""
-    if not isinstance(item, Tensor):
-        return False
-    shape = value.shape[1:] if own else value.shape
-    return item.shape == shape
+def _shaped_like(item: object, value: Tensor) -> bool:
+    """Whether an optimiser state entry is per element of `value` (momentum, Adam moments)."""
+    return isinstance(item, Tensor) and item.shape == value.shape
 
 
 def clip_per_seed(grads: list[Tensor], counted: list[Tensor], max_norm: float) -> Tensor:
@@ -432,26 +494,3 @@ class TogetherSearch:
             runtime.set_rng_state(state)
             run.save()
 
-
-def run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *, space: ir.Space,
-                 device: str | torch.device | None = None, progress: bool = False,
-                 dataset: data.ImageTensors | None = None, resume: bool = False,
-                 restart: bool = False) -> list[SearchResult] | None:
-    """Search `seeds` together into out_dir/seed-N (`resume`: continue them; `restart`: start
-    again seeds killed before their first checkpoint). None when resuming seeds whose
-    checkpoints stopped at different points: the caller continues them one by one."""
-    with (runtime.processes(None if device is None else str(device)) as (process, torch_device),
-          runtime.determinism(config.deterministic, torch_device)):
-        search = TogetherSearch(
-            config, seeds, out_dir, device=torch_device, space=space, dataset=dataset,
-            progress=progress, process=process, prepare=not resume, restart=restart,
-            resume=resume)
-        if resume:
-            if not search.aligned:
-                return None
-            for run in search.runs:
-                run.write_outputs()
-            if search.epoch < config.epochs:
-                log.info("%s: resuming seeds %s together at epoch %d, step %d", out_dir,
-                         ",".join(map(str, seeds)), search.epoch + 1, search.steps_done)
-        return search.run()
