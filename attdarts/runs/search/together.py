@@ -31,6 +31,7 @@ grows linearly with the seeds (README, "Seeds together").
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import time
@@ -113,14 +114,20 @@ class StackedBilevel:
     """`Bilevel`'s iteration (first or second order) for S seeds at once, on stacked tensors.
 
     `models` are the seeds' supernets (same space and sizes); their values are copied into
-    stacked leaves here (`load`) and back (`unload`); the first model serves as the template the
-    stacked values run through.
+    stacked leaves here (`load`) and back (`unload`). A copy of the first is the template the
+    stacked values run through (plain cells where grouped ones cannot run under vmap).
+    For a benchmark: build S supernets (`torch.manual_seed(seed)` before each), move them to the
+    device, then call `step` with images (S, batch, 3, H, W) and labels (S, batch).
     """
 
     def __init__(self, models: Sequence[nn.Module], config: SearchConfig) -> None:
         self.config = config
         self.seeds = len(models)
-        self.template = models[0]
+        self.template = copy.deepcopy(models[0])
+        if getattr(self.template, "grouped", False) and not grouped_cells_vmap():
+            log.info("grouped cells do not run under torch.vmap in this torch; the seeds run "
+                     "through the plain cells (the same sums)")
+            self.template.set_grouped(False)
         self.weight_names = [name for name, _ in self.template.named_weights()]
         self.arch_names = [name for name, _ in self.template.named_architecture()]
         parameters = set(self.weight_names) | set(self.arch_names)
@@ -361,9 +368,8 @@ def _correct(logits: Tensor, labels: Tensor) -> Tensor:
 class TogetherSearch:
     """S seeds' searches, each into out_dir/seed-N, run as one batched model.
 
-    For a benchmark: build it (any `out_dir`; nothing is written unless `prepare` or a run
-    method is called), then call `step(*next(search.batches()))` or `search.bilevel.step` on
-    your own stacked batches: images (seeds, batch, 3, H, W), labels (seeds, batch).
+    A benchmark with the real loaders builds it (nothing is written before `run`, unless
+    `prepare`) and calls `search.step(*batches)` for each `batches` of `search.batches()`.
     """
 
     def __init__(self, config: SearchConfig, seeds: Sequence[int], out_dir: str | Path, *,
@@ -395,10 +401,6 @@ class TogetherSearch:
             self.rng_states.append(runtime.rng_state())
             self.runs.append(run)
         self.bilevel = StackedBilevel([run.model for run in self.runs], config)
-        if config.grouped and not grouped_cells_vmap():
-            log.info("grouped cells do not run under torch.vmap in this torch; the seeds run "
-                     "through the plain cells (the same sums)")
-            self.bilevel.template.set_grouped(False)
         first = self.runs[0]
         # where the seeds stand; a resume continues together only if they all stand there
         self.aligned = all((run.epoch, run.step) == (first.epoch, first.step) for run in self.runs)

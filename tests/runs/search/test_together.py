@@ -343,17 +343,21 @@ def test_cli_together(space_file, tmp_path):
 
 
 def test_grouped_cells_probe_tells_whether_a_grouped_supernet_runs_under_vmap(space_file):
-    """Where the probe says no, a grouped supernet fails under vmap (the together run then uses
-    the plain cells); where it says yes, it runs and gives the plain cells' result."""
+    """Where the probe says no, a grouped supernet fails under vmap, and the stacked step runs a
+    plain template instead; where it says yes, grouped runs and gives the plain cells' result."""
     space = parse_file(space_file).space()
     torch.manual_seed(0)
     model = compile_supernet(space, channels=4, layers=3, input_size=8, grouped=True).double()
     stacked = StackedBilevel([model, model], tiny_config(space_file))
     images = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64)
+    assert model.grouped  # the seed's own supernet is left as it is
     if not together.grouped_cells_vmap():
-        with pytest.raises(RuntimeError, match="[Bb]atching rule"):
+        assert not stacked.template.grouped
+        stacked.template.set_grouped(True)
+        with pytest.raises(RuntimeError, match="Batching rule not implemented"):
             stacked.logits(images)
         return
+    assert stacked.template.grouped
     grouped = stacked.logits(images)
-    model.set_grouped(False)
+    stacked.template.set_grouped(False)
     torch.testing.assert_close(stacked.logits(images), grouped)
