@@ -171,7 +171,8 @@ def _seeds_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *
         results = run_together(config, seeds, out_dir, space=space, resume=True, **options)
         if results is not None:
             return results
-    elif not any(saved) and not any(seed_dir.glob("genotype-epoch*.geno") for seed_dir in seed_dirs):
+    elif not any(saved) and not any(any(seed_dir.glob("genotype-epoch*.geno"))
+                                    for seed_dir in seed_dirs):
         log.warning("%s: no seed saved a checkpoint yet (stopped in the first epoch); starting "
                     "them again from epoch 1, together", out_dir)
         return run_together(config, seeds, out_dir, space=space, restart=True, **options)

@@ -291,9 +291,21 @@ def test_resume_continues_together_to_the_same_results(space_file, separate64, t
     assert_same_run(separate64, out, rtol=1e-10, atol=1e-12)
 
 
+def test_resume_of_seeds_killed_before_any_checkpoint_starts_them_again(
+        space_file, separate64, tmp_path, monkeypatch, caplog):
+    with in_float64():
+        interrupted(space_file, tmp_path / "run", 0, monkeypatch)
+        assert not list((tmp_path / "run").glob("seed-*/checkpoint.pt"))
+        resume_search(tmp_path / "run", device="cpu", dataset=tiny_images())
+    assert "starting them again from epoch 1, together" in caplog.text
+    assert_same_run(separate64, tmp_path / "run", rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.slow  # three partial runs, then two resumed seeds
 def test_resume_of_seeds_stopped_at_different_points_goes_one_by_one(
         space_file, separate64, tmp_path, monkeypatch, caplog):
+    """Each seed continues alone from the checkpoint the together run wrote (`resume_search`
+    of its directory), to the results of its own run."""
     with in_float64():
         interrupted(space_file, tmp_path / "a", 3, monkeypatch)
         interrupted(space_file, tmp_path / "b", 1, monkeypatch)
