@@ -112,6 +112,10 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "unless --recipe authors.")
 @click.option("--seed", type=int, default=_PAPER["seed"], show_default=True)
 @click.option("--seeds", help="Several seeds run one after another into OUT/seed-N, e.g. 1,2,3,4.")
+@click.option("--together", is_flag=True,
+              help="Run the --seeds as one batched model: one kernel does every seed's work; "
+                   "the same results and files as one after another; memory grows with the "
+                   "seeds.")
 @click.option("--channels", type=int, default=_PAPER["channels"], show_default=True)
 @click.option("--layers", type=int, default=_PAPER["layers"], show_default=True)
 @click.option("--lr", type=float,
@@ -159,7 +163,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
            weight_decay, grad_clip, arch_lr, arch_start_epoch, arch_weight_decay, arch_betas,
            train_portion,
            arch_init, no_augment, out, device, threads, resume, deterministic,
-           max_steps_per_epoch, checkpoint_every, plain, graphs, quiet) -> None:
+           max_steps_per_epoch, checkpoint_every, plain, graphs, quiet, together) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
@@ -172,6 +176,8 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     if not quiet:
         _configure_logging()
     seed_list = _seeds(seeds)
+    if together and not seed_list and resume is None:
+        raise click.UsageError("--together runs several seeds together; give them with --seeds")
     betas = _betas(arch_betas)
     if threads is not None:
         api.set_threads(threads)
@@ -201,7 +207,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
         outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
-                             progress=not quiet)
+                             progress=not quiet, together=together)
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))
     except DslError as error:
         raise click.ClickException(str(error)) from None

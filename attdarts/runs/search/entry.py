@@ -1,4 +1,5 @@
-"""The search's entry points: start, resume or run several seeds.
+"""The search's entry points: start, resume or run several seeds (one after another, or
+together as one batched model: `attdarts.runs.search.together`).
 
 `launch` is what `attdarts search` calls: it reads the space once, names the run directory and
 starts, resumes or runs one seed after another. Under torchrun (WORLD_SIZE > 1) each process
@@ -25,6 +26,7 @@ from attdarts.runs.search.config import (
 )
 from attdarts.runs.search.loop import SearchRun
 from attdarts.runs.search.outputs import prepare_run_dir, summarise
+from attdarts.runs.search.together import TogetherSearch, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ def resume_search(
         record = json.loads((run_dir / SEEDS).read_text())
         base = SearchConfig.model_validate(record["config"])
         return run_seeds(base, record["seeds"], run_dir, device=device, progress=progress,
-                         dataset=dataset, resume=True)
+                         dataset=dataset, resume=True, together=record.get("together", False))
     config = read_config(run_dir)
     if (run_dir / CHECKPOINT).exists():
         return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
@@ -126,15 +128,87 @@ def run_seeds(
     dataset: data.ImageTensors | None = None,
     resume: bool = False,
     space: ir.Space | None = None,
+    together: bool = False,
 ) -> list[SearchResult]:
-    """One search per seed, one after another, into out_dir/seed-N; then summary.json."""
+    """One search per seed into out_dir/seed-N, then summary.json. The seeds run one after
+    another, or with `together` as one batched model (`run_together`: the same
+    results, each seed's files as its own run writes them)."""
     out_dir = Path(out_dir)
+    if together:  # refused before anything is written
+        space = (_space_of(config, out_dir / f"seed-{seeds[0]}" if resume else None)
+                 if space is None else with_bam_combine(space, config.bam_combine))
+        reason = unsupported(config, space)
+        if reason is not None:
+            raise SearchError(reason)
     if not resume:
         if (out_dir / SEEDS).exists():
             raise SearchError(f"'{out_dir}' already holds a search; continue it with --resume {out_dir}")
+        record = {"seeds": list(seeds), "config": config.model_dump(mode="json")}
+        if together:
+            record["together"] = True
         out_dir.mkdir(parents=True, exist_ok=True)
-        checkpoints.atomic_write_text(out_dir / SEEDS, json.dumps(
-            {"seeds": list(seeds), "config": config.model_dump(mode="json")}, indent=2) + "\n")
+        checkpoints.atomic_write_text(out_dir / SEEDS, json.dumps(record, indent=2) + "\n")
+    results = _seeds_together(config, seeds, out_dir, device=device, progress=progress,
+                            dataset=dataset, resume=resume, space=space) if together else None
+    if results is None:
+        results = _run_one_by_one(config, seeds, out_dir, device=device, progress=progress,
+                                  dataset=dataset, resume=resume, space=space)
+    if int(os.environ.get("RANK", "0")) == 0:
+        checkpoints.atomic_write_text(out_dir / SUMMARY, json.dumps(
+            summarise(results, out_dir), indent=2) + "\n")
+    return results
+
+
+def _seeds_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,
+                  resume: bool, space: ir.Space, **options) -> list[SearchResult] | None:
+    """The seeds together; None where a resume must continue them one by one (their
+    checkpoints stopped at different points, or only some of them wrote one)."""
+    seed_dirs = [out_dir / f"seed-{seed}" for seed in seeds]
+    if not resume:
+        return run_together(config, seeds, out_dir, space=space, **options)
+    saved = [(seed_dir / CHECKPOINT).is_file() for seed_dir in seed_dirs]
+    if all(saved):
+        results = run_together(config, seeds, out_dir, space=space, resume=True, **options)
+        if results is not None:
+            return results
+    elif not any(saved) and not any(any(seed_dir.glob("genotype-epoch*.geno"))
+                                    for seed_dir in seed_dirs):
+        log.warning("%s: no seed saved a checkpoint yet (stopped in the first epoch); starting "
+                    "them again from epoch 1, together", out_dir)
+        return run_together(config, seeds, out_dir, space=space, restart=True, **options)
+    log.warning("%s: the seeds' checkpoints stopped at different points; continuing them one "
+                "after another", out_dir)
+    return None
+
+
+def run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *, space: ir.Space,
+                 device: str | torch.device | None = None, progress: bool = False,
+                 dataset: data.ImageTensors | None = None, resume: bool = False,
+                 restart: bool = False) -> list[SearchResult] | None:
+    """Search `seeds` together into out_dir/seed-N (`resume`: continue them; `restart`: start
+    again seeds killed before their first checkpoint). None when resuming seeds whose
+    checkpoints stopped at different points: the caller continues them one by one."""
+    with (runtime.processes(None if device is None else str(device)) as (process, torch_device),
+          runtime.determinism(config.deterministic, torch_device)):
+        search = TogetherSearch(
+            config, seeds, out_dir, device=torch_device, space=space, dataset=dataset,
+            progress=progress, process=process, prepare=not resume, restart=restart,
+            resume=resume)
+        if resume:
+            if not search.aligned:
+                return None
+            for run in search.runs:
+                run.write_outputs()
+            if search.epoch < config.epochs:
+                log.info("%s: resuming seeds %s together at epoch %d, step %d", out_dir,
+                         ",".join(map(str, seeds)), search.epoch + 1, search.steps_done)
+        return search.run()
+
+
+def _run_one_by_one(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,
+                    device: str | torch.device | None, progress: bool,
+                    dataset: data.ImageTensors | None, resume: bool,
+                    space: ir.Space | None) -> list[SearchResult]:
     results = []
     for seed in seeds:
         seed_dir = out_dir / f"seed-{seed}"
@@ -146,9 +220,6 @@ def run_seeds(
                                 dataset=dataset, space=space)
         assert isinstance(result, SearchResult)
         results.append(result)
-    if int(os.environ.get("RANK", "0")) == 0:
-        checkpoints.atomic_write_text(out_dir / SUMMARY, json.dumps(
-            summarise(results, out_dir), indent=2) + "\n")
     return results
 
 
@@ -165,14 +236,17 @@ def launch(
     resume: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    together: bool = False,
 ) -> SearchResult | list[SearchResult]:
-    """Start a search (one seed, or `seeds` one after another into out/seed-N) or, with
-    `resume`, continue the run in that directory; `config` is not given then."""
+    """Start a search (one seed, or `seeds` into out/seed-N: one after another, or `together` as
+    one batched model) or, with `resume`, continue the run in that directory; `config` is not
+    given then."""
     if resume is not None:
         return resume_search(resume, device=device, progress=progress)
     assert config is not None
     space = load_space(config.space_file, config.space)
     out = default_run_dir(space) if out is None else out
     if seeds:
-        return run_seeds(config, seeds, out, device=device, progress=progress, space=space)
+        return run_seeds(config, seeds, out, device=device, progress=progress, space=space,
+                         together=together)
     return run_search(config, out, device=device, progress=progress, space=space)

@@ -1,0 +1,375 @@
+"""Several seeds together (attdarts.runs.search.together): each seed's results are its own run's.
+
+The reference is the real thing: `run_seeds` one seed after another (`run_search` per seed),
+compared with the together run file by file and tensor by tensor, in float64 (equal to rounding,
+1e-10) and in float32 (equal within the stated tolerance).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from attdarts.cli import cli
+from attdarts.language.transform import parse_file
+from attdarts.networks.supernet import compile_supernet
+from attdarts.runs import data
+from attdarts.runs.data import loaders
+from attdarts.runs.search import Bilevel, SearchConfig, SearchError, resume_search, run_seeds
+from attdarts.runs.search import together
+from attdarts.runs.search.together import StackedBilevel, TogetherSearch, clip_per_seed
+
+SPACE = """\
+space tiny {
+    operations = [none, max_pool_3x3, skip_connect, sep_conv_3x3]
+    attentions = [identity, se, cbam]
+    nodes = 2
+    keep = 2
+    location = after_every
+    mixing = sum
+}
+"""
+SEEDS = (1, 2)
+TIMING = ("seconds", "images_per_s")  # the only metrics that differ: wall time
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@contextlib.contextmanager
+def in_float64():
+    """Supernets and images in float64: the default dtype, and the loaders' normalised images
+    cast (the same cast for the reference and the together run)."""
+    original = loaders.normalise
+    saved = torch.get_default_dtype()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loaders, "normalise", lambda *args: original(*args).double())
+        torch.set_default_dtype(torch.float64)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(saved)
+
+
+def tiny_config(space_file: Path, **changes) -> SearchConfig:
+    """C=4, 3 cells, 8x8 synthetic images, batch 4: 2 epochs of 2 steps, a checkpoint after
+    every step (grouped cells, the default)."""
+    settings = dict(space_file=str(space_file), dataset="synthetic", epochs=2, batch_size=4,
+                    channels=4, layers=3, max_steps_per_epoch=2, deterministic=True,
+                    arch_init="randn", checkpoint_every=1)
+    settings.update(changes)
+    return SearchConfig(**settings)
+
+
+def tiny_images() -> data.ImageTensors:
+    return data.synthetic_dataset(train=True, size=32, resolution=8)
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny.geno"
+    path.write_text(SPACE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def separate64(space_file, tmp_path_factory) -> Path:
+    """The reference: the seeds one after another, float64."""
+    out = tmp_path_factory.mktemp("separate") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with in_float64():
+        run_seeds(tiny_config(space_file), SEEDS, out, device="cpu", dataset=tiny_images())
+    torch.set_num_threads(threads)
+    return out
+
+
+def assert_same_state(expected, actual, *, rtol: float, atol: float, where: str = "") -> None:
+    """Nested checkpoint values equal: tensors within the tolerance, everything else exactly."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and actual.shape == expected.shape, where
+        if expected.is_floating_point():
+            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=where)
+        else:
+            assert torch.equal(actual, expected), where
+    elif isinstance(expected, dict):
+        assert set(actual) == set(expected), where
+        for key in expected:
+            assert_same_state(expected[key], actual[key], rtol=rtol, atol=atol, where=f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), where
+        for index, (e, a) in enumerate(zip(expected, actual)):
+            assert_same_state(e, a, rtol=rtol, atol=atol, where=f"{where}[{index}]")
+    else:
+        assert actual == expected, where
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
+
+
+def assert_same_run(expected: Path, actual: Path, *, rtol: float, atol: float,
+                    exact_files: bool = True) -> None:
+    """Every seed directory holds the same files, metrics, genotypes and checkpoint."""
+    for seed in SEEDS:
+        ours, theirs = expected / f"seed-{seed}", actual / f"seed-{seed}"
+        names = sorted(path.name for path in ours.iterdir())
+        assert names == sorted(path.name for path in theirs.iterdir())
+        for name in names:
+            if name.endswith(".geno") or name == "config.json" or (
+                    exact_files and name == "weights.jsonl"):
+                assert (ours / name).read_text() == (theirs / name).read_text(), name
+        for mine, other in zip(metrics(ours), metrics(theirs)):
+            assert set(mine) == set(other)
+            for key, value in mine.items():
+                assert other[key] == pytest.approx(value, rel=rtol, abs=atol), key
+        saved = torch.load(ours / "checkpoint.pt", weights_only=False)
+        loaded = torch.load(theirs / "checkpoint.pt", weights_only=False)
+        saved["elapsed"] = loaded["elapsed"]
+        saved["history"]["metrics"] = loaded["history"]["metrics"]  # compared above
+        if not exact_files:
+            saved["history"]["weights"] = loaded["history"]["weights"]  # float32 decimals
+        assert_same_state(saved, loaded, rtol=rtol, atol=atol, where=f"seed {seed}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-seed results equal separate runs
+
+
+def test_together_equals_separate_runs_in_float64(space_file, separate64, tmp_path):
+    """Losses, accuracies, weights, running statistics, alpha / beta, optimiser states (SGD
+    momentum, Adam moments and step), generator states and the derived genotypes of every seed
+    and epoch equal those of the seed's own run; the files are byte for byte the same."""
+    out = tmp_path / "together"
+    with in_float64():
+        results = run_seeds(tiny_config(space_file), SEEDS, out, device="cpu",
+                            dataset=tiny_images(), together=True)
+    assert [result.seed for result in results] == list(SEEDS)
+    assert json.loads((out / "seeds.json").read_text())["together"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads((separate64 / "summary.json").read_text())
+    assert_same_run(separate64, out, rtol=1e-10, atol=1e-12)
+    first, second = (torch.load(out / f"seed-{seed}" / "checkpoint.pt", weights_only=False)
+                     for seed in SEEDS)
+    assert not torch.equal(first["model"]["arch.alpha_normal"],
+                           second["model"]["arch.alpha_normal"])  # the seeds did differ
+
+
+def test_together_equals_separate_runs_in_float32(space_file, tmp_path):
+    """float32: equal within rounding (relative 1e-4, absolute 1e-6 after four steps; measured
+    differences are about 1e-7 relative), same genotypes."""
+    config = tiny_config(space_file)
+    run_seeds(config, SEEDS, tmp_path / "separate", device="cpu", dataset=tiny_images())
+    run_seeds(config, SEEDS, tmp_path / "together", device="cpu", dataset=tiny_images(),
+              together=True)
+    assert_same_run(tmp_path / "separate", tmp_path / "together", rtol=1e-4, atol=1e-6,
+                    exact_files=False)
+
+
+@pytest.mark.parametrize("order, second_order, clip", [
+    (1, "darts", "weights"), (1, "darts", "authors"), (2, "darts", "weights"),
+    (2, "authors", "authors")])
+def test_stacked_steps_equal_bilevel_steps(space_file, order, second_order, clip):
+    """One `Bilevel` per seed against `StackedBilevel`, three iterations in float64, with a clip
+    small enough to act: first order, both clip variants (the authors' counts alpha / beta's
+    gradients in each seed's norm), both second-order variants (eps per seed)."""
+    space = parse_file(space_file).space()
+    config = tiny_config(space_file, clip=clip, grad_clip=0.05, order=order,
+                         second_order=second_order)
+    models = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        models.append(compile_supernet(space, channels=4, layers=3, input_size=8,
+                                       init="randn").double())
+    generator = torch.Generator().manual_seed(0)
+    batches = [((torch.randn(2, 4, 3, 8, 8, generator=generator, dtype=torch.float64),
+                 torch.randint(0, 10, (2, 4), generator=generator)),
+                (torch.randn(2, 4, 3, 8, 8, generator=generator, dtype=torch.float64),
+                 torch.randint(0, 10, (2, 4), generator=generator))) for _ in range(3)]
+    stacked = StackedBilevel(models, config)
+    separate = [Bilevel(model, config) for model in models]
+    for weight_batch, arch_batch in batches:
+        stats = stacked.step(weight_batch, arch_batch)
+        for seed, bilevel in enumerate(separate):
+            own = bilevel.step(*((x[seed], y[seed]) for x, y in (weight_batch, arch_batch)))
+            torch.testing.assert_close(stats[:, seed], torch.stack([v.double() for v in own]))
+            assert bilevel.grad_norm > config.grad_clip  # the clip acted
+            torch.testing.assert_close(stacked.grad_norm[seed], bilevel.grad_norm)
+    for seed, model in enumerate(models):
+        state = model.state_dict()
+        for name, value in zip(stacked.weight_names + stacked.arch_names + stacked.buffer_names,
+                               stacked.weights + stacked.arch + stacked.buffers):
+            torch.testing.assert_close(value[seed].detach(), state[name], rtol=1e-10,
+                                       atol=1e-12, msg=name)
+
+
+def test_clip_uses_each_seeds_own_norm():
+    """Seed 0's norm is 5 (scaled to 1), seed 1's is 0.5 (kept), against clip_grad_norm_."""
+    grads = [torch.tensor([[3.0, 0.0], [0.3, 0.0]]), torch.tensor([[[4.0]], [[0.4]]])]
+    expected = []
+    for seed in range(2):
+        own = [torch.nn.Parameter(torch.zeros(grad.shape[1:])) for grad in grads]
+        for param, grad in zip(own, grads):
+            param.grad = grad[seed].clone()
+        norm = torch.nn.utils.clip_grad_norm_(own, 1.0)
+        expected.append((norm, [param.grad for param in own]))
+    norms = clip_per_seed(grads, grads, 1.0)
+    for seed, (norm, clipped) in enumerate(expected):
+        torch.testing.assert_close(norms[seed], norm)
+        for grad, reference in zip(grads, clipped):
+            torch.testing.assert_close(grad[seed], reference)
+    torch.testing.assert_close(norms, torch.tensor([5.0, 0.5]))
+    torch.testing.assert_close(grads[1][:, 0, 0], torch.tensor([0.8, 0.4]), atol=1e-6, rtol=0)
+
+
+def test_batch_norm_keeps_each_seeds_running_statistics(space_file):
+    """vmap over the stacked running statistics: each seed's move as its own forward moves them
+    (training mode, momentum 0.1, unbiased variance, one more batch counted)."""
+    space = parse_file(space_file).space()
+    models = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        models.append(compile_supernet(space, channels=4, layers=3, input_size=8).double())
+    stacked = StackedBilevel(models, tiny_config(space_file))
+    images = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64)
+    stacked.logits(images)
+    stem = stacked.buffer_names.index("stem.1.running_mean")
+    for seed, model in enumerate(models):
+        features = model.stem[0](images[seed])
+        expected = 0.1 * features.mean(dim=(0, 2, 3))  # from a zero running mean
+        torch.testing.assert_close(stacked.buffers[stem][seed], expected.detach())
+        model(images[seed])
+        for name, value in zip(stacked.buffer_names, stacked.buffers):
+            torch.testing.assert_close(value[seed], model.state_dict()[name], msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume
+
+
+class Stop(Exception):
+    pass
+
+
+def interrupted(space_file: Path, out: Path, after_steps: int, monkeypatch) -> None:
+    """A together run killed inside its `after_steps + 1`-th iteration (checkpoints every step)."""
+    calls = []
+    original = StackedBilevel.step
+
+    def step(self, *batches):
+        if len(calls) == after_steps:
+            raise Stop
+        calls.append(1)
+        return original(self, *batches)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StackedBilevel, "step", step)
+        with pytest.raises(Stop):
+            run_seeds(tiny_config(space_file), SEEDS, out, device="cpu",
+                      dataset=tiny_images(), together=True)
+
+
+def test_resume_continues_together_to_the_same_results(space_file, separate64, tmp_path,
+                                                       monkeypatch):
+    out = tmp_path / "run"
+    with in_float64():
+        interrupted(space_file, out, 3, monkeypatch)  # epoch 2, step 1 saved
+        state = torch.load(out / "seed-2" / "checkpoint.pt", weights_only=False)
+        assert (state["epoch"], state["step"]) == (1, 1)
+        calls = []
+        monkeypatch.setattr(TogetherSearch, "run_epoch",
+                            lambda self, original=TogetherSearch.run_epoch: calls.append(1) or
+                            original(self))
+        resume_search(out, device="cpu", dataset=tiny_images())
+    assert calls == [1]  # continued together, one epoch
+    assert_same_run(separate64, out, rtol=1e-10, atol=1e-12)
+
+
+def test_resume_of_seeds_killed_before_any_checkpoint_starts_them_again(
+        space_file, separate64, tmp_path, monkeypatch, caplog):
+    with in_float64():
+        interrupted(space_file, tmp_path / "run", 0, monkeypatch)
+        assert not list((tmp_path / "run").glob("seed-*/checkpoint.pt"))
+        resume_search(tmp_path / "run", device="cpu", dataset=tiny_images())
+    assert "starting them again from epoch 1, together" in caplog.text
+    assert_same_run(separate64, tmp_path / "run", rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow  # three partial runs, then two resumed seeds
+def test_resume_of_seeds_stopped_at_different_points_goes_one_by_one(
+        space_file, separate64, tmp_path, monkeypatch, caplog):
+    """Each seed continues alone from the checkpoint the together run wrote (`resume_search`
+    of its directory), to the results of its own run."""
+    with in_float64():
+        interrupted(space_file, tmp_path / "a", 3, monkeypatch)
+        interrupted(space_file, tmp_path / "b", 1, monkeypatch)
+        shutil.rmtree(tmp_path / "a" / "seed-2")
+        shutil.copytree(tmp_path / "b" / "seed-2", tmp_path / "a" / "seed-2")
+        results = resume_search(tmp_path / "a", device="cpu", dataset=tiny_images())
+    assert "one after another" in caplog.text
+    assert [result.seed for result in results] == list(SEEDS)
+    assert_same_run(separate64, tmp_path / "a", rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# What together refuses, and the command line
+
+
+def test_space_options_acting_in_the_step_are_refused_before_writing(tmp_path):
+    beta = tmp_path / "beta.geno"
+    beta.write_text(SPACE.replace("mixing = sum", "mixing = sum\n    beta_decay = 0.5"))
+    with pytest.raises(SearchError, match="beta_decay"):
+        run_seeds(tiny_config(beta), SEEDS, tmp_path / "b", device="cpu",
+                  dataset=tiny_images(), together=True)
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_together(space_file, tmp_path):
+    runner = CliRunner()
+    common = [str(space_file), "--dataset", "synthetic", "--epochs", "1", "--batch-size", "4",
+              "--channels", "4", "--layers", "3", "--max-steps-per-epoch", "1", "--quiet",
+              "--device", "cpu"]
+    result = runner.invoke(cli, ["search", *common, "--together", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "give them with --seeds" in result.output
+    smooth = tmp_path / "smooth.geno"
+    smooth.write_text(SPACE.replace("mixing = sum", "mixing = sum\n    smoothing = 0.03"))
+    result = runner.invoke(cli, ["search", str(smooth), *common[1:], "--together", "--seeds",
+                                 "1,2", "--out", str(tmp_path / "y")])
+    assert result.exit_code == 1 and not (tmp_path / "y").exists()
+    assert result.output.strip().splitlines() == [
+        "Error: --together does not run the space option(s) smoothing of space 'tiny' yet; run "
+        "its seeds without --together"]
+    result = runner.invoke(cli, ["search", *common, "--together", "--seeds", "3,4", "--order",
+                                 "2", "--out", str(tmp_path / "z")])
+    assert result.exit_code == 0, result.output
+    assert "searched 2 seeds" in result.output
+    assert json.loads((tmp_path / "z" / "seeds.json").read_text())["together"] is True
+    for seed in (3, 4):
+        assert (tmp_path / "z" / f"seed-{seed}" / "genotype.geno").is_file()
+
+
+def test_grouped_cells_probe_tells_whether_a_grouped_supernet_runs_under_vmap(space_file):
+    """Where the probe says no, a grouped supernet fails under vmap, and the stacked step runs a
+    plain template instead; where it says yes, grouped runs and gives the plain cells' result."""
+    space = parse_file(space_file).space()
+    torch.manual_seed(0)
+    model = compile_supernet(space, channels=4, layers=3, input_size=8, grouped=True).double()
+    stacked = StackedBilevel([model, model], tiny_config(space_file))
+    images = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64)
+    assert model.grouped  # the seed's own supernet is left as it is
+    if not together.grouped_cells_vmap():
+        assert not stacked.template.grouped
+        stacked.template.set_grouped(True)
+        with pytest.raises(RuntimeError, match="Batching rule not implemented"):
+            stacked.logits(images)
+        return
+    assert stacked.template.grouped
+    grouped = stacked.logits(images)
+    stacked.template.set_grouped(False)
+    torch.testing.assert_close(stacked.logits(images), grouped)
