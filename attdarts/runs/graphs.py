@@ -117,14 +117,17 @@ class CapturableSGD:
 def capturable_adam(optimizer: torch.optim.Adam, capturable: bool) -> None:
     """Set Adam's `capturable` flag (after construction or after `load_state_dict`, which brings
     back the flag a checkpoint was written with) and keep its step counters where it needs them:
-    on the parameters' device as float32 when capturable, on the CPU otherwise."""
+    on the parameters' device as float32 when capturable, on the CPU in the dtype torch gave
+    them otherwise (so a resumed run holds what an uninterrupted one holds)."""
     for group in optimizer.param_groups:
         group["capturable"] = capturable
         for param in group["params"]:
             state = optimizer.state.get(param)
             if state and isinstance(state.get("step"), Tensor):
-                device = param.device if capturable else torch.device("cpu")
-                state["step"] = state["step"].to(device=device, dtype=torch.float32)
+                if capturable:
+                    state["step"] = state["step"].to(device=param.device, dtype=torch.float32)
+                else:
+                    state["step"] = state["step"].to(device="cpu")
 
 
 class CapturedStep:

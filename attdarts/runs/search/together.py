@@ -449,7 +449,7 @@ class TogetherSearch:
         self._hand_over()
         for run, state in zip(self.runs, self.rng_states):
             runtime.set_rng_state(state)
-            run._epoch_record(epoch, lr, seconds)  # metrics, genotype, weights; save; write
+            run._epoch_record(epoch, lr, seconds, {})  # no per-epoch methods (refused above)
         self.epoch, self.steps_done, self.elapsed = epoch + 1, 0, 0.0
         self.totals.zero_()
         self.counts = [0, 0]

@@ -94,9 +94,9 @@ def assert_same_state(expected, actual, *, rtol: float, atol: float, where: str 
     if isinstance(expected, torch.Tensor):
         assert isinstance(actual, torch.Tensor) and actual.shape == expected.shape, where
         if expected.is_floating_point():
-            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=where)
+            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{where}: {m}")
         else:
-            assert torch.equal(actual, expected), where
+            assert torch.equal(actual, expected), f"{where}: {actual!r} vs {expected!r}"
     elif isinstance(expected, dict):
         assert set(actual) == set(expected), where
         for key in expected:
