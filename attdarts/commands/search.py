@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from attdarts import recipes
+from attdarts.commands import config_file as config_files
 from attdarts.language.errors import DslError
 
 _PAPER = recipes.SEARCH["paper"]
@@ -145,11 +146,16 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "default: the same results to float rounding from about a third of the "
                    "tensor operations).")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+# --config: settings from a file (config.json's keys; the command line wins)
+@config_files.config_option({
+    "augment": config_files.Key("no_augment", config_files.inverted),
+    "grouped": config_files.Key("plain", config_files.inverted),
+})
 def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size, order,
            second_order, clip, bam_combine, seed, seeds, channels, layers, lr, lr_min, momentum,
            weight_decay, grad_clip, arch_lr, arch_weight_decay, arch_betas, train_portion,
            arch_init, no_augment, out, device, threads, resume, deterministic,
-           max_steps_per_epoch, checkpoint_every, plain, quiet) -> None:
+           max_steps_per_epoch, checkpoint_every, plain, quiet, config_file) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
@@ -159,6 +165,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
 
     from attdarts.runs import checkpoints, data, search as api
 
+    config_files.refuse_with_resume(resume)
     if not quiet:
         _configure_logging()
     seed_list = _seeds(seeds)
@@ -190,6 +197,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
         outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
                              progress=not quiet)
+        config_files.record(config_files.loaded(), _outcome_dir(outcome, out))
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))
     except DslError as error:
         raise click.ClickException(str(error)) from None

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from attdarts.commands import config_file as config_files
 from attdarts.language.errors import DslError
 
 # option name -> TrainConfig field, for options that override the recipe
@@ -34,7 +35,19 @@ _OVERRIDES = {
 
 def _explicit(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "DEFAULT_MAP")
+
+
+# --config: what a training run's config.json records besides its settings (facts, ignored),
+# and the settings that have no option of their own (passed to TrainConfig as they are)
+_RECORDED = ("world_size", "synthetic", "train_images", "num_classes", "mean", "std",
+             "parameters", "parameters_with_auxiliary")
+
+
+def _settings_without_options() -> list[str]:
+    from attdarts.runs.train import TrainConfig
+
+    return list(TrainConfig.model_fields)
 
 
 def _validation_message(error) -> str:
@@ -93,6 +106,9 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads torch uses for the run [torch's choice].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")
+@config_files.config_option({"grouped": config_files.Key("plain", config_files.inverted)},
+                            extra=_settings_without_options, recorded=_RECORDED,
+                            companions={"genotype_file": "genotype.geno"})
 @click.pass_context
 def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | None,
           out_dir: Path | None, resume_dir: Path | None, device: str | None, threads: int | None,
@@ -111,7 +127,11 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
 
-    overrides = {field: options[name] for name, field in _OVERRIDES.items() if _explicit(ctx, name)}
+    config_files.refuse_with_resume(resume_dir)
+    options.pop("config_file")
+    overrides = {**config_files.loaded(ctx).extra} if config_files.loaded(ctx) else {}
+    overrides.update({field: options[name] for name, field in _OVERRIDES.items()
+                      if _explicit(ctx, name)})
     if options.pop("plain"):
         overrides["grouped"] = False
     _check_device(device)
@@ -133,6 +153,7 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         raise click.ClickException(error.render()) from None
     except (CheckpointError, WriteError, DataError, training.TrainError) as error:
         raise click.ClickException(str(error)) from None
+    config_files.record(config_files.loaded(ctx), result.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         synthetic = " [synthetic data]" if result.synthetic else ""
         test_images = result.history[-1]["test_images"] if result.history else 0
