@@ -146,6 +146,10 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "default: the same results to float rounding from about a third of the "
                    "tensor operations).")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard events into RUN_DIR/tensorboard/: losses, accuracies, lr "
+                   "and the alpha/beta heatmaps of every epoch (pip install "
+                   "'attdarts[tensorboard]').")
 # --config: settings from a file (config.json's keys; the command line wins)
 @config_files.config_option({
     "augment": config_files.Key("no_augment", config_files.inverted),
@@ -155,7 +159,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
            second_order, clip, bam_combine, seed, seeds, channels, layers, lr, lr_min, momentum,
            weight_decay, grad_clip, arch_lr, arch_weight_decay, arch_betas, train_portion,
            arch_init, no_augment, out, device, threads, resume, deterministic,
-           max_steps_per_epoch, checkpoint_every, plain, quiet, config_file) -> None:
+           max_steps_per_epoch, checkpoint_every, plain, quiet, tensorboard, config_file) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
@@ -166,6 +170,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     from attdarts.runs import checkpoints, data, search as api
 
     config_files.refuse_with_resume(resume)
+    _require_tensorboard(tensorboard)
     if not quiet:
         _configure_logging()
     seed_list = _seeds(seeds)
@@ -196,7 +201,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
         outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
-                             progress=not quiet)
+                             progress=not quiet, tensorboard=tensorboard)
         config_files.record(config_files.loaded(), _outcome_dir(outcome, out))
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))
     except DslError as error:
@@ -205,6 +210,17 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         raise click.ClickException(_settings_error(error)) from None
     except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
+
+
+def _require_tensorboard(tensorboard: bool) -> None:
+    """`--tensorboard` without the package fails at once, in one line saying what to install."""
+    if tensorboard:
+        from attdarts.runs import tracking
+
+        try:
+            tracking.require_tensorboard()
+        except tracking.TrackingUnavailable as error:
+            raise click.ClickException(str(error)) from None
 
 
 def _outcome_dir(outcome, out: Path | None) -> Path:

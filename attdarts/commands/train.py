@@ -106,6 +106,9 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads torch uses for the run [torch's choice].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard events into RUN_DIR/tensorboard/: losses, accuracies, lr "
+                   "and drop-path probability per epoch (pip install 'attdarts[tensorboard]').")
 @config_files.config_option({"grouped": config_files.Key("plain", config_files.inverted)},
                             extra=_settings_without_options, recorded=_RECORDED,
                             companions={"genotype_file": "genotype.geno"})
@@ -129,6 +132,8 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
 
     config_files.refuse_with_resume(resume_dir)
     options.pop("config_file")
+    tensorboard = options.pop("tensorboard")
+    _require_tensorboard(tensorboard)
     overrides = {**config_files.loaded(ctx).extra} if config_files.loaded(ctx) else {}
     overrides.update({field: options[name] for name, field in _OVERRIDES.items()
                       if _explicit(ctx, name)})
@@ -144,7 +149,7 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         progress = not quiet and sys.stderr.isatty()
         with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]):
             result = training.launch(genotype, overrides, out=out_dir, resume=resume_dir,
-                                     device=device, progress=progress)
+                                     device=device, progress=progress, tensorboard=tensorboard)
     except ValidationError as error:
         raise click.UsageError(_validation_message(error)) from None
     except training.ResumeError as error:  # SettingChanged among them
@@ -160,6 +165,17 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         click.echo(f"{result.run_dir}: best test top-1 {result.best_top1:.2f}% (epoch "
                    f"{result.best_epoch}), last {result.last_top1:.2f}% on {test_images:,} test "
                    f"images, {result.parameters:,} weights{synthetic}")
+
+
+def _require_tensorboard(tensorboard: bool) -> None:
+    """`--tensorboard` without the package fails at once, in one line saying what to install."""
+    if tensorboard:
+        from attdarts.runs import tracking
+
+        try:
+            tracking.require_tensorboard()
+        except tracking.TrackingUnavailable as error:
+            raise click.ClickException(str(error)) from None
 
 
 def _set_threads(threads: int | None) -> None:

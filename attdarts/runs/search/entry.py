@@ -18,7 +18,7 @@ import torch
 
 from attdarts.language import ir
 from attdarts.language.transform import read_space
-from attdarts.runs import checkpoints, data, runtime
+from attdarts.runs import checkpoints, data, runtime, tracking
 from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SEEDS, SPACE, SUMMARY, WEIGHTS_LOG,
     SearchConfig, SearchError, SearchResult, load_space, read_config, with_bam_combine,
@@ -49,12 +49,15 @@ def run_search(
     resume: bool = False,
     restart: bool = False,
     space: ir.Space | None = None,
+    tensorboard: bool = False,
 ) -> SearchResult:
     """Search one seed into `run_dir` (or continue it with `resume=True`).
 
     `dataset` overrides loading `config.dataset` (tests pass tiny in-memory images). Under
     torchrun (WORLD_SIZE > 1) each process calls this; rank 0 writes the files. `restart` is
     for `resume_search` only: start again a run that has its config but no output yet.
+    `tensorboard` writes events into run_dir/tensorboard/ (a resumed run that has that folder
+    goes on writing there).
     """
     run_dir = Path(run_dir)
     with (runtime.processes(None if device is None else str(device)) as (process, torch_device),
@@ -66,17 +69,28 @@ def run_search(
         if process.world_size > 1:
             torch.distributed.barrier()
         run = SearchRun(config, run_dir, torch_device, process, space, dataset, progress)
-        if resume:
-            run.restore()
-            run.write_outputs()
-            if run.epoch >= config.epochs:
-                log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
-                return run.result()
-            log.info("%s: resuming at epoch %d, step %d", run_dir, run.epoch + 1, run.step)
-        result = run.run()
-        if process.world_size > 1:
-            torch.distributed.barrier()
-        return result
+        tensorboard = tensorboard or (resume and tracking.continues(run_dir))
+        run.tracking = tracking.open_tracking(tensorboard, run_dir, process.main,
+                                              tracking.SEARCH_SCALARS)
+        try:
+            return _run(run, run_dir, resume, process)
+        finally:
+            run.tracking.close()
+
+
+def _run(run: SearchRun, run_dir: Path, resume: bool, process: runtime.Process) -> SearchResult:
+    """Restore (when resuming) and run the epochs."""
+    if resume:
+        run.restore()
+        run.write_outputs()
+        if run.epoch >= run.config.epochs:
+            log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
+            return run.result()
+        log.info("%s: resuming at epoch %d, step %d", run_dir, run.epoch + 1, run.step)
+    result = run.run()
+    if process.world_size > 1:
+        torch.distributed.barrier()
+    return result
 
 
 def resume_search(
@@ -85,6 +99,7 @@ def resume_search(
     device: str | torch.device | None = None,
     progress: bool = False,
     dataset: data.ImageTensors | None = None,
+    tensorboard: bool = False,
 ) -> SearchResult | list[SearchResult]:
     """Continue an interrupted search (one seed, or a multi-seed directory) where it stopped.
 
@@ -97,11 +112,11 @@ def resume_search(
         record = json.loads((run_dir / SEEDS).read_text())
         base = SearchConfig.model_validate(record["config"])
         return run_seeds(base, record["seeds"], run_dir, device=device, progress=progress,
-                         dataset=dataset, resume=True)
+                         dataset=dataset, resume=True, tensorboard=tensorboard)
     config = read_config(run_dir)
     if (run_dir / CHECKPOINT).exists():
         return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
-                          resume=True)
+                          resume=True, tensorboard=tensorboard)
     written = sorted(path.name for path in run_dir.glob("genotype-epoch*.geno"))
     written += [name for name in (FINAL_GENOTYPE, METRICS_LOG, WEIGHTS_LOG)
                 if (run_dir / name).exists()]
@@ -113,7 +128,7 @@ def resume_search(
     log.warning("%s: no %s and no epoch written yet (the run stopped in its first epoch); "
                 "starting it again from epoch 1", run_dir, CHECKPOINT)
     return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
-                      restart=True)
+                      restart=True, tensorboard=tensorboard)
 
 
 def run_seeds(
@@ -126,6 +141,7 @@ def run_seeds(
     dataset: data.ImageTensors | None = None,
     resume: bool = False,
     space: ir.Space | None = None,
+    tensorboard: bool = False,
 ) -> list[SearchResult]:
     """One search per seed, one after another, into out_dir/seed-N; then summary.json."""
     out_dir = Path(out_dir)
@@ -140,10 +156,11 @@ def run_seeds(
         seed_dir = out_dir / f"seed-{seed}"
         seed_config = config.model_copy(update={"seed": seed})
         if resume and (seed_dir / CONFIG).is_file():
-            result = resume_search(seed_dir, device=device, progress=progress, dataset=dataset)
+            result = resume_search(seed_dir, device=device, progress=progress, dataset=dataset,
+                                   tensorboard=tensorboard)
         else:
             result = run_search(seed_config, seed_dir, device=device, progress=progress,
-                                dataset=dataset, space=space)
+                                dataset=dataset, space=space, tensorboard=tensorboard)
         assert isinstance(result, SearchResult)
         results.append(result)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -165,14 +182,20 @@ def launch(
     resume: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    tensorboard: bool = False,
 ) -> SearchResult | list[SearchResult]:
     """Start a search (one seed, or `seeds` one after another into out/seed-N) or, with
-    `resume`, continue the run in that directory; `config` is not given then."""
+    `resume`, continue the run in that directory; `config` is not given then. `tensorboard`
+    writes TensorBoard events into each run directory's tensorboard/."""
+    if tensorboard:
+        tracking.require_tensorboard()
     if resume is not None:
-        return resume_search(resume, device=device, progress=progress)
+        return resume_search(resume, device=device, progress=progress, tensorboard=tensorboard)
     assert config is not None
     space = load_space(config.space_file, config.space)
     out = default_run_dir(space) if out is None else out
     if seeds:
-        return run_seeds(config, seeds, out, device=device, progress=progress, space=space)
-    return run_search(config, out, device=device, progress=progress, space=space)
+        return run_seeds(config, seeds, out, device=device, progress=progress, space=space,
+                         tensorboard=tensorboard)
+    return run_search(config, out, device=device, progress=progress, space=space,
+                      tensorboard=tensorboard)

@@ -30,7 +30,7 @@ from torch import Tensor
 from attdarts.language import ir
 from attdarts.language.transform import parse_text
 from attdarts.networks.supernet import compile_supernet
-from attdarts.runs import checkpoints, data, runtime
+from attdarts.runs import checkpoints, data, runtime, tracking
 from attdarts.runs.runtime import Process
 from attdarts.runs.search import outputs
 from attdarts.runs.search.bilevel import Bilevel
@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 class SearchRun:
     """One seed's search in one run directory."""
+
+    tracking: tracking.NoTracking = tracking.NO_TRACKING  # `--tensorboard` (set by entry)
 
     def __init__(self, config: SearchConfig, run_dir: Path, device: torch.device, process: Process,
                  space: ir.Space, dataset: data.ImageTensors | None, progress: bool) -> None:
@@ -227,6 +229,7 @@ class SearchRun:
             self.model, self.space, config, self.epoch, self.synthetic))
         self.history["weights"].append(outputs.weights_record(self.model, self.epoch, self.synthetic))
         self.history["metrics"].append(outputs.dump_json(metrics))
+        self.tracking.epoch(self.epoch, metrics, self.model.architecture_tensors())
         self.totals.zero_()
         self.counts = [0, 0]
         self.save()

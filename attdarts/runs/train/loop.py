@@ -33,7 +33,7 @@ from torch import nn
 from attdarts.language import ir
 from attdarts.language.printer import format_genotype
 from attdarts.networks.measure import count_parameters
-from attdarts.runs import checkpoints, data, runtime
+from attdarts.runs import checkpoints, data, runtime, tracking
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.runs.train.config import CHECKPOINT_KIND, RESUMABLE_OVERRIDES, TrainConfig, TrainError
 from attdarts.runs.train.evaluate import build_model
@@ -79,6 +79,7 @@ def run_training(
     device: str | torch.device | None = None,
     resume: bool | ResumePoint = False,
     progress: bool = False,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train `genotype` with `config`, writing the run directory (rank 0 only).
 
@@ -86,7 +87,8 @@ def run_training(
     `open_resume` has checked it against the run directory; its stored config is used with the
     settings of `RESUMABLE_OVERRIDES` taken from `config`. A `ResumePoint` already opened by the
     caller is used as it is. The global torch settings that `deterministic` changes are restored
-    when the run ends.
+    when the run ends. `tensorboard` writes events into run_dir/tensorboard/ (a resumed run
+    that has that folder goes on writing there).
     """
     run_path = Path(run_dir) if run_dir is not None else None
     point = None
@@ -103,9 +105,15 @@ def run_training(
             runtime.determinism(config.deterministic, place):
         run = _prepare(config.with_data_dir(), genotype, run_path, process, place,
                        None if point is None else point.state, progress)
-        for epoch in range(run.start_epoch, run.config.epochs):
-            _record(run, epoch, _epoch(run, epoch))
-        return _finish(run)
+        tensorboard = tensorboard or (point is not None and tracking.continues(run_path))
+        run.tracking = tracking.open_tracking(tensorboard, run_path, process.main,
+                                              tracking.TRAIN_SCALARS)
+        try:
+            for epoch in range(run.start_epoch, run.config.epochs):
+                _record(run, epoch, _epoch(run, epoch))
+            return _finish(run)
+        finally:
+            run.tracking.close()
 
 
 @dataclass
@@ -128,6 +136,7 @@ class _Run:
     parameters: tuple[int, int]  # (with the auxiliary head, without: the number papers report)
     writer: _RunWriter | None
     bar: _EpochProgress | None
+    tracking: tracking.NoTracking = tracking.NO_TRACKING
     start_epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = 0
@@ -255,6 +264,7 @@ def _record(run: _Run, epoch: int, record: dict[str, Any]) -> None:
         run.best_top1, run.best_epoch = record["test_top1"], epoch + 1
     if run.writer is not None:
         run.writer.epoch_done(_checkpoint_state(run, epoch), improved)
+    run.tracking.epoch(epoch + 1, record)
     log.info("epoch %d/%d lr %.5f train loss %.4f acc %.2f | test loss %.4f top-1 %.2f "
              "top-5 %.2f on %d test images | %.0f s, %.0f img/s%s", epoch + 1, run.config.epochs,
              record["lr"], record["train_loss"], record["train_acc"], record["test_loss"],
