@@ -167,7 +167,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """
     import pydantic
 
-    from attdarts.runs import checkpoints, data, search as api
+    from attdarts.runs import checkpoints, data, preemption, search as api
 
     config_files.refuse_with_resume(resume)
     _require_tensorboard(tensorboard)
@@ -210,6 +210,22 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         raise click.ClickException(_settings_error(error)) from None
     except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
+    except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1: checkpoint saved
+        _preempted(stopped, resume if resume is not None else out, seed_list)
+
+
+def _preempted(stopped, target: Path | None, seeds: list[int] | None) -> None:
+    """One line saying how to continue, then exit status 75 (preemption.EXIT_STATUS)."""
+    import os
+
+    from attdarts.runs import preemption
+
+    if target is None:  # the default run directory (the seeds' parent folder)
+        target = stopped.run_dir.parent if seeds else stopped.run_dir
+    config_files.record(config_files.loaded(), target)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(stopped.resume_line("search", target), err=True)
+    click.get_current_context().exit(preemption.EXIT_STATUS)
 
 
 def _require_tensorboard(tensorboard: bool) -> None:

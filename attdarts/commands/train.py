@@ -126,7 +126,7 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from attdarts.files import WriteError
-    from attdarts.runs import train as training
+    from attdarts.runs import preemption, train as training
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
 
@@ -158,6 +158,11 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         raise click.ClickException(error.render()) from None
     except (CheckpointError, WriteError, DataError, training.TrainError) as error:
         raise click.ClickException(str(error)) from None
+    except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1: last.pt saved mid-epoch
+        config_files.record(config_files.loaded(ctx), stopped.run_dir)
+        if int(os.environ.get("RANK", "0")) == 0:
+            click.echo(stopped.resume_line("train"), err=True)
+        ctx.exit(preemption.EXIT_STATUS)
     config_files.record(config_files.loaded(ctx), result.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         synthetic = " [synthetic data]" if result.synthetic else ""

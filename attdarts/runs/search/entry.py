@@ -18,7 +18,7 @@ import torch
 
 from attdarts.language import ir
 from attdarts.language.transform import read_space
-from attdarts.runs import checkpoints, data, runtime, tracking
+from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SEEDS, SPACE, SUMMARY, WEIGHTS_LOG,
     SearchConfig, SearchError, SearchResult, load_space, read_config, with_bam_combine,
@@ -87,7 +87,9 @@ def _run(run: SearchRun, run_dir: Path, resume: bool, process: runtime.Process) 
             log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
             return run.result()
         log.info("%s: resuming at epoch %d, step %d", run_dir, run.epoch + 1, run.step)
-    result = run.run()
+    with preemption.watch(process) as signals:
+        run.signals = signals
+        result = run.run()
     if process.world_size > 1:
         torch.distributed.barrier()
     return result
