@@ -1,0 +1,107 @@
+"""torchrun with two nodes on one machine (`--nnodes 2`, c10d rendezvous on localhost, gloo, CPU).
+
+Two launchers, one process each, stand for two machines. Their run must be the run that one
+machine with two processes makes (`--standalone --nproc-per-node 2`), bit for bit: the same ranks
+do the same work, only the rendezvous differs. (A data-parallel run is not the run of one process
+with the same global batch: each rank normalises its batches with its own batch-norm statistics
+and draws its own augmentation and drop path; README, "Clusters".)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attdarts.runs import checkpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+DARTS_V2 = ROOT / "genotypes" / "darts_v2.geno"
+TINY_SPACE = """\
+space tiny {
+    operations = [none, max_pool_3x3, skip_connect, sep_conv_3x3]
+    attentions = [identity, se]
+    nodes = 2
+    keep = 2
+    location = after_every
+    mixing = sum
+}
+"""
+TIMING_KEYS = ("seconds", "images_per_s")
+TIMEOUT = 600
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def torchrun(*launcher: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "attdarts.cli"]
+
+
+def two_nodes_and_one(arguments: list[str], tmp_path: Path) -> tuple[Path, Path]:
+    """The same command under two single-process launchers (`--nnodes 2`) and under one launcher
+    with two processes; returns their run directories."""
+    port = free_port()
+    nodes = [subprocess.Popen(
+        torchrun("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                 "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "attdarts-test")
+        + arguments + ["--out", str(tmp_path / "two-nodes")],
+        env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)]
+    one = subprocess.run(torchrun("--standalone", "--nproc-per-node", "2") + arguments
+                         + ["--out", str(tmp_path / "one-node")], env=environment(),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert one.returncode == 0, one.stderr[-3000:]
+    for node in nodes:
+        output, _ = node.communicate(timeout=TIMEOUT)
+        assert node.returncode == 0, output[-3000:]
+    return tmp_path / "two-nodes", tmp_path / "one-node"
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
+
+
+# two launchers and three workers that import torch, at once: about 30 s on two idle cores
+@pytest.mark.slow
+def test_training_on_two_nodes_is_the_two_process_run(tmp_path):
+    two_nodes, one_node = two_nodes_and_one(
+        ["train", str(DARTS_V2), "--dataset", "synthetic", "--channels", "8", "--layers", "5",
+         "--epochs", "2", "--batch-size", "8", "--max-steps-per-epoch", "2", "--deterministic",
+         "--device", "cpu", "--quiet"], tmp_path)
+    assert json.loads((two_nodes / "config.json").read_text())["world_size"] == 2
+    assert metrics(two_nodes) == metrics(one_node) and len(metrics(two_nodes)) == 2
+    a, b = (checkpoints.load(run / "last.pt")["model"] for run in (two_nodes, one_node))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+# as above: about 30 s on two idle cores
+@pytest.mark.slow
+def test_first_order_search_on_two_nodes_is_the_two_process_run(tmp_path):
+    space = tmp_path / "tiny.geno"
+    space.write_text(TINY_SPACE)
+    two_nodes, one_node = two_nodes_and_one(
+        ["search", str(space), "--dataset", "synthetic", "--channels", "4", "--layers", "5",
+         "--epochs", "2", "--batch-size", "8", "--max-steps-per-epoch", "2", "--deterministic",
+         "--device", "cpu", "--quiet"], tmp_path)
+    for name in ("genotype-epoch001.geno", "genotype-epoch002.geno", "genotype.geno",
+                 "weights.jsonl"):
+        assert (two_nodes / name).read_bytes() == (one_node / name).read_bytes(), name
+    assert metrics(two_nodes) == metrics(one_node) and len(metrics(two_nodes)) == 2
