@@ -19,6 +19,7 @@ afterwards (outside the main thread, where Python cannot install handlers, nothi
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import threading
@@ -79,7 +80,10 @@ class Watch:
         return self.signal_number != 0
 
     def stopped(self, run_dir: Path | None, epoch: int, step: int) -> Preempted:
-        """The exception that ends the run, once its checkpoint is saved."""
+        """The exception that ends the run, once its checkpoint is saved (under torchrun, once
+        rank 0 has saved it: a rank that left early would make torchrun stop the others)."""
+        if self.process.world_size > 1:
+            torch.distributed.barrier(group=self.group)
         return Preempted(run_dir, self.signal_number, epoch, step)
 
 
@@ -132,14 +136,18 @@ class StopAtStep(Exception):
         self.totals = totals
 
 
-def partial_epoch(stop: StopAtStep, process: runtime.Process, seconds: float) -> dict:
+def partial_epoch(stop: StopAtStep, process: runtime.Process, seconds: float,
+                  group=None) -> dict:
     """What training's last.pt records of an epoch stopped mid-way: the steps done, the running
     sums over every rank, each rank's random state and the seconds spent. Every rank calls it."""
     totals = runtime.all_reduce(stop.totals.detach().to(torch.float64), process).cpu()
-    states = [runtime.rng_state()]
+    # each rank's state as bytes: all_gather_object cannot carry the state's tensors
+    buffer = io.BytesIO()
+    torch.save(runtime.rng_state(), buffer)
+    states = [buffer.getvalue()]
     if process.world_size > 1:
         states = [None] * process.world_size
-        torch.distributed.all_gather_object(states, runtime.rng_state())
+        torch.distributed.all_gather_object(states, buffer.getvalue(), group=group)
     return {"step": stop.step, "totals": totals, "rng": states, "seconds": seconds}
 
 
@@ -173,5 +181,5 @@ class Resumed:
         for _ in range(self.skip):
             next(batches)
         if self.state is not None:
-            runtime.set_rng_state(self.state)
+            runtime.set_rng_state(torch.load(io.BytesIO(self.state), weights_only=True))
         yield from batches

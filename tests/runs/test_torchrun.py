@@ -105,3 +105,46 @@ def test_first_order_search_on_two_nodes_is_the_two_process_run(tmp_path):
                  "weights.jsonl"):
         assert (two_nodes / name).read_bytes() == (one_node / name).read_bytes(), name
     assert metrics(two_nodes) == metrics(one_node) and len(metrics(two_nodes)) == 2
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(word) for word in text.split()]
+
+
+# three launchers with two workers each: about 45 s on two idle cores
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through /proc")
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    import signal
+    import time
+
+    arguments = ["train", str(DARTS_V2), "--dataset", "synthetic", "--channels", "8", "--layers",
+                 "5", "--epochs", "3", "--batch-size", "8", "--max-steps-per-epoch", "10",
+                 "--deterministic", "--device", "cpu", "--quiet"]
+    launcher = torchrun("--standalone", "--nproc-per-node", "2")
+    whole = subprocess.Popen(launcher + arguments + ["--out", str(tmp_path / "whole")],
+                             env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    stopped = subprocess.Popen(launcher + arguments + ["--out", str(tmp_path / "stopped")],
+                               env=environment(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    metrics_file, deadline = tmp_path / "stopped" / "metrics.jsonl", time.monotonic() + TIMEOUT
+    while not (metrics_file.exists() and metrics_file.read_text().strip()):  # epoch 1 is done
+        assert stopped.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    workers = children(stopped.pid)
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGUSR1)  # one rank only
+    output, _ = stopped.communicate(timeout=TIMEOUT)
+    # both ranks stopped at the same step (else the other would wait in the next all-reduce);
+    # torchrun may end the second with SIGTERM after the first exits, so count one 75 at least
+    assert "exitcode  : 75" in output, output[-3000:]
+    assert "continue with: attdarts train --resume" in output
+    assert "partial" in checkpoints.load(tmp_path / "stopped" / "last.pt")
+    resumed = subprocess.run(launcher + ["train", "--resume",
+                                         str(tmp_path / "stopped"), "--device", "cpu", "--quiet"],
+                             env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert whole.wait(timeout=TIMEOUT) == 0, whole.stderr.read()[-3000:]
+    assert metrics(tmp_path / "stopped") == metrics(tmp_path / "whole")

@@ -280,7 +280,8 @@ def _stop_mid_epoch(run: _Run, epoch: int, stop: preemption.StopAtStep, partial:
         stop = preemption.StopAtStep(
             partial["step"] + stop.step,
             stop.totals + preemption.partial_totals(partial, run.process, stop.totals.device))
-    record = preemption.partial_epoch(stop, run.process, time.perf_counter() - started)
+    record = preemption.partial_epoch(stop, run.process, time.perf_counter() - started,
+                                      run.signals.group)
     if run.writer is not None:
         state = _checkpoint_state(run, epoch)
         state.update(epoch=epoch, partial=record)
