@@ -164,6 +164,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
     checkpoint.pt into the run directory; --resume RUN_DIR continues an interrupted run.
+    SIGTERM or SIGUSR1 stops the run at the next step with a checkpoint (exit status 75).
     """
     import pydantic
 

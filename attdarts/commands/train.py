@@ -121,6 +121,8 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     Defaults are the Att-DARTS/DARTS CIFAR settings (600 epochs, batch 96, C=36, L=20, SGD 0.025
     cosine, cutout 16, drop path 0.2, auxiliary 0.4); --dataset imagenet switches to DARTS's
     ImageNet recipe. Start under `torchrun --nproc_per_node N` for data-parallel training.
+    SIGTERM or SIGUSR1 stops the run at the next step with last.pt saved (exit status 75);
+    --resume RUN_DIR continues it.
     """
     from pydantic import ValidationError
     from tqdm.contrib.logging import logging_redirect_tqdm
