@@ -136,3 +136,35 @@ def test_without_tensorboard_the_option_fails_at_once_in_one_line(command, tiny_
     assert result.output.strip().splitlines() == [
         "Error: --tensorboard needs the tensorboard package: pip install 'attdarts[tensorboard]'"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_goes_on_writing_its_events(tiny_space, tmp_path, monkeypatch):
+    """Stopped by SIGTERM in epoch 2, resumed without the option: epochs 1 and 2 are there."""
+    import os
+    import signal
+
+    from attdarts.runs import preemption
+    from attdarts.runs.search import bilevel
+
+    config = search.SearchConfig(space_file=str(tiny_space), dataset="synthetic", epochs=2,
+                                 batch_size=4, channels=4, layers=5, max_steps_per_epoch=2)
+    images = data.synthetic_dataset(train=True, size=32, resolution=8)
+    original, calls = bilevel.Bilevel.step, [0]
+
+    def step(self, *args):
+        calls[0] += 1
+        result = original(self, *args)
+        if calls[0] == 3:  # epoch 2, step 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(bilevel.Bilevel, "step", step)
+    with pytest.raises(preemption.Preempted):
+        search.run_search(config, tmp_path / "run", device="cpu", tensorboard=True,
+                          dataset=images)
+    monkeypatch.undo()
+    assert [s.step for s in read_events(tmp_path / "run").Scalars("loss/train")] == [1]
+    search.resume_search(tmp_path / "run", device="cpu", dataset=images)
+    events = read_events(tmp_path / "run")
+    assert [s.step for s in events.Scalars("loss/train")] == [1, 2]
+    assert [image.step for image in events.Images("alpha/normal")] == [1, 2]
