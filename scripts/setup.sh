@@ -19,4 +19,4 @@ fi
 if ! "$PYTHON" -c "import torch, torchvision" >/dev/null 2>&1; then
     "$PYTHON" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-"$PYTHON" -m pip install -q -e ".[dev,export]"
+"$PYTHON" -m pip install -q -e ".[dev,export,tensorboard]"

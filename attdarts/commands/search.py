@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from attdarts import recipes
+from attdarts.commands import config_file as config_files
 from attdarts.language.errors import DslError
 
 _PAPER = recipes.SEARCH["paper"]
@@ -158,21 +159,34 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "results, far fewer launches); --no-graphs runs it eagerly. The CPU always "
                    "runs eagerly.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch lines.")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard events into RUN_DIR/tensorboard/: losses, accuracies, lr "
+                   "and the alpha/beta heatmaps of every epoch (pip install "
+                   "'attdarts[tensorboard]').")
+# --config: settings from a file (config.json's keys; the command line wins)
+@config_files.config_option({
+    "augment": config_files.Key("no_augment", config_files.inverted),
+    "grouped": config_files.Key("plain", config_files.inverted),
+})
 def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size, order,
            second_order, clip, bam_combine, seed, seeds, channels, layers, lr, lr_min, momentum,
            weight_decay, grad_clip, arch_lr, arch_start_epoch, arch_weight_decay, arch_betas,
            train_portion,
            arch_init, no_augment, out, device, threads, resume, deterministic,
-           max_steps_per_epoch, checkpoint_every, plain, graphs, quiet, together) -> None:
+           max_steps_per_epoch, checkpoint_every, plain, graphs, quiet, together,
+           tensorboard, config_file) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
     checkpoint.pt into the run directory; --resume RUN_DIR continues an interrupted run.
+    SIGTERM or SIGUSR1 stops the run at the next step with a checkpoint (exit status 75).
     """
     import pydantic
 
-    from attdarts.runs import checkpoints, data, search as api
+    from attdarts.runs import checkpoints, data, preemption, search as api
 
+    config_files.refuse_with_resume(resume)
+    _require_tensorboard(tensorboard)
     if not quiet:
         _configure_logging()
     seed_list = _seeds(seeds)
@@ -207,7 +221,8 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
         outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
-                             progress=not quiet, together=together)
+                             progress=not quiet, together=together, tensorboard=tensorboard)
+        config_files.record(config_files.loaded(), _outcome_dir(outcome, out))
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))
     except DslError as error:
         raise click.ClickException(str(error)) from None
@@ -215,6 +230,33 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         raise click.ClickException(_settings_error(error)) from None
     except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError) as error:
         raise click.ClickException(str(error)) from None
+    except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1: checkpoint saved
+        _preempted(stopped, resume if resume is not None else out, seed_list)
+
+
+def _preempted(stopped, target: Path | None, seeds: list[int] | None) -> None:
+    """One line saying how to continue, then exit status 75 (preemption.EXIT_STATUS)."""
+    import os
+
+    from attdarts.runs import preemption
+
+    if target is None:  # the default run directory (the seeds' parent folder)
+        target = stopped.run_dir.parent if seeds else stopped.run_dir
+    config_files.record(config_files.loaded(), target)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(stopped.resume_line("search", target), err=True)
+    click.get_current_context().exit(preemption.EXIT_STATUS)
+
+
+def _require_tensorboard(tensorboard: bool) -> None:
+    """`--tensorboard` without the package fails at once, in one line saying what to install."""
+    if tensorboard:
+        from attdarts.runs import tracking
+
+        try:
+            tracking.require_tensorboard()
+        except tracking.TrackingUnavailable as error:
+            raise click.ClickException(str(error)) from None
 
 
 def _outcome_dir(outcome, out: Path | None) -> Path:

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from attdarts.commands import config_file as config_files
 from attdarts.language.errors import DslError
 
 # option name -> TrainConfig field, for options that override the recipe
@@ -35,7 +36,19 @@ _OVERRIDES = {
 
 def _explicit(ctx: click.Context, name: str) -> bool:
     source = ctx.get_parameter_source(name)
-    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "DEFAULT_MAP")
+
+
+# --config: what a training run's config.json records besides its settings (facts, ignored),
+# and the settings that have no option of their own (passed to TrainConfig as they are)
+_RECORDED = ("world_size", "synthetic", "train_images", "num_classes", "mean", "std",
+             "parameters", "parameters_with_auxiliary")
+
+
+def _settings_without_options() -> list[str]:
+    from attdarts.runs.train import TrainConfig
+
+    return list(TrainConfig.model_fields)
 
 
 def _validation_message(error) -> str:
@@ -102,6 +115,12 @@ def _setup_logging(verbose: bool) -> None:
               help="Train N times, seeds SEED..SEED+N-1, into OUT/seed-K (each a run directory), "
                    "then print the report over them (attdarts report OUT); the same command again "
                    "continues unfinished seeds.")
+@click.option("--tensorboard", is_flag=True,
+              help="Write TensorBoard events into RUN_DIR/tensorboard/: losses, accuracies, lr "
+                   "and drop-path probability per epoch (pip install 'attdarts[tensorboard]').")
+@config_files.config_option({"grouped": config_files.Key("plain", config_files.inverted)},
+                            extra=_settings_without_options, recorded=_RECORDED,
+                            companions={"genotype_file": "genotype.geno"})
 @click.pass_context
 def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | None,
           out_dir: Path | None, resume_dir: Path | None, device: str | None, threads: int | None,
@@ -111,16 +130,24 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     Defaults are the Att-DARTS/DARTS CIFAR settings (600 epochs, batch 96, C=36, L=20, SGD 0.025
     cosine, cutout 16, drop path 0.2, auxiliary 0.4); --dataset imagenet switches to DARTS's
     ImageNet recipe. Start under `torchrun --nproc_per_node N` for data-parallel training.
+    SIGTERM or SIGUSR1 stops the run at the next step with last.pt saved (exit status 75);
+    --resume RUN_DIR continues it.
     """
     from pydantic import ValidationError
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from attdarts.files import WriteError
-    from attdarts.runs import train as training
+    from attdarts.runs import preemption, train as training
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
 
-    overrides = {field: options[name] for name, field in _OVERRIDES.items() if _explicit(ctx, name)}
+    config_files.refuse_with_resume(resume_dir)
+    options.pop("config_file")
+    tensorboard = options.pop("tensorboard")
+    _require_tensorboard(tensorboard)
+    overrides = {**config_files.loaded(ctx).extra} if config_files.loaded(ctx) else {}
+    overrides.update({field: options[name] for name, field in _OVERRIDES.items()
+                      if _explicit(ctx, name)})
     if options.pop("plain"):
         overrides["grouped"] = False
     _check_device(device)
@@ -136,7 +163,7 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
                 return _train_repeats(genotype, overrides, repeats, out_dir, resume_dir, device,
                                       progress)
             result = training.launch(genotype, overrides, out=out_dir, resume=resume_dir,
-                                     device=device, progress=progress)
+                                     device=device, progress=progress, tensorboard=tensorboard)
     except ValidationError as error:
         raise click.UsageError(_validation_message(error)) from None
     except training.ResumeError as error:  # SettingChanged among them
@@ -145,12 +172,29 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         raise click.ClickException(error.render()) from None
     except (CheckpointError, WriteError, DataError, training.TrainError) as error:
         raise click.ClickException(str(error)) from None
+    except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1: last.pt saved mid-epoch
+        config_files.record(config_files.loaded(ctx), stopped.run_dir)
+        if int(os.environ.get("RANK", "0")) == 0:
+            click.echo(stopped.resume_line("train"), err=True)
+        ctx.exit(preemption.EXIT_STATUS)
+    config_files.record(config_files.loaded(ctx), result.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         synthetic = " [synthetic data]" if result.synthetic else ""
         test_images = result.history[-1]["test_images"] if result.history else 0
         click.echo(f"{result.run_dir}: best test top-1 {result.best_top1:.2f}% (epoch "
                    f"{result.best_epoch}), last {result.last_top1:.2f}% on {test_images:,} test "
                    f"images, {result.parameters:,} weights{synthetic}")
+
+
+def _require_tensorboard(tensorboard: bool) -> None:
+    """`--tensorboard` without the package fails at once, in one line saying what to install."""
+    if tensorboard:
+        from attdarts.runs import tracking
+
+        try:
+            tracking.require_tensorboard()
+        except tracking.TrackingUnavailable as error:
+            raise click.ClickException(str(error)) from None
 
 
 def _set_threads(threads: int | None) -> None:

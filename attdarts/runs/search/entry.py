@@ -19,7 +19,7 @@ import torch
 
 from attdarts.language import ir
 from attdarts.language.transform import read_space
-from attdarts.runs import checkpoints, data, runtime
+from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SEEDS, SPACE, SUMMARY, WEIGHTS_LOG,
     SearchConfig, SearchError, SearchResult, load_space, read_config, with_bam_combine,
@@ -51,12 +51,15 @@ def run_search(
     resume: bool = False,
     restart: bool = False,
     space: ir.Space | None = None,
+    tensorboard: bool = False,
 ) -> SearchResult:
     """Search one seed into `run_dir` (or continue it with `resume=True`).
 
     `dataset` overrides loading `config.dataset` (tests pass tiny in-memory images). Under
     torchrun (WORLD_SIZE > 1) each process calls this; rank 0 writes the files. `restart` is
     for `resume_search` only: start again a run that has its config but no output yet.
+    `tensorboard` writes events into run_dir/tensorboard/ (a resumed run that has that folder
+    goes on writing there).
     """
     run_dir = Path(run_dir)
     with (runtime.processes(None if device is None else str(device)) as (process, torch_device),
@@ -68,17 +71,30 @@ def run_search(
         if process.world_size > 1:
             torch.distributed.barrier()
         run = SearchRun(config, run_dir, torch_device, process, space, dataset, progress)
-        if resume:
-            run.restore()
-            run.write_outputs()
-            if run.epoch >= config.epochs:
-                log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
-                return run.result()
-            log.info("%s: resuming at epoch %d, step %d", run_dir, run.epoch + 1, run.step)
+        tensorboard = tensorboard or (resume and tracking.continues(run_dir))
+        run.tracking = tracking.open_tracking(tensorboard, run_dir, process.main,
+                                              tracking.SEARCH_SCALARS)
+        try:
+            return _run(run, run_dir, resume, process)
+        finally:
+            run.tracking.close()
+
+
+def _run(run: SearchRun, run_dir: Path, resume: bool, process: runtime.Process) -> SearchResult:
+    """Restore (when resuming) and run the epochs."""
+    if resume:
+        run.restore()
+        run.write_outputs()
+        if run.epoch >= run.config.epochs:
+            log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
+            return run.result()
+        log.info("%s: resuming at epoch %d, step %d", run_dir, run.epoch + 1, run.step)
+    with preemption.watch(process) as signals:
+        run.signals = signals
         result = run.run()
-        if process.world_size > 1:
-            torch.distributed.barrier()
-        return result
+    if process.world_size > 1:
+        torch.distributed.barrier()
+    return result
 
 
 def resume_search(
@@ -87,6 +103,7 @@ def resume_search(
     device: str | torch.device | None = None,
     progress: bool = False,
     dataset: data.ImageTensors | None = None,
+    tensorboard: bool = False,
 ) -> SearchResult | list[SearchResult]:
     """Continue an interrupted search (one seed, or a multi-seed directory) where it stopped.
 
@@ -99,11 +116,12 @@ def resume_search(
         record = json.loads((run_dir / SEEDS).read_text())
         base = SearchConfig.model_validate(record["config"])
         return run_seeds(base, record["seeds"], run_dir, device=device, progress=progress,
-                         dataset=dataset, resume=True, together=record.get("together", False))
+                         dataset=dataset, resume=True, together=record.get("together", False),
+                         tensorboard=tensorboard)
     config = read_config(run_dir)
     if (run_dir / CHECKPOINT).exists():
         return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
-                          resume=True)
+                          resume=True, tensorboard=tensorboard)
     written = sorted(path.name for path in run_dir.glob("genotype-epoch*.geno"))
     written += [name for name in (FINAL_GENOTYPE, METRICS_LOG, WEIGHTS_LOG)
                 if (run_dir / name).exists()]
@@ -115,7 +133,7 @@ def resume_search(
     log.warning("%s: no %s and no epoch written yet (the run stopped in its first epoch); "
                 "starting it again from epoch 1", run_dir, CHECKPOINT)
     return run_search(config, run_dir, device=device, progress=progress, dataset=dataset,
-                      restart=True)
+                      restart=True, tensorboard=tensorboard)
 
 
 def run_seeds(
@@ -129,6 +147,7 @@ def run_seeds(
     resume: bool = False,
     space: ir.Space | None = None,
     together: bool = False,
+    tensorboard: bool = False,
 ) -> list[SearchResult]:
     """One search per seed into out_dir/seed-N, then summary.json. The seeds run one after
     another, or with `together` as one batched model (`run_together`: the same
@@ -137,7 +156,8 @@ def run_seeds(
     if together:  # refused before anything is written
         space = (_space_of(config, out_dir / f"seed-{seeds[0]}" if resume else None)
                  if space is None else with_bam_combine(space, config.bam_combine))
-        reason = unsupported(config, space)
+        reason = unsupported(config, space) or (
+            "--together writes no TensorBoard events yet; drop --tensorboard" if tensorboard else None)
         if reason is not None:
             raise SearchError(reason)
     if not resume:
@@ -152,7 +172,8 @@ def run_seeds(
                             dataset=dataset, resume=resume, space=space) if together else None
     if results is None:
         results = _run_one_by_one(config, seeds, out_dir, device=device, progress=progress,
-                                  dataset=dataset, resume=resume, space=space)
+                                  dataset=dataset, resume=resume, space=space,
+                                  tensorboard=tensorboard)
     if int(os.environ.get("RANK", "0")) == 0:
         checkpoints.atomic_write_text(out_dir / SUMMARY, json.dumps(
             summarise(results, out_dir), indent=2) + "\n")
@@ -208,16 +229,17 @@ def run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *, s
 def _run_one_by_one(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,
                     device: str | torch.device | None, progress: bool,
                     dataset: data.ImageTensors | None, resume: bool,
-                    space: ir.Space | None) -> list[SearchResult]:
+                    space: ir.Space | None, tensorboard: bool = False) -> list[SearchResult]:
     results = []
     for seed in seeds:
         seed_dir = out_dir / f"seed-{seed}"
         seed_config = config.model_copy(update={"seed": seed})
         if resume and (seed_dir / CONFIG).is_file():
-            result = resume_search(seed_dir, device=device, progress=progress, dataset=dataset)
+            result = resume_search(seed_dir, device=device, progress=progress, dataset=dataset,
+                                   tensorboard=tensorboard)
         else:
             result = run_search(seed_config, seed_dir, device=device, progress=progress,
-                                dataset=dataset, space=space)
+                                dataset=dataset, space=space, tensorboard=tensorboard)
         assert isinstance(result, SearchResult)
         results.append(result)
     return results
@@ -237,16 +259,20 @@ def launch(
     device: str | torch.device | None = None,
     progress: bool = False,
     together: bool = False,
+    tensorboard: bool = False,
 ) -> SearchResult | list[SearchResult]:
     """Start a search (one seed, or `seeds` into out/seed-N: one after another, or `together` as
     one batched model) or, with `resume`, continue the run in that directory; `config` is not
-    given then."""
+    given then. `tensorboard` writes TensorBoard events into each run directory's tensorboard/."""
+    if tensorboard:
+        tracking.require_tensorboard()
     if resume is not None:
-        return resume_search(resume, device=device, progress=progress)
+        return resume_search(resume, device=device, progress=progress, tensorboard=tensorboard)
     assert config is not None
     space = load_space(config.space_file, config.space)
     out = default_run_dir(space) if out is None else out
     if seeds:
         return run_seeds(config, seeds, out, device=device, progress=progress, space=space,
-                         together=together)
-    return run_search(config, out, device=device, progress=progress, space=space)
+                         together=together, tensorboard=tensorboard)
+    return run_search(config, out, device=device, progress=progress, space=space,
+                      tensorboard=tensorboard)

@@ -36,7 +36,7 @@ from torch import Tensor
 from attdarts.language import ir
 from attdarts.language.transform import parse_text
 from attdarts.networks.supernet import compile_supernet
-from attdarts.runs import checkpoints, data, runtime
+from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.runtime import Process
 from attdarts.runs.search import outputs
 from attdarts.runs.search.bilevel import Bilevel
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 
 class SearchRun:
     """One seed's search in one run directory."""
+
+    tracking: tracking.NoTracking = tracking.NO_TRACKING  # `--tensorboard` (set by entry)
+    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 (set by entry)
 
     def __init__(self, config: SearchConfig, run_dir: Path, device: torch.device, process: Process,
                  space: ir.Space, dataset: data.ImageTensors | None, progress: bool) -> None:
@@ -240,6 +243,11 @@ class SearchRun:
                     started = time.perf_counter()
                     self._check_finite(epoch)
                     self.save()
+                if self.signals.stop_requested():  # pre-empted: save this step, then stop
+                    self.elapsed += time.perf_counter() - started
+                    self._check_finite(epoch)
+                    self.save()
+                    raise self.signals.stopped(self.run_dir, epoch + 1, self.step)
         finally:
             bar.close()
         return started
@@ -278,6 +286,7 @@ class SearchRun:
         self.history["genotypes"].append(genotype)
         self.history["weights"].append(outputs.weights_record(self.model, self.epoch, self.synthetic))
         self.history["metrics"].append(outputs.dump_json(metrics))
+        self.tracking.epoch(self.epoch, metrics, self.model.architecture_tensors())
         self.totals.zero_()
         self.counts = [0, 0]
         self.save()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from attdarts.language import ir
+from attdarts.runs import tracking
 from attdarts.runs.train.config import ResumeError, TrainConfig
 from attdarts.runs.train.loop import TrainResult, run_training
 from attdarts.runs.train.resume import ResumePoint, open_resume
@@ -49,13 +50,17 @@ def launch(
     resume: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train `genotype` with the paper's recipe for its dataset and `overrides`, in `out`; or,
-    with `resume`, continue the run in that directory (`genotype`, when given, must be its)."""
+    with `resume`, continue the run in that directory (`genotype`, when given, must be its).
+    `tensorboard` writes TensorBoard events into the run directory's tensorboard/."""
+    if tensorboard:
+        tracking.require_tensorboard()
     if resume is not None:
         point = resume_state(resume, genotype, overrides, out=out)
         return run_training(point.config, point.genotype, run_dir=point.run_dir, device=device,
-                            resume=point, progress=progress)
+                            resume=point, progress=progress, tensorboard=tensorboard)
     if genotype is None:
         raise ResumeError("a new run needs a genotype (or resume a run directory)")
     overrides = dict(overrides or {})
@@ -64,4 +69,5 @@ def launch(
     if (run_dir / "last.pt").exists():
         raise ResumeError(f"{run_dir} already holds a run; continue it with "
                           f"--resume {run_dir} or choose another --out")
-    return run_training(config, genotype, run_dir=run_dir, device=device, progress=progress)
+    return run_training(config, genotype, run_dir=run_dir, device=device, progress=progress,
+                        tensorboard=tensorboard)

@@ -33,7 +33,7 @@ from torch import nn
 from attdarts.language import ir
 from attdarts.language.printer import format_genotype
 from attdarts.networks.measure import count_parameters
-from attdarts.runs import checkpoints, data, graphs, runtime
+from attdarts.runs import checkpoints, data, graphs, preemption, runtime, tracking
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.runs.train.config import CHECKPOINT_KIND, RESUMABLE_OVERRIDES, TrainConfig, TrainError
 from attdarts.runs.train.evaluate import build_model
@@ -81,6 +81,7 @@ def run_training(
     device: str | torch.device | None = None,
     resume: bool | ResumePoint = False,
     progress: bool = False,
+    tensorboard: bool = False,
 ) -> TrainResult:
     """Train `genotype` with `config`, writing the run directory (rank 0 only).
 
@@ -88,7 +89,8 @@ def run_training(
     `open_resume` has checked it against the run directory; its stored config is used with the
     settings of `RESUMABLE_OVERRIDES` taken from `config`. A `ResumePoint` already opened by the
     caller is used as it is. The global torch settings that `deterministic` changes are restored
-    when the run ends.
+    when the run ends. `tensorboard` writes events into run_dir/tensorboard/ (a resumed run
+    that has that folder goes on writing there).
     """
     run_path = Path(run_dir) if run_dir is not None else None
     point = None
@@ -105,9 +107,16 @@ def run_training(
             runtime.determinism(config.deterministic, place):
         run = _prepare(config.with_data_dir(), genotype, run_path, process, place,
                        None if point is None else point.state, progress)
-        for epoch in range(run.start_epoch, run.config.epochs):
-            _record(run, epoch, _epoch(run, epoch))
-        return _finish(run)
+        tensorboard = tensorboard or (point is not None and tracking.continues(run_path))
+        run.tracking = tracking.open_tracking(tensorboard, run_path, process.main,
+                                              tracking.TRAIN_SCALARS)
+        try:
+            with preemption.watch(process) as run.signals:
+                for epoch in range(run.start_epoch, run.config.epochs):
+                    _record(run, epoch, _epoch(run, epoch))
+            return _finish(run)
+        finally:
+            run.tracking.close()
 
 
 @dataclass
@@ -131,6 +140,9 @@ class _Run:
     writer: _RunWriter | None
     bar: _EpochProgress | None
     step: TrainStep | None = None  # the training step, captured as a CUDA graph when it can be
+    tracking: tracking.NoTracking = tracking.NO_TRACKING
+    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 (run_training)
+    partial: dict | None = None  # the epoch a pre-empted run stopped in (last.pt's "partial")
     start_epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = 0
@@ -180,6 +192,7 @@ def _prepare(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
         run.start_epoch = int(state["epoch"])
         run.best_top1, run.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
         run.history = list(state["history"])
+        run.partial = state.get("partial")  # stopped mid-epoch (pre-emption)
         log.info("resuming %s at epoch %d/%d", run_dir, run.start_epoch, config.epochs)
     run.network = runtime.wrap_data_parallel(model, process, device)
     capture = config.graphs and graphs.capture_possible(device, world_size=process.world_size)
@@ -205,15 +218,23 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     lr = run.optimizer.param_groups[0]["lr"]
     torch.manual_seed(data.derive_seed(config.seed, epoch, run.process.rank, "model"))
     run.train_loader.set_epoch(epoch)
+    loader, partial, run.partial = run.train_loader, run.partial, None
+    if partial is not None:  # resumed inside this epoch: skip its steps done, add their sums
+        loader = preemption.Resumed(loader, partial, run.process)
+        started -= partial["seconds"]
     if run.bar is not None:
-        run.bar.start(epoch, len(run.train_loader))
+        run.bar.start(epoch, len(loader))
     try:
-        train_totals = train_epoch(run.network, run.optimizer, run.train_loader, config,
-                                   on_step=run.bar.step if run.bar is not None else None,
-                                   step=run.step)
+        train_totals = train_epoch(run.network, run.optimizer, loader, config,
+                                   on_step=_step_callback(run), step=run.step)
+    except preemption.StopAtStep as stop:
+        _stop_mid_epoch(run, epoch, stop, partial, started)
     finally:
         if run.bar is not None:
             run.bar.close()
+    if partial is not None:
+        train_totals = train_totals + preemption.partial_totals(partial, run.process,
+                                                                train_totals.device)
     train_totals = runtime.all_reduce(train_totals, run.process)
     train_values = train_totals.tolist()  # the epoch's one host sync for training
     train_seconds = time.perf_counter() - started
@@ -242,6 +263,37 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     }
 
 
+def _step_callback(run: _Run):
+    """After each training step: the progress bar, then the pre-emption flag (every rank reads
+    it at the same step; a raised flag stops the epoch there)."""
+
+    def on_step(step: int, totals: torch.Tensor, count: int) -> None:
+        if run.bar is not None:
+            run.bar.step(step, totals, count)
+        if run.signals.stop_requested():
+            raise preemption.StopAtStep(step + 1, torch.cat([
+                totals.detach().double(), totals.new_tensor([float(count)], dtype=torch.float64)]))
+
+    return on_step
+
+
+def _stop_mid_epoch(run: _Run, epoch: int, stop: preemption.StopAtStep, partial: dict | None,
+                    started: float) -> None:
+    """Save last.pt in the middle of `epoch` (its completed epochs, and where this one stopped),
+    then end the run with `Preempted`."""
+    if partial is not None:  # stopped again in an epoch that was already resumed mid-way
+        stop = preemption.StopAtStep(
+            partial["step"] + stop.step,
+            stop.totals + preemption.partial_totals(partial, run.process, stop.totals.device))
+    record = preemption.partial_epoch(stop, run.process, time.perf_counter() - started,
+                                      run.signals.group)
+    if run.writer is not None:
+        state = _checkpoint_state(run, epoch)
+        state.update(epoch=epoch, partial=record)
+        checkpoints.save(run.run_dir / "last.pt", state)
+    raise run.signals.stopped(run.run_dir, epoch + 1, stop.step)
+
+
 def _diverged(run: _Run, epoch: int) -> None:
     config, run_dir = run.config, run.run_dir
     kept = ("nothing was saved" if not epoch or run_dir is None else
@@ -261,6 +313,7 @@ def _record(run: _Run, epoch: int, record: dict[str, Any]) -> None:
         run.best_top1, run.best_epoch = record["test_top1"], epoch + 1
     if run.writer is not None:
         run.writer.epoch_done(_checkpoint_state(run, epoch), improved)
+    run.tracking.epoch(epoch + 1, record)
     log.info("epoch %d/%d lr %.5f train loss %.4f acc %.2f | test loss %.4f top-1 %.2f "
              "top-5 %.2f on %d test images | %.0f s, %.0f img/s%s", epoch + 1, run.config.epochs,
              record["lr"], record["train_loss"], record["train_acc"], record["test_loss"],

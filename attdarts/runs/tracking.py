@@ -1,0 +1,127 @@
+"""Run tracking (`--tensorboard`): per-epoch scalars and architecture heatmaps as TensorBoard events.
+
+The loops call a tracker at the end of each epoch; without `--tensorboard` it is `NO_TRACKING`,
+which does nothing, so the loops never test whether tracking is on. TensorBoard is an optional
+dependency (`pip install 'attdarts[tensorboard]'`): `require_tensorboard` says so in one line
+before a run starts. Only the main process of a torchrun group writes.
+
+Events go to RUN_DIR/tensorboard/. The step of every event is the epoch (1-based), as in
+metrics.jsonl. Scalars: the losses, accuracies and learning rate of both loops, and training's
+drop-path probability. Images (search only): per epoch and cell type, the softmax of alpha
+(operations) and beta (attentions; gamma for an attention on the cell output), one row per edge
+and one column per candidate, drawn with the viridis colour map (0 dark, 1 yellow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TENSORBOARD_DIR = "tensorboard"
+INSTALL_HINT = "pip install 'attdarts[tensorboard]'"
+CELL_PIXELS = 16  # each (edge, candidate) weight is a square of this many pixels
+
+# metrics.jsonl key -> TensorBoard tag (the part before '/' groups the charts)
+SEARCH_SCALARS = {
+    "train_loss": "loss/train", "val_loss": "loss/val",
+    "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val",
+    "lr": "schedule/lr", "images_per_s": "speed/images_per_s",
+}
+TRAIN_SCALARS = {
+    "train_loss": "loss/train", "test_loss": "loss/test",
+    "train_acc": "accuracy/train", "test_top1": "accuracy/test_top1",
+    "test_top5": "accuracy/test_top5",
+    "lr": "schedule/lr", "drop_path_prob": "schedule/drop_path_prob",
+    "images_per_s": "speed/images_per_s",
+}
+
+
+class TrackingUnavailable(Exception):
+    """`--tensorboard` without the tensorboard package; the message says how to install it."""
+
+
+def require_tensorboard() -> None:
+    """Fail at once, before a run starts, when `--tensorboard` cannot write events."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise TrackingUnavailable(
+            f"--tensorboard needs the tensorboard package: {INSTALL_HINT}") from None
+
+
+def available() -> bool:
+    try:
+        require_tensorboard()
+    except TrackingUnavailable:
+        return False
+    return True
+
+
+def continues(run_dir: Path) -> bool:
+    """Whether a resumed run goes on tracking: it has events and TensorBoard is installed."""
+    return (Path(run_dir) / TENSORBOARD_DIR).is_dir() and available()
+
+
+class NoTracking:
+    """The tracker of a run without tracking: accepts every call and writes nothing."""
+
+    def epoch(self, epoch: int, metrics: Mapping[str, object],
+              architecture: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+NO_TRACKING = NoTracking()
+
+
+class TensorBoardTracking(NoTracking):
+    """Writes a run's epochs into RUN_DIR/tensorboard/ (event files TensorBoard reads)."""
+
+    def __init__(self, run_dir: Path, scalars: Mapping[str, str]) -> None:
+        require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.scalars = scalars
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR))
+
+    def epoch(self, epoch: int, metrics: Mapping[str, object],
+              architecture: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> None:
+        """`metrics` as metrics.jsonl records them; `architecture[cell][kind]` the raw alpha /
+        beta / gamma of each cell type (softmaxed here, per edge)."""
+        for key, tag in self.scalars.items():
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, float(value), epoch)
+        for cell, kinds in (architecture or {}).items():
+            for kind, values in kinds.items():
+                weights = torch.softmax(values.detach().float().cpu(), dim=-1)
+                self.writer.add_image(f"{kind}/{cell}", heatmap(weights), epoch,
+                                      dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def heatmap(weights: torch.Tensor) -> np.ndarray:
+    """(edges, candidates) weights in [0, 1] -> an RGB uint8 image (HWC), one square each."""
+    from matplotlib import colormaps
+
+    values = weights.clamp(0.0, 1.0).numpy()
+    colours = colormaps["viridis"](values)[..., :3]  # (edges, candidates, 3) in [0, 1]
+    pixels = np.kron(colours, np.ones((CELL_PIXELS, CELL_PIXELS, 1)))
+    return (pixels * 255.0 + 0.5).astype(np.uint8)
+
+
+def open_tracking(enabled: bool, run_dir: Path | None, main: bool,
+                  scalars: Mapping[str, str]) -> NoTracking:
+    """The run's tracker: TensorBoard events in RUN_DIR/tensorboard/ when `enabled` (main
+    process only), otherwise `NO_TRACKING`."""
+    if not enabled or not main or run_dir is None:
+        return NO_TRACKING
+    return TensorBoardTracking(run_dir, scalars)
