@@ -362,8 +362,7 @@ def _correct(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(dim=-1) == labels).sum(dim=1)
 
 
-# ---------------------------------------------------------------------------------------------
-# The seeds' runs
+# -- the seeds' runs ------------------------------------------------------------------------
 
 
 class TogetherSearch:
