@@ -279,6 +279,8 @@ def _report(outcome, out: Path) -> None:
             for kind, line in row["cells"].items():
                 click.echo(f"    {kind}: {line}")
         return
+    stopped = outcome.metrics.get("stopped_early")
+    early = f", stopped early: {stopped['reason']}" if stopped else ""
     click.echo(f"{outcome.run_dir / api.FINAL_GENOTYPE} (epoch {outcome.epochs}, val accuracy "
-               f"{outcome.metrics['val_accuracy']:.4f}):")
+               f"{outcome.metrics['val_accuracy']:.4f}{early}):")
     click.echo((outcome.run_dir / api.FINAL_GENOTYPE).read_text(), nl=False)

@@ -85,6 +85,8 @@ def _run(run: SearchRun, run_dir: Path, resume: bool, process: runtime.Process) 
     if resume:
         run.restore()
         run.write_outputs()
+        if run.stopped_early is not None:
+            return run.run()  # logs that it finished early (DARTS+) and runs nothing
         if run.epoch >= run.config.epochs:
             log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
             return run.result()

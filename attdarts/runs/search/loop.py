@@ -104,6 +104,12 @@ class SearchRun:
         return {**self.history, "genotypes": list(texts)}
 
     def save(self) -> None:
+        """Write checkpoint.pt (main process). Every rank calls it at the same step: under
+        torchrun the running sums saved are those over all ranks (rank 0 takes them back)."""
+        totals, counts = self.totals.cpu(), list(self.counts)
+        if self.process.world_size > 1:
+            reduced = self._reduced_totals()
+            totals, counts = reduced[:4], [int(count) for count in reduced[4:].tolist()]
         if not self.process.main:
             return
         checkpoints.save(self.run_dir / CHECKPOINT, {
@@ -112,8 +118,8 @@ class SearchRun:
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizers": self.bilevel.state_dict(),
-            "totals": self.totals.cpu(),
-            "counts": list(self.counts),
+            "totals": totals,
+            "counts": counts,
             "elapsed": self.elapsed,
             "history": self._saved_history(),
             "rng": runtime.rng_state(),
@@ -139,6 +145,9 @@ class SearchRun:
             self.step = int(state["step"])
             self.totals = state["totals"].to(self.device, torch.float64)
             self.counts = [int(c) for c in state["counts"]]
+            if self.process.rank != 0:  # rank 0 holds the sums over every rank
+                self.totals.zero_()
+                self.counts = [0, 0]
             self.elapsed = float(state["elapsed"])
             history = {key: list(value) for key, value in state["history"].items()}
             self._texts = list(history["genotypes"])
