@@ -22,8 +22,9 @@ so `compile_cells` makes the network hold it in a 0-dim tensor (`Network.hold_dr
 the same distribution of masks, drawn by the tensor-probability kernel).
 
 Shapes are compiled static (``dynamic=False``): a cell at a new input size, batch size or mode
-(train / eval) compiles once more, and `compile_cells` raises Dynamo's recompile limit to allow
-for every distinct cell in each of those (`recompile_budget`).
+(train / eval) compiles once more, as does a cell whose parameters `torch.func.functional_call`
+replaces (the second-order search); `compile_cells` raises Dynamo's recompile limit to allow for
+every distinct cell in each of those (`recompile_budget`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ from attdarts.networks import grouping
 
 __all__ = ["compile_cells", "compiled", "distinct_cells", "eager_cells", "recompile_budget"]
 
-# each distinct cell may be compiled in train and eval mode, and for a last, smaller batch
-VARIANTS_PER_CELL = 4
+# each distinct cell may be compiled in train and eval mode, for a last, smaller batch, and with
+# parameters swapped in by torch.func.functional_call (the second-order search's virtual step)
+VARIANTS_PER_CELL = 8
 
 
 def distinct_cells(model: nn.Module) -> int:
