@@ -30,25 +30,38 @@ __all__ = [
     "count_droppable_edges",
     "drop_path",
     "drop_path_mask",
+    "dropping",
 ]
 
 DropPathRule = Literal["darts", "authors"]
 DROP_PATH_RULES: tuple[str, ...] = ("darts", "authors")  # the first is the default
 
 
-def drop_path_mask(like: torch.Tensor, prob: float) -> torch.Tensor:
+DropProbability = float | torch.Tensor
+
+
+def dropping(prob: DropProbability) -> bool:
+    """Whether drop path runs at probability `prob` (in training mode). A probability held in a
+    0-dim tensor (`Network.hold_drop_path_in_tensor`) always runs, so that nothing depends on its
+    value on the host: at 0 the mask is all ones, the same result with a few more kernels."""
+    return isinstance(prob, torch.Tensor) or prob > 0.0
+
+
+def drop_path_mask(like: torch.Tensor, prob: DropProbability) -> torch.Tensor:
     """The one drop-path mask: per sample 0 with probability `prob`, else 1 / (1 - prob).
 
     Shaped (batch, 1, 1, 1) and drawn on `like`'s device in `like`'s dtype, so there is no host
     sync and no dtype promotion under autocast. Plain and grouped cells draw it edge by edge in
-    the same order, so a seed gives the same numbers on both paths.
+    the same order, so a seed gives the same numbers on both paths. `prob` may be a 0-dim tensor
+    (compiled cells, captured steps): the same distribution, drawn by the tensor-probability
+    kernel, so a seed gives other masks than with a float.
     """
     keep = 1.0 - prob
     mask = torch.empty((like.shape[0], 1, 1, 1), dtype=like.dtype, device=like.device)
     return mask.bernoulli_(keep).div_(keep)
 
 
-def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
+def drop_path(x: torch.Tensor, prob: DropProbability) -> torch.Tensor:
     """Zero each sample's tensor with probability `prob`, scale survivors by 1 / (1 - prob)."""
     return x * drop_path_mask(x, prob)
 
@@ -68,11 +81,11 @@ class EdgeModule(nn.Module):
         self.input_index = input_index
         self.droppable = droppable
 
-    def forward(self, x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, drop_prob: DropProbability) -> torch.Tensor:
         h = self.operation(x)
         if self.attention is not None:
             h = self.attention(h)
-        if self.droppable and self.training and drop_prob > 0.0:
+        if self.droppable and self.training and dropping(drop_prob):
             h = drop_path(h, drop_prob)
         return h
 
@@ -87,7 +100,7 @@ class NodeModule(nn.Module):
         super().__init__()
         self.edges = nn.ModuleList(edges)
 
-    def forward(self, states: list[torch.Tensor], drop_prob: float) -> torch.Tensor:
+    def forward(self, states: list[torch.Tensor], drop_prob: DropProbability) -> torch.Tensor:
         total = None
         for edge in self.edges:
             h = edge(states[edge.input_index], drop_prob)
@@ -151,7 +164,8 @@ class CellModule(nn.Module):
             cell.output.attention, self.channels_out, self.spatial_out
         )
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: DropProbability
+                ) -> torch.Tensor:
         if self.grouped:
             return self.forward_grouped(s0, s1, drop_prob)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -165,7 +179,7 @@ class CellModule(nn.Module):
             out = self.attention(out)
         return out
 
-    def forward_grouped(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float
+    def forward_grouped(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: DropProbability
                         ) -> torch.Tensor:
         """`forward` computed wave by wave: the edges whose inputs are ready run together, one
         kernel sequence per distinct operation and per distinct attention (`attdarts.grouped`).
@@ -191,9 +205,9 @@ class CellModule(nn.Module):
                 states[2 + node] = total
         return self._output(states)
 
-    def _drop_masks(self, like: torch.Tensor, drop_prob: float
+    def _drop_masks(self, like: torch.Tensor, drop_prob: DropProbability
                     ) -> dict[tuple[int, int], torch.Tensor]:
-        if not (self.training and drop_prob > 0.0):
+        if not (self.training and dropping(drop_prob)):
             return {}
         masks = {}
         for node, module in enumerate(self.nodes):

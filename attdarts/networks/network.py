@@ -96,7 +96,8 @@ class AuxiliaryHeadImageNet(nn.Sequential):
 
 class Network(nn.Module):
     """The discrete network. `forward` returns ``(logits, aux_logits)``; aux_logits is None in
-    eval mode or without an auxiliary head. Set `drop_path_prob` (a float) before each epoch."""
+    eval mode or without an auxiliary head. Set `drop_path_prob` (a float) before each epoch;
+    after `hold_drop_path_in_tensor` the value lives in a 0-dim tensor on the model's device."""
 
     def __init__(
         self,
@@ -116,7 +117,9 @@ class Network(nn.Module):
         self.dataset = dataset
         self.input_size = input_size
         self.num_classes = num_classes
-        self.drop_path_prob = 0.0
+        self._drop_path_prob = 0.0
+        # a 0-dim tensor after `hold_drop_path_in_tensor`
+        self.register_buffer("drop_path_tensor", None, persistent=False)
         self.imagenet_stem = shape.imagenet_stem
 
         if shape.imagenet_stem:
@@ -175,7 +178,8 @@ class Network(nn.Module):
             s1 = self.stem1(s0)
         else:
             s0 = s1 = self.stem(x)
-        drop_prob = float(self.drop_path_prob)
+        held = self.drop_path_tensor
+        drop_prob = self._drop_path_prob if held is None else held
         aux_logits = None
         with grouped.deferred_statistics():  # grouped cells' BN write-backs: 2 operations in all
             for index, cell in enumerate(self.cells):
@@ -184,6 +188,31 @@ class Network(nn.Module):
                     aux_logits = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))
         return logits, aux_logits
+
+    @property
+    def drop_path_prob(self) -> float:
+        """Drop-path probability of the next forward passes in training mode (the loop ramps it)."""
+        return self._drop_path_prob
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, value: float) -> None:
+        self._drop_path_prob = float(value)
+        if self.drop_path_tensor is not None:
+            with torch.no_grad():
+                self.drop_path_tensor.fill_(self._drop_path_prob)
+
+    def hold_drop_path_in_tensor(self) -> Network:
+        """Keep the drop-path probability in a 0-dim tensor (a non-persistent buffer, on the
+        model's device) and pass that to the cells: their code then does not depend on its value,
+        so compiled cells (`attdarts.networks.compiled`) are not recompiled as the probability
+        ramps up, and a captured step reads it from device memory. Masks are drawn by the
+        tensor-probability kernel: the same distribution, other masks for a seed than the float
+        path's (and drawn even at probability 0, where they are all ones)."""
+        if self.drop_path_tensor is None:
+            parameter = next(self.parameters())
+            self.drop_path_tensor = torch.tensor(self._drop_path_prob, dtype=parameter.dtype,
+                                                 device=parameter.device)
+        return self
 
     @property
     def grouped(self) -> bool:
