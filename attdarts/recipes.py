@@ -44,6 +44,7 @@ _PAPER_SEARCH: dict[str, Any] = {
     "checkpoint_every": 0,
     "deterministic": False,
     "grouped": True,
+    "compile_cells": False,
     "graphs": True,
     "arch_start_epoch": 0,
 }
@@ -85,6 +86,8 @@ _CIFAR_TRAIN: dict[str, Any] = {
     "amp": None,
     "channels_last": False,
     "grouped": True,
+    "compile_cells": False,
+    "graphs": True,
     "max_steps_per_epoch": None,
     "workers": 0,
 }

@@ -154,6 +154,9 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="Run every edge on its own instead of each cell's edges in groups (the "
                    "default: the same results to float rounding from about a third of the "
                    "tensor operations).")
+@click.option("--compile", "compile_cells", is_flag=True,
+              help="Compile each distinct cell with torch.compile (inductor, fullgraph): minutes "
+                   "to start; opt-in until measured faster on a GPU.")
 @click.option("--graphs/--no-graphs", default=None,
               help="Replay each search iteration as one CUDA graph on CUDA (the default; same "
                    "results, far fewer launches); --no-graphs runs it eagerly. The CPU always "
@@ -173,7 +176,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
            weight_decay, grad_clip, arch_lr, arch_start_epoch, arch_weight_decay, arch_betas,
            train_portion,
            arch_init, no_augment, out, device, threads, resume, deterministic,
-           max_steps_per_epoch, checkpoint_every, plain, graphs, quiet, together,
+           max_steps_per_epoch, checkpoint_every, plain, compile_cells, graphs, quiet, together,
            tensorboard, config_file) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
 
@@ -209,7 +212,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
             chosen = {"second_order": second_order, "clip": clip, "bam_combine": bam_combine,
                       "lr_min": lr_min, "arch_init": arch_init, "batch_size": batch_size,
                       "lr": lr, "arch_lr": arch_lr, "arch_start_epoch": arch_start_epoch,
-                      "graphs": graphs}
+                      "graphs": graphs, "compile_cells": compile_cells or None}
             config = api.recipe_config(
                 recipe, **{key: value for key, value in chosen.items() if value is not None},
                 space_file=str(space_file.resolve()), space=space_name, dataset=dataset,

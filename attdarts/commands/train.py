@@ -104,6 +104,9 @@ def _setup_logging(verbose: bool) -> None:
 @click.option("--plain", is_flag=True,
               help="Run every edge on its own instead of each cell's ready edges in groups "
                    "(the default: same results, fewer kernels).")
+@click.option("--compile", "compile_cells", is_flag=True,
+              help="Compile each distinct cell with torch.compile (inductor, fullgraph): minutes "
+                   "to start; opt-in until measured faster on a GPU.")
 @click.option("--graphs/--no-graphs", default=True,
               help="Replay each training step as one CUDA graph on CUDA (the default; same "
                    "results, far fewer launches); --no-graphs runs it eagerly. The CPU always "
@@ -150,6 +153,8 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
                       if _explicit(ctx, name)})
     if options.pop("plain"):
         overrides["grouped"] = False
+    if options.pop("compile_cells"):
+        overrides["compile_cells"] = True
     _check_device(device)
     _set_threads(threads)
     _setup_logging(not quiet)

@@ -92,6 +92,9 @@ class SearchConfig(BaseModel):
     # run each cell's edges in groups (attdarts.networks.grouping): same sums, far fewer kernels; False is
     # the plain edge-by-edge path (`attdarts search --plain`)
     grouped: bool = _PAPER["grouped"]
+    # compile each distinct cell (attdarts.networks.compiled); opt-in until a GPU run shows a
+    # gain. It changes which drop-path masks are drawn, so a run cannot switch it on resume
+    compile_cells: bool = _PAPER["compile_cells"]
     # replay each search iteration as one CUDA graph on CUDA (attdarts.runs.graphs); the CPU, a
     # run under torchrun and False (`attdarts search --no-graphs`) run the same step eagerly
     graphs: bool = _PAPER["graphs"]

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from attdarts.language import ir
 from attdarts.language.transform import parse_text
+from attdarts.networks.compiled import compile_cells
 from attdarts.networks.supernet import compile_supernet
 from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.runtime import Process
@@ -77,6 +78,8 @@ class SearchRun:
             space, channels=config.channels, layers=config.layers,
             num_classes=dataset.num_classes, input_size=int(dataset.images.shape[-1]),
             init=config.arch_init, grouped=config.grouped).to(device)
+        if config.compile_cells:
+            self.model = compile_cells(self.model)
         if process.world_size > 1 and config.order == 2:
             raise SearchError("second-order search runs in one process; use --order 1 under torchrun")
         for param in self.model.architecture():  # data parallelism syncs the weights only

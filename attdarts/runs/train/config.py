@@ -73,9 +73,12 @@ class TrainConfig(BaseModel):
     # run each cell's ready edges in groups (attdarts.grouped): the same network and numbers,
     # fewer kernels; False is the plain edge-by-edge path (`attdarts train --plain`)
     grouped: bool = _CIFAR["grouped"]
+    # compile each distinct cell (attdarts.networks.compiled); opt-in until a GPU run shows a
+    # gain. It changes which drop-path masks are drawn, so a run cannot switch it on resume
+    compile_cells: bool = _CIFAR["compile_cells"]
     # replay each training step as one CUDA graph on CUDA (attdarts.runs.graphs); the CPU and
     # False (`attdarts train --no-graphs`) run the same step eagerly
-    graphs: bool = True
+    graphs: bool = _CIFAR["graphs"]
     max_steps_per_epoch: int | None = Field(_CIFAR["max_steps_per_epoch"], ge=1)
     workers: int = Field(_CIFAR["workers"], ge=0)
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from attdarts.language import ir
 from attdarts.language.printer import format_genotype
+from attdarts.networks.compiled import compile_cells
 from attdarts.networks.measure import count_parameters
 from attdarts.runs import checkpoints, data, graphs, preemption, runtime, tracking
 from attdarts.runs.checkpoints import CheckpointError
@@ -179,6 +180,8 @@ def _prepare(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
     parameters = (count_parameters(model, auxiliary=True), count_parameters(model, auxiliary=False))
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    if config.compile_cells:
+        model = compile_cells(model)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config)
     run = _Run(config, genotype, run_dir, process, model, model, optimizer, scheduler,
