@@ -28,3 +28,14 @@ def test_benchmark_script_runs_on_the_cpu(script, arguments, expected):
     assert done.returncode == 0, done.stderr[-2000:]
     for start in expected:
         assert any(line.startswith(start) for line in done.stdout.splitlines()), done.stdout
+
+
+def test_search_methods_benchmark_runs_quick():
+    """benchmarks/search_methods.py --quick: every K in its own process, a row each."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_methods.py"),
+                           "--quick", "--ks", "1,2"],
+                          capture_output=True, text=True, env=ENVIRONMENT, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for start in ("K=1: ", "K=2: ", "K=2 vs K=1: "):
+        assert any(line.startswith(start) for line in lines), done.stdout

@@ -52,6 +52,15 @@ def test_darts_supernet_has_exactly_darts_size():
     assert count(model.architecture()) == 2 * 14 * 8
 
 
+def test_pc_darts_supernet_has_exactly_pc_darts_size():
+    """PC-DARTS's own search model (github.com/yuhuixu1993/PC-DARTS, model_search.py,
+    Network(16, 10, 8, criterion) on the CPU) has 299,578 weights and 2 x 14 x 8 alphas plus
+    2 x 14 edge weights (its betas)."""
+    model = compile_supernet(space("pc_darts"))
+    assert count(model.weights()) == 299_578
+    assert count(model.architecture()) == 2 * 14 * 8 + 2 * 14
+
+
 def test_weights_and_architecture_are_disjoint_and_complete():
     model = compile_supernet(space("att_darts_every_and_end"), channels=4, layers=5, input_size=8)
     weights = {id(p) for p in model.weights()}
