@@ -264,8 +264,12 @@ class SearchCell(nn.Module):
         index = getattr(self, f"wave_{k}")
         modules = [self.edges[i] for i in wave]
         partial = modules[0].partial
-        if partial is None:
-            x, rest = torch.cat(inputs, dim=1), None  # stacked edge-major: (N, E*C, H, W)
+        if partial is None:  # stacked edge-major: (N, E*C, H, W)
+            # one input read by every edge is repeated: its gradient is then summed in the same
+            # order as before partial channels existed, so runs reproduce bit for bit
+            same = all(x is inputs[0] for x in inputs)
+            x = inputs[0].repeat(1, len(inputs), 1, 1) if same else torch.cat(inputs, dim=1)
+            rest = None
         else:
             x, rest = partial.split_grouped(inputs)
         group = grouped.Group(x, len(wave))
