@@ -8,7 +8,9 @@ every edge) with `partial_channels = K` and nothing else changed (edge normalisa
 the rows differ in K only; `--edge-normalisation` turns it on for every row), and times first-
 order search iterations (one architecture step + one weight step, the real
 `attdarts.runs.search.bilevel.Bilevel`) on random 32x32 batches already in memory, on the CPU,
-with one thread unless --threads says otherwise.
+with one thread unless --threads says otherwise. Both the wall time and the process's CPU time
+per iteration are reported: on a shared machine the CPU time is the fairer comparison, since
+wall time also counts the time other processes held the core.
 
 Memory: each K runs in a fresh Python process, and its peak is that process's maximum resident
 set (`resource.getrusage(RUSAGE_SELF).ru_maxrss`), which tracemalloc cannot see (torch allocates
@@ -68,13 +70,15 @@ def run_one(args: argparse.Namespace) -> dict:
     before = _resident_mib()
     for weight_batch, arch_batch in batches[:args.warmup]:
         bilevel.step(weight_batch, arch_batch)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for weight_batch, arch_batch in batches[args.warmup:]:
         bilevel.step(weight_batch, arch_batch)
     seconds = (time.perf_counter() - started) / args.steps
+    cpu_seconds = (time.process_time() - cpu_started) / args.steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
     return {"partial_channels": args.child, "edge_normalisation": args.edge_normalisation,
-            "ms_per_iteration": seconds * 1000, "peak_mib": peak, "step_mib": peak - before,
+            "ms_per_iteration": seconds * 1000, "cpu_ms_per_iteration": cpu_seconds * 1000,
+            "peak_mib": peak, "step_mib": peak - before,
             "weights": sum(p.numel() for p in model.weights())}
 
 
@@ -117,14 +121,17 @@ def main() -> None:
             continue
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"K={k}: {row['ms_per_iteration']:.0f} ms/iteration, peak {row['peak_mib']:.0f} "
+        print(f"K={k}: {row['ms_per_iteration']:.0f} ms/iteration (CPU time "
+              f"{row['cpu_ms_per_iteration']:.0f} ms), peak {row['peak_mib']:.0f} "
               f"MiB (step {row['step_mib']:.0f} MiB), {row['weights']:,} weights; load "
               f"{os.getloadavg()[0]:.2f}", flush=True)
     base = next((row for row in rows if row["partial_channels"] == 1), None)
     for row in rows:
         if base is not None and row is not base:
             print(f"K={row['partial_channels']} vs K=1: "
-                  f"{base['ms_per_iteration'] / row['ms_per_iteration']:.2f}x faster, peak "
+                  f"{base['ms_per_iteration'] / row['ms_per_iteration']:.2f}x faster ("
+                  f"{base['cpu_ms_per_iteration'] / row['cpu_ms_per_iteration']:.2f}x in CPU "
+                  "time), peak "
                   f"{row['peak_mib'] / base['peak_mib']:.2f} of K=1's, step memory "
                   f"{row['step_mib'] / base['step_mib']:.2f} of K=1's", flush=True)
     if args.json:
