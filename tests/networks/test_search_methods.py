@@ -160,6 +160,9 @@ def test_edge_normalisation_node_sum_values_and_gradients():
     reference = torch.autograd.grad((expected * probe).sum(), raw)[0]
     torch.testing.assert_close(grad, reference, rtol=1e-12, atol=1e-14)
     assert grad.abs().sum() > 0
+    normalised = model.normalised_architecture()["normal"]  # what weights.jsonl can record
+    torch.testing.assert_close(normalised["edges"], normalise_edges(raw.detach(), 4))
+    torch.testing.assert_close(normalised["alpha"].sum(-1), torch.ones(14, dtype=torch.float64))
 
 
 def test_edges_are_drawn_after_alpha_and_beta():
