@@ -19,7 +19,7 @@ from attdarts.language.locations import LOCATIONS
 from attdarts.language.printer import format_genotype
 from attdarts.language.transform import parse_text
 from attdarts.networks.derive import count_identity, count_skip_connect, derive_genotype
-from attdarts.networks.mixtures import PartialChannels, channel_shuffle
+from attdarts.networks.mixtures import channel_shuffle
 from attdarts.networks.network import compile_network
 from attdarts.networks.supernet import column_names, compile_supernet, normalise_edges
 
