@@ -71,3 +71,14 @@ def test_captured_and_compiled_search_rows_and_their_summary(tmp_path):
         assert "| plain+graphs+compile (eager fallback) | 1 |" in summary
     else:  # not there: the summary says so
         assert "Not measured:" in summary and "attdarts.networks.compiled" in summary
+
+
+def test_search_methods_benchmark_runs_quick():
+    """benchmarks/search_methods.py --quick: every K in its own process, a row each."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_methods.py"),
+                           "--quick", "--ks", "1,2"],
+                          capture_output=True, text=True, env=ENVIRONMENT, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for start in ("K=1: ", "K=2: ", "K=2 vs K=1: "):
+        assert any(line.startswith(start) for line in lines), done.stdout

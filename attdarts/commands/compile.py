@@ -1,4 +1,5 @@
-"""`attdarts compile`: build the discrete network of a genotype and print its size."""
+"""`attdarts compile`: build the discrete network of a genotype (or a space's search supernet)
+and print its size."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import click
 
 from attdarts import recipes
 from attdarts.cli import is_out_of_memory
+from attdarts.language import ir
 from attdarts.language.errors import DslError
-from attdarts.language.transform import read_genotype
+from attdarts.language.transform import parse_file
 
 _CIFAR = recipes.TRAIN["cifar"]
 _IMAGENET = recipes.TRAIN["imagenet"]
 # (C, L) per dataset: DARTS ImageNet for imagenet, the paper's CIFAR setting otherwise
 _DEFAULT_SIZES = {"imagenet": (_IMAGENET["channels"], _IMAGENET["layers"])}
 _CIFAR_SIZE = (_CIFAR["channels"], _CIFAR["layers"])
+_SEARCH = recipes.SEARCH["paper"]
+_SEARCH_SIZE = (_SEARCH["channels"], _SEARCH["layers"])  # a space compiles at the search size
 # Far above any published network (C <= 64, L <= 30), low enough that a typo such as 100000 is
 # refused at once instead of allocating gigabytes or building for minutes (about 20 ms per cell).
 MAX_CHANNELS = 512
@@ -39,6 +43,9 @@ def _stderr_is_terminal() -> bool:
 @click.command("compile")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--genotype", "genotype_name", help="Genotype to build (default: the only one in FILE).")
+@click.option("--space", "space_name",
+              help="Space whose search supernet to build (default: the only one in a FILE that "
+                   "holds spaces and no genotype).")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]), default="cifar10",
               show_default=True, help="Network skeleton and number of classes.")
 @click.option("--channels", type=click.IntRange(min=1, max=MAX_CHANNELS),
@@ -51,51 +58,108 @@ def _stderr_is_terminal() -> bool:
               help="Build the auxiliary head after cell 2L/3.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
-def compile_(file: Path, genotype_name: str | None, dataset: str, channels: int | None,
-             layers: int | None, auxiliary: bool, output_format: str) -> None:
-    """Build the discrete network of a genotype and print its size.
+def compile_(file: Path, genotype_name: str | None, space_name: str | None, dataset: str,
+             channels: int | None, layers: int | None, auxiliary: bool,
+             output_format: str) -> None:
+    """Build the discrete network of a genotype, or the search supernet of a space, and print
+    its size.
 
-    Prints the parameter count without the auxiliary head (the number papers report) and with it,
-    multiply-adds per image (torch.utils.flop_counter), the output shape and a per-cell table.
-    Defaults are the paper's evaluation settings: CIFAR-10, C=36, L=20, auxiliary head.
+    For a genotype: the parameter count without the auxiliary head (the number papers report)
+    and with it, multiply-adds per image (torch.utils.flop_counter), the output shape and a
+    per-cell table. Defaults are the paper's evaluation settings: CIFAR-10, C=36, L=20,
+    auxiliary head.
+
+    For a space (FILE holds spaces and no genotype, or --space): its search supernet at the
+    search size (CIFAR-10, C=16, L=8 unless --channels / --layers / --dataset cifar100 say
+    otherwise), with its search methods: weights, architecture parameters, multiply-adds of one
+    image through every candidate (`none` is not evaluated) and a per-cell table.
+
     C*C*L may not exceed 36*36*20*50 (about 160 M parameters); a network that does not fit in
     memory is reported as such. On a terminal, a status line per stage goes to stderr.
     """
     try:
-        genotype = read_genotype(file, genotype_name)
+        document = parse_file(file)
+        item = _pick(document, genotype_name, space_name)
     except DslError as error:
         raise click.ClickException(error.located(str(file), None).render()) from None
-    default_channels, default_layers = _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE)
-    channels = channels or default_channels
-    layers = layers or default_layers
+    is_space = isinstance(item, ir.Space)
+    if is_space and dataset == "imagenet":
+        raise click.UsageError("a search supernet is built for cifar10 or cifar100, not imagenet")
+    sizes = _SEARCH_SIZE if is_space else _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE)
+    channels = channels or sizes[0]
+    layers = layers or sizes[1]
     if channels * channels * layers > MAX_SIZE:
         raise click.UsageError(
             f"--channels {channels} with --layers {layers} is too large: C*C*L = "
             f"{channels * channels * layers:,} exceeds {MAX_SIZE:,} "
             "(36*36*20*50, about 160 M parameters)")
-
+    options = {"dataset": dataset, "channels": channels, "layers": layers, "progress": _progress}
     try:
-        summary, rows = _measure(genotype, dataset=dataset, channels=channels, layers=layers,
-                                 auxiliary=auxiliary, progress=_progress)
+        if is_space:
+            summary, rows = _measure_supernet(item, **options)
+        else:
+            summary, rows = _measure(item, auxiliary=auxiliary, **options)
+    except ValueError as error:  # e.g. channels not divisible by partial_channels
+        raise click.ClickException(str(error)) from None
     except (RuntimeError, MemoryError) as error:
         if not is_out_of_memory(error):
             raise
         raise click.ClickException(
-            f"not enough memory to build {genotype.name} with C={channels}, L={layers}; "
+            f"not enough memory to build {item.name} with C={channels}, L={layers}; "
             "try smaller --channels or --layers") from None
-    multiply_adds = summary["multiply_adds"]
     if output_format == "json":
         click.echo(json.dumps(summary, indent=2))
-        return
-    click.echo(f"genotype     {genotype.name} ({dataset}, C={channels}, L={layers})")
+    elif is_space:
+        _print_supernet(summary, rows)
+    else:
+        _print_network(summary, rows, auxiliary)
+
+
+def _pick(document: ir.Document, genotype_name: str | None,
+          space_name: str | None) -> ir.Genotype | ir.Space:
+    """The genotype to build or, with --space or in a file of spaces only, the space."""
+    if space_name is not None or (genotype_name is None and document.spaces
+                                  and not document.genotypes):
+        return document.space(space_name)
+    return document.genotype(genotype_name)
+
+
+def _print_network(summary: dict, rows: list, auxiliary: bool) -> None:
+    multiply_adds = summary["multiply_adds"]
+    click.echo(f"genotype     {summary['genotype']} ({summary['dataset']}, "
+               f"C={summary['channels']}, L={summary['layers']})")
     click.echo(f"parameters   {summary['parameters']:,} (without auxiliary head)")
     if auxiliary:
         click.echo(f"             {summary['parameters_with_auxiliary']:,} (with auxiliary head)")
     click.echo(f"mult-adds    {multiply_adds / 1e6:,.1f} M per image ({multiply_adds:,})")
     click.echo(f"input        {tuple(summary['input_shape'])}")
     click.echo(f"output       {tuple(summary['output_shape'])}")
+    _print_cells(rows, "parameters")
+
+
+def _print_supernet(summary: dict, rows: list) -> None:
+    multiply_adds = summary["multiply_adds"]
+    methods = ", ".join(f"{key} = {_text(value)}" for key, value in summary["methods"].items())
+    kinds = ", ".join(f"{kind} {count:,}" for kind, count in summary["architecture"].items())
+    click.echo(f"space        {summary['space']} (search supernet, {summary['dataset']}, "
+               f"C={summary['channels']}, L={summary['layers']})")
+    click.echo(f"methods      {methods or 'none'}")
+    click.echo(f"weights      {summary['weights']:,}")
+    click.echo(f"architecture {summary['architecture_parameters']:,} ({kinds})")
+    click.echo(f"mult-adds    {multiply_adds / 1e6:,.1f} M per image ({multiply_adds:,}; every "
+               "candidate but none)")
+    click.echo(f"input        {tuple(summary['input_shape'])}")
+    click.echo(f"output       {tuple(summary['output_shape'])}")
+    _print_cells(rows, "weights")
+
+
+def _text(value: object) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _print_cells(rows: list, label: str) -> None:
     click.echo("")
-    click.echo(f"{'cell':>4}  {'type':<6} {'channels':>8} {'spatial':>8} {'parameters':>11}")
+    click.echo(f"{'cell':>4}  {'type':<6} {'channels':>8} {'spatial':>8} {label:>11}")
     for r in rows:
         click.echo(f"{r.index:>4}  {r.kind:<6} {r.channels_out:>8} {f'{r.spatial}x{r.spatial}':>8} "
                    f"{r.parameters:>11,}")
@@ -107,3 +171,11 @@ def _measure(genotype, **options):
     from attdarts.networks.measure import measure
 
     return measure(genotype, **options)
+
+
+def _measure_supernet(space, **options):
+    """`networks.measure.measure_supernet`, importing torch only when a supernet is built."""
+    _progress("importing torch")
+    from attdarts.networks.measure import measure_supernet
+
+    return measure_supernet(space, **options)

@@ -1,4 +1,11 @@
-"""Measure a compiled network: parameters, per-cell summary, multiply-adds (`attdarts compile`)."""
+"""Measure a compiled network: parameters, per-cell summary, multiply-adds (`attdarts compile`).
+
+`measure` builds a genotype's discrete network; `measure_supernet` a space's search supernet
+(default: the search size, C=16, 8 cells, CIFAR-10), counting its weights, its architecture
+parameters and the mult-adds of one supernet forward. In that forward the `none` operation is
+not evaluated (its output is zero), so it adds nothing; every other candidate of every mixture
+is counted, as the search computes it.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attdarts.language import ir
 from attdarts.networks import network
-from attdarts.networks.network import Network, _stem_size
+from attdarts.networks.network import DATASETS, Network, _stem_size
 from attdarts.networks.stacking import halve
+from attdarts.networks.supernet import compile_supernet
 
 __all__ = [
     "CellSummary", "count_multiply_adds", "count_parameters", "describe_network", "measure",
+    "measure_supernet",
 ]
 
 
@@ -128,6 +137,64 @@ def measure(
         "cells": [
             {"index": r.index, "type": r.kind, "channels": r.channels_out, "spatial": r.spatial,
              "parameters": r.parameters} for r in rows
+        ],
+    }
+    return summary, rows
+
+
+def measure_supernet(
+    space: ir.Space,
+    *,
+    dataset: str,
+    channels: int,
+    layers: int,
+    progress: Callable[[str], None] = lambda message: None,
+) -> tuple[dict, list[CellSummary]]:
+    """Build the search supernet of `space` and measure it for `attdarts compile SPACE_FILE`.
+
+    The summary has the weights w, the architecture parameters (in all and per kind: alpha,
+    beta, gamma, edges, both cell types together), mult-adds of one image through the supernet
+    (batch 1, eval mode; `none` is not evaluated), the shapes, the space's search-method options
+    and the per-cell rows (weights only). A supernet is CIFAR's search network: `dataset` is
+    cifar10 or cifar100 (ValueError otherwise). `channels` must be divisible by the space's
+    `partial_channels` (ValueError otherwise).
+    """
+    shape = DATASETS.get(dataset)
+    if shape is None or shape.imagenet_stem:
+        raise ValueError(f"a search supernet is built for cifar10 or cifar100, not {dataset!r}")
+    progress(f"building the supernet (C={channels}, L={layers})")
+    model = compile_supernet(space, channels=channels, layers=layers,
+                             num_classes=shape.num_classes, input_size=shape.input_size)
+    progress("counting parameters")
+    rows = [CellSummary(index=index, kind="reduce" if cell.reduction else "normal",
+                        channels_out=cell.channels_out, spatial=cell.spatial_out,
+                        parameters=sum(p.numel() for p in cell.parameters()))
+            for index, cell in enumerate(model.cells)]
+    per_kind: dict[str, int] = {}
+    for name, parameter in model.named_architecture():
+        kind = name.removeprefix("arch.").rsplit("_", 1)[0]
+        per_kind[kind] = per_kind.get(kind, 0) + parameter.numel()
+    progress("counting multiply-adds (one forward pass)")
+    probe = torch.zeros((1, 3, shape.input_size, shape.input_size))
+    counter = FlopCounterMode(display=False)
+    model.eval()
+    with torch.no_grad(), counter:
+        output = model(probe)
+    summary = {
+        "space": space.name,
+        "dataset": dataset,
+        "channels": channels,
+        "layers": layers,
+        "methods": dict(space.methods),
+        "input_shape": list(probe.shape),
+        "output_shape": list(output.shape),
+        "weights": sum(p.numel() for p in model.weights()),
+        "architecture_parameters": sum(per_kind.values()),
+        "architecture": per_kind,
+        "multiply_adds": counter.get_total_flops() // 2,
+        "cells": [
+            {"index": r.index, "type": r.kind, "channels": r.channels_out, "spatial": r.spatial,
+             "weights": r.parameters} for r in rows
         ],
     }
     return summary, rows

@@ -33,27 +33,46 @@ Grouped cells (`grouped=True`, what `attdarts search` uses unless `--plain`): a 
 in waves, every edge reading c_k2 or c_k1 first, then every edge reading n0, n1, ...; within a
 wave each candidate runs once over the stacked edges (`attdarts.networks.grouping`). The sums are the same
 (tests compare both paths in float64), with about a third of the kernels.
+
+Search methods of the space (`attdarts.language.methods`; README, "Search methods"), each built
+only when the space turns it on, so a space without them computes exactly what it did before:
+
+- `partial_channels` K (PC-DARTS): every edge's mixtures (the first one and the attention or
+  second mixture after it) are built for C/K channels and see only the first C/K channels of the
+  edge input; the rest bypass them (`mixtures.PartialChannels`). The `end` location's output
+  attention still acts on the whole concatenated cell output.
+- `edge_normalisation` (PC-DARTS): a fourth architecture kind `edges`, one weight per edge
+  (`arch.edges_normal`, `arch.edges_reduce`, shape (edges,), initialised like alpha); node j is
+  ``sum_i softmax over j's incoming edges (edges)_i * edge_i(h_i)`` (`normalise_edges`).
+- `auxiliary_skip` (DARTS-): every edge's first mixture gets ``+ b_skip * skip_connect(x)`` (the
+  identity at stride 1, a non-affine factorized reduce at stride 2). When the space lists
+  skip_connect this is folded into the mixture weights (skip's weight becomes ``s_skip +
+  b_skip``), so nothing is added: no module, no parameter, no extra kernel. Otherwise each first
+  mixture gets one extra `skip_connect` candidate outside the softmax (its stride-2 factorized
+  reduces add (C/K)^2 weights per stride-2 edge). The second mixture of `double_mixed` gets none.
+- `auxiliary_identity` (DARTS- on attentions, new here): every attention mixture (per edge and on
+  the cell output) gets ``+ b_id * h``.
+
+The coefficients b live in the non-persistent buffer `auxiliary` = (b_skip, b_id), 1 at
+construction; the search lowers them with `Supernet.set_auxiliary` (in place: no host sync).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attdarts import recipes
 from attdarts.language import ir
 from attdarts.networks import grouping as grouped
-from attdarts.networks.mixtures import (  # noqa: F401 - MASK_FLOOR re-exported
-    MASK_FLOOR, MixedAttention, MixedOperation, mix_attentions_grouped, mix_operations_grouped,
+from attdarts.networks.mixtures import (  # noqa: F401 - re-exported: MASK_FLOOR, SearchEdge, ...
+    EDGES, MASK_FLOOR, Architecture, Init, MixedAttention, MixedOperation, PartialChannels,
+    SearchEdge, mix_attentions_grouped, mix_operations_grouped, mixed_candidates, node_slices,
+    normalise, normalise_edges, search_attention, first_candidates, skip_column,
 )
-from attdarts.networks.operations import (
-    FactorizedReduce, preprocess_inputs,
-)
-from attdarts.networks.registry import build_attention, build_operation
+from attdarts.networks.operations import preprocess_inputs
 from attdarts.networks.stacking import STEM_MULTIPLIER, halve, stack_cells
 
 __all__ = [
@@ -68,10 +87,11 @@ __all__ = [
     "column_names",
     "compile_supernet",
     "edge_names",
+    "node_slices",
+    "normalise_edges",
 ]
 
 ARCHITECTURE_PREFIX = "arch."
-Init = Literal["zeros", "randn"]
 
 
 def edge_names(nodes: int) -> list[str]:
@@ -84,53 +104,17 @@ def edge_names(nodes: int) -> list[str]:
 
 
 def column_names(space: ir.Space) -> dict[str, list[str]]:
-    """Candidate names labelling the columns of alpha, beta and gamma (those the space has)."""
-    return space.location_spec.columns(space)
-
-
-class SearchEdge(nn.Module):
-    """One edge i -> j: first mixture (weights alpha), then an attention mixture or a second
-    mixture (weights beta), whichever the location asks for."""
-
-    def __init__(
-        self, first: MixedOperation, then: nn.Module | None, input_index: int
-    ) -> None:
-        super().__init__()
-        self.first = first
-        self.then = then
-        self.input_index = input_index
-
-    def forward(
-        self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None
-    ) -> torch.Tensor:
-        h = self.first(x, alpha)
-        if self.then is not None:
-            h = self.then(h, beta)
-        return h
+    """Names labelling the architecture tensors of the space: the candidates along the columns
+    of alpha, beta and gamma (those the location has) and, with edge normalisation, the edges
+    along the vector `edges`."""
+    columns = space.location_spec.columns(space)
+    if space.edge_normalisation:
+        columns[EDGES] = edge_names(space.nodes)
+    return columns
 
 
 # ---------------------------------------------------------------------------------------------
 # Cells
-
-
-def _operation(call: ir.Call, channels: int, stride: int) -> nn.Module:
-    return build_operation(call, channels, stride, affine=False, pool_bn=True)
-
-
-def _attention(call: ir.Call, channels: int, spatial: int) -> nn.Module:
-    return build_attention(call, channels, spatial)
-
-
-def _mixed_candidates(space: ir.Space, channels: int, stride: int, spatial: int) -> list[nn.Module]:
-    """Operations then attentions in one list; at stride 2 each attention is preceded by a
-    non-affine factorized reduce so that every candidate halves the map."""
-    candidates = [_operation(call, channels, stride) for call in space.operations]
-    for call in space.attentions:
-        module = _attention(call, channels, spatial)
-        if stride == 2:
-            module = nn.Sequential(FactorizedReduce(channels, channels, affine=False), module)
-        candidates.append(module)
-    return candidates
 
 
 class SearchCell(nn.Module):
@@ -165,8 +149,8 @@ class SearchCell(nn.Module):
                 edges.append(self._edge(space, channels, stride, input_index))
         self.edges = nn.ModuleList(edges)
         # edges of node j are edges[starts[j]:starts[j] + j + 2]
-        starts = [sum(2 + k for k in range(node)) for node in range(space.nodes)]
-        self.node_slices = tuple((start, 2 + node) for node, start in enumerate(starts))
+        self.node_slices = node_slices(space.nodes)
+        starts = [start for start, _ in self.node_slices]
         # Waves of edges that run as one group (`forward_grouped`): first every edge reading
         # c_k2, then every edge reading c_k1 (one wave), then those reading n0, n1, ...
         self.nodes = space.nodes
@@ -184,24 +168,26 @@ class SearchCell(nn.Module):
         self.output_attention: MixedAttention | None = None
         if location.output_attention:
             self.output_attention = MixedAttention(
-                [_attention(call, self.channels_out, self.spatial_out) for call in space.attentions],
+                [search_attention(call, self.channels_out, self.spatial_out)
+                 for call in space.attentions],
                 space.mixing)
 
     def _edge(self, space: ir.Space, channels: int, stride: int, input_index: int) -> SearchEdge:
+        """The mixtures of one edge, built for the C/K channels that enter them."""
+        groups = space.partial_channels
+        partial = PartialChannels(channels, groups, stride) if groups > 1 else None
+        width = channels // groups
         location = space.location_spec
+        first = MixedOperation(first_candidates(space, width, stride, self.spatial_out))
+        then: nn.Module | None = None
         if location.mixes_operations_and_attentions:
-            first = MixedOperation(_mixed_candidates(space, channels, stride, self.spatial_out))
-            then: nn.Module | None = None
             if location.then is not None:  # double_mixed: the same candidates again, at stride 1
-                then = MixedOperation(_mixed_candidates(space, channels, 1, self.spatial_out))
-            return SearchEdge(first, then, input_index)
-        first = MixedOperation([_operation(call, channels, stride) for call in space.operations])
-        then = None
-        if location.then is not None:
+                then = MixedOperation(mixed_candidates(space, width, 1, self.spatial_out))
+        elif location.then is not None:
             then = MixedAttention(
-                [_attention(call, channels, self.spatial_out) for call in space.attentions],
+                [search_attention(call, width, self.spatial_out) for call in space.attentions],
                 space.mixing)
-        return SearchEdge(first, then, input_index)
+        return SearchEdge(first, then, input_index, partial)
 
     def forward(
         self,
@@ -210,9 +196,14 @@ class SearchCell(nn.Module):
         alpha: torch.Tensor,
         beta: torch.Tensor | None,
         gamma: torch.Tensor | None,
+        edges: torch.Tensor | None = None,
+        identity: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The cell on its two inputs. alpha / beta / gamma are softmaxed mixture weights,
+        `edges` the normalised edge weights (edge normalisation) or None, `identity` the
+        auxiliary identity coefficient or None."""
         if self.grouped:
-            return self.forward_grouped(s0, s1, alpha, beta, gamma)
+            return self.forward_grouped(s0, s1, alpha, beta, gamma, edges, identity)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for start, count in self.node_slices:
             total = None
@@ -220,16 +211,21 @@ class SearchCell(nn.Module):
                 index = start + offset
                 edge = self.edges[index]
                 out = edge(states[edge.input_index], alpha[index],
-                           None if beta is None else beta[index])
+                           None if beta is None else beta[index], identity)
+                if edges is not None:
+                    out = out * edges[index]
                 total = out if total is None else total + out
             states.append(total)
-        return self._output(states[2:], gamma)
+        return self._output(states[2:], gamma, identity)
 
-    def _output(self, nodes: list[torch.Tensor], gamma: torch.Tensor | None) -> torch.Tensor:
+    def _output(
+        self, nodes: list[torch.Tensor], gamma: torch.Tensor | None,
+        identity: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Concatenate every intermediate node; mix attentions on it when the space says so."""
         out = torch.cat(nodes, dim=1)
         if self.output_attention is not None:
-            out = self.output_attention(out, gamma[0])
+            out = self.output_attention(out, gamma[0], identity)
         return out
 
     def forward_grouped(
@@ -239,12 +235,15 @@ class SearchCell(nn.Module):
         alpha: torch.Tensor,
         beta: torch.Tensor | None,
         gamma: torch.Tensor | None,
+        edges: torch.Tensor | None = None,
+        identity: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`forward` computed wave by wave (`grouped`): the same sums, a few large kernels per
         candidate and wave instead of one small kernel per candidate and edge."""
         nodes = self.nodes
         x0, x1 = self.preprocess0(s0), self.preprocess1(s1)
-        out = self._wave(0, torch.cat([x0] * nodes + [x1] * nodes, dim=1), alpha, beta)
+        weights = (alpha, beta, edges, identity)
+        out = self._wave(0, [x0] * nodes + [x1] * nodes, *weights)
         partial = out[:, :nodes] + out[:, nodes:]  # (N, nodes, C, H, W): node sums so far
         states = []
         for k in range(nodes):
@@ -252,24 +251,38 @@ class SearchCell(nn.Module):
             states.append(state)
             if k + 1 < nodes:
                 readers = nodes - k - 1  # nodes k+1 .. reading node k
-                out = self._wave(k + 1, state.repeat(1, readers, 1, 1), alpha, beta)
+                out = self._wave(k + 1, [state] * readers, *weights)
                 partial = partial[:, 1:] + out
-        return self._output(states, gamma)
+        return self._output(states, gamma, identity)
 
     def _wave(
-        self, k: int, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None
+        self, k: int, inputs: list[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor | None,
+        edges: torch.Tensor | None, identity: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Wave k on its inputs stacked edge-major: (N, E*C, H, W) -> (N, E, C, H', W')."""
+        """Wave k on its edges' inputs (N, C, H, W) each -> (N, E, C, H', W')."""
         wave = self.waves[k]
         index = getattr(self, f"wave_{k}")
-        edges = [self.edges[i] for i in wave]
+        modules = [self.edges[i] for i in wave]
+        partial = modules[0].partial
+        if partial is None:  # stacked edge-major: (N, E*C, H, W)
+            # one input read by every edge is repeated: its gradient is then summed in the same
+            # order as before partial channels existed, so runs reproduce bit for bit
+            same = all(x is inputs[0] for x in inputs)
+            x = inputs[0].repeat(1, len(inputs), 1, 1) if same else torch.cat(inputs, dim=1)
+            rest = None
+        else:
+            x, rest = partial.split_grouped(inputs)
         group = grouped.Group(x, len(wave))
-        out = mix_operations_grouped([edge.first for edge in edges], group,
+        out = mix_operations_grouped([edge.first for edge in modules], group,
                                      alpha.index_select(0, index))
-        if edges[0].then is not None:
+        if modules[0].then is not None:
             group = grouped.Group(out.flatten(1, 2), len(wave))
-            out = mix_attentions_grouped([edge.then for edge in edges], group,
-                                         beta.index_select(0, index))
+            out = mix_attentions_grouped([edge.then for edge in modules], group,
+                                         beta.index_select(0, index), identity)
+        if rest is not None:
+            out = partial.join_grouped(out, rest)
+        if edges is not None:
+            out = out * edges.index_select(0, index).reshape(1, -1, 1, 1, 1).to(out.dtype)
         return out
 
     def extra_repr(self) -> str:
@@ -279,36 +292,6 @@ class SearchCell(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # Architecture parameters and the network
-
-
-class Architecture(nn.Module):
-    """alpha / beta / gamma per cell type, registered as `alpha_normal`, `beta_reduce`, ...
-
-    Zero initialisation (uniform softmax) as the paper says; `init="randn"` gives the authors'
-    ``1e-3 * randn`` (drawn from the global generator, so it follows the seed).
-    """
-
-    def __init__(self, shapes: dict[str, tuple[int, int]], init: Init) -> None:
-        super().__init__()
-        if init not in ("zeros", "randn"):
-            raise ValueError(f"unknown architecture init {init!r}; expected 'zeros' or 'randn'")
-        self.kinds = tuple(shapes)  # ("alpha", "beta", "gamma") subset, in that order
-        for kind, shape in shapes.items():
-            for cell in ir.CELL_KINDS:
-                value = torch.zeros(shape) if init == "zeros" else 1e-3 * torch.randn(shape)
-                self.register_parameter(f"{kind}_{cell}", nn.Parameter(value))
-
-    def tensor(self, kind: str, cell: str) -> nn.Parameter:
-        return getattr(self, f"{kind}_{cell}")
-
-    def mixture_weights(self) -> list[tuple[torch.Tensor | None, ...]]:
-        """Softmaxed (alpha, beta, gamma) per cell type, indexed by `SearchCell.kind_index`."""
-        weights = []
-        for cell in ir.CELL_KINDS:
-            weights.append(tuple(
-                F.softmax(self.tensor(kind, cell), dim=-1) if kind in self.kinds else None
-                for kind in ("alpha", "beta", "gamma")))
-        return weights
 
 
 class Supernet(nn.Module):
@@ -351,9 +334,16 @@ class Supernet(nn.Module):
         edges = sum(2 + node for node in range(space.nodes))
         self.edge_names = tuple(edge_names(space.nodes))
         self.columns = column_names(space)
-        shapes = {kind: (1 if kind == "gamma" else edges, len(names))
+        shapes = {kind: (edges,) if kind == EDGES else (1 if kind == "gamma" else edges, len(names))
                   for kind, names in self.columns.items()}
-        self.arch = Architecture(shapes, init)
+        self.arch = Architecture(shapes, init, space.nodes)
+        # DARTS-'s coefficients (b_skip, b_id); see `set_auxiliary`
+        self.register_buffer("auxiliary", torch.ones(2), persistent=False)
+        self.skip_column = skip_column(space)
+        if space.auxiliary_skip != "off" and self.skip_column is not None:
+            onehot = torch.zeros(len(self.columns["alpha"]))
+            onehot[self.skip_column] = 1.0
+            self.register_buffer("skip_onehot", onehot, persistent=False)
         self.set_grouped(grouped)
 
     @property
@@ -368,13 +358,39 @@ class Supernet(nn.Module):
             cell.grouped = bool(flag) and cell.groupable
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def set_auxiliary(self, skip: float, identity: float) -> Supernet:
+        """DARTS-'s auxiliary coefficients for the next forwards: b_skip on every operation
+        mixture, b_id on every attention mixture (a term the space leaves off is not computed,
+        whatever its coefficient). Written in place (`fill_`): no new tensor, no host sync."""
+        with torch.no_grad():
+            self.auxiliary[0].fill_(float(skip))
+            self.auxiliary[1].fill_(float(identity))
+        return self
+
+    def mixture_weights(self) -> tuple[list[tuple[torch.Tensor | None, ...]], torch.Tensor | None]:
+        """What the cells take: per cell type (alpha, beta, gamma, edges) as `Architecture`
+        gives them, alpha carrying the auxiliary skip when the space has one; and the auxiliary
+        identity coefficient, or None."""
         weights = self.arch.mixture_weights()  # one softmax per cell type and kind
+        if self.space.auxiliary_skip != "off":
+            weights = [(self._with_auxiliary_skip(alpha), *rest) for alpha, *rest in weights]
+        identity = self.auxiliary[1] if self.space.auxiliary_identity != "off" else None
+        return weights, identity
+
+    def _with_auxiliary_skip(self, alpha: torch.Tensor) -> torch.Tensor:
+        """``out + b * skip(x)``: b added to skip_connect's weight, or a last column b for the
+        extra skip candidate when the space does not list skip_connect."""
+        b = self.auxiliary[0].to(alpha.dtype)
+        if self.skip_column is not None:
+            return alpha + b * self.skip_onehot.to(alpha.dtype)
+        return torch.cat([alpha, b.expand(alpha.shape[0], 1)], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights, identity = self.mixture_weights()
         with grouped.deferred_statistics():  # grouped cells' BN write-backs: 2 operations in all
             s0 = s1 = self.stem(x)
             for cell in self.cells:
-                alpha, beta, gamma = weights[cell.kind_index]
-                s0, s1 = s1, cell(s0, s1, alpha, beta, gamma)
+                s0, s1 = s1, cell(s0, s1, *weights[cell.kind_index], identity)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     # -- the two disjoint parameter sets ------------------------------------------------------
@@ -398,9 +414,17 @@ class Supernet(nn.Module):
         return [parameter for _, parameter in self.named_architecture()]
 
     def architecture_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Raw (pre-softmax) parameters: ``{"normal": {"alpha": T, ...}, "reduce": {...}}``."""
+        """Raw (pre-softmax) parameters: ``{"normal": {"alpha": T, ...}, "reduce": {...}}``, the
+        kinds of `columns` (alpha, beta, gamma, edges: those the space has)."""
         return {cell: {kind: self.arch.tensor(kind, cell).detach() for kind in self.arch.kinds}
                 for cell in ir.CELL_KINDS}
+
+    def normalised_architecture(self) -> dict[str, dict[str, torch.Tensor]]:
+        """`architecture_tensors` as the forward uses them: every row of alpha / beta / gamma
+        softmaxed, `edges` softmaxed over each node's incoming edges (no auxiliary terms)."""
+        return {cell: {kind: normalise(kind, tensor, self.space.nodes)
+                       for kind, tensor in kinds.items()}
+                for cell, kinds in self.architecture_tensors().items()}
 
 
 def compile_supernet(
@@ -423,6 +447,11 @@ def compile_supernet(
     """
     if layers < 1 or channels < 1:
         raise ValueError("a supernet needs at least one layer and one channel")
+    groups = space.partial_channels
+    if channels % groups:
+        raise ValueError(
+            f"partial_channels = {groups} needs the channels C divisible by {groups}; C={channels} "
+            f"is not (try C={channels + groups - channels % groups})")
     return Supernet(space, channels=channels, layers=layers, num_classes=num_classes,
                     input_size=input_size, init=init, stem_multiplier=stem_multiplier,
                     grouped=grouped)

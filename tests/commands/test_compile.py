@@ -88,3 +88,53 @@ def test_progress_goes_to_a_terminal_only(monkeypatch, one_thread):
     assert [line.split(": ", 1)[1].split(" (")[0].rstrip(".") for line in stages] == [
         "importing torch", "building the network", "counting parameters", "counting multiply-adds"]
     assert watched.stdout == quiet.stdout  # the report itself is unchanged
+
+
+# ---------------------------------------------------------------------------------------------
+# compile SPACE_FILE: the search supernet at the search size (C=16, 8 cells, CIFAR-10)
+
+SPACES = ROOT / "genotypes" / "spaces"
+# PC-DARTS's own search model: github.com/yuhuixu1993/PC-DARTS, model_search.py,
+# Network(16, 10, 8, nn.CrossEntropyLoss()) built on the CPU (its `.cuda()` calls removed) has
+# 299,578 parameters (its alphas and betas are plain tensors, not parameters) and 2 x 14 x 8
+# alphas + 2 x 14 betas = 252 architecture parameters.
+PC_DARTS_SEARCH_WEIGHTS = 299_578
+
+
+def test_compile_space_prints_the_papers_supernet():
+    result = _run(SPACES / "att_darts.geno")
+    assert result.exit_code == 0, result.output
+    assert "weights      3,309,282" in result.output
+    assert "architecture 392 (alpha 224, beta 168)" in result.output
+    assert "(search supernet, cifar10, C=16, L=8)" in result.output
+    assert "   5  reduce      256      8x8" in result.output
+
+
+def test_compile_pc_darts_space_equals_pc_darts_search_model():
+    result = _run(SPACES / "pc_darts.geno", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["weights"] == PC_DARTS_SEARCH_WEIGHTS
+    assert summary["architecture"] == {"alpha": 224, "edges": 28}
+    assert summary["methods"] == {"partial_channels": 4, "edge_normalisation": True}
+    assert sum(cell["weights"] for cell in summary["cells"]) < summary["weights"]  # + stem, head
+    assert summary["multiply_adds"] > 0 and summary["output_shape"] == [1, 10]
+
+
+def test_compile_space_options_and_clean_errors(tmp_path):
+    result = _run(SPACES / "pc_darts.geno", "--channels", "6", "--layers", "3")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "partial_channels = 4 needs the channels C divisible by 4; C=6 is not" in result.output
+    result = _run(SPACES / "darts.geno", "--dataset", "imagenet")
+    assert result.exit_code == 2 and "cifar10 or cifar100, not imagenet" in result.output
+    both = tmp_path / "both.geno"
+    both.write_text((ROOT / "genotypes" / "darts_v2.geno").read_text()
+                    + (SPACES / "darts.geno").read_text())
+    result = _run(both, "--space", "darts", "--channels", "4", "--layers", "3", "--dataset",
+                  "cifar100", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["space"] == "darts" and summary["output_shape"] == [1, 100]
+    assert [cell["channels"] for cell in summary["cells"]] == [16, 32, 64]
+    result = _run(both, "--channels", "4", "--layers", "3", "--no-auxiliary")  # the genotype
+    assert result.exit_code == 0 and "genotype     darts_v2" in result.output

@@ -13,7 +13,9 @@ from attdarts.language.printer import format_genotype
 from attdarts.language.transform import parse_file, parse_text
 from attdarts.networks.derive import derive_genotype
 from attdarts.networks.network import compile_network
-from attdarts.networks.supernet import MixedAttention, compile_supernet, edge_names
+from attdarts.networks.supernet import (
+    MixedAttention, compile_supernet, edge_names, node_slices,
+)
 from attdarts.runs.search import Bilevel, SearchConfig
 
 SPACES = Path(__file__).resolve().parents[2] / "genotypes" / "spaces"
@@ -48,6 +50,15 @@ def test_darts_supernet_has_exactly_darts_size():
     model = compile_supernet(space("darts"))
     assert count(model.weights()) == 1_930_618
     assert count(model.architecture()) == 2 * 14 * 8
+
+
+def test_pc_darts_supernet_has_exactly_pc_darts_size():
+    """PC-DARTS's own search model (github.com/yuhuixu1993/PC-DARTS, model_search.py,
+    Network(16, 10, 8, criterion) on the CPU) has 299,578 weights and 2 x 14 x 8 alphas plus
+    2 x 14 edge weights (its betas)."""
+    model = compile_supernet(space("pc_darts"))
+    assert count(model.weights()) == 299_578
+    assert count(model.architecture()) == 2 * 14 * 8 + 2 * 14
 
 
 def test_weights_and_architecture_are_disjoint_and_complete():
@@ -87,10 +98,13 @@ def test_every_space_builds_steps_and_derives(name):
     images, labels = torch.randn(2, 3, 8, 8), torch.tensor([1, 7])
     logits = model(images)
     assert logits.shape == (2, 10)
-    for weights in model.arch.mixture_weights():
-        for tensor in weights:
+    for *mixtures, edges in model.arch.mixture_weights():
+        for tensor in mixtures:
             if tensor is not None:
                 torch.testing.assert_close(tensor.sum(-1), torch.ones(tensor.shape[0]))
+        if edges is not None:  # edge normalisation: the edges entering each node sum to 1
+            sums = [edges[start:start + count].sum() for start, count in node_slices(4)]
+            torch.testing.assert_close(torch.stack(sums), torch.ones(4))
     torch.nn.functional.cross_entropy(logits, labels).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not [n for n in missing if n.startswith("arch.")]

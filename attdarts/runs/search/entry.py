@@ -66,6 +66,10 @@ def run_search(
           runtime.determinism(config.deterministic, torch_device)):
         space = _space_of(config, run_dir) if space is None else with_bam_combine(
             space, config.bam_combine)
+        if config.channels % space.partial_channels:  # refused before anything is written
+            raise SearchError(
+                f"space '{space.name}' has partial_channels = {space.partial_channels}, which "
+                f"needs --channels divisible by it; {config.channels} is not")
         if not resume and process.main:
             prepare_run_dir(config, run_dir, space, restart=restart)
         if process.world_size > 1:

@@ -85,18 +85,17 @@ def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
     """One line of weights.jsonl: the softmaxed architecture weights of each cell kind, every
     kind the supernet has (alpha / beta / gamma, and e.g. edge weights), in its order.
 
-    Edge weights normalise over the edges entering a node, not over a row; they are written
-    raw (pre-softmax) under their kind, the other kinds softmaxed over each row.
+    Each kind as the forward uses it (`Supernet.normalised_architecture`): alpha / beta / gamma
+    softmaxed over each row; edge weights (edge normalisation) softmaxed over the edges entering
+    each node, written as one row in edge order.
     """
     record: dict = {"epoch": epoch}
     if synthetic:
         record["synthetic"] = True
-    tensors = model.architecture_tensors()
+    normalised = model.normalised_architecture()
     for cell in ir.CELL_KINDS:
-        record[cell] = {
-            kind: _short(torch.softmax(tensor.float(), dim=-1) if kind in ("alpha", "beta", "gamma")
-                         else tensor.float().reshape(-1, tensor.shape[-1]))
-            for kind, tensor in tensors[cell].items()}
+        record[cell] = {kind: _short(tensor.float().reshape(-1, tensor.shape[-1]))
+                        for kind, tensor in normalised[cell].items()}
     columns = model.columns
     record["edges"] = list(model.edge_names)
     record["operations"] = columns["alpha"]
