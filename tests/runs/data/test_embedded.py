@@ -5,6 +5,7 @@ the `folder:` form) and that a tiny network learns from it."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +181,31 @@ def test_a_tiny_network_learns_from_it(mini, one_thread):
         accuracy = (model(images)[0].argmax(1) == labels).float().mean().item()
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.5
     assert accuracy > 0.25  # measured 0.41-0.50 over seeds 0-2
+
+
+# --- through the commands ------------------------------------------------------------------------
+
+
+def test_search_and_train_accept_it(tmp_path, cache, one_thread):
+    """`--dataset cifar10-mini` reaches both configs as written, and a one-step training run on
+    it scores the 50-per-class test split as real data (not marked synthetic)."""
+    from click.testing import CliRunner
+
+    from attdarts.cli import cli
+    from attdarts.runs.search import SearchConfig
+
+    zoo = Path(__file__).resolve().parents[3] / "genotypes"
+    config = SearchConfig(space_file=str(zoo / "spaces" / "att_darts.geno"), dataset="cifar10-mini")
+    assert config.dataset == "cifar10-mini"
+    result = CliRunner().invoke(cli, [
+        "train", str(zoo / "darts_v2.geno"), "--dataset", "cifar10-mini", "--device", "cpu",
+        "--channels", "4", "--layers", "3", "--epochs", "1", "--batch-size", "8",
+        "--max-steps-per-epoch", "1", "--quiet", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert "synthetic" not in result.output
+    result = CliRunner().invoke(cli, ["test", str(tmp_path / "run" / "last.pt"), "--device", "cpu",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)
+    assert scored["dataset"] == "cifar10-mini" and scored["test_images"] == 500
+    assert scored["synthetic"] is False
