@@ -5,7 +5,9 @@ CIFAR-sized data is small: the whole split is held as one uint8 tensor (`ImageTe
 the loaders (`attdarts.runs.data.loaders`) move to the training device once.
 
 Dataset specs: `cifar10`, `cifar100`, `imagenet`, `folder:PATH` (ImageFolder with `train/` and
-`test/`), `synthetic` (random images with random labels, for smoke runs only).
+`test/`), `cifar10-mini` (a small real CIFAR-10 subset shipped inside the package, for the demo and
+tests: attdarts/data/cifar10-mini/README.md), `synthetic` (random images with random labels, for
+smoke runs only).
 """
 
 from __future__ import annotations
@@ -38,8 +40,14 @@ IMAGENET_STD: Stats = (0.229, 0.224, 0.225)
 
 SYNTHETIC_SIZES = {True: 2048, False: 512}  # train / test images of the `synthetic` dataset
 
-KINDS = ("cifar10", "cifar100", "imagenet", "folder", "synthetic")
-SPEC_HELP = "cifar10, cifar100, imagenet, synthetic or folder:PATH"
+KINDS = ("cifar10", "cifar100", "imagenet", "folder", "cifar10-mini", "synthetic")
+SPEC_HELP = "cifar10, cifar100, imagenet, cifar10-mini, synthetic or folder:PATH"
+
+# datasets shipped inside the package (attdarts/data/NAME: an ImageFolder with a README that says
+# where the images come from, and a MANIFEST.sha256)
+EMBEDDED_ROOT = Path(__file__).resolve().parents[2] / "data"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck")
 
 
 class DataError(Exception):
@@ -48,7 +56,7 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    kind: Literal["cifar10", "cifar100", "imagenet", "folder", "synthetic"]
+    kind: Literal["cifar10", "cifar100", "imagenet", "folder", "cifar10-mini", "synthetic"]
     path: str | None = None
 
     def __str__(self) -> str:
@@ -132,6 +140,8 @@ def load_dataset(
         return _load_cifar(spec.kind, root, train=train, download=download)
     if spec.kind == "folder":
         return _load_folder(Path(spec.path), train=train, workers=workers)  # type: ignore[arg-type]
+    if spec.kind == "cifar10-mini":
+        return load_cifar10_mini(train=train, workers=workers)
     if spec.kind == "synthetic":
         return synthetic_dataset(train=train)
     raise DataError(
@@ -149,6 +159,42 @@ def synthetic_dataset(*, train: bool, size: int | None = None, num_classes: int 
     labels = torch.randint(0, num_classes, (count,), generator=generator)
     return ImageTensors(images, labels, num_classes, CIFAR10_MEAN, CIFAR10_STD, synthetic=True,
                         classes=tuple(str(i) for i in range(num_classes)), name="synthetic")
+
+
+def embedded_dir(name: str = "cifar10-mini") -> Path:
+    """The folder of a dataset shipped inside the package (in a checkout and in a wheel)."""
+    return EMBEDDED_ROOT / name
+
+
+def load_cifar10_mini(*, train: bool, workers: int = 0) -> ImageTensors:
+    """The embedded CIFAR-10 subset: 250 training / 50 test images per class, real JPEGs.
+
+    The images are decoded from the package's ImageFolder (cached like any folder), normalised
+    with CIFAR-10's mean and std, and interleaved by class (one image of each class in turn) so
+    that the search's 50/50 cut gives both halves every class equally.
+    """
+    root = embedded_dir("cifar10-mini")
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise DataError(f"the embedded dataset cifar10-mini is missing: expected '{root}' with "
+                        "train/ and test/ (reinstall attdarts, or use a full clone of its "
+                        "repository)")
+    images, labels, classes = _decode_folder(_split_folder(root, train), workers)
+    if classes != CIFAR10_CLASSES:
+        raise DataError(f"'{root}': expected the class folders {', '.join(CIFAR10_CLASSES)}, "
+                        f"found {', '.join(classes)}")
+    order = interleave_classes(labels, len(classes))
+    return ImageTensors(images[order].contiguous(), labels[order], len(classes), CIFAR10_MEAN,
+                        CIFAR10_STD, classes=classes, name="cifar10-mini")
+
+
+def interleave_classes(labels: Tensor, num_classes: int) -> Tensor:
+    """The order that takes the first image of every class (by label), then the second of every
+    class, and so on; within a class the given order is kept."""
+    rank = torch.zeros_like(labels)
+    for label in range(num_classes):
+        members = (labels == label).nonzero().flatten()
+        rank[members] = torch.arange(members.numel())
+    return torch.argsort(rank * num_classes + labels, stable=True)
 
 
 @dataclass(frozen=True)
