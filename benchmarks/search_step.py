@@ -128,7 +128,7 @@ def measure(path: str, order: int, args: argparse.Namespace, device: torch.devic
         synchronize(device)
         seconds = (time.perf_counter() - started) / args.steps
         operations = None
-        if args.count:
+        if args.count and not args.compile:  # torch.compile refuses the counting mode
             operations = count_operations(lambda: step(*batches[-1]))
     return {
         "variant": variant_label(path, args),

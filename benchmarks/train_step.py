@@ -106,7 +106,8 @@ def benchmark(genotype_path: Path, path: str, mode: str, args, device: torch.dev
     synchronize(device)
     seconds = (time.perf_counter() - started) / args.steps
     images_per_s = args.batch_size / seconds
-    operations = count_operations(step) if args.count else None
+    # counting runs the step under a dispatch mode, which torch.compile refuses
+    operations = count_operations(step) if args.count and not args.compile else None
     captured = train_step.captured.enabled
     return {
         "genotype": genotype.name,

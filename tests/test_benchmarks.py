@@ -49,6 +49,7 @@ def test_benchmark_script_runs_on_the_cpu(script, arguments, expected):
         assert has_row(lines, *words), "\n".join(lines)
 
 
+@pytest.mark.slow  # dynamo traces the tiny supernet twice: minutes on 2 cores
 def test_captured_and_compiled_search_rows_and_their_summary(tmp_path):
     lines = run_script("search_step.py", *SEARCH_TINY, "--paths", "plain,grouped", "--graphs",
                        "--compile", "--compile-backend", "eager", "--json",

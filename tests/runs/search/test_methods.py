@@ -500,6 +500,41 @@ def test_resume_is_byte_identical_with_every_loop_option_on(tmp_path, monkeypatc
         assert (interrupted / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+def test_resume_is_byte_identical_with_every_option_on(tmp_path, monkeypatch):
+    """Every search method of a space at once, network side included (partial channels, edge
+    normalisation, the real auxiliary terms, the derivation caps), killed mid-epoch and resumed:
+    the same files as an uninterrupted run."""
+    space = write_space(tmp_path, partial_channels=2, edge_normalisation="true",
+                        max_skip_connect=1, max_identity=1, stop_at_skips=2, beta_decay=0.5,
+                        smoothing=0.03, auxiliary_skip="linear", auxiliary_identity="cosine")
+    config = tiny_config(space, epochs=3, layers=3, max_steps_per_epoch=2, checkpoint_every=1,
+                         arch_start_epoch=1)
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    run_search(config, reference, device="cpu", dataset=tiny_images())
+    step, calls = Bilevel.step, []
+
+    def failing(self, weight_batch, arch_batch):
+        calls.append(1)
+        if len(calls) == 4:  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
+            raise Interrupted
+        return step(self, weight_batch, arch_batch)
+
+    monkeypatch.setattr(Bilevel, "step", failing)
+    with pytest.raises(Interrupted):
+        run_search(config, interrupted, device="cpu", dataset=tiny_images())
+    monkeypatch.setattr(Bilevel, "step", step)
+    resume_search(interrupted, device="cpu", dataset=tiny_images())
+    weights = json.loads((reference / "weights.jsonl").read_text().splitlines()[-1])
+    assert len(weights["normal"]["edges"][0]) == 5  # edge weights recorded (2 nodes: 5 edges)
+    names = sorted(p.name for p in reference.iterdir())
+    assert names == sorted(p.name for p in interrupted.iterdir())
+    for name in names:
+        if name == "metrics.jsonl":
+            assert _without_timings(interrupted / name) == _without_timings(reference / name)
+        elif name != "checkpoint.pt":
+            assert (interrupted / name).read_bytes() == (reference / name).read_bytes(), name
+
+
 def _without_timings(path: Path) -> list[dict]:
     records = [json.loads(line) for line in path.read_text().splitlines()]
     for record in records:
