@@ -85,6 +85,7 @@ __all__ = [
     "SearchEdge",
     "Supernet",
     "column_names",
+    "check_partial_channels",
     "compile_supernet",
     "edge_names",
     "node_slices",
@@ -427,6 +428,15 @@ class Supernet(nn.Module):
                 for cell, kinds in self.architecture_tensors().items()}
 
 
+def check_partial_channels(space: ir.Space, channels: int) -> None:
+    """ValueError, in one line, unless `channels` splits into the space's K partial channels."""
+    groups = space.partial_channels
+    if channels % groups:
+        raise ValueError(
+            f"partial_channels = {groups} needs the channels C divisible by {groups}; C={channels} "
+            f"is not (try C={channels + groups - channels % groups})")
+
+
 def compile_supernet(
     space: ir.Space,
     *,
@@ -447,11 +457,7 @@ def compile_supernet(
     """
     if layers < 1 or channels < 1:
         raise ValueError("a supernet needs at least one layer and one channel")
-    groups = space.partial_channels
-    if channels % groups:
-        raise ValueError(
-            f"partial_channels = {groups} needs the channels C divisible by {groups}; C={channels} "
-            f"is not (try C={channels + groups - channels % groups})")
+    check_partial_channels(space, channels)
     return Supernet(space, channels=channels, layers=layers, num_classes=num_classes,
                     input_size=input_size, init=init, stem_multiplier=stem_multiplier,
                     grouped=grouped)

@@ -19,6 +19,7 @@ import torch
 
 from attdarts.language import ir
 from attdarts.language.transform import read_space
+from attdarts.networks.supernet import check_partial_channels
 from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SEEDS, SPACE, SUMMARY, WEIGHTS_LOG,
@@ -66,10 +67,10 @@ def run_search(
           runtime.determinism(config.deterministic, torch_device)):
         space = _space_of(config, run_dir) if space is None else with_bam_combine(
             space, config.bam_combine)
-        if config.channels % space.partial_channels:  # refused before anything is written
-            raise SearchError(
-                f"space '{space.name}' has partial_channels = {space.partial_channels}, which "
-                f"needs --channels divisible by it; {config.channels} is not")
+        try:  # refused before anything is written
+            check_partial_channels(space, config.channels)
+        except ValueError as error:
+            raise SearchError(f"space '{space.name}': {error}") from None
         if not resume and process.main:
             prepare_run_dir(config, run_dir, space, restart=restart)
         if process.world_size > 1:

@@ -27,7 +27,7 @@ from attdarts.networks.network import compile_network
 from attdarts.networks.supernet import Supernet, compile_supernet
 from attdarts.runs import data
 from attdarts.runs.search import (
-    Bilevel, SearchConfig, recipe_config, resume_search, run_search,
+    Bilevel, SearchConfig, SearchError, recipe_config, resume_search, run_search,
 )
 from attdarts.runs.search import config as config_module
 from attdarts.runs.search.bilevel import beta_decay_term
@@ -547,3 +547,12 @@ def test_a_config_written_before_arch_start_epoch_reads_as_zero(tmp_path):
     written = tiny_config(write_space(tmp_path)).model_dump(mode="json")
     del written["arch_start_epoch"]
     assert SearchConfig.model_validate(written).arch_start_epoch == 0
+
+
+def test_channels_not_divisible_by_k_are_refused_before_the_run_directory_is_written(tmp_path):
+    space = write_space(tmp_path, partial_channels=4)
+    with pytest.raises(SearchError, match=r"space 'tiny': partial_channels = 4 needs the channels "
+                                          r"C divisible by 4; C=6 is not \(try C=8\)"):
+        run_search(tiny_config(space, channels=6), tmp_path / "run", device="cpu",
+                   dataset=tiny_images())
+    assert not (tmp_path / "run").exists()
