@@ -1,11 +1,32 @@
-"""Small data writers shared by several test modules (tests/ is on pytest's pythonpath)."""
+"""Small data writers and readers shared by several test modules (tests/ is on pytest's
+pythonpath)."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import numpy as np
+
+# a two-node attention space: small enough for the multi-process, signal and config-file runs
+TINY_SPACE = """\
+space tiny {
+    operations = [none, max_pool_3x3, skip_connect, sep_conv_3x3]
+    attentions = [identity, se]
+    nodes = 2
+    keep = 2
+    location = after_every
+    mixing = sum
+}
+"""
+TIMING_KEYS = ("seconds", "images_per_s")  # the only metrics two equal runs may differ in
+
+
+def metrics_without_timings(run_dir: Path) -> list[dict]:
+    """A run directory's metrics.jsonl records without their wall-clock fields."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
 
 
 def write_cifar10(root: Path, per_file: int = 8) -> Path:

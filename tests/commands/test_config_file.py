@@ -12,31 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 from attdarts.cli import cli
+from helpers import TINY_SPACE, metrics_without_timings as metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DARTS_V2 = ROOT / "genotypes" / "darts_v2.geno"
-TINY_SPACE = """\
-space tiny {
-    operations = [none, max_pool_3x3, skip_connect, sep_conv_3x3]
-    attentions = [identity, se]
-    nodes = 2
-    keep = 2
-    location = after_every
-    mixing = sum
-}
-"""
-TIMING_KEYS = ("seconds", "images_per_s")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def invoke(*arguments: str):
     return CliRunner().invoke(cli, [str(argument) for argument in arguments])
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
 
 
 @pytest.fixture

@@ -25,29 +25,14 @@ from attdarts.language.transform import parse_file
 from attdarts.runs import checkpoints, data, preemption, search, train
 from attdarts.runs.search import bilevel as bilevel_module
 from attdarts.runs.train import steps as train_steps
+from helpers import TINY_SPACE, metrics_without_timings as metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DARTS_V2 = ROOT / "genotypes" / "darts_v2.geno"
-TINY_SPACE = """\
-space tiny {
-    operations = [none, max_pool_3x3, skip_connect, sep_conv_3x3]
-    attentions = [identity, se]
-    nodes = 2
-    keep = 2
-    location = after_every
-    mixing = sum
-}
-"""
-TIMING_KEYS = ("seconds", "images_per_s")
 SEARCH_FILES = ("genotype-epoch001.geno", "genotype-epoch002.geno", "genotype.geno",
                 "weights.jsonl")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
 
 
 def signal_at_call(monkeypatch, owner, name: str, call: int, number: int) -> None:

@@ -22,20 +22,10 @@ import pytest
 import torch
 
 from attdarts.runs import checkpoints
+from helpers import TINY_SPACE, metrics_without_timings as metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DARTS_V2 = ROOT / "genotypes" / "darts_v2.geno"
-TINY_SPACE = """\
-space tiny {
-    operations = [none, max_pool_3x3, skip_connect, sep_conv_3x3]
-    attentions = [identity, se]
-    nodes = 2
-    keep = 2
-    location = after_every
-    mixing = sum
-}
-"""
-TIMING_KEYS = ("seconds", "images_per_s")
 TIMEOUT = 600
 
 
@@ -72,11 +62,6 @@ def two_nodes_and_one(arguments: list[str], tmp_path: Path) -> tuple[Path, Path]
         output, _ = node.communicate(timeout=TIMEOUT)
         assert node.returncode == 0, output[-3000:]
     return tmp_path / "two-nodes", tmp_path / "one-node"
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in records]
 
 
 # three launchers and four workers that import torch, at once: 90 s measured on two cores that
