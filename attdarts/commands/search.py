@@ -190,7 +190,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     from attdarts.runs import checkpoints, data, preemption, search as api
 
     config_files.refuse_with_resume(resume)
-    _require_tensorboard(tensorboard)
+    require_tensorboard(tensorboard)
     if not quiet:
         _configure_logging()
     seed_list = _seeds(seeds)
@@ -252,8 +252,9 @@ def _preempted(stopped, target: Path | None, seeds: list[int] | None) -> None:
     click.get_current_context().exit(preemption.EXIT_STATUS)
 
 
-def _require_tensorboard(tensorboard: bool) -> None:
-    """`--tensorboard` without the package fails at once, in one line saying what to install."""
+def require_tensorboard(tensorboard: bool) -> None:
+    """`--tensorboard` (search and train) without the package fails at once, in one line saying
+    what to install."""
     if tensorboard:
         from attdarts.runs import tracking
 

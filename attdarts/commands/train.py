@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from attdarts.commands import config_file as config_files
+from attdarts.commands.search import require_tensorboard
 from attdarts.language.errors import DslError
 
 # option name -> TrainConfig field, for options that override the recipe
@@ -148,7 +149,7 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     config_files.refuse_with_resume(resume_dir)
     options.pop("config_file")
     tensorboard = options.pop("tensorboard")
-    _require_tensorboard(tensorboard)
+    require_tensorboard(tensorboard)
     overrides = {**config_files.loaded(ctx).extra} if config_files.loaded(ctx) else {}
     overrides.update({field: options[name] for name, field in _OVERRIDES.items()
                       if _explicit(ctx, name)})
@@ -190,17 +191,6 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         click.echo(f"{result.run_dir}: best test top-1 {result.best_top1:.2f}% (epoch "
                    f"{result.best_epoch}), last {result.last_top1:.2f}% on {test_images:,} test "
                    f"images, {result.parameters:,} weights{synthetic}")
-
-
-def _require_tensorboard(tensorboard: bool) -> None:
-    """`--tensorboard` without the package fails at once, in one line saying what to install."""
-    if tensorboard:
-        from attdarts.runs import tracking
-
-        try:
-            tracking.require_tensorboard()
-        except tracking.TrackingUnavailable as error:
-            raise click.ClickException(str(error)) from None
 
 
 def _set_threads(threads: int | None) -> None:
