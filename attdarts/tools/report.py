@@ -7,7 +7,8 @@ checkpoints:
   error at the last epoch (100 - top-1, in %), its best epoch, its weights (`parameters` of
   config.json: without the auxiliary head, the number papers report);
 - a search run (config.json with `space_file`, space.geno, metrics.jsonl with `val_accuracy` per
-  epoch, genotype.geno): its architecture-batch accuracy at the last epoch and the cells it derived.
+  epoch, genotype.geno): its architecture-batch accuracy at the last epoch and the cells it derived
+  (in percent; records of older runs, in fractions, are read as `attdarts.runs.units` says).
 
 Trainings of the same cells on the same data and recipe (dataset, C, L, epochs) form one row:
 test error mean +- standard deviation over the runs, and the best (lowest) of them, as the papers'
@@ -33,6 +34,7 @@ from attdarts.language.errors import DslError
 from attdarts.language.ir import CELL_KINDS, Genotype
 from attdarts.language.printer import cell_lines
 from attdarts.language.transform import parse_text
+from attdarts.runs import units
 
 STD_KINDS = ("sample", "population")
 FORMATS = ("markdown", "json")
@@ -215,14 +217,15 @@ def read_training(path: Path) -> TrainingRun:
 def read_search(path: Path) -> SearchRun:
     config = _json(path / "config.json")
     records = _metrics(path / "metrics.jsonl")
-    accuracy = _field(records, "val_accuracy", path / "metrics.jsonl")
+    accuracy = _field([units.in_percent(record) for record in records], "val_accuracy",
+                      path / "metrics.jsonl")
     genotype = _genotype(path)
     space = config.get("space") or Path(str(config.get("space_file", "?"))).stem
     return SearchRun(
         path=str(path), seed=config.get("seed"), space=str(space), cells=_cells(genotype),
         dataset=str(config.get("dataset", "?")),
         synthetic=any(bool(record.get("synthetic")) for record in records),
-        epochs=len(records), epochs_planned=config.get("epochs"), accuracy=100.0 * accuracy[-1])
+        epochs=len(records), epochs_planned=config.get("epochs"), accuracy=accuracy[-1])
 
 
 # ---------------------------------------------------------------------------------------------
