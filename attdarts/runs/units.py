@@ -3,9 +3,10 @@
 Training records (`train_acc`, `test_top1`, `test_top5`) have always been percentages. Search
 records (`train_accuracy`, `val_accuracy` in a search's metrics.jsonl, its summary.json and the
 API's `SearchResult.metrics`) are percentages too, and each one says so: ``"accuracy_unit": "%"``.
-A search record without that marker was written by an earlier attdarts, in fractions of 1; `in_percent` reads either, so reports and plots of old run directories (and runs
-resumed across the change, whose files hold both kinds of line) show the same numbers. Torch-free:
-`attdarts report` uses it.
+A search record without that marker was written by an earlier attdarts, in fractions of 1;
+`in_percent` reads either, so reports of old run directories (and of runs resumed across the
+change, whose files hold both kinds of line) show the same numbers. Torch-free: `attdarts report`
+uses it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def in_percent(record: Mapping[str, Any]) -> dict[str, Any]:
     converted = dict(record)
     if converted.get(UNIT_KEY) != PERCENT:
         for key in SEARCH_ACCURACIES:
-            if isinstance(converted.get(key), (int, float)) and not isinstance(converted[key], bool):
-                converted[key] = 100.0 * converted[key]
+            value = converted.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                converted[key] = 100.0 * value
         converted[UNIT_KEY] = PERCENT
     return converted
