@@ -199,7 +199,7 @@ def test_search_writes_the_run_directory(tiny_space, tmp_path):
     result = run_search(config, tmp_path / "run", device="cpu", dataset=tiny_images())
     run = tmp_path / "run"
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["checkpoint.pt", "config.json", "genotype-epoch001.geno",
+    assert names == ["checkpoint.pt", "config.json", "environment.json", "genotype-epoch001.geno",
                      "genotype-epoch002.geno", "genotype.geno", "metrics.jsonl", "space.geno",
                      "weights.jsonl"]
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
