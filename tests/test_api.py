@@ -115,7 +115,7 @@ def test_search_takes_a_space_object_and_returns_its_result(tmp_path, one_thread
     result = attdarts.search(space, out=tmp_path / "s", **{**TINY_TRAIN, "max_steps_per_epoch": 1})
     assert result.run_dir == tmp_path / "s" and result.epochs == 1
     assert (tmp_path / "s" / "genotype.geno").is_file() and result.genotype.name == "darts_seed2"
-    assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
+    assert 0.0 <= result.metrics["val_accuracy"] <= 100.0 and result.metrics["accuracy_unit"] == "%"
     # the space object became the run's space file of record, so the run can be resumed
     import json
 

@@ -20,7 +20,8 @@ from attdarts.tools import report as reporting
                    "imports torch, about 2 s per distinct network at full size).")
 def report(run_dirs: tuple[Path, ...], output_format: str, std: str, mult_adds: bool) -> None:
     """Aggregate runs over seeds: test error mean +- std, best of N, weights and mult-adds of
-    trainings; per-seed genotypes and architecture-batch accuracy of searches.
+    trainings; per-seed genotypes and architecture-batch accuracy of searches; what the runs ran
+    on (their environment.json), naming the fields in which they differ.
 
     RUN_DIRS are run directories of 'attdarts train' or 'attdarts search', or folders of them
     (such as the OUT of 'train --repeats' or 'search --seeds'). Trainings of the same cells,

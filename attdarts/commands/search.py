@@ -280,12 +280,18 @@ def _report(outcome, out: Path) -> None:
         for row in summary["seeds"]:
             same = f", same cells as seed {row['same_cells_as']}" if row["same_cells_as"] else ""
             click.echo(f"  seed {row['seed']}: {row['genotype']} (val accuracy "
-                       f"{row['val_accuracy']:.4f}{same})")
+                       f"{_percent(row['val_accuracy'])}{same})")
             for kind, line in row["cells"].items():
                 click.echo(f"    {kind}: {line}")
         return
     stopped = outcome.metrics.get("stopped_early")
     early = f", stopped early: {stopped['reason']}" if stopped else ""
     click.echo(f"{outcome.run_dir / api.FINAL_GENOTYPE} (epoch {outcome.epochs}, val accuracy "
-               f"{outcome.metrics['val_accuracy']:.4f}{early}):")
+               f"{_percent(outcome.metrics['val_accuracy'])}{early}):")
     click.echo((outcome.run_dir / api.FINAL_GENOTYPE).read_text(), nl=False)
+
+
+def _percent(value: float | None) -> str:
+    """An accuracy in percent as the commands print it; "-" when no architecture batch counted
+    (every epoch was warm-up)."""
+    return "-" if value is None else f"{value:.2f}%"

@@ -26,10 +26,20 @@ not). Every capture shares one memory pool.
 
 Off the GPU, with `enabled=False` (`--no-graphs`) or under data parallelism, the same function
 runs eagerly on the same static buffers: results are those of the plain loop (tested in float64).
+
+If capturing or replaying fails on a user's GPU (an operation the driver cannot capture, a
+library that synchronises, a replay error), the run does not die: the step falls back to eager
+execution for the rest of the run, with one warning line, and `state` says why (the run records
+it in environment.json as ``"graphs": "off (capture failed: REASON)"``). The failed step is run
+again eagerly on the same inputs: a capture records kernels without executing them, so nothing
+of the failed attempt took effect, and the results are those of an eager run (tested on the CPU
+by making capture and replay fail). A warm-up step that fails is the step's own error: run
+again eagerly it fails the same way and ends the run as before.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -38,6 +48,8 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 __all__ = ["CapturableSGD", "CapturedStep", "capture_possible"]
+
+log = logging.getLogger(__name__)
 
 
 def capture_possible(device: torch.device | str, *, world_size: int = 1) -> bool:
@@ -137,6 +149,11 @@ class CapturedStep:
     them. Captured, it returns the same output tensors every call: read them (or add them into a
     running sum) before the next call. `warmup` eager steps on a side stream come before the
     first capture (they are real steps: lazy states such as optimiser buffers are created there).
+
+    A capture or replay that raises turns capturing off for good (module docstring): the call
+    runs the step eagerly instead, a warning is logged once, `fallback` keeps the reason and each
+    of `listeners` is called with the new `state` (an optimiser that was made capturable goes
+    back to its eager form there; the run updates its environment record).
     """
 
     def __init__(self, step: Callable[..., Any], *, enabled: bool, warmup: int = 3,
@@ -154,11 +171,27 @@ class CapturedStep:
         self._pool = None
         self._side = None  # the warm-up stream
         self._warm = 0
+        self.fallback: str | None = None  # why capturing was given up (None: it was not)
+        self.listeners: list[Callable[[str], None]] = []  # told `state` after a fallback
+
+    @property
+    def state(self) -> str:
+        """"on" (captured), "off" (eager), or "off (capture failed: REASON)" after a fallback."""
+        if self.fallback is not None:
+            return f"off (capture failed: {self.fallback})"
+        return "on" if self.enabled else "off"
 
     def __call__(self, *inputs: Any, key: Hashable = ()) -> Any:
         static = self._fill(inputs)
-        if not self._capturing():
-            return self.step(*static)
+        if self.fallback is None and self._capturing():
+            try:
+                return self._captured(static, key)
+            except Exception as error:  # noqa: BLE001 - any failure of the GPU path: go eager
+                self._fall_back(error)
+        return self.step(*static)
+
+    def _captured(self, static: tuple, key: Hashable) -> Any:
+        """Warm up, capture (again, for a new key) or replay."""
         if key != self._key:
             self._graph, self._outputs, self._key = None, None, key
         if self._graph is None:
@@ -168,6 +201,18 @@ class CapturedStep:
             self._capture(static)
         self._graph.replay()
         return self._outputs
+
+    def _fall_back(self, error: Exception) -> None:
+        """Stop capturing: drop the graph and its memory, say why once, tell the listeners."""
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+        self.fallback = reason if len(reason) <= 200 else reason[:197] + "..."
+        self.enabled = False
+        self._graph, self._outputs, self._key, self._pool, self._side = None, None, None, None, None
+        log.warning("captured steps (CUDA graphs) failed, the run goes on eagerly (same results, "
+                    "slower; --no-graphs skips the attempt): %s", self.fallback)
+        for listener in self.listeners:
+            listener(self.state)
 
     def _capturing(self) -> bool:
         return self.enabled and all(buffer.is_cuda for buffer in self._buffers

@@ -7,7 +7,8 @@ checkpoints:
   error at the last epoch (100 - top-1, in %), its best epoch, its weights (`parameters` of
   config.json: without the auxiliary head, the number papers report);
 - a search run (config.json with `space_file`, space.geno, metrics.jsonl with `val_accuracy` per
-  epoch, genotype.geno): its architecture-batch accuracy at the last epoch and the cells it derived.
+  epoch, genotype.geno): its architecture-batch accuracy at the last epoch and the cells it derived
+  (in percent; records of older runs, in fractions, are read as `attdarts.runs.units` says).
 
 Trainings of the same cells on the same data and recipe (dataset, C, L, epochs) form one row:
 test error mean +- standard deviation over the runs, and the best (lowest) of them, as the papers'
@@ -33,6 +34,7 @@ from attdarts.language.errors import DslError
 from attdarts.language.ir import CELL_KINDS, Genotype
 from attdarts.language.printer import cell_lines
 from attdarts.language.transform import parse_text
+from attdarts.runs import environment, units
 
 STD_KINDS = ("sample", "population")
 FORMATS = ("markdown", "json")
@@ -87,6 +89,8 @@ class SearchRun:
 class Report:
     trainings: list[TrainingRun] = field(default_factory=list)
     searches: list[SearchRun] = field(default_factory=list)
+    # run path -> its sessions' environments (start, then resumes), `environment_summary`
+    environments: dict[str, list[dict]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,6 +141,7 @@ def read_runs(paths: Iterable[str | Path]) -> Report:
             report.searches.append(read_search(path))
         else:
             report.trainings.append(read_training(path))
+        report.environments[str(path)] = environment.sessions(environment.read(path))
     return report
 
 
@@ -215,14 +220,15 @@ def read_training(path: Path) -> TrainingRun:
 def read_search(path: Path) -> SearchRun:
     config = _json(path / "config.json")
     records = _metrics(path / "metrics.jsonl")
-    accuracy = _field(records, "val_accuracy", path / "metrics.jsonl")
+    accuracy = _field([units.in_percent(record) for record in records], "val_accuracy",
+                      path / "metrics.jsonl")
     genotype = _genotype(path)
     space = config.get("space") or Path(str(config.get("space_file", "?"))).stem
     return SearchRun(
         path=str(path), seed=config.get("seed"), space=str(space), cells=_cells(genotype),
         dataset=str(config.get("dataset", "?")),
         synthetic=any(bool(record.get("synthetic")) for record in records),
-        epochs=len(records), epochs_planned=config.get("epochs"), accuracy=100.0 * accuracy[-1])
+        epochs=len(records), epochs_planned=config.get("epochs"), accuracy=accuracy[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +292,8 @@ def aggregate(report: Report, std: str = "sample") -> dict:
             "accuracy_best": max(run.accuracy for run in runs),
             "distinct_genotypes": len(distinct), "per_run": per_run,
         })
-    return {"std": std, "trainings": trainings, "searches": searches}
+    return {"std": std, "trainings": trainings, "searches": searches,
+            "environment": environment_summary(report.environments)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,8 +391,66 @@ def format_markdown(summary: dict) -> str:
         lines += _training_lines(summary["trainings"], summary["std"])
     if summary["searches"]:
         lines += _search_lines(summary["searches"], summary["std"])
+    lines += _environment_lines(summary.get("environment"))
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def format_json(summary: dict) -> str:
     return json.dumps(summary, indent=2) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Environments (environment.json: attdarts.runs.environment)
+
+
+def environment_summary(environments: dict[str, list[dict]]) -> dict:
+    """What the runs ran on: every session (a run's start, then each resume) with its fields,
+    the fields in which sessions differ (`time` aside), those they share, and the runs without
+    a record (written by an older attdarts)."""
+    rows = []
+    for path, sessions in environments.items():
+        for session in sessions:
+            row = {"run": path, "resumed_at": session.get("resumed_at")}
+            row.update({name: session.get(name) for name in environment.FIELDS})
+            rows.append(row)
+    differ = [name for name in environment.COMPARED
+              if len({json.dumps(row[name]) for row in rows}) > 1]
+    common = {name: rows[0][name] for name in environment.COMPARED
+              if rows and name not in differ}
+    return {"differ": differ, "common": common, "sessions": rows,
+            "not_recorded": [path for path, sessions in environments.items() if not sessions]}
+
+
+def _session_label(row: dict) -> str:
+    at = row["resumed_at"]
+    if not isinstance(at, dict):
+        return row["run"]
+    return f"{row['run']} (resumed at epoch {at.get('epoch')}, step {at.get('step')})"
+
+
+def _value(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "-" if value is None else str(value).replace("|", "/")
+
+
+def _environment_lines(summary: dict | None) -> list[str]:
+    """The Environment section: the shared fields, then a row per session for the fields that
+    differ (absent when no run has a record)."""
+    if not summary or not summary["sessions"]:
+        return []
+    lines = ["## Environment", ""]
+    if summary["differ"]:
+        lines += [f"The runs differ in: {', '.join(summary['differ'])}.", ""]
+        lines += _table(("run", *summary["differ"]), "l" * (1 + len(summary["differ"])),
+                        ((_session_label(row), *(_value(row[name]) for name in summary["differ"]))
+                         for row in summary["sessions"]))
+        lines += [""] + (["Shared by every run:", ""] if summary["common"] else [])
+    if summary["common"]:
+        lines += _table(("field", "value"), "ll", ((name, _value(value))
+                                                    for name, value in summary["common"].items()))
+        lines += [""]
+    if summary["not_recorded"]:
+        lines += [f"No environment.json (a run of an older attdarts): "
+                  f"{', '.join(summary['not_recorded'])}.", ""]
+    return lines

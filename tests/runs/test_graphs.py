@@ -515,3 +515,127 @@ def test_the_capture_wrapper_warms_up_captures_replays_and_recaptures(monkeypatc
     captured(torch.ones(3), key="epoch 2")  # a new shape: new buffers, captured again
     assert fake.events == ["register generator", "run on capture ('pool', 1)", "replay"] * 2
     assert captured.captures == 3 and fake.pools == 1  # every capture shares one pool
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) a capture or replay that fails on a user's GPU: the run goes on eagerly, says so once
+
+
+CAPTURE_ERROR = "CUDA error: operation not permitted when stream is capturing"
+REPLAY_ERROR = "CUDA error: an illegal memory access was encountered\nCUDA kernel errors ..."
+
+
+def fallback_warnings(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records
+            if record.name == "attdarts.runs.graphs" and record.levelname == "WARNING"]
+
+
+@pytest.mark.parametrize("failure", ["capture", "replay"])
+def test_the_capture_wrapper_falls_back_to_eager_steps(monkeypatch, caplog, failure):
+    fake = FakeCuda(monkeypatch)
+
+    if failure == "capture":
+        class Refused:
+            def __enter__(self):
+                raise RuntimeError(CAPTURE_ERROR)
+
+            def __exit__(self, *exc) -> None:
+                pass
+
+        monkeypatch.setattr(torch.cuda, "graph", lambda graph, pool=None: Refused())
+    else:
+        monkeypatch.setattr(torch.cuda.CUDAGraph, "replay",
+                            lambda self: (_ for _ in ()).throw(RuntimeError(REPLAY_ERROR)))
+
+    def step(x):
+        fake.events.append(f"run on {fake.where}")
+        return x * 2
+
+    told = []
+    captured = graphs.CapturedStep(step, enabled=True, warmup=2)
+    captured.listeners.append(told.append)
+    assert captured.state == "off" or torch.cuda.is_available()  # not on CUDA: "off" at first
+    outputs = [captured(torch.full((2,), float(i)), key="epoch 1") for i in range(5)]
+    assert [o.tolist() for o in outputs] == [[2.0 * i] * 2 for i in range(5)]
+    recorded = ["run on capture ('pool', 1)"] if failure == "replay" else []
+    # two warm-up steps, the failed attempt, then the same step eagerly and eager from then on
+    assert fake.events == ["run on side stream"] * 2 + recorded + ["run on main"] * 3
+    message = CAPTURE_ERROR if failure == "capture" else REPLAY_ERROR.splitlines()[0]
+    assert captured.state == f"off (capture failed: RuntimeError: {message})"
+    assert told == [captured.state] and not captured.enabled
+    (warning,) = fallback_warnings(caplog)
+    assert warning.endswith(f"RuntimeError: {message}") and "\n" not in warning
+
+
+def fail_on_the_gpu(monkeypatch, failure: str) -> None:
+    """Every CapturedStep of a run behaves as on a GPU whose capture (or replay) fails: warm-up
+    steps run (eagerly, standing in for the side stream), then the capture raises, or records
+    a graph (executing nothing, as a real capture) whose replay raises."""
+
+    class FailingGraph:
+        def replay(self) -> None:
+            raise RuntimeError(REPLAY_ERROR)
+
+    def capture(self, static) -> None:
+        if failure == "capture":
+            raise RuntimeError(CAPTURE_ERROR)
+        self._graph, self._outputs = FailingGraph(), None
+        self.captures += 1
+
+    monkeypatch.setattr(graphs.CapturedStep, "_capturing", lambda self: True)
+    monkeypatch.setattr(graphs.CapturedStep, "_on_side_stream",
+                        lambda self, static: self.step(*static))
+    monkeypatch.setattr(graphs.CapturedStep, "_capture", capture)
+
+
+def assert_same_files(a: Path, b: Path, names: tuple[str, ...], checkpoint: str) -> None:
+    from helpers import metrics_without_timings
+
+    for name in names:
+        assert (a / name).read_text() == (b / name).read_text(), name
+    assert metrics_without_timings(a) == metrics_without_timings(b)
+    first = torch.load(a / checkpoint, weights_only=False)["model"]
+    second = torch.load(b / checkpoint, weights_only=False)["model"]
+    assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+@pytest.mark.parametrize("failure", ["capture", "replay"])
+def test_a_search_whose_capture_fails_goes_on_as_an_eager_run(space_file, tmp_path, monkeypatch,
+                                                              caplog, failure):
+    from attdarts.runs import data, environment, search
+
+    config = SearchConfig(space_file=str(space_file), dataset="synthetic", batch_size=4,
+                          channels=4, layers=3, epochs=2, max_steps_per_epoch=2,
+                          deterministic=True)  # 4 steps: 3 warm-up, then the capture fails
+    images = data.synthetic_dataset(train=True, size=32, resolution=8)
+    search.run_search(config, tmp_path / "eager", device="cpu", dataset=images)
+    fail_on_the_gpu(monkeypatch, failure)
+    search.run_search(config, tmp_path / "fell back", device="cpu", dataset=images)
+    monkeypatch.undo()
+    assert_same_files(tmp_path / "eager", tmp_path / "fell back",
+                      ("genotype-epoch001.geno", "genotype.geno", "weights.jsonl"),
+                      "checkpoint.pt")
+    (warning,) = fallback_warnings(caplog)
+    recorded = environment.read(tmp_path / "fell back")["graphs"]
+    assert recorded.startswith("off (capture failed: RuntimeError: CUDA error: ")
+    assert warning.endswith(recorded[len("off (capture failed: "):-1])
+    assert environment.read(tmp_path / "eager")["graphs"] == "off"
+
+
+@pytest.mark.parametrize("failure", ["capture", "replay"])
+def test_a_training_whose_capture_fails_goes_on_as_an_eager_run(tmp_path, monkeypatch, caplog,
+                                                                failure):
+    from attdarts.runs import environment
+
+    genotype = parse_file(ATT_DARTS).genotype()
+    # 4 steps over two epochs (drop path ramped: epoch 2 is a new capture key)
+    config = train.TrainConfig.recipe("synthetic", channels=4, layers=3, epochs=2, batch_size=4,
+                                      max_steps_per_epoch=2, seed=1, deterministic=True)
+    train.run_training(config, genotype, run_dir=tmp_path / "eager", device="cpu")
+    fail_on_the_gpu(monkeypatch, failure)
+    train.run_training(config, genotype, run_dir=tmp_path / "fell back", device="cpu")
+    monkeypatch.undo()
+    assert_same_files(tmp_path / "eager", tmp_path / "fell back", ("genotype.geno",), "last.pt")
+    assert len(fallback_warnings(caplog)) == 1
+    recorded = environment.read(tmp_path / "fell back")["graphs"]
+    assert recorded.startswith("off (capture failed: RuntimeError: CUDA error: ")

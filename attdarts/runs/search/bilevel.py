@@ -213,6 +213,9 @@ class Bilevel:
         self.captured = captured.CapturedStep(
             self._step, enabled=wanted and captured.capture_possible(device, world_size=world_size))
         captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
+        # a capture that fails goes on eagerly (attdarts.runs.graphs), Adam as eager runs have it
+        self.captured.listeners.append(
+            lambda _: captured.capturable_adam(self.arch_optimizer, False))
 
     @property
     def lr(self) -> float:

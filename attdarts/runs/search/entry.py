@@ -20,7 +20,7 @@ import torch
 from attdarts.language import ir
 from attdarts.language.transform import read_space
 from attdarts.networks.supernet import check_partial_channels
-from attdarts.runs import checkpoints, data, preemption, runtime, tracking
+from attdarts.runs import checkpoints, data, environment, preemption, runtime, tracking
 from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SEEDS, SPACE, SUMMARY, WEIGHTS_LOG,
     SearchConfig, SearchError, SearchResult, load_space, read_config, with_bam_combine,
@@ -96,12 +96,25 @@ def _run(run: SearchRun, run_dir: Path, resume: bool, process: runtime.Process) 
             log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
             return run.result()
         log.info("%s: resuming at epoch %d, step %d", run_dir, run.epoch + 1, run.step)
+    _record_environment(run, resume)
     with preemption.watch(process) as signals:
         run.signals = signals
         result = run.run()
     if process.world_size > 1:
         torch.distributed.barrier()
     return result
+
+
+def _record_environment(run: SearchRun, resumed: bool, graphs: str | None = None) -> None:
+    """The run's environment.json (main process), at its start or resume; a capture that fails
+    later updates it (`attdarts.runs.environment`). `graphs` overrides the step's own state."""
+    if not run.process.main:
+        return
+    step = run.bilevel.captured
+    environment.record(run.run_dir, run.device, world_size=run.process.world_size,
+                       graphs=graphs or step.state,
+                       resumed_at=(run.epoch + 1, run.step) if resumed else None)
+    step.listeners.append(lambda state: environment.note_graphs(run.run_dir, state))
 
 
 def resume_search(
@@ -230,6 +243,8 @@ def run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *, s
             if search.epoch < config.epochs:
                 log.info("%s: resuming seeds %s together at epoch %d, step %d", out_dir,
                          ",".join(map(str, seeds)), search.epoch + 1, search.steps_done)
+        for run in search.runs:  # the seeds' stacked step is never captured
+            _record_environment(run, resume, graphs="off")
         return search.run()
 
 

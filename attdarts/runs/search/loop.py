@@ -37,7 +37,7 @@ from attdarts.language import ir
 from attdarts.language.transform import parse_text
 from attdarts.networks.compiled import compile_cells
 from attdarts.networks.supernet import compile_supernet
-from attdarts.runs import checkpoints, data, preemption, runtime, tracking
+from attdarts.runs import checkpoints, data, preemption, runtime, tracking, units
 from attdarts.runs.runtime import Process
 from attdarts.runs.search import outputs
 from attdarts.runs.search.bilevel import Bilevel
@@ -186,7 +186,7 @@ class SearchRun:
         return json.loads(self.history["metrics"][-1]).get("stopped_early")
 
     def result(self) -> SearchResult:
-        metrics = json.loads(self.history["metrics"][-1])
+        metrics = units.in_percent(json.loads(self.history["metrics"][-1]))
         return SearchResult(self.run_dir, self.config.seed, self.history["genotypes"][-1],
                             self.epoch, metrics)
 
@@ -273,10 +273,11 @@ class SearchRun:
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_loss / max(train_count, 1),
-            "train_accuracy": train_correct / max(train_count, 1),
+            "train_accuracy": units.percent(train_correct, max(train_count, 1)),
             # None in the architecture's warm-up (no architecture batch was used)
             "val_loss": val_loss / val_count if val_count else None,
-            "val_accuracy": val_correct / val_count if val_count else None,
+            "val_accuracy": units.percent(val_correct, val_count),
+            units.UNIT_KEY: units.PERCENT,  # accuracies in percent (older runs: fractions)
             "lr": lr,
             "steps": self.step,
             "seconds": round(seconds, 3),
@@ -303,10 +304,10 @@ class SearchRun:
         self.counts = [0, 0]
         self.save()
         self.write_outputs()
-        val = ("val loss %.4f acc %.4f" % (metrics["val_loss"], metrics["val_accuracy"])
+        val = ("val loss %.4f acc %.2f%%" % (metrics["val_loss"], metrics["val_accuracy"])
                if val_count else "no architecture steps (warm-up)")
         log.info(
-            "seed %d epoch %d/%d: train loss %.4f acc %.4f | %s | lr %.5f | %.1f s, %.1f images/s",
+            "seed %d epoch %d/%d: train loss %.4f acc %.2f%% | %s | lr %.5f | %.1f s, %.1f images/s",
             config.seed, self.epoch, config.epochs, metrics["train_loss"],
             metrics["train_accuracy"], val, lr, seconds,
             train_count / seconds if seconds > 0 else 0.0)

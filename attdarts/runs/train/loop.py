@@ -34,7 +34,7 @@ from attdarts.language import ir
 from attdarts.language.printer import format_genotype
 from attdarts.networks.compiled import compile_cells
 from attdarts.networks.measure import count_parameters
-from attdarts.runs import checkpoints, data, graphs, preemption, runtime, tracking
+from attdarts.runs import checkpoints, data, environment, graphs, preemption, runtime, tracking
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.runs.train.config import CHECKPOINT_KIND, RESUMABLE_OVERRIDES, TrainConfig, TrainError
 from attdarts.runs.train.evaluate import build_model
@@ -205,10 +205,20 @@ def _prepare(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
     if run.writer is not None:
         run.writer.start(config, genotype, run.text, device, process.world_size, info, reported,
                          total, run.history)
+        _record_environment(run, device, resumed=state is not None)
     log.info("%s on %s: %s weights (%s with the auxiliary head), %d steps/epoch, %d test images, "
              "world size %d%s", genotype.name, device, f"{reported:,}", f"{total:,}",
              len(train_loader), _test_images(test_loader), process.world_size, _synthetic(run))
     return run
+
+
+def _record_environment(run: _Run, device: torch.device, resumed: bool) -> None:
+    """The run's environment.json, at its start or resume (then: the epoch it continues and the
+    steps of it already done); a capture that fails later updates it."""
+    resumed_at = (run.start_epoch + 1, int(run.partial["step"]) if run.partial else 0)
+    environment.record(run.run_dir, device, world_size=run.process.world_size,
+                       graphs=run.step.captured.state, resumed_at=resumed_at if resumed else None)
+    run.step.captured.listeners.append(lambda state: environment.note_graphs(run.run_dir, state))
 
 
 def _epoch(run: _Run, epoch: int) -> dict[str, Any]:

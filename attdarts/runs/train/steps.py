@@ -34,6 +34,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
 
 
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Logits for the loss: bf16 / fp16 ones (autocast) in float32, float32 and float64 as they
+    are (a float64 run stays float64 through its loss, as the portable behaviour test needs)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def autocast(device: torch.device, amp: str | None):
     if amp == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
@@ -60,10 +66,10 @@ def train_step(
     """
     with autocast(images.device, amp):
         logits, auxiliary_logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(at_least_float32(logits), labels, label_smoothing=label_smoothing)
         if auxiliary_logits is not None and auxiliary_weight > 0:
             loss = loss + auxiliary_weight * F.cross_entropy(
-                auxiliary_logits.float(), labels, label_smoothing=label_smoothing)
+                at_least_float32(auxiliary_logits), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip is not None:
@@ -139,7 +145,7 @@ def evaluate(model: nn.Module, loader, *, amp: str | None = None) -> torch.Tenso
     for images, labels in loader:
         with autocast(images.device, amp):
             logits, _ = model(images)
-        logits = logits.float()
+        logits = at_least_float32(logits)
         loss = F.cross_entropy(logits, labels, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == labels[:, None]

@@ -199,7 +199,7 @@ def test_search_writes_the_run_directory(tiny_space, tmp_path):
     result = run_search(config, tmp_path / "run", device="cpu", dataset=tiny_images())
     run = tmp_path / "run"
     names = sorted(p.name for p in run.iterdir())
-    assert names == ["checkpoint.pt", "config.json", "genotype-epoch001.geno",
+    assert names == ["checkpoint.pt", "config.json", "environment.json", "genotype-epoch001.geno",
                      "genotype-epoch002.geno", "genotype.geno", "metrics.jsonl", "space.geno",
                      "weights.jsonl"]
     assert json.loads((run / "config.json").read_text())["epochs"] == 2
@@ -232,6 +232,13 @@ def test_search_writes_the_run_directory(tiny_space, tmp_path):
             "images_per_s"} <= set(metrics[0])
     assert metrics[0]["lr"] == 0.025 and metrics[1]["steps"] == 2
     assert [m["synthetic"] for m in metrics] == [True, True]
+    # accuracies in percent, as training's, and marked so (older runs wrote fractions): each is
+    # 100 x (correct of the epoch's 2 x 4 images) / 8
+    for record in metrics:
+        assert record["accuracy_unit"] == "%"
+        for key in ("train_accuracy", "val_accuracy"):
+            correct = record[key] * 8 / 100
+            assert 0 <= correct <= 8 and correct == round(correct), (key, record[key])
 
 
 def test_second_order_search_runs(tiny_space, tmp_path):

@@ -1,0 +1,52 @@
+"""One unit for accuracy (attdarts.runs.units): percent in new search records, fractions read
+correctly from search run directories written before the change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from attdarts.cli import cli
+from attdarts.runs import units
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_marked_records_stay_and_old_ones_are_converted():
+    new = {"epoch": 1, "train_accuracy": 12.5, "val_accuracy": 25.0, "accuracy_unit": "%"}
+    assert units.in_percent(new) == new
+    old = {"epoch": 1, "train_accuracy": 0.125, "val_accuracy": 0.25, "lr": 0.025}
+    assert units.in_percent(old) == {"epoch": 1, "train_accuracy": 12.5, "val_accuracy": 25.0,
+                                     "lr": 0.025, "accuracy_unit": "%"}
+    assert old["val_accuracy"] == 0.25  # the record read is not changed
+    # the architecture's warm-up has no val accuracy, in either kind of record
+    assert units.in_percent({"val_accuracy": None})["val_accuracy"] is None
+    assert units.percent(3, 8) == 37.5 and units.percent(0, 0) is None
+
+
+def _search_run(path: Path, lines: list[dict]) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(
+        {"space_file": "att_darts.geno", "dataset": "cifar10", "seed": 0, "epochs": len(lines)}))
+    (path / "space.geno").write_text("space s {}\n")
+    (path / "genotype.geno").write_text((ROOT / "genotypes" / "darts_v2.geno").read_text())
+    (path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.mark.parametrize("last", [
+    {"epoch": 2, "val_accuracy": 0.4375},  # an old run: fractions
+    {"epoch": 2, "val_accuracy": 43.75, "accuracy_unit": "%"},  # resumed after the change
+])
+def test_report_reads_old_and_new_search_records_in_percent(tmp_path, last):
+    run = _search_run(tmp_path / "run", [{"epoch": 1, "val_accuracy": 0.25}, last])
+    result = CliRunner().invoke(cli, ["report", str(run), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.output)["searches"]
+    assert entry["accuracy_mean"] == pytest.approx(43.75)
+    assert entry["per_run"][0]["accuracy"] == pytest.approx(43.75)
+    markdown = CliRunner().invoke(cli, ["report", str(run)]).output
+    assert "| 43.75 |" in markdown
