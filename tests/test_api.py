@@ -82,7 +82,7 @@ def test_train_then_load_network_returns_the_trained_network(tmp_path, one_threa
     images = torch.randn(2, 3, 32, 32)
     result.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(network(images)[0], result.model(images)[0], rtol=0, atol=0)
+        torch.testing.assert_close(network(images), result.model(images), rtol=0, atol=0)
     best = attdarts.load_network(tmp_path / "run", which="best")
     assert best.checkpoint.name == "best.pt"
 

@@ -49,8 +49,7 @@ class ExportError(Exception):
 
 class InferenceNetwork(nn.Module):
     """A copy of a discrete network as deployed: eval mode, no drop path, no auxiliary head, the
-    plain cells; `forward(images)` returns the logits only (the training network returns
-    `(logits, aux_logits)`). The original network is left as it was."""
+    plain cells; `forward(images)` returns the logits. The original network is left as it was."""
 
     def __init__(self, network: Network) -> None:
         super().__init__()
@@ -65,8 +64,7 @@ class InferenceNetwork(nn.Module):
         self.eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits, _ = self.network(images)
-        return logits
+        return self.network(images)
 
 
 def export_format(path: str | os.PathLike) -> str:
