@@ -18,6 +18,7 @@ from attdarts.cli import cli
 torch = pytest.importorskip("torch")
 
 from attdarts import api  # noqa: E402
+from attdarts.networks.export import Preprocessing  # noqa: E402
 from attdarts.runs.data.datasets import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
 from attdarts.runs.predict import (  # noqa: E402
     PredictError, checkpoint_preprocessing, read_image,
@@ -171,6 +172,10 @@ def test_images_are_resized_and_centre_cropped_to_the_input(run, tmp_path):
     assert green.shape == grey.shape == (3, 32, 32)
     torch.testing.assert_close(green, torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1).expand(3, 32, 32))
     torch.testing.assert_close(grey, torch.full((3, 32, 32), 0.2))
+    # a one-channel network (in_chans=1) reads images as grey
+    one = Preprocessing(input_size=32, resize=32, in_chans=1, mean=(0.5,), std=(0.25,))
+    torch.testing.assert_close(read_image(tmp_path / "grey.bmp", one),
+                               torch.full((1, 32, 32), (0.2 - 0.5) / 0.25))
     (tmp_path / "broken.jpg").write_bytes(IMAGES[0].read_bytes()[:200])
     with pytest.raises(PredictError, match="broken.jpg: not a readable image"):
         read_image(tmp_path / "broken.jpg", preprocessing)
