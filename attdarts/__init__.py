@@ -5,7 +5,8 @@ goes on to the printer, the discrete network, the supernet, rendering, diffing a
 module imports nothing heavy, so `attdarts fmt` and `attdarts check` start without torch.
 
 The Python API is reachable from here (`attdarts.create_network("darts_v2")`,
-`attdarts.load_network`, `attdarts.search`, `attdarts.train`, `attdarts.export_model`): each
+`attdarts.load_network`, `attdarts.search`, `attdarts.train`, `attdarts.export_model`,
+`attdarts.predict`): each
 name is looked up in `attdarts.api` on first use (PEP 562), and torch is imported only when one of
 them runs.
 """
@@ -13,8 +14,8 @@ them runs.
 __version__ = "0.1.0"
 
 # the names of attdarts.api offered at the top level
-API = ("create_network", "load_network", "search", "train", "export_model", "resolve_genotype",
-       "zoo_names")
+API = ("create_network", "load_network", "search", "train", "export_model", "predict",
+       "resolve_genotype", "zoo_names")
 
 
 def __getattr__(name: str):

@@ -156,8 +156,9 @@ def create_network(genotype: Genotype | str | os.PathLike, dataset: str = "cifar
     `dataset` is "cifar10", "cifar100" or "imagenet"; `channels` and `layers` default to the
     training recipe of that dataset (`recipes.TRAIN`: C=36, L=20 for CIFAR; C=48, L=14 for
     ImageNet). `create_network("darts_v2")` has the 3,349,342 weights DARTS reports. `options`
-    go to `compile_network` (num_classes, input_size, drop_path_rule, grouped). `forward`
-    returns `(logits, aux_logits)`, aux_logits None in eval mode or without the head.
+    go to `compile_network` (num_classes, in_chans, input_size, drop_path_rule, grouped).
+    `network(images)` returns the logits; `network(images, aux=True)` returns
+    `(logits, aux_logits)`, aux_logits None in eval mode or without the head.
     """
     from attdarts.networks.network import compile_network
 
@@ -170,14 +171,16 @@ def create_network(genotype: Genotype | str | os.PathLike, dataset: str = "cifar
 
 @dataclass(frozen=True)
 class LoadedNetwork:
-    """A trained network (eval mode) with its genotype, its `TrainConfig` and the epoch its
-    checkpoint was written at; unpacks as `network, genotype, config = load_network(...)`."""
+    """A trained network (eval mode) with its genotype, its `TrainConfig`, the epoch its
+    checkpoint was written at and its `Preprocessing` (mean, std, input size, class names);
+    unpacks as `network, genotype, config = load_network(...)`."""
 
     network: Any
     genotype: Genotype
     config: Any
     epoch: int
     checkpoint: Path
+    preprocessing: Any = None
 
     def __iter__(self):
         return iter((self.network, self.genotype, self.config))
@@ -190,6 +193,7 @@ def load_network(checkpoint: str | os.PathLike, *, which: str = "last",
     checkpoint, any other file) raises `CheckpointError` with a message for a user."""
     from attdarts.runs import runtime, train as training
     from attdarts.runs.checkpoints import CheckpointError
+    from attdarts.runs.predict import checkpoint_preprocessing
     from attdarts.runs.train.resume import load_run_checkpoint, stored_genotype
 
     path = Path(checkpoint)
@@ -209,9 +213,11 @@ def load_network(checkpoint: str | os.PathLike, *, which: str = "last",
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{path}: the checkpoint does not hold a usable network ({reason})") from None
+    preprocessing = checkpoint_preprocessing(state, path, model)
     if device is not None:
         model.to(device)
-    return LoadedNetwork(model.eval(), genotype, config, int(state.get("epoch", 0)), path)
+    return LoadedNetwork(model.eval(), genotype, config, int(state.get("epoch", 0)), path,
+                         preprocessing)
 
 
 def search(space: Space | str | os.PathLike, *, out: str | os.PathLike | None = None,
@@ -250,17 +256,50 @@ def train(genotype: Genotype | str | os.PathLike, *, out: str | os.PathLike | No
 
 def export_model(source: str | os.PathLike | Genotype, output: str | os.PathLike, *,
                  batch: int | None = None, exporter: str = "torchscript", dataset: str = "cifar10",
-                 channels: int | None = None, layers: int | None = None):
+                 channels: int | None = None, layers: int | None = None,
+                 normalise_in_graph: bool = False):
     """Write the network of a training checkpoint (a run directory or a `.pt` file) or of a
     genotype (zoo name, `.geno` path, `ir.Genotype`: freshly initialised weights, sized by
     `dataset`, `channels`, `layers`) to `output` (.onnx or .pt2), as deployed: eval mode, no
-    drop path, no auxiliary head, logits only. Returns the exported `InferenceNetwork`."""
+    drop path, no auxiliary head, logits only. The file's metadata holds the preprocessing (mean,
+    std, input size, resize, layout, class names: the checkpoint's, or the dataset's for a
+    genotype); `normalise_in_graph` puts the normalisation into the graph, which then takes RGB
+    in 0..1. Returns the exported `InferenceNetwork`."""
     from attdarts.networks.export import export_format, export_network
+    from attdarts.runs.predict import dataset_preprocessing
 
     export_format(output)  # an unknown suffix is refused before anything is built
     path = None if isinstance(source, Genotype) else Path(source)
-    if path is not None and (path.is_dir() or path.suffix == ".pt"):
-        network = load_network(path).network.cpu()
+    if path is not None and _is_checkpoint(path):
+        loaded = load_network(path)
+        network, preprocessing = loaded.network.cpu(), loaded.preprocessing
     else:
         network = create_network(source, dataset, channels, layers)
-    return export_network(network, output, batch=batch, exporter=exporter)
+        preprocessing = dataset_preprocessing(dataset, network)
+    return export_network(network, output, batch=batch, exporter=exporter,
+                          preprocessing=preprocessing, normalise_in_graph=normalise_in_graph)
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return path.is_dir() or path.suffix == ".pt"
+
+
+def predict(model: str | os.PathLike, images, *, top_k: int = 5):
+    """The `top_k` most probable classes of each image file (any format Pillow reads), as
+    `Prediction`s (image, top: `ClassScore`s with index, name (None without class names) and
+    probability). `model` is a training run directory, a checkpoint (.pt) or an exported .onnx
+    or .pt2 file; images are resized and cropped to its input as its preprocessing says. A
+    file that cannot be used raises `PredictError` (or `CheckpointError`) naming it."""
+    from attdarts.runs import predict as predicting
+
+    path = Path(model)
+    if path.suffix.lower() in (".onnx", ".pt2"):
+        predictor = predicting.exported_predictor(path)
+    elif _is_checkpoint(path):
+        loaded = load_network(path, device="cpu")
+        predictor = predicting.network_predictor(loaded.network, loaded.preprocessing, str(path))
+    else:
+        raise predicting.PredictError(
+            f"{path}: not a model; expected a training run directory, a checkpoint (.pt) or an "
+            f"exported .onnx or .pt2 file")
+    return predicting.predict(predictor, [Path(image) for image in images], top_k)

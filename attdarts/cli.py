@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "test": ("train", "test", "Evaluate a training checkpoint on the test split."),
     "export-model": ("export_model", "export_model",
                      "Write a network for inference as ONNX or a torch.export .pt2 file."),
+    "predict": ("predict", "predict", "Print the most probable classes of image files."),
     "report": ("report", "report", "Aggregate runs over seeds (mean +- std) as papers report them."),
     "render": ("render", "render", "Draw cells with graphviz."),
     "diff": ("diff", "diff", "Semantic diff of two genotypes."),

@@ -45,6 +45,23 @@ def test_create_network_gives_the_papers_parameter_count(one_thread):
         assert small.auxiliary_head is not None and len(small.cells) == 3
 
 
+def test_create_network_takes_timms_in_chans_and_num_classes(one_thread):
+    """As timm users write it. By hand, against DARTS's 3,349,342: the stem's 3x3 convolution
+    (3C = 108 filters) loses 2 input channels, 2 * 108 * 9 weights; the classifier (576 inputs,
+    4 x 4C after the last cell) gains 37 classes of 576 weights and a bias."""
+    import attdarts
+    import torch
+
+    network = attdarts.create_network("darts_v2", in_chans=1, num_classes=47)
+    assert network.classifier.in_features == 576
+    assert sum(p.numel() for p in network.parameters()) == 3_349_342 - 2 * 108 * 9 + 37 * 577
+    small = attdarts.create_network("darts_v2", channels=4, layers=3, in_chans=1, num_classes=5)
+    images, labels = torch.randn(2, 1, 32, 32), torch.tensor([0, 4])
+    loss = torch.nn.functional.cross_entropy(small(images), labels)  # logits, not a tuple
+    loss.backward()
+    assert small.stem[0].weight.grad.shape == (12, 1, 3, 3)
+
+
 def test_create_network_takes_the_dataset_recipe_and_options(one_thread):
     import attdarts
 
@@ -82,7 +99,7 @@ def test_train_then_load_network_returns_the_trained_network(tmp_path, one_threa
     images = torch.randn(2, 3, 32, 32)
     result.model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(network(images)[0], result.model(images)[0], rtol=0, atol=0)
+        torch.testing.assert_close(network(images), result.model(images), rtol=0, atol=0)
     best = attdarts.load_network(tmp_path / "run", which="best")
     assert best.checkpoint.name == "best.pt"
 

@@ -40,6 +40,8 @@ SKIPPED = {
     "export-model": "needs a training run or builds paper-sized networks (tens of seconds), and "
                     "the export extra; tests/commands/test_export_model.py covers it",
     "report": "needs run directories of train or search; tests/commands/test_report.py covers it",
+    "predict": "needs a training run or an exported model and images; "
+               "tests/commands/test_predict.py covers it",
 }
 # Lines that run other programs (the setup scripts, benchmarks on a GPU, `git config`) are not
 # attdarts commands and are not run here.

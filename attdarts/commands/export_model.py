@@ -31,13 +31,19 @@ _IMAGENET = recipes.TRAIN["imagenet"]
                    f"{_IMAGENET['channels']}].")
 @click.option("--layers", type=click.IntRange(min=recipes.MIN_LAYERS, max=recipes.MAX_LAYERS),
               help=f"For a genotype: cells L [{_CIFAR['layers']}; ImageNet {_IMAGENET['layers']}].")
+@click.option("--normalise-in-graph", is_flag=True,
+              help="Put the normalisation ((x - mean) / std, the training data's) into the "
+                   "graph: the file then takes RGB pixels in 0..1.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Run the written file (onnxruntime, torch.export.load) on random images and "
                    "compare its logits with the PyTorch network's.")
 def export_model(source: str, output: Path, batch: int | None, exporter: str, dataset: str,
-                 channels: int | None, layers: int | None, verify: bool) -> None:
+                 channels: int | None, layers: int | None, normalise_in_graph: bool,
+                 verify: bool) -> None:
     """Write a network for inference: evaluation mode, no drop path, no auxiliary head, the
     logits as its one output; input (batch, 3, S, S) with S = 32 (CIFAR) or 224 (ImageNet).
+    The file's metadata holds its preprocessing: mean, std, input size, resize, layout (NCHW,
+    RGB, pixels in 0..1) and class names.
 
     CHECKPOINT_OR_GENOTYPE is a training run directory (its last.pt), a training checkpoint
     (.pt), or a genotype: a .geno file or a zoo name such as darts_v2, built with fresh weights
@@ -50,17 +56,22 @@ def export_model(source: str, output: Path, batch: int | None, exporter: str, da
 
     try:
         model = api.export_model(source, output, batch=batch, exporter=exporter, dataset=dataset,
-                                 channels=channels, layers=layers)
+                                 channels=channels, layers=layers,
+                                 normalise_in_graph=normalise_in_graph)
         difference = _verify(model, output, batch, run_exported) if verify else None
     except DslError as error:
         raise click.ClickException(error.render()) from None
     except (ExportError, CheckpointError, api.GenotypeNotFound) as error:
         raise click.ClickException(str(error)) from None
-    shape = f"({batch or 'batch'}, 3, {model.input_size}, {model.input_size})"
+    shape = f"({batch or 'batch'}, {model.in_chans}, {model.input_size}, {model.input_size})"
     line = f"{output}: input {shape} -> logits ({batch or 'batch'}, {model.num_classes})"
     if difference is not None:
         line += f"; largest difference from PyTorch {difference:.1e}"
     click.echo(line)
+    preprocessing = model.preprocessing
+    classes = (f"{len(preprocessing.classes)} class names" if preprocessing.classes
+               else "no class names")
+    click.echo(f"metadata: {preprocessing.describe()}; {classes}")
 
 
 def _verify(model, output: Path, batch: int | None, run_exported) -> float | None:
@@ -74,7 +85,7 @@ def _verify(model, output: Path, batch: int | None, run_exported) -> float | Non
         click.echo("attdarts export-model: onnxruntime is not installed; the file was not run "
                    "(pip install onnxruntime, or --no-verify)", err=True)
         return None
-    images = torch.randn(batch or 3, 3, model.input_size, model.input_size,
+    images = torch.randn(batch or 3, model.in_chans, model.input_size, model.input_size,
                          generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(images)

@@ -95,9 +95,14 @@ class AuxiliaryHeadImageNet(nn.Sequential):
 
 
 class Network(nn.Module):
-    """The discrete network. `forward` returns ``(logits, aux_logits)``; aux_logits is None in
-    eval mode or without an auxiliary head. Set `drop_path_prob` (a float) before each epoch;
-    after `hold_drop_path_in_tensor` the value lives in a 0-dim tensor on the model's device."""
+    """The discrete network. `net(images)` returns the logits, as any classifier does (timm,
+    torchvision), so `cross_entropy(net(images), labels)` works; `net(images, aux=True)` returns
+    ``(logits, aux_logits)``, aux_logits None in eval mode or without an auxiliary head (the
+    training step asks for them when the head's loss weight is above 0). The head runs only when
+    asked for. `in_chans` is the channel count of the input images (3: RGB).
+
+    Set `drop_path_prob` (a float) before each epoch; after `hold_drop_path_in_tensor` the value
+    lives in a 0-dim tensor on the model's device."""
 
     def __init__(
         self,
@@ -110,6 +115,7 @@ class Network(nn.Module):
         num_classes: int,
         input_size: int,
         drop_path_rule: DropPathRule,
+        in_chans: int = 3,
     ) -> None:
         super().__init__()
         shape = DATASETS[dataset]
@@ -117,6 +123,7 @@ class Network(nn.Module):
         self.dataset = dataset
         self.input_size = input_size
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self._drop_path_prob = 0.0
         # a 0-dim tensor after `hold_drop_path_in_tensor`
         self.register_buffer("drop_path_tensor", None, persistent=False)
@@ -124,7 +131,7 @@ class Network(nn.Module):
 
         if shape.imagenet_stem:
             self.stem0 = nn.Sequential(
-                nn.Conv2d(3, channels // 2, 3, stride=2, padding=1, bias=False),
+                nn.Conv2d(in_chans, channels // 2, 3, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(channels // 2),
                 nn.ReLU(inplace=False),
                 nn.Conv2d(channels // 2, channels, 3, stride=2, padding=1, bias=False),
@@ -140,7 +147,7 @@ class Network(nn.Module):
         else:
             channels_stem = STEM_MULTIPLIER * channels
             self.stem = nn.Sequential(
-                nn.Conv2d(3, channels_stem, 3, padding=1, bias=False),
+                nn.Conv2d(in_chans, channels_stem, 3, padding=1, bias=False),
                 nn.BatchNorm2d(channels_stem),
             )
             reduction_prev = False
@@ -172,7 +179,9 @@ class Network(nn.Module):
             self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels_last, num_classes)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, aux: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits of `x` (batch, in_chans, S, S); with `aux`, ``(logits, aux_logits)``."""
         if self.imagenet_stem:
             s0 = self.stem0(x)
             s1 = self.stem1(s0)
@@ -184,10 +193,10 @@ class Network(nn.Module):
         with grouped.deferred_statistics():  # grouped cells' BN write-backs: 2 operations in all
             for index, cell in enumerate(self.cells):
                 s0, s1 = s1, cell(s0, s1, drop_prob)
-                if index == self.auxiliary_index and self.training:
+                if aux and index == self.auxiliary_index and self.training:
                     aux_logits = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))
-        return logits, aux_logits
+        return (logits, aux_logits) if aux else logits
 
     @property
     def drop_path_prob(self) -> float:
@@ -237,6 +246,7 @@ def compile_network(
     input_size: int | None = None,
     drop_path_rule: DropPathRule = recipes.TRAIN["cifar"]["drop_path_rule"],
     grouped: bool = False,
+    in_chans: int = 3,
 ) -> Network:
     """Build the discrete network of `genotype` for `dataset` ("cifar10", "cifar100", "imagenet").
 
@@ -246,7 +256,8 @@ def compile_network(
     "darts" (the default) drops every edge whose operation is not the identity; "authors" (the
     Att-DARTS code) also spares edges whose attention is the identity module (`_droppable`).
     `grouped` runs each cell's
-    edges in groups (`Network.set_grouped`).
+    edges in groups (`Network.set_grouped`). `in_chans` is the input's channel count (timm's
+    name): the stem's first convolution takes that many channels (3, RGB, by default).
     """
     if dataset not in DATASETS:
         known = ", ".join(repr(name) for name in DATASETS)
@@ -254,6 +265,8 @@ def compile_network(
     if drop_path_rule not in DROP_PATH_RULES:
         raise ValueError(f"unknown drop path rule {drop_path_rule!r}; "
                          f"expected one of {', '.join(DROP_PATH_RULES)}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a whole number of at least 1, got {in_chans!r}")
     shape = DATASETS[dataset]
     return Network(
         genotype,
@@ -264,5 +277,6 @@ def compile_network(
         num_classes=shape.num_classes if num_classes is None else num_classes,
         input_size=shape.input_size if input_size is None else input_size,
         drop_path_rule=drop_path_rule,
+        in_chans=in_chans,
     ).set_grouped(grouped)
 

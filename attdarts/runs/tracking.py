@@ -9,7 +9,9 @@ Events go to RUN_DIR/tensorboard/. The step of every event is the epoch (1-based
 metrics.jsonl. Scalars: the losses, accuracies and learning rate of both loops, and training's
 drop-path probability. Images (search only): per epoch and cell type, the softmax of alpha
 (operations) and beta (attentions; gamma for an attention on the cell output), one row per edge
-and one column per candidate, drawn with the viridis colour map (0 dark, 1 yellow).
+and one column per candidate, drawn with the viridis colour map over the image's own range
+(`attdarts.scales`: its smallest weight dark, its largest yellow), with a colour bar and that
+range printed beneath.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attdarts.scales import ColourScale
+
 TENSORBOARD_DIR = "tensorboard"
 INSTALL_HINT = "pip install 'attdarts[tensorboard]'"
 CELL_PIXELS = 16  # each (edge, candidate) weight is a square of this many pixels
+LEGEND_PIXELS = 22  # beneath the squares: a colour bar and the range it spans
+MIN_WIDTH = 128  # room for the range's two ends
 
 # metrics.jsonl key -> TensorBoard tag (the part before '/' groups the charts)
 SEARCH_SCALARS = {
@@ -109,13 +115,41 @@ class TensorBoardTracking(NoTracking):
 
 
 def heatmap(weights: torch.Tensor) -> np.ndarray:
-    """(edges, candidates) weights in [0, 1] -> an RGB uint8 image (HWC), one square each."""
+    """(edges, candidates) weights -> an RGB uint8 image (HWC): one square each, coloured over
+    the weights' own range (a near-uniform softmax still shows its differences), then a colour
+    bar and a caption with the range's ends (`LEGEND_PIXELS` high, at least `MIN_WIDTH` wide)."""
     from matplotlib import colormaps
 
-    values = weights.clamp(0.0, 1.0).numpy()
-    colours = colormaps["viridis"](values)[..., :3]  # (edges, candidates, 3) in [0, 1]
-    pixels = np.kron(colours, np.ones((CELL_PIXELS, CELL_PIXELS, 1)))
-    return (pixels * 255.0 + 0.5).astype(np.uint8)
+    scale = ColourScale.of(weights.flatten().tolist())
+    viridis = colormaps["viridis"]
+    fractions = np.vectorize(scale.fraction)(weights.double().numpy())
+    colours = viridis(fractions)[..., :3]  # (edges, candidates, 3) in [0, 1]
+    squares = np.kron(colours, np.ones((CELL_PIXELS, CELL_PIXELS, 1)))
+    width = max(squares.shape[1], MIN_WIDTH)
+    image = np.ones((squares.shape[0] + LEGEND_PIXELS, width, 3))  # white beneath and beside
+    image[:squares.shape[0], :squares.shape[1]] = squares
+    bar = squares.shape[0] + 3
+    image[bar:bar + 5] = viridis(np.linspace(0.0, 1.0, width) if not scale.flat
+                                 else np.full(width, 0.5))[:, :3]
+    pixels = (image * 255.0 + 0.5).astype(np.uint8)
+    return _caption(pixels, scale, top=bar + 6)
+
+
+def _caption(pixels: np.ndarray, scale: ColourScale, top: int) -> np.ndarray:
+    """The scale's ends written under its colour bar: low at the left, high at the right."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default()
+    ink = (0, 0, 0)
+    if scale.flat:
+        draw.text((1, top), scale.caption, fill=ink, font=font)
+    else:
+        low, high = scale.labels([scale.low, scale.high])
+        draw.text((1, top), low, fill=ink, font=font)
+        draw.text((picture.width - 1, top), high, fill=ink, font=font, anchor="ra")
+    return np.asarray(picture)
 
 
 def open_tracking(enabled: bool, run_dir: Path | None, main: bool,

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from attdarts.language.ir import CELL_KINDS, Genotype
+from attdarts.scales import ColourScale
 from attdarts.tools.diff import diff_genotypes
 
 WEIGHTS_FILE = "weights.jsonl"
@@ -319,10 +320,12 @@ def _heatmap(axis, figure, record: EpochWeights, kind: str, name: str) -> None:
 
     matrix = record.cells[kind][name]
     rows, columns = _labels(record, kind, name)
-    low, high = _colour_range(matrix)
-    decimals = _decimals(high - low)
+    # its own smallest to largest weight (attdarts.scales): a near-uniform softmax still shows
+    scale = ColourScale.of(value for row in matrix for value in row)
+    decimals = _decimals(scale.high - scale.low)
     # equal weights (one candidate, or an untrained uniform softmax) get the middle colour
-    norm = Normalize(low, high) if high > low else Normalize(low - 0.5, high + 0.5)
+    norm = (Normalize(scale.low - 0.5, scale.high + 0.5) if scale.flat
+            else Normalize(scale.low, scale.high))
     image = axis.imshow(matrix, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
     axis.set_box_aspect(_CELL_ASPECT * len(rows) / len(columns))  # same cell shape in every map
     axis.set_title(f"{TITLES[name]}, epoch {record.epoch}", fontsize=10)
@@ -342,24 +345,16 @@ def _heatmap(axis, figure, record: EpochWeights, kind: str, name: str) -> None:
             axis.add_patch(Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e8242b",
                                      linewidth=1.4))
     bar = figure.colorbar(image, ax=axis, shrink=0.9, pad=0.01, aspect=30)
-    ticks = [low] if low == high else [low + (high - low) * k / 4 for k in range(5)]
-    bar.set_ticks(ticks, labels=[f"{tick:.{decimals}f}" for tick in ticks])
+    ticks = scale.ticks()  # low to high; the labels carry the decimals that tell them apart
+    bar.set_ticks(ticks, labels=scale.labels(ticks))
     bar.ax.tick_params(labelsize=6)
-
-
-def _colour_range(matrix: list[list[float]]) -> tuple[float, float]:
-    """The colour scale of one heatmap: its own smallest to largest weight.
-
-    A short search leaves the softmax close to uniform (about 1/8 for eight operations); on a
-    scale from 0, every cell of such a map gets the same colour. The colour bar gives the numbers.
-    """
-    values = [value for row in matrix for value in row]
-    return min(values), max(values)
+    bar.set_label("this map's own range" if not scale.flat else "all equal", fontsize=6)
 
 
 def _decimals(spread: float) -> int:
-    """Decimals that tell a map's weights apart: one past the spread's first significant digit
-    (0.1220 to 0.1300: 4), at least 2, at most 4."""
+    """Decimals of the numbers in a map's cells: one past the spread's first significant digit
+    (0.1220 to 0.1300: 4), at least 2, at most 4 (the cells are small; the colour bar's labels
+    take as many as they need)."""
     if spread <= 0:
         return 4
     return min(4, max(2, math.ceil(-math.log10(spread)) + 1))

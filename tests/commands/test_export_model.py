@@ -9,6 +9,7 @@ export takes about a second, torch.export several (marked slow beyond darts_v2).
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ import torch  # noqa: E402
 from attdarts import api  # noqa: E402
 from attdarts.language.transform import parse_text  # noqa: E402
 from attdarts.networks.export import (  # noqa: E402
-    ExportError, InferenceNetwork, export_network, run_exported,
+    ExportError, InferenceNetwork, Preprocessing, export_network, read_metadata, run_exported,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,7 @@ def _images(batch: int) -> torch.Tensor:
 def _reference(network, images):
     network.eval()
     with torch.no_grad():
-        return network(images)[0]
+        return network(images)
 
 
 def _check(network, path, batch_sizes=(1, 3)):
@@ -168,7 +169,12 @@ def test_cli_exports_a_trained_checkpoint(tmp_path, one_thread):
         assert outcome.exit_code == 0, outcome.output
         assert "input (batch, 3, 32, 32) -> logits (batch, 10)" in outcome.output
         assert "largest difference from PyTorch" in outcome.output
+        assert "(x - mean) / std per channel; 10 class names" in outcome.output
         _check(result.model, output, batch_sizes=(2,))
+        # the training data's statistics travel with the file
+        preprocessing = Preprocessing.from_metadata(read_metadata(output))
+        config = json.loads((tmp_path / "run" / "config.json").read_text())
+        assert list(preprocessing.mean) == config["mean"] and list(preprocessing.std) == config["std"]
 
 
 def test_cli_exports_a_genotype_file_for_imagenet_with_a_fixed_batch(tmp_path, one_thread):
@@ -177,7 +183,9 @@ def test_cli_exports_a_genotype_file_for_imagenet_with_a_fixed_batch(tmp_path, o
                       "--channels", "8", "--layers", "3", "--batch", "1")
     assert outcome.exit_code == 0, outcome.output
     assert "input (1, 3, 224, 224) -> logits (1, 1000)" in outcome.output
-    assert output.is_file()
+    metadata = read_metadata(output)  # ImageNet's evaluation: resize 256, crop the centre 224
+    assert (metadata["resize"], metadata["input_size"], metadata["batch"]) == ("256", "224", "1")
+    assert metadata["mean"] == "[0.485, 0.456, 0.406]" and "classes" not in metadata
 
 
 def test_cli_refuses_bad_requests_cleanly(tmp_path):
@@ -207,3 +215,64 @@ def test_a_missing_onnx_package_says_how_to_install_it(tmp_path, monkeypatch):
     outcome = _export("darts_v2", "-o", tmp_path / "model.onnx", "--channels", "4", "--layers", "3")
     assert outcome.exit_code == 1 and "pip install" in outcome.output
     assert not (tmp_path / "model.onnx").exists()
+
+
+# --- metadata and normalisation in the graph --------------------------------------------------
+
+CIFAR = Preprocessing(input_size=32, resize=32, mean=(0.4914, 0.4822, 0.4465),
+                      std=(0.2470, 0.2435, 0.2616), classes=tuple("abcdefghij"))
+
+
+def _expected_metadata(*, normalised: bool, batch: str = "dynamic") -> dict[str, str]:
+    return {"input_size": "32", "resize": "32", "crop": "center", "layout": "NCHW",
+            "channel_order": "RGB", "in_chans": "3", "pixel_range": "0..1",
+            "normalised_in_graph": "true" if normalised else "false", "batch": batch,
+            "mean": "[0.4914, 0.4822, 0.4465]", "std": "[0.247, 0.2435, 0.2616]",
+            "classes": '["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]'}
+
+
+@pytest.mark.parametrize("suffix", [".onnx", pytest.param(".pt2", marks=pytest.mark.slow)])
+def test_the_file_carries_its_preprocessing(suffix, tmp_path, one_thread):
+    """Mean, std, sizes, layout, channel order, pixel range and class names, read back from the
+    written file: ONNX metadata_props, the .pt2's metadata.json extra file."""
+    path = tmp_path / f"model{suffix}"
+    export_network(_tiny("darts_v2"), path, preprocessing=CIFAR, batch=2)
+    metadata = read_metadata(path)
+    assert "preprocessing" in metadata  # one sentence for a person (also the ONNX doc_string)
+    assert {key: metadata[key] for key in _expected_metadata(normalised=False)} == (
+        _expected_metadata(normalised=False, batch="2"))
+    assert Preprocessing.from_metadata(metadata) == Preprocessing(
+        input_size=32, resize=32, mean=CIFAR.mean, std=CIFAR.std, classes=CIFAR.classes, batch=2)
+
+
+@pytest.mark.parametrize("suffix", [".onnx", pytest.param(".pt2", marks=pytest.mark.slow)])
+def test_normalising_in_the_graph_takes_pixels_in_0_to_1(suffix, tmp_path, one_thread):
+    """The exported model on raw 0..1 input equals the PyTorch network on normalised input."""
+    network = _tiny("darts_v2")
+    path = tmp_path / f"model{suffix}"
+    export_network(network, path, preprocessing=CIFAR, normalise_in_graph=True)
+    assert read_metadata(path)["normalised_in_graph"] == "true"
+    pixels = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (CIFAR.mean, CIFAR.std))
+    torch.testing.assert_close(run_exported(path, pixels),
+                               _reference(network, (pixels - mean) / std), atol=ATOL, rtol=1e-4)
+
+
+def test_normalising_in_the_graph_needs_the_statistics(tmp_path):
+    with pytest.raises(ExportError, match="needs the mean and std"):
+        export_network(_tiny("darts_v2"), tmp_path / "model.onnx", normalise_in_graph=True)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_genotype_gets_its_datasets_preprocessing(tmp_path, one_thread):
+    """`export-model GENOTYPE --dataset ...`: the dataset's statistics (and CIFAR-10's class
+    names); --normalise-in-graph says so in the metadata and the printed line."""
+    output = tmp_path / "model.onnx"
+    outcome = _export("darts_v2", "-o", output, "--channels", "4", "--layers", "3",
+                      "--normalise-in-graph")
+    assert outcome.exit_code == 0, outcome.output
+    assert "RGB pixels in 0..1; the graph normalises them; 10 class names" in outcome.output
+    preprocessing = Preprocessing.from_metadata(read_metadata(output))
+    assert preprocessing.normalised_in_graph and preprocessing.classes[:2] == ("airplane",
+                                                                                "automobile")
+    assert preprocessing.mean == (0.4914, 0.4822, 0.4465)

@@ -84,7 +84,7 @@ def test_check_and_compile(dummy_entry, tmp_path):
                             input_size=8, auxiliary=False)
     gates = [m for m in model.modules() if isinstance(m, DummyGate)]
     assert len(gates) == 2 + 1 + 1 and {g.scale for g in gates} == {1, 2}  # normal, reduce x2
-    logits, _ = model(torch.randn(2, 3, 8, 8))
+    logits = model(torch.randn(2, 3, 8, 8))
     logits.sum().backward()
     assert all(gate.weight.grad is not None for gate in gates)
 

@@ -176,7 +176,7 @@ def network_pair(name, **settings):
 
 def network_loss(model, images, labels):
     torch.manual_seed(5)  # the same drop-path masks, if the draws come in the same order
-    logits, auxiliary = model(images)
+    logits, auxiliary = model(images, aux=True)
     loss = F.cross_entropy(logits, labels)
     return loss if auxiliary is None else loss + 0.4 * F.cross_entropy(auxiliary, labels)
 
@@ -236,7 +236,7 @@ def test_grouped_network_in_channels_last():
     plain, fast = network_pair("att_darts", channels=4, layers=3, auxiliary=False, input_size=8)
     plain, fast = (m.to(memory_format=torch.channels_last).eval() for m in (plain, fast))
     images = torch.randn(2, 3, 8, 8, dtype=torch.float64).to(memory_format=torch.channels_last)
-    torch.testing.assert_close(fast(images)[0], plain(images)[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(fast(images), plain(images), rtol=1e-10, atol=1e-12)
 
 
 def test_grouped_network_with_auxiliary_head_and_eval_mode():
@@ -245,7 +245,7 @@ def test_grouped_network_with_auxiliary_head_and_eval_mode():
     plain.eval(), fast.eval()
     images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(fast(images)[0], plain(images)[0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(fast(images), plain(images), rtol=1e-10, atol=1e-12)
 
 
 def test_grouped_cells_run_fewer_groups_than_edges():

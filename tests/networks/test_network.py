@@ -191,7 +191,8 @@ def test_imagenet_spatial_sizes_and_ge_kernels():
         ("normal", 28, 8), ("reduce", 14, 16), ("normal", 14, 16), ("reduce", 7, 32),
         ("normal", 7, 32)]
     model.train()
-    shapes, (logits, aux_logits) = _run_measuring_cells(model, torch.randn(2, 3, 224, 224))
+    shapes, (logits, aux_logits) = _run_measuring_cells(model, torch.randn(2, 3, 224, 224),
+                                                        aux=True)
     assert shapes == [(row.channels_out, row.spatial) for row in rows]
     assert logits.shape == (2, 1000) and aux_logits.shape == (2, 1000)
     assert model.auxiliary_head[-1].in_features == 768
@@ -199,13 +200,13 @@ def test_imagenet_spatial_sizes_and_ge_kernels():
                    for m in model.auxiliary_head)
 
 
-def _run_measuring_cells(model, x):
+def _run_measuring_cells(model, x, **options):
     """Run `model` on `x`; return each cell's (channels, height) as measured, and the outputs."""
     shapes = []
     handles = [cell.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape[1:3])))
                for cell in model.cells]
     try:
-        outputs = model(x)
+        outputs = model(x, **options)
     finally:
         for handle in handles:
             handle.remove()
@@ -215,7 +216,7 @@ def _run_measuring_cells(model, x):
 def test_odd_input_size_describe_matches_forward():
     genotype = GENOTYPES["att_darts"]
     model = compile_network(genotype, channels=8, layers=5, auxiliary=False, input_size=30)
-    shapes, (logits, _) = _run_measuring_cells(model, torch.randn(2, 3, 30, 30))
+    shapes, logits = _run_measuring_cells(model, torch.randn(2, 3, 30, 30))
     assert shapes == [(row.channels_out, row.spatial) for row in describe_network(model)]
     assert [spatial for _, spatial in shapes] == [30, 15, 15, 8, 8]
 
@@ -265,7 +266,7 @@ def test_att_darts_full_size_forward_backward():
     torch.manual_seed(0)
     model = compile_network(GENOTYPES["att_darts"], channels=36, layers=20).train()
     model.drop_path_prob = 0.2
-    logits, aux_logits = model(torch.randn(2, 3, 32, 32))
+    logits, aux_logits = model(torch.randn(2, 3, 32, 32), aux=True)
     assert logits.shape == (2, 10) and aux_logits.shape == (2, 10)
     (logits.sum() + 0.4 * aux_logits.sum()).backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None]
@@ -285,10 +286,10 @@ def test_tiny_five_node_cells_with_concat_subsets(name):
         multiplier = 2 ** sum(index >= r for r in (1, 3))
         kind = "reduce" if cell.reduction else "normal"
         assert cell.channels_out == multiplier * widths[kind]
-    logits, aux_logits = model(torch.randn(2, 3, 32, 32))
+    logits, aux_logits = model(torch.randn(2, 3, 32, 32), aux=True)
     assert logits.shape == (2, 100) and aux_logits.shape == (2, 100)
     model.eval()
-    logits, aux_logits = model(torch.randn(2, 3, 32, 32))
+    logits, aux_logits = model(torch.randn(2, 3, 32, 32), aux=True)
     assert aux_logits is None
 
 
@@ -303,7 +304,7 @@ def test_output_attention_and_repeated_inputs():
     assert [cell.channels_out for cell in model.cells] == [16, 16, 32]
     assert model.cells[0].attention.mlp[0].in_features == 16
     assert model.cells[2].attention.conv_a.in_channels == 32
-    logits, _ = model.train()(torch.randn(2, 3, 32, 32))
+    logits = model.train()(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10)
 
 
@@ -318,9 +319,9 @@ def _tiny_att_darts(auxiliary: bool = False) -> nn.Module:
 def test_channels_last_matches_contiguous():
     model = _tiny_att_darts().eval()
     x = torch.randn(2, 3, 16, 16)
-    expected, _ = model(x)
+    expected = model(x)
     model = model.to(memory_format=torch.channels_last)
-    logits, _ = model(x.to(memory_format=torch.channels_last))
+    logits = model(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -329,9 +330,60 @@ def test_bf16_autocast_training_forward_backward():
     model.drop_path_prob = 0.3
     x = torch.randn(2, 3, 32, 32).to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, aux_logits = model(x)
+        logits, aux_logits = model(x, aux=True)
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
     (logits.float().sum() + aux_logits.float().sum()).backward()
+
+
+# --- the forward contract and input channels -------------------------------------------------
+
+
+def test_forward_returns_logits_unless_the_auxiliary_output_is_asked_for():
+    """`net(x)` is the logits (a classifier's contract: cross_entropy(net(x), y) works, with or
+    without the head, in both modes); `net(x, aux=True)` adds the head's logits in training mode
+    (None in eval mode or without a head), and the head runs only then."""
+    torch.manual_seed(0)
+    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    for auxiliary in (False, True):
+        model = compile_network(GENOTYPES["att_darts"], channels=8, layers=5, auxiliary=auxiliary)
+        for mode in (model.train, model.eval):
+            mode()
+            logits = model(x)
+            assert isinstance(logits, torch.Tensor) and logits.shape == (2, 10)
+            assert torch.isfinite(nn.functional.cross_entropy(logits, labels))
+    calls = []
+    model.auxiliary_head.register_forward_hook(lambda *args: calls.append(1))
+    model.train()
+    model(x)
+    assert calls == []  # not asked for: the head does not run
+    logits, aux_logits = model(x, aux=True)
+    assert calls == [1] and logits.shape == aux_logits.shape == (2, 10)
+    model.eval()
+    assert model(x, aux=True)[1] is None
+    without = compile_network(GENOTYPES["att_darts"], channels=8, layers=5, auxiliary=False)
+    assert without.train()(x, aux=True)[1] is None
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_in_chans_sizes_the_stem_and_nothing_else(dataset):
+    """timm's `in_chans`: the stem's first convolution (3x3, no bias) takes that many channels.
+    By hand: the CIFAR stem is Conv2d(in_chans, 3C, 3) with in_chans * 3C * 9 weights; the
+    ImageNet stem starts with Conv2d(in_chans, C/2, 3): in_chans * C/2 * 9. So in_chans=1 has
+    (1 - 3) * 3C * 9 (CIFAR) or (1 - 3) * C/2 * 9 (ImageNet) weights more than RGB."""
+    channels = 8
+    size = 32 if dataset == "cifar10" else 224
+    rgb, grey = (compile_network(GENOTYPES["darts_v2"], dataset=dataset, channels=channels,
+                                 layers=3, input_size=size, in_chans=chans) for chans in (3, 1))
+    first_width = 3 * channels if dataset == "cifar10" else channels // 2
+    assert (count_parameters(grey, auxiliary=True) - count_parameters(rgb, auxiliary=True)
+            == (1 - 3) * first_width * 9)
+    assert rgb.in_chans == 3 and grey.in_chans == 1
+    logits = grey.eval()(torch.randn(1, 1, size, size))
+    assert logits.shape == (1, 10 if dataset == "cifar10" else 1000)
+    with pytest.raises(RuntimeError):  # an RGB image does not fit a one-channel stem
+        grey(torch.randn(1, 3, size, size))
+    with pytest.raises(ValueError, match="in_chans"):
+        compile_network(GENOTYPES["darts_v2"], in_chans=0)
 
 
 # --- drop path ------------------------------------------------------------------------------
@@ -440,14 +492,14 @@ def test_model_drop_path_prob_is_an_attribute():
     x = torch.randn(2, 3, 16, 16)
     model.eval()
     model.drop_path_prob = 0.5
-    first, _ = model(x)
-    second, _ = model(x)
+    first = model(x)
+    second = model(x)
     assert torch.equal(first, second)  # no drop path in eval mode
     model.train()
     model.drop_path_prob = 0.0
-    assert torch.equal(model(x)[0], model(x)[0])
+    assert torch.equal(model(x), model(x))
     model.drop_path_prob = 0.5
-    assert not torch.equal(model(x)[0], model(x)[0])
+    assert not torch.equal(model(x), model(x))
 
 
 # --- helpers ----------------------------------------------------------------------------------

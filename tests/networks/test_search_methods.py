@@ -391,4 +391,4 @@ def test_every_option_composes(location, mixing, options):
         assert count_identity(genotype.normal) <= 1
     network = compile_network(genotype, channels=4, layers=3, auxiliary=False, input_size=8)
     network.eval()
-    assert network(images.float())[0].shape == (3, 10)
+    assert network(images.float()).shape == (3, 10)

@@ -128,7 +128,7 @@ def test_every_space_builds_steps_and_derives(name):
             assert all(edge.attention is None for node in cell.nodes for edge in node.edges)
     network = compile_network(genotype, channels=4, layers=5, auxiliary=False, input_size=8)
     network.eval()
-    assert network(images)[0].shape == (2, 10)
+    assert network(images).shape == (2, 10)
 
 
 def test_sum_mixing_is_eq_10_and_product_mixing_is_eq_17():

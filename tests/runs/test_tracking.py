@@ -19,6 +19,7 @@ from PIL import Image
 from attdarts.cli import cli
 from attdarts.language.transform import parse_file
 from attdarts.runs import data, search, tracking, train
+from attdarts.scales import ColourScale
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
@@ -61,7 +62,8 @@ def tiny_space(tmp_path) -> Path:
 def test_heatmap_is_viridis_one_square_per_weight():
     image = tracking.heatmap(torch.tensor([[1.0, 0.0, 0.25], [0.5, 0.5, 0.0]]))
     size = tracking.CELL_PIXELS
-    assert image.shape == (2 * size, 3 * size, 3) and image.dtype == np.uint8
+    assert image.shape == (2 * size + tracking.LEGEND_PIXELS, tracking.MIN_WIDTH, 3)
+    assert image.dtype == np.uint8
     # viridis ends (matplotlib's table): 0 -> (0.267004, 0.004874, 0.329415),
     # 1 -> (0.993248, 0.906157, 0.143936)
     dark = np.round(np.array([0.267004, 0.004874, 0.329415]) * 255)
@@ -70,6 +72,41 @@ def test_heatmap_is_viridis_one_square_per_weight():
     np.testing.assert_allclose(image[size - 1, 2 * size - 1], dark, atol=1)
     np.testing.assert_array_equal(image[size, 0], image[2 * size - 1, 2 * size - 1])  # 0.5, 0.5
     assert len({tuple(image[r, c]) for r in range(size) for c in range(size)}) == 1
+
+
+def _squares(image: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """The colour of each (edge, candidate) square of a heatmap."""
+    size = tracking.CELL_PIXELS
+    return image[size // 2:rows * size:size, size // 2:columns * size:size]
+
+
+def test_near_uniform_weights_span_the_whole_colour_map():
+    """A short search's softmax (about 1/8, differing by 1e-3) is not one uniform square: the
+    image's own smallest weight is dark, its largest yellow, the rest in between."""
+    weights = torch.full((3, 8), 0.125, dtype=torch.float64)
+    weights[0, 2], weights[1, 5], weights[2, 7] = 0.1245, 0.1255, 0.1250 + 1e-4
+    squares = _squares(tracking.heatmap(weights), 3, 8).astype(int)
+    dark, yellow = squares[0, 2], squares[1, 5]
+    assert len({tuple(colour) for row in squares for colour in row}) == 4
+    assert abs(dark - yellow).sum() > 300  # the colour map's two ends, not neighbours
+    assert not np.array_equal(squares[2, 7], squares[0, 0])  # 1e-4 apart: still told apart
+    flat = _squares(tracking.heatmap(torch.full((2, 4), 0.25)), 2, 4)
+    assert len({tuple(colour) for row in flat for colour in row}) == 1  # equal: one colour
+
+
+def test_the_heatmap_prints_its_range_under_a_colour_bar():
+    """Beneath the squares: the colour bar (dark to yellow) and the range's two ends as text;
+    another range writes other text."""
+    size = tracking.CELL_PIXELS
+    first = tracking.heatmap(torch.tensor([[0.1245, 0.1255]]))
+    second = tracking.heatmap(torch.tensor([[0.3, 0.7]]))
+    bar = first[size + 5]  # a row through the colour bar
+    assert bar[0].tolist() != bar[-1].tolist() and (bar[0] == second[size + 5][0]).all()
+    captions = [image[size + 9:] for image in (first, second)]
+    for caption in captions:
+        assert (caption.sum(axis=2) < 200).sum() > 20  # dark text on white
+    assert not np.array_equal(*captions)
+    assert ColourScale.of([0.1245, 0.1255]).caption == "colour: 0.1245 (dark) to 0.1255 (bright)"
 
 
 def test_search_writes_scalars_and_alpha_beta_heatmaps_per_epoch(tiny_space, tmp_path):

@@ -172,6 +172,34 @@ def test_heatmap_colours_span_its_own_weights() -> None:
     assert [t.get_text() for t in axes[0].texts][:3] == ["0.1240", "0.1255", "0.1263"]
 
 
+def test_colour_bar_labels_are_distinct_however_close_the_weights() -> None:
+    """Weights a few 1e-5 or 1e-3 apart (a short search): the colour bar's five tick labels are
+    all different, its ends are the map's smallest and largest weights, and it says whose range
+    it shows; equal weights get one tick and say so."""
+    from matplotlib.figure import Figure
+
+    for spread, ends in ((4e-5, ("0.125000", "0.125040")), (1e-3, ("0.12500", "0.12600"))):
+        alpha = [[0.125, 0.125 + spread / 4, 0.125 + spread], [0.125 + spread / 2] * 3]
+        record = EpochWeights(1, {"normal": {"alpha": alpha}},
+                              {"normal": {"edges": EDGES[:2], "operations": OPERATIONS}})
+        figure = Figure()
+        axis = figure.subplots()
+        _heatmap(axis, figure, record, "normal", "alpha")
+        bar = axis.get_images()[0].colorbar
+        labels = [t.get_text() for t in bar.ax.get_yticklabels()]
+        assert len(labels) == 5 and len(set(labels)) == 5, labels
+        assert (labels[0], labels[-1]) == ends
+        assert bar.ax.get_ylabel() == "this map's own range"
+    record = EpochWeights(1, {"normal": {"alpha": [[0.25] * 3]}},
+                          {"normal": {"edges": EDGES[:1], "operations": OPERATIONS}})
+    figure = Figure()
+    axis = figure.subplots()
+    _heatmap(axis, figure, record, "normal", "alpha")
+    bar = axis.get_images()[0].colorbar
+    assert [t.get_text() for t in bar.ax.get_yticklabels()] == ["0.2500"]
+    assert bar.ax.get_ylabel() == "all equal"
+
+
 def test_decimals_follow_the_spread() -> None:
     assert [_decimals(spread) for spread in (0.9, 0.1, 0.05, 0.008, 1e-6, 0.0)] == [2, 2, 3, 4, 4, 4]
 

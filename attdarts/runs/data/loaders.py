@@ -250,6 +250,7 @@ class ImageNetLoader:
             ])
         self.dataset = torchvision.datasets.ImageFolder(str(folder), transform)
         self.num_classes = len(self.dataset.classes)
+        self.classes = tuple(self.dataset.classes)
         if not train and max_batches is not None:  # a capped evaluation: a fixed random subset
             keep = evaluation_subset(len(self.dataset), max_batches * batch_size, seed)
             self.dataset = torch.utils.data.Subset(self.dataset, keep.tolist())
@@ -298,6 +299,7 @@ class LoaderInfo:
     num_samples: int
     mean: Stats = field(default=CIFAR10_MEAN)
     std: Stats = field(default=CIFAR10_STD)
+    classes: tuple[str, ...] = ()  # class names in label order (empty when unknown)
 
 
 def make_loader(
@@ -324,7 +326,7 @@ def make_loader(
                                 workers=workers, rank=rank, world_size=world_size,
                                 max_batches=max_batches, channels_last=channels_last)
         return loader, LoaderInfo(loader.num_classes, False, len(loader.dataset),
-                                  IMAGENET_MEAN, IMAGENET_STD)
+                                  IMAGENET_MEAN, IMAGENET_STD, loader.classes)
     dataset = load_dataset(spec, data_dir, train=train, download=download, workers=workers)
     images, labels = dataset.images, dataset.labels
     if not train and max_batches is not None:
@@ -335,7 +337,7 @@ def make_loader(
         cutout=cutout if train else 0, mean=dataset.mean, std=dataset.std, seed=seed, rank=rank,
         world_size=world_size, max_batches=max_batches, channels_last=channels_last)
     return loader, LoaderInfo(dataset.num_classes, dataset.synthetic, len(dataset),
-                              dataset.mean, dataset.std)
+                              dataset.mean, dataset.std, tuple(dataset.classes))
 
 
 def evaluation_subset(size: int, count: int, seed: int) -> Tensor:

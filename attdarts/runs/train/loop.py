@@ -350,6 +350,9 @@ def _checkpoint_state(run: _Run, epoch: int) -> dict[str, Any]:
         "history": run.history,
         "synthetic": run.info.synthetic,
         "world_size": run.process.world_size,
+        # what an image goes through before the network (`attdarts predict`, export metadata)
+        "data": {"mean": list(run.info.mean), "std": list(run.info.std),
+                 "classes": list(run.info.classes)},
     }
 
 

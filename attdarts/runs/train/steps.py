@@ -60,14 +60,18 @@ def train_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step; returns the (detached) loss and logits, still on the device.
 
-    The loss is the main loss plus `auxiliary_weight` times the auxiliary head's (DARTS).
+    The loss is the main loss plus `auxiliary_weight` times the auxiliary head's (DARTS); the
+    head's logits are asked for (``model(images, aux=True)``) only when that weight is above 0.
     `update` (wrapping `optimizer`) makes the step capture-safe: the learning rate is read from
     its device tensor; without it `optimizer.step()` runs. Clipping never waits for the device.
     """
     with autocast(images.device, amp):
-        logits, auxiliary_logits = model(images)
+        if auxiliary_weight > 0:
+            logits, auxiliary_logits = model(images, aux=True)
+        else:
+            logits, auxiliary_logits = model(images), None
         loss = F.cross_entropy(at_least_float32(logits), labels, label_smoothing=label_smoothing)
-        if auxiliary_logits is not None and auxiliary_weight > 0:
+        if auxiliary_logits is not None:
             loss = loss + auxiliary_weight * F.cross_entropy(
                 at_least_float32(auxiliary_logits), labels, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -144,7 +148,7 @@ def evaluate(model: nn.Module, loader, *, amp: str | None = None) -> torch.Tenso
     count = 0
     for images, labels in loader:
         with autocast(images.device, amp):
-            logits, _ = model(images)
+            logits = model(images)
         logits = at_least_float32(logits)
         loss = F.cross_entropy(logits, labels, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices

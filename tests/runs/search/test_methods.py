@@ -449,7 +449,7 @@ def test_loop_options_compose_with_every_location_plain_equals_grouped(location,
     text_out = format_checked(genotype, what="the derived genotype")
     assert parse_text(text_out).genotype() == genotype
     network = compile_network(genotype, channels=4, layers=3, auxiliary=False, input_size=8)
-    assert network(torch.randn(2, 3, 8, 8))[0].shape == (2, 10)
+    assert network(torch.randn(2, 3, 8, 8)).shape == (2, 10)
 
 
 # -- resume with every loop option on ------------------------------------------------------------

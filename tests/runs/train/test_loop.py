@@ -186,6 +186,26 @@ def test_a_step_changes_the_weights_and_bf16_runs():
     assert changed > len(before) // 2
 
 
+def test_the_step_asks_for_the_auxiliary_logits_when_their_weight_is_above_zero():
+    """The network returns logits alone unless asked; the step asks when the head's loss weight
+    is above 0, so the head learns then, and is left alone at weight 0."""
+    for weight in (0.4, 0.0):
+        torch.manual_seed(0)
+        model = train.build_model(genotype(), {"channels": 8, "layers": 5, "num_classes": 10,
+                                               "auxiliary": True})
+        optimizer = train.make_optimizer(model, train.TrainConfig())
+        images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+        with torch.no_grad():
+            main = torch.nn.functional.cross_entropy(model(images), labels)
+            auxiliary = torch.nn.functional.cross_entropy(model(images, aux=True)[1], labels)
+        head = [p.detach().clone() for p in model.auxiliary_head.parameters()]
+        loss, _ = train.train_step(model, optimizer, images, labels, auxiliary_weight=weight,
+                                   grad_clip=None)
+        torch.testing.assert_close(loss, main + weight * auxiliary)
+        moved = [not torch.equal(a, b) for a, b in zip(head, model.auxiliary_head.parameters())]
+        assert all(moved) if weight else not any(moved)
+
+
 # --- checkpoints ----------------------------------------------------------------------------
 
 
