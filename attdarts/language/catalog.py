@@ -100,7 +100,8 @@ def _odd_kernel(values: dict) -> str | None:
 
 def _positive_lambda(values: dict) -> str | None:
     if not values["e_lambda"] > 0:
-        return f"'e_lambda' must be positive (SimAM divides by v + lambda), got {values['e_lambda']}"
+        return ("'e_lambda' must be positive (SimAM divides by v + lambda), "
+                f"got {values['e_lambda']}")
     return None
 
 
@@ -182,3 +183,56 @@ PAPER_ATTENTIONS = ("identity", "se", "bam", "cbam", "ge_theta_plus", "double_at
 
 MIXINGS = ("sum", "product")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: the names `--dataset` takes (besides folder:PATH), torch-free like the tables above
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset a run can name. `factory` ("package.module:function") is imported when the data
+    is loaded and called as ``factory(*, train, root, download, workers)``: `train` picks the
+    split, `root` is --data-dir (default ./data), `download` whether fetching is allowed,
+    `workers` threads for decoding. It returns the whole split in memory as
+    `attdarts.runs.data.ImageTensors` (uint8 images, labels, classes, mean and std), which the
+    search splits and the loaders augment like CIFAR's. `summary` is its line in README and help.
+    """
+
+    name: str
+    factory: str
+    summary: str = ""
+    origin: str = BUILT_IN
+
+
+_DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+_LOADERS = "attdarts.runs.data.datasets"
+
+DATASETS: dict[str, Dataset] = {entry.name: entry for entry in (
+    Dataset("cifar10", f"{_LOADERS}:load_cifar10", "CIFAR-10 (downloaded into --data-dir)"),
+    Dataset("cifar100", f"{_LOADERS}:load_cifar100", "CIFAR-100 (downloaded into --data-dir)"),
+    Dataset("imagenet", f"{_LOADERS}:load_imagenet", "ImageNet, streamed from --data-dir"),
+    Dataset("cifar10-mini", f"{_LOADERS}:load_cifar10_mini",
+            "the CIFAR-10 subset shipped inside the package"),
+    Dataset("synthetic", f"{_LOADERS}:load_synthetic", "random images and labels, smoke runs only"),
+)}
+FOLDER = "folder"  # folder:PATH, an ImageFolder: a form, not a name a plug-in may take
+
+
+def register_dataset(entry: Dataset) -> Dataset:
+    """Add a dataset (a plug-in's one call per name): a lower-case name (letters, digits, '-',
+    '_'), not taken; a taken name raises DuplicateNameError naming the origin that holds it. As
+    for `register`, an entry added while a plug-in loads gets that plug-in as its origin."""
+    if not _DATASET_NAME.match(entry.name) or entry.name == FOLDER:
+        raise ValueError(f"dataset name {entry.name!r} must be lower-case letters, digits, '-' "
+                         f"or '_' (and not {FOLDER!r})")
+    if not _FACTORY.match(entry.factory):
+        raise ValueError(f"dataset {entry.name!r}: factory {entry.factory!r} is not a dotted "
+                         "path 'package.module:function'")
+    entry = replace(entry, origin=plugin_origin(entry.origin))
+    taken = DATASETS.get(entry.name)
+    if taken is not None:
+        raise DuplicateNameError(f"dataset {entry.name!r} of {entry.origin!r} refused: the dataset "
+                                 f"{taken.name!r} is already registered (from {taken.origin!r})")
+    DATASETS[entry.name] = entry
+    return entry
