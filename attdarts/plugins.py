@@ -108,16 +108,13 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     except Exception as error:  # a damaged installation must not stop attdarts
         log.warning("cannot read the installed %s entry points: %s", GROUP, error)
         return []
-    unique = {point.name: point for point in sorted(points, key=lambda p: (p.name, p.value))}
-    return list(unique.values())
+    # a distribution found twice on sys.path lists its entry points twice
+    unique = {(point.name, point.value): point for point in points}
+    return [unique[key] for key in sorted(unique)]
 
 
 def _split(text: str) -> list[str]:
-    names = []
-    for part in text.replace(os.pathsep, ",").split(","):
-        if part.strip():
-            names.append(part.strip())
-    return names
+    return [part.strip() for part in text.replace(os.pathsep, ",").split(",") if part.strip()]
 
 
 def _load_one(name: str, source: str, point: importlib.metadata.EntryPoint | None) -> Plugin:
@@ -125,21 +122,19 @@ def _load_one(name: str, source: str, point: importlib.metadata.EntryPoint | Non
     origin = point.name if point is not None else _module_name(name)
     target = point.value if point is not None else name
     before = [dict(table) for table in tables()]
-    catalog._LOADING.append(origin)
     try:
-        if point is not None:
-            loaded_object = point.load()
-            if point.attr:  # module:function
-                loaded_object()
-        else:
-            _import(name)
+        with catalog.credited_to(origin):
+            if point is not None:
+                loaded_object = point.load()
+                if point.attr:  # module:function
+                    loaded_object()
+            else:
+                _import(name)
     except Exception as error:  # noqa: BLE001 - whatever a plug-in raises, attdarts goes on
         for table, saved in zip(tables(), before):
             table.clear()
             table.update(saved)
         return Plugin(origin, source, target, error=_one_line(error))
-    finally:
-        catalog._LOADING.pop()
     added = tuple(key for table, saved in zip(tables(), before) for key in table
                   if key not in saved)
     return Plugin(origin, source, target, added=added)
@@ -166,6 +161,7 @@ def _import(name: str) -> None:
     """A module by name (the current directory searched too, as `python -m` does), or by path:
     a `.py` file, a package folder or its __init__.py (the folder above put on sys.path, so the
     dotted paths of its factories import too)."""
+    importlib.invalidate_caches()  # a module written since the finders last looked
     if _is_path(name):
         path = Path(name).resolve()
         if not path.exists():

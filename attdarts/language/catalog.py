@@ -10,8 +10,9 @@ Candidate order in a search is taken from the space declaration, not from here.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 
@@ -136,6 +137,17 @@ _TABLES = {"operation": OPERATIONS, "attention": ATTENTIONS}
 _NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")  # lower_snake: a DSL token (STYLE.md section 9)
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 _LOADING: list[str] = []  # the plug-in being loaded (attdarts.plugins), innermost last
+
+
+@contextlib.contextmanager
+def credited_to(origin: str) -> Iterator[None]:
+    """Entries registered inside (by any registration function that calls `plugin_origin`) are
+    `origin`'s: the plug-in loader wraps each plug-in's import in it."""
+    _LOADING.append(origin)
+    try:
+        yield
+    finally:
+        _LOADING.pop()
 
 
 def plugin_origin(origin: str = BUILT_IN) -> str:

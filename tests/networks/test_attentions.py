@@ -299,3 +299,40 @@ def test_the_authors_formats_refuse_the_newer_modules_at_their_place():
         assert (problem.span.line, problem.span.column) == (3, 36)
     # their operations alone still go out in DARTS's format
     assert "sep_conv_3x3" in interop.export_genotypes([genotype], "darts-py", drop_attention=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every location and mixing, in the supernet
+
+
+def _locations():
+    from attdarts.language.locations import LOCATIONS
+
+    for name, location in LOCATIONS.items():
+        if not location.needs_attentions:
+            continue
+        yield pytest.param(name, "sum", id=f"{name}-sum")
+        if location.product_allowed:
+            yield pytest.param(name, "product", id=f"{name}-product")
+
+
+@pytest.mark.parametrize("location, mixing", list(_locations()))
+def test_the_newer_modules_search_in_every_location_and_mixing(location, mixing):
+    from attdarts.networks.derive import derive_genotype
+    from attdarts.networks.supernet import compile_supernet
+
+    attentions = "eca, coord_attention, simam" if location.startswith(("mixed", "double")) \
+        else "identity, eca, coord_attention, simam"
+    space = parse_text(f"space s {{ operations = [none, skip_connect, sep_conv_3x3] "
+                       f"attentions = [{attentions}] nodes = 2 keep = 2 location = {location} "
+                       f"mixing = {mixing} }}").space()
+    torch.manual_seed(0)
+    model = compile_supernet(space, channels=4, layers=3, input_size=8, init="randn").double()
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    loss = torch.nn.functional.cross_entropy(model(images), torch.tensor([1, 7]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, parameter in model.named_architecture():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    genotype = derive_genotype(model)
+    assert genotype.normal.nodes and genotype.reduce.nodes
