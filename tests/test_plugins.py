@@ -361,3 +361,17 @@ def test_every_dataset_loader_path_resolves():
         loader = resolve(entry.factory)
         assert callable(loader) and loader.__name__ == entry.factory.partition(":")[2]
     assert "cifar10-mini" in catalog.DATASETS and catalog.FOLDER not in catalog.DATASETS
+
+
+def test_a_factory_that_cannot_be_imported_is_one_line_naming_its_plugin(plugin_dir):
+    _write(plugin_dir, "bad_factory_plugin.py", '''
+        from attdarts.language.catalog import Entry, register
+        register(Entry("bad_gate", "attention", factory="no_such_module_here:bad_gate"))
+    ''')
+    geno = _write(plugin_dir, "g.geno", GENOTYPE.replace("ATTENTION", "bad_gate"))
+    result = CliRunner().invoke(cli, ["--plugin", "bad_factory_plugin", "compile", str(geno),
+                                      "--channels", "4", "--layers", "3"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("attention 'bad_gate' (from 'bad_factory_plugin'): cannot import its factory "
+            "no_such_module_here:bad_gate (ModuleNotFoundError: No module named "
+            "'no_such_module_here')") in result.stderr
