@@ -96,8 +96,9 @@ def _unavailable(name: str, short_help: str) -> click.Command:
 @click.version_option(package_name="attdarts")
 @click.option("--plugin", "plugin_modules", multiple=True, metavar="MODULE",
               help="Load a plug-in that is not installed: a module name (the current directory "
-                   "is searched) or a .py file; repeatable. Installed plug-ins (entry points "
-                   "'attdarts.plugins') and those in $ATTDARTS_PLUGINS load anyway.")
+                   "is searched too), a .py file or a package folder; repeatable. Installed "
+                   "plug-ins (entry points 'attdarts.plugins') and those in $ATTDARTS_PLUGINS "
+                   "load anyway.")
 def cli(plugin_modules: tuple[str, ...]) -> None:
     """attdarts: differentiable architecture search with attention (Att-DARTS).
 
