@@ -8,7 +8,7 @@ The Python API is reachable from here (`attdarts.create_network("darts_v2")`,
 `attdarts.load_network`, `attdarts.search`, `attdarts.train`, `attdarts.export_model`,
 `attdarts.predict`): each
 name is looked up in `attdarts.api` on first use (PEP 562), and torch is imported only when one of
-them runs.
+them runs. Plug-ins (`attdarts.plugins`) are loaded on first use of one of these names.
 """
 
 __version__ = "0.1.0"
@@ -20,8 +20,9 @@ API = ("create_network", "load_network", "search", "train", "export_model", "pre
 
 def __getattr__(name: str):
     if name in API:
-        from attdarts import api
+        from attdarts import api, plugins
 
+        plugins.load()  # installed plug-ins and $ATTDARTS_PLUGINS, once (attdarts.plugins)
         return getattr(api, name)
     raise AttributeError(f"module 'attdarts' has no attribute {name!r}")
 

@@ -95,11 +95,22 @@ def _unavailable(name: str, short_help: str) -> click.Command:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="attdarts")
-def cli() -> None:
+@click.option("--plugin", "plugin_modules", multiple=True, metavar="MODULE",
+              help="Load a plug-in that is not installed: a module name (the current directory "
+                   "is searched too), a .py file or a package folder; repeatable. Installed "
+                   "plug-ins (entry points 'attdarts.plugins') and those in $ATTDARTS_PLUGINS "
+                   "load anyway.")
+def cli(plugin_modules: tuple[str, ...]) -> None:
     """attdarts: differentiable architecture search with attention (Att-DARTS).
 
     Cells and genotypes are text files in the attdarts DSL (see genotypes/ for the zoo).
+    Plug-ins add operations, attentions, search methods and datasets (README, "Extending
+    attdarts"); one that fails to load is a warning, not an error.
     """
+    from attdarts import plugins
+
+    plugins.load(plugin_modules,
+                 warn=lambda message: click.echo(f"attdarts: warning: {message}", err=True))
 
 
 def main() -> None:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from attdarts import plugins
 from attdarts.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +68,11 @@ class Command:
 
     @property
     def subcommand(self) -> str:
-        return self.words[1] if self.program == "attdarts" and len(self.words) > 1 else ""
+        """The command after `attdarts` and its group options (`--plugin MODULE`)."""
+        words = list(self.words[1:]) if self.program == "attdarts" else []
+        while words[:1] == ["--plugin"]:
+            words = words[2:]
+        return words[0] if words else ""
 
     def __str__(self) -> str:
         return f"README.md:{self.line}: {self.text}"
@@ -150,8 +156,26 @@ def _expected_status(command: Command, stdout: str) -> set[int]:
 
 
 def _run_in(copy: Path, commands: list[Command], monkeypatch) -> list[str]:
-    """Run the commands in `copy`, in order; return what was run (for the failure messages)."""
+    """Run the commands in `copy`, in order; return what was run (for the failure messages).
+    What a README `--plugin` loads (catalog entries, sys.path, modules) is undone afterwards."""
     monkeypatch.chdir(copy)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    tables = [dict(table) for table in plugins.tables()]
+    loaded = dict(plugins._LOADED)
+    try:
+        return _run_commands(commands)
+    finally:
+        for table, saved in zip(plugins.tables(), tables):
+            table.clear()
+            table.update(saved)
+        plugins._LOADED.clear()
+        plugins._LOADED.update(loaded)
+        for name, module in list(sys.modules.items()):
+            if str(copy) in str(getattr(module, "__file__", "") or ""):
+                del sys.modules[name]
+
+
+def _run_commands(commands: list[Command]) -> list[str]:
     ran = []
     for command in commands:
         result = CliRunner().invoke(cli, list(command.words[1:]), prog_name="attdarts")

@@ -95,8 +95,8 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "6e-4, architecture steps from epoch 15; for a space with partial_channels). "
                    "Options given explicitly win over the recipe.")
 @click.option("--dataset", default=_PAPER["dataset"], show_default=True,
-              help="cifar10, cifar100, cifar10-mini (the embedded CIFAR-10 subset), synthetic or "
-                   "folder:PATH (ImageFolder with train/).")
+              help="cifar10, cifar100, cifar10-mini (the embedded CIFAR-10 subset), synthetic, "
+                   "folder:PATH (ImageFolder with train/) or a plug-in's dataset.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where CIFAR lives (default ./data).")
 @click.option("--epochs", type=int, default=_PAPER["epochs"], show_default=True)
 @click.option("--batch-size", type=int, help="Images per step of each half" + _RECIPE_HELP + ".")

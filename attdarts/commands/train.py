@@ -80,7 +80,7 @@ def _setup_logging(verbose: bool) -> None:
                 type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--genotype", "genotype_name", help="Which genotype of the file (needed if it has several).")
 @click.option("--dataset", help="cifar10 (default), cifar100, imagenet, cifar10-mini (embedded subset), "
-                   "folder:PATH or synthetic.")
+                   "folder:PATH, synthetic or a plug-in's dataset.")
 @click.option("--data-dir", help="Where the dataset lives (CIFAR: the folder holding cifar-10-batches-py).")
 @click.option("--epochs", type=int, help="Epochs [600; ImageNet 250].")
 @click.option("--batch-size", type=int, help="Global batch size, split among GPUs [96; ImageNet 128].")

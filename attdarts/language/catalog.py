@@ -2,14 +2,18 @@
 
 The front end (`check`, `fmt`, `import`) validates names against this catalog so it can start
 fast. Each name has one `Entry`: its keyword arguments, the dotted path of its torch factory, its
-label in pictures and its spelling in the authors' files. `attdarts.networks.registry` imports
-the factory when a network is built; a test resolves every path.
+label in pictures, its spelling in the authors' files and its origin (attdarts or the plug-in that
+added it, `attdarts.plugins`). `attdarts.networks.registry` imports the factory when a network is
+built; a test resolves every path.
 Candidate order in a search is taken from the space declaration, not from here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class Parameter:
 _REDUCTION = Parameter(int, 16, minimum=1)
 _OPERATIONS = "attdarts.networks.operations"
 _ATTENTIONS = "attdarts.networks.attentions"
+BUILT_IN = "attdarts"  # the origin of the entries below
 
 
 class DuplicateNameError(RuntimeError):
@@ -43,6 +48,10 @@ class Entry:
     `droppable_kwargs` are keyword arguments an export to their format may drop;
     `additive` attentions add to their input instead of multiplying it by a mask, so they cannot
     take part in Att-DARTS-P's log-space product of masks (paper, Eq. 17).
+    `check` receives a call's keyword values (defaults filled in) and returns what is wrong with
+    them together (one message), or None: the rules a `Parameter` cannot state, such as an odd
+    kernel size; the transform reports it at the call. `origin` is "attdarts" for the built-in
+    entries, a plug-in's name for the ones it adds.
     """
 
     name: str
@@ -54,6 +63,8 @@ class Entry:
     authors_kwargs: tuple[tuple[str, int | float | str], ...] = ()
     droppable_kwargs: frozenset[str] = frozenset()
     additive: bool = False
+    check: Callable[[dict[str, int | float | str]], str | None] | None = None
+    origin: str = BUILT_IN
 
 
 def _operation(name: str) -> Entry:
@@ -73,40 +84,104 @@ OPERATIONS: dict[str, Entry] = {entry.name: entry for entry in (
     _operation("conv_7x1_1x7"),
 )}
 
+
+def _attention(name: str, parameters: dict[str, Parameter] | None = None, **fields) -> Entry:
+    """A built-in attention: its factory is `name` in attdarts/networks/attentions/NAME.py."""
+    return Entry(name, "attention", parameters or {},
+                 factory=f"{_ATTENTIONS}.{name}:{name}", **fields)
+
+
+def _odd_kernel(values: dict) -> str | None:
+    size = values["kernel_size"]
+    if size != 0 and size % 2 == 0:
+        return (f"'kernel_size' must be odd (or 0 for ECA-Net's rule from the channels), "
+                f"got {size}")
+    return None
+
+
+def _positive_lambda(values: dict) -> str | None:
+    if not values["e_lambda"] > 0:
+        return ("'e_lambda' must be positive (SimAM divides by v + lambda), "
+                f"got {values['e_lambda']}")
+    return None
+
+
 ATTENTIONS: dict[str, Entry] = {entry.name: entry for entry in (
-    Entry("identity", "attention", factory=f"{_ATTENTIONS}:identity", authors_name="Identity"),
-    Entry("se", "attention", {"reduction": _REDUCTION}, factory=f"{_ATTENTIONS}:se",
-          label="SE", authors_name="SE"),
-    Entry("bam", "attention", {
+    _attention("identity", authors_name="Identity"),
+    _attention("se", {"reduction": _REDUCTION}, label="SE", authors_name="SE"),
+    _attention("bam", {
         "reduction": _REDUCTION,
         "dilation": Parameter(int, 4, minimum=1),
         "combine": Parameter(str, "sum", choices=("sum", "product")),
-    }, factory=f"{_ATTENTIONS}:bam", label="BAM", authors_name="BAM",
+    }, label="BAM", authors_name="BAM",
         # the authors' BAM multiplies its gates and has no switch: both combines export as 'BAM'
         authors_kwargs=(("combine", "product"),), droppable_kwargs=frozenset({"combine"})),
-    Entry("cbam", "attention", {"reduction": _REDUCTION}, factory=f"{_ATTENTIONS}:cbam",
-          label="CBAM", authors_name="CBAM"),
-    Entry("ge_theta_plus", "attention", {"reduction": _REDUCTION},
-          factory=f"{_ATTENTIONS}:ge_theta_plus", label="GE-θ<sup>+</sup>",
-          authors_name="GE_theta-plus"),
-    Entry("double_attention", "attention", {"reduction": Parameter(int, 4, minimum=1)},
-          factory=f"{_ATTENTIONS}:double_attention", label="A<sup>2</sup>",
-          authors_name="DoubleAttention", additive=True),
+    _attention("cbam", {"reduction": _REDUCTION}, label="CBAM", authors_name="CBAM"),
+    _attention("ge_theta_plus", {"reduction": _REDUCTION}, label="GE-θ<sup>+</sup>",
+               authors_name="GE_theta-plus"),
+    _attention("double_attention", {"reduction": Parameter(int, 4, minimum=1)},
+               label="A<sup>2</sup>", authors_name="DoubleAttention", additive=True),
+    # newer than Att-DARTS, not in its authors' code (no authors_name)
+    # kernel_size 0: ECA-Net's Eq. 12 from the channels (gamma 2, b 1); their code's default is 3
+    _attention("eca", {"kernel_size": Parameter(int, 0, minimum=0)}, label="ECA",
+               check=_odd_kernel),
+    _attention("coord_attention", {"reduction": Parameter(int, 32, minimum=1),
+                                   "minimum_width": Parameter(int, 8, minimum=1)},
+               label="CA"),
+    _attention("simam", {"e_lambda": Parameter(float, 1e-4)}, label="SimAM",
+               check=_positive_lambda),
 )}
 
 _TABLES = {"operation": OPERATIONS, "attention": ATTENTIONS}
 
+_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")  # lower_snake: a DSL token (STYLE.md section 9)
+_FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
+_LOADING: list[str] = []  # the plug-in being loaded (attdarts.plugins), innermost last
+
+
+@contextlib.contextmanager
+def credited_to(origin: str) -> Iterator[None]:
+    """Entries registered inside (by any registration function that calls `plugin_origin`) are
+    `origin`'s: the plug-in loader wraps each plug-in's import in it."""
+    _LOADING.append(origin)
+    try:
+        yield
+    finally:
+        _LOADING.pop()
+
+
+def plugin_origin(origin: str = BUILT_IN) -> str:
+    """`origin`, or the name of the plug-in being loaded when `origin` is the default: an entry a
+    plug-in registers is its plug-in's without saying so (any registration function may call
+    this)."""
+    return _LOADING[-1] if origin == BUILT_IN and _LOADING else origin
+
 
 def register(entry: Entry) -> Entry:
-    """Add an operation or attention module to the catalog (a plug-in's one line).
+    """Add an operation or attention module to the catalog (a plug-in's one call per name).
 
-    Raises DuplicateNameError when the name is taken in either table: a DSL token names one
-    thing, and the transform's hints tell operations and attentions apart by name.
+    The name must be a lower_snake DSL token and free in both tables (a DSL token names one
+    thing, and the transform's hints tell operations and attentions apart by name): a taken name
+    raises DuplicateNameError naming the origin of the entry that holds it. An entry registered
+    while a plug-in loads gets that plug-in as its origin. Returns the entry as stored.
     """
     if entry.kind not in _TABLES:
         raise ValueError(f"an entry's kind is 'operation' or 'attention', not {entry.kind!r}")
-    if entry.name in OPERATIONS or entry.name in ATTENTIONS:
-        raise DuplicateNameError(f"{entry.kind} {entry.name!r} is already in the catalog")
+    if not _NAME.match(entry.name):
+        raise ValueError(f"{entry.kind} name {entry.name!r} is not a lower_snake DSL name")
+    if not _FACTORY.match(entry.factory):
+        raise ValueError(f"{entry.kind} {entry.name!r}: factory {entry.factory!r} is not a "
+                         "dotted path 'package.module:function'")
+    for key, parameter in entry.parameters.items():
+        if parameter.kind not in (int, float, str) or not _NAME.match(key):
+            raise ValueError(f"{entry.kind} {entry.name!r}: keyword {key!r} must be a lower_snake "
+                             "name of type int, float or str")
+    entry = replace(entry, origin=plugin_origin(entry.origin))
+    taken = OPERATIONS.get(entry.name) or ATTENTIONS.get(entry.name)
+    if taken is not None:
+        raise DuplicateNameError(
+            f"{entry.kind} {entry.name!r} of {entry.origin!r} refused: the {taken.kind} "
+            f"{taken.name!r} is already in the catalog (from {taken.origin!r})")
     _TABLES[entry.kind][entry.name] = entry
     return entry
 
@@ -120,3 +195,56 @@ PAPER_ATTENTIONS = ("identity", "se", "bam", "cbam", "ge_theta_plus", "double_at
 
 MIXINGS = ("sum", "product")
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets: the names `--dataset` takes (besides folder:PATH), torch-free like the tables above
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset a run can name. `factory` ("package.module:function") is imported when the data
+    is loaded and called as ``factory(*, train, root, download, workers)``: `train` picks the
+    split, `root` is --data-dir (default ./data), `download` whether fetching is allowed,
+    `workers` threads for decoding. It returns the whole split in memory as
+    `attdarts.runs.data.ImageTensors` (uint8 images, labels, classes, mean and std), which the
+    search splits and the loaders augment like CIFAR's. `summary` is its line in README and help.
+    """
+
+    name: str
+    factory: str
+    summary: str = ""
+    origin: str = BUILT_IN
+
+
+_DATASET_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\Z")
+_LOADERS = "attdarts.runs.data.datasets"
+
+DATASETS: dict[str, Dataset] = {entry.name: entry for entry in (
+    Dataset("cifar10", f"{_LOADERS}:load_cifar10", "CIFAR-10 (downloaded into --data-dir)"),
+    Dataset("cifar100", f"{_LOADERS}:load_cifar100", "CIFAR-100 (downloaded into --data-dir)"),
+    Dataset("imagenet", f"{_LOADERS}:load_imagenet", "ImageNet, streamed from --data-dir"),
+    Dataset("cifar10-mini", f"{_LOADERS}:load_cifar10_mini",
+            "the CIFAR-10 subset shipped inside the package"),
+    Dataset("synthetic", f"{_LOADERS}:load_synthetic", "random images and labels, smoke runs only"),
+)}
+FOLDER = "folder"  # folder:PATH, an ImageFolder: a form, not a name a plug-in may take
+
+
+def register_dataset(entry: Dataset) -> Dataset:
+    """Add a dataset (a plug-in's one call per name): a lower-case name (letters, digits, '-',
+    '_'), not taken; a taken name raises DuplicateNameError naming the origin that holds it. As
+    for `register`, an entry added while a plug-in loads gets that plug-in as its origin."""
+    if not _DATASET_NAME.match(entry.name) or entry.name == FOLDER:
+        raise ValueError(f"dataset name {entry.name!r} must be lower-case letters, digits, '-' "
+                         f"or '_' (and not {FOLDER!r})")
+    if not _FACTORY.match(entry.factory):
+        raise ValueError(f"dataset {entry.name!r}: factory {entry.factory!r} is not a dotted "
+                         "path 'package.module:function'")
+    entry = replace(entry, origin=plugin_origin(entry.origin))
+    taken = DATASETS.get(entry.name)
+    if taken is not None:
+        raise DuplicateNameError(f"dataset {entry.name!r} of {entry.origin!r} refused: the dataset "
+                                 f"{taken.name!r} is already registered (from {taken.origin!r})")
+    DATASETS[entry.name] = entry
+    return entry

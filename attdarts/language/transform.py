@@ -428,6 +428,10 @@ class _Builder:
                 self.problems.append(problem)
                 continue
             given[key] = value
+        check = table[name_text].check
+        message = check({**{k: p.default for k, p in parameters.items()}, **given}) if check else None
+        if message:
+            self.problems.append(Problem(message, span))
         canonical = tuple((key, given[key]) for key in parameters
                           if key in given and given[key] != parameters[key].default)
         return Call(name=name_text, kwargs=canonical, span=span)

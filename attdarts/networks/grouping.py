@@ -164,9 +164,10 @@ _PER_CHANNEL = (nn.MaxPool2d, nn.AvgPool2d, nn.Identity)
 
 def _layer_groupable(layer: nn.Module, *, linear: bool) -> bool:
     """Whether `run_layers` reproduces `layer` exactly (exact types: a subclass may change its
-    forward, as SyncBatchNorm does). `linear`: a Linear is known to see (N, features) inputs."""
+    forward, as SyncBatchNorm does). `linear`: the layer sits in a module with its own grouped
+    rule, so a Linear is known to see (N, features) inputs and a Conv1d (ECA's) is run by it."""
     kind = type(layer)
-    if kind is nn.Conv2d:
+    if kind is nn.Conv2d or (kind is nn.Conv1d and linear):
         return layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
     if kind in (nn.BatchNorm1d, nn.BatchNorm2d):
         return _norm_groupable(layer)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 
 from attdarts.language import catalog, ir
 from attdarts.language.catalog import DuplicateNameError  # noqa: F401 - one error, re-exported
-from attdarts.language.errors import close_names
+from attdarts.language.errors import DslError, close_names
 
 __all__ = [
     "ATTENTIONS", "OPERATIONS", "DuplicateNameError", "Factories", "UnknownNameError",
@@ -68,11 +68,18 @@ class Factories:
         self._table = table
 
     def get(self, name: str) -> Callable[..., object]:
-        """The factory of `name`, or `UnknownNameError` naming the closest names."""
+        """The factory of `name`, or `UnknownNameError` naming the closest names. A factory that
+        cannot be imported (a plug-in's broken dotted path) is a one-line `DslError` naming the
+        entry's origin."""
         entry = self._table.get(name)
         if entry is None:
             raise UnknownNameError(self.kind, name, tuple(close_names(name, self._table)))
-        return resolve(entry.factory)
+        try:
+            return resolve(entry.factory)
+        except (ImportError, AttributeError) as error:
+            raise DslError.single(
+                f"{self.kind} '{name}' (from '{entry.origin}'): cannot import its factory "
+                f"{entry.factory} ({type(error).__name__}: {error})") from None
 
     def names(self) -> tuple[str, ...]:
         """Catalog names in catalog order."""

@@ -110,6 +110,27 @@ def test_compile_space_prints_the_papers_supernet():
     assert "   5  reduce      256      8x8" in result.output
 
 
+def test_compile_space_with_the_newer_attentions_prints_its_counts():
+    """att_darts_modern: the darts supernet (1,930,618 weights, tests/networks/test_supernet.py)
+    plus, on each of a cell's 14 edges, one module of every attention at the cell's width C
+    (16, 16, 32 reduce, 32, 32, 64 reduce, 64, 64): SE 2 C (C/16), CBAM's MLP and 7x7 gate,
+    ECA's k = 3 taps (ECA-Net's rule at these widths), coordinate attention 26 C + 24, SimAM 0."""
+    def attentions(c: int) -> int:
+        hidden = c // 16
+        se = 2 * c * hidden
+        cbam = (c * hidden + hidden) + (hidden * c + c) + 2 * 7 * 7 + 2
+        return se + cbam + 3 + (26 * c + 24) + 0
+
+    widths = (16, 16, 32, 32, 32, 64, 64, 64)
+    weights = 1_930_618 + sum(14 * attentions(c) for c in widths)
+    assert weights == 2_121_634
+    result = _run(SPACES / "att_darts_modern.geno")
+    assert result.exit_code == 0, result.output
+    assert "(search supernet, cifar10, C=16, L=8)" in result.output
+    assert f"weights      {weights:,}" in result.output
+    assert "architecture 392 (alpha 224, beta 168)" in result.output  # 2 x 14 x (8 + 6)
+
+
 def test_compile_pc_darts_space_equals_pc_darts_search_model():
     result = _run(SPACES / "pc_darts.geno", "--format", "json")
     assert result.exit_code == 0, result.output

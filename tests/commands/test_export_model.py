@@ -32,18 +32,21 @@ ROOT = Path(__file__).resolve().parents[2]
 ZOO = api.zoo_names()
 ATOL = 1e-5
 
-# every attention of the catalog, BAM both ways, and an attention on a cell's output
+# every attention of the catalog, BAM both ways, ECA with both kernel rules, and attentions on
+# a cell's output (test_every_catalog_attention_is_in_the_export_genotype keeps it complete)
 EVERY_ATTENTION = parse_text("""
 genotype every_attention {
     normal {
         n0 = sep_conv_3x3(c_k2) >> se + sep_conv_3x3(c_k1) >> ge_theta_plus
         n1 = dil_conv_3x3(c_k2) >> bam(combine=product) + skip_connect(n0) >> bam
-        c_k = concat(n0, n1) >> cbam
+        n2 = sep_conv_3x3(n1) >> eca + skip_connect(c_k1) >> coord_attention
+        c_k = concat(n0, n1, n2) >> cbam
     }
     reduce {
         n0 = max_pool_3x3(c_k2) >> ge_theta_plus + avg_pool_3x3(c_k1) >> double_attention
         n1 = skip_connect(n0) >> se + sep_conv_5x5(c_k1) >> cbam
-        c_k = concat(n0, n1) >> double_attention
+        n2 = max_pool_3x3(c_k2) >> simam + dil_conv_5x5(n1) >> eca(kernel_size=5)
+        c_k = concat(n0, n1, n2) >> coord_attention
     }
 }
 """).genotype()
@@ -93,6 +96,15 @@ def test_every_attention_exports_to_onnx(tmp_path, one_thread):
     network = _tiny(EVERY_ATTENTION)
     export_network(network, tmp_path / "model.onnx")
     _check(network, tmp_path / "model.onnx")
+
+
+def test_every_catalog_attention_is_in_the_export_genotype():
+    from attdarts.language import catalog
+
+    used = {edge.attention.name for cell in (EVERY_ATTENTION.normal, EVERY_ATTENTION.reduce)
+            for node in cell.nodes for edge in node.edges if edge.attention is not None}
+    used |= {cell.output.attention.name for cell in (EVERY_ATTENTION.normal, EVERY_ATTENTION.reduce)}
+    assert used | {"identity"} == set(catalog.ATTENTIONS)
 
 
 @pytest.mark.slow

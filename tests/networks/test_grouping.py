@@ -29,7 +29,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 PAPER_OPERATIONS = ("none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, sep_conv_5x5, "
                     "dil_conv_3x3, dil_conv_5x5")
-ALL_ATTENTIONS = ("identity", "se", "ge_theta_plus", "bam", "cbam", "double_attention")
+ALL_ATTENTIONS = tuple(catalog.ATTENTIONS)  # registry-wide: every attention, grouped and plain
 MASKING = tuple(a for a in ALL_ATTENTIONS if not catalog.ATTENTIONS[a].additive)
 EDGES = 3
 

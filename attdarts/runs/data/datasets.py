@@ -7,7 +7,9 @@ the loaders (`attdarts.runs.data.loaders`) move to the training device once.
 Dataset specs: `cifar10`, `cifar100`, `imagenet`, `folder:PATH` (ImageFolder with `train/` and
 `test/`), `cifar10-mini` (a small real CIFAR-10 subset shipped inside the package, for the demo and
 tests: attdarts/data/cifar10-mini/README.md), `synthetic` (random images with random labels, for
-smoke runs only).
+smoke runs only), and any name a plug-in registers. The names live in the torch-free table
+`attdarts.language.catalog.DATASETS`; each names its loader by a dotted path, imported here when
+the data is loaded (the built-in loaders are the `load_*` functions below).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+import importlib
 
 import torch
 from torch import Tensor
 
+from attdarts.language import catalog
+from attdarts.language.errors import close_names
 from attdarts.runs import checkpoints as checkpoint
 
 log = logging.getLogger(__name__)
@@ -40,7 +44,7 @@ IMAGENET_STD: Stats = (0.229, 0.224, 0.225)
 
 SYNTHETIC_SIZES = {True: 2048, False: 512}  # train / test images of the `synthetic` dataset
 
-KINDS = ("cifar10", "cifar100", "imagenet", "folder", "cifar10-mini", "synthetic")
+KINDS = ("cifar10", "cifar100", "imagenet", "folder", "cifar10-mini", "synthetic")  # built in
 SPEC_HELP = "cifar10, cifar100, imagenet, cifar10-mini, synthetic or folder:PATH"
 
 # datasets shipped inside the package (attdarts/data/NAME: an ImageFolder with a README that says
@@ -56,7 +60,9 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    kind: Literal["cifar10", "cifar100", "imagenet", "folder", "cifar10-mini", "synthetic"]
+    """A dataset name of `catalog.DATASETS` (`kind`), or "folder" with its `path`."""
+
+    kind: str
     path: str | None = None
 
     def __str__(self) -> str:
@@ -75,9 +81,16 @@ def parse_spec(spec: str) -> DatasetSpec:
         if not path:
             raise DataError("'folder:' needs a path, e.g. folder:/data/my-images")
         return DatasetSpec("folder", path)
-    if text.lower() in KINDS and text.lower() != "folder":
-        return DatasetSpec(text.lower())  # type: ignore[arg-type]
-    raise DataError(f"unknown dataset '{spec}': expected {SPEC_HELP}")
+    if text.lower() in catalog.DATASETS:
+        return DatasetSpec(text.lower())
+    close = close_names(text.lower(), catalog.DATASETS)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise DataError(f"unknown dataset '{spec}': expected {spec_help()}{hint}")
+
+
+def spec_help() -> str:
+    """The dataset names known now (plug-ins' included) and the folder form, for messages."""
+    return ", ".join(catalog.DATASETS) + " or folder:PATH"
 
 
 @dataclass
@@ -136,17 +149,55 @@ def load_dataset(
     """Load one split of a CIFAR-sized dataset into memory (uint8, CPU)."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     root = Path(data_dir) if data_dir is not None else default_data_dir(spec)
-    if spec.kind in ("cifar10", "cifar100"):
-        return _load_cifar(spec.kind, root, train=train, download=download)
-    if spec.kind == "folder":
+    if spec.kind == catalog.FOLDER:
         return _load_folder(Path(spec.path), train=train, workers=workers)  # type: ignore[arg-type]
-    if spec.kind == "cifar10-mini":
-        return load_cifar10_mini(train=train, workers=workers)
-    if spec.kind == "synthetic":
-        return synthetic_dataset(train=train)
+    entry = catalog.DATASETS.get(spec.kind)
+    if entry is None:
+        parse_spec(spec.kind)  # raises, naming the known datasets
+    loaded = _loader(entry)(train=train, root=root, download=download, workers=workers)
+    if not isinstance(loaded, ImageTensors):
+        raise DataError(f"dataset '{entry.name}' ({entry.origin}): its loader {entry.factory} "
+                        f"returned {type(loaded).__name__}, not ImageTensors")
+    return loaded
+
+
+def _loader(entry: catalog.Dataset):
+    """The loader function an entry names (a plug-in's that cannot be imported: a DataError)."""
+    module, _, attribute = entry.factory.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as error:
+        raise DataError(f"dataset '{entry.name}' ({entry.origin}): cannot load its loader "
+                        f"{entry.factory} ({type(error).__name__}: {error})") from None
+
+
+# The built-in loaders, with the signature every entry of catalog.DATASETS has.
+
+
+def load_cifar10(*, train: bool, root: Path, download: bool = True,
+                 workers: int = 0) -> ImageTensors:
+    """CIFAR-10's python version under `root` (downloaded there when missing and allowed)."""
+    return _load_cifar("cifar10", root, train=train, download=download)
+
+
+def load_cifar100(*, train: bool, root: Path, download: bool = True,
+                  workers: int = 0) -> ImageTensors:
+    """CIFAR-100's python version under `root` (downloaded there when missing and allowed)."""
+    return _load_cifar("cifar100", root, train=train, download=download)
+
+
+def load_imagenet(*, train: bool, root: Path, download: bool = True,
+                  workers: int = 0) -> ImageTensors:
+    """ImageNet is streamed from disk by `make_loader`, never held in memory."""
     raise DataError(
         "imagenet is not held in memory; build its loader with make_loader('imagenet', ...)"
     )
+
+
+def load_synthetic(*, train: bool, root: Path, download: bool = True,
+                   workers: int = 0) -> ImageTensors:
+    """`synthetic_dataset` with its default sizes (root, download and workers are not used)."""
+    return synthetic_dataset(train=train)
 
 
 def synthetic_dataset(*, train: bool, size: int | None = None, num_classes: int = 10,
@@ -166,8 +217,10 @@ def embedded_dir(name: str = "cifar10-mini") -> Path:
     return EMBEDDED_ROOT / name
 
 
-def load_cifar10_mini(*, train: bool, workers: int = 0) -> ImageTensors:
-    """The embedded CIFAR-10 subset: 250 training / 50 test images per class, real JPEGs.
+def load_cifar10_mini(*, train: bool, workers: int = 0, root: Path | None = None,
+                      download: bool = True) -> ImageTensors:
+    """The embedded CIFAR-10 subset: 250 training / 50 test images per class, real JPEGs
+    (`root` and `download` are not used: the images ship with the package).
 
     The images are decoded from the package's ImageFolder (cached like any folder), normalised
     with CIFAR-10's mean and std, and interleaved by class (one image of each class in turn) so

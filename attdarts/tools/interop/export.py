@@ -71,6 +71,13 @@ def genotype_tuples(genotype: Genotype, *, attention: bool = True,
 def _attention_out(call: Call | None, empty: str, span: Span | None, problems: list[Problem]) -> str:
     if call is None:
         return empty
+    if call.name not in attentions_out():
+        problems.append(Problem(
+            f"attention '{call.name}' is not in the Att-DARTS authors' code, so their format "
+            "cannot hold it", call.span or span,
+            "keep this genotype in the DSL, or write its operations alone with --format darts-py "
+            "--drop-attention"))
+        return call.name
     entry = catalog.ATTENTIONS.get(call.name)
     droppable = entry.droppable_kwargs if entry is not None else frozenset()
     if any(key not in droppable for key, _ in call.kwargs):
