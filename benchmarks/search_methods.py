@@ -4,7 +4,7 @@
     python benchmarks/search_methods.py --quick            # tiny sizes, a smoke test
 
 Builds the paper's supernet (genotypes/spaces/att_darts.geno: 8 operations x 6 attentions after
-every edge) with `partial_channels = K` and nothing else changed (edge normalisation off, so that
+every edge) with `partial_channels(k=K)` and nothing else changed (edge normalisation off, so that
 the rows differ in K only; `--edge-normalisation` turns it on for every row), and times first-
 order search iterations (one architecture step + one weight step, the real
 `attdarts.runs.search.bilevel.Bilevel`) on random 32x32 batches already in memory, on the CPU,
@@ -47,14 +47,17 @@ def run_one(args: argparse.Namespace) -> dict:
     """One K in this process; returns its row."""
     import torch
 
+    from attdarts.language import ir
     from attdarts.language.transform import parse_file
     from attdarts.networks.supernet import compile_supernet
     from attdarts.runs.search import Bilevel, SearchConfig
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    space = parse_file(SPACE).space().model_copy(update={
-        "partial_channels": args.child, "edge_normalisation": args.edge_normalisation})
+    methods = [ir.Call(name="partial_channels", kwargs=(("k", args.child),))]
+    if args.edge_normalisation:
+        methods.append(ir.Call(name="edge_normalisation"))
+    space = parse_file(SPACE).space().model_copy(update={"methods": tuple(methods)})
     config = SearchConfig(space_file=str(SPACE), order=1, batch_size=args.batch_size,
                           channels=args.channels, layers=args.layers, grouped=args.path == "grouped")
     model = compile_supernet(space, channels=args.channels, layers=args.layers,

@@ -139,7 +139,10 @@ def _print_network(summary: dict, rows: list, auxiliary: bool) -> None:
 
 def _print_supernet(summary: dict, rows: list) -> None:
     multiply_adds = summary["multiply_adds"]
-    methods = ", ".join(f"{key} = {_text(value)}" for key, value in summary["methods"].items())
+    methods = ", ".join(
+        name + ("(" + ", ".join(f"{key}={value}" for key, value in settings.items()) + ")"
+                if settings else "")
+        for name, settings in summary["methods"].items())
     kinds = ", ".join(f"{kind} {count:,}" for kind, count in summary["architecture"].items())
     click.echo(f"space        {summary['space']} (search supernet, {summary['dataset']}, "
                f"C={summary['channels']}, L={summary['layers']})")
@@ -151,10 +154,6 @@ def _print_supernet(summary: dict, rows: list) -> None:
     click.echo(f"input        {tuple(summary['input_shape'])}")
     click.echo(f"output       {tuple(summary['output_shape'])}")
     _print_cells(rows, "weights")
-
-
-def _text(value: object) -> str:
-    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _print_cells(rows: list, label: str) -> None:

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field, replace
 
 @dataclass(frozen=True)
 class Parameter:
-    """A keyword argument: its type, default, and (for words) the allowed choices."""
+    """A keyword argument: its type, default, and (for words) the allowed choices; numbers lie
+    between `minimum` and `maximum` (None: unbounded on that side)."""
 
     kind: type
     default: int | float | str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
 
 
 _REDUCTION = Parameter(int, 16, minimum=1)

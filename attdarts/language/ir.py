@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from attdarts.language import methods as method_catalog
 from attdarts.language.errors import DslError, Problem, Span, suggest
-from attdarts.language.locations import ATTENTIONS as ATTENTION_MIXTURE
 from attdarts.language.locations import LOCATIONS
-from attdarts.language.locations import OPERATIONS as OPERATION_MIXTURE
 from attdarts.language.locations import Location as LocationSpec
-from attdarts.language.methods import OPTIONS as METHOD_OPTIONS
 
 Value = Union[int, float, str]
 
@@ -65,12 +63,27 @@ class Comments(_Node):
     def __bool__(self) -> bool:
         return bool(self.leading or self.trailing)
 
+    def merged(self, other: "Comments") -> "Comments":
+        """These and `other`'s comments on one printed statement: leading lines in order; a
+        second trailing comment becomes a leading line (nothing is dropped)."""
+        if not self:
+            return other
+        trailing, leading = self.trailing, self.leading + other.leading
+        if other.trailing is not None:
+            if trailing is None:
+                trailing = other.trailing
+            else:
+                leading += (other.trailing,)
+        return Comments(leading=leading, trailing=trailing)
+
 
 NO_COMMENTS = Comments()
 
 
 class Call(_Node):
-    """An operation or attention by registry name, with keyword arguments in canonical order."""
+    """An operation, attention or search method by name, with keyword arguments in canonical
+    order (catalog order; an operation or attention drops defaults, a search method states
+    every setting)."""
 
     name: str
     kwargs: tuple[tuple[str, Value], ...] = ()
@@ -174,8 +187,8 @@ class Space(_Node):
 
     `location` is one of the six attention locations of the authors' code (`after_every` is the
     paper's); `mixing` is `sum` (Att-DARTS-S, Eq. 10) or `product` (Att-DARTS-P, Eq. 17).
-    The fields after `mixing` are search methods (`attdarts.language.methods.OPTIONS`); their
-    defaults switch them off.
+    `methods` are the search methods (`attdarts.language.methods.METHODS`), one call each with
+    every setting (defaults filled in, catalog order), in the order the space lists them.
     """
 
     name: str
@@ -186,20 +199,16 @@ class Space(_Node):
     keep: int = 2
     location: str = "after_every"  # a key of locations.LOCATIONS
     mixing: Mixing = "sum"
-    partial_channels: int = 1
-    edge_normalisation: bool = False
-    max_skip_connect: int | None = None
-    max_identity: int | None = None
-    stop_at_skips: int | None = None
-    auxiliary_skip: Literal["off", "linear", "cosine"] = "off"
-    auxiliary_identity: Literal["off", "linear", "cosine"] = "off"
-    beta_decay: float = 0.0
-    beta_decay_schedule: Literal["linear", "constant"] = "linear"
-    smoothing: float = 0.0
+    methods: tuple[Call, ...] = ()
     setting_comments: tuple[tuple[str, Comments], ...] = Field(default=(), exclude=False)
     setting_spans: tuple[tuple[str, Span], ...] = Field(default=(), exclude=True, repr=False)
     comments: Comments = NO_COMMENTS
     closing: Comments = NO_COMMENTS
+
+    @field_validator("methods")
+    @classmethod
+    def _canonical_methods(cls, calls: tuple[Call, ...]) -> tuple[Call, ...]:
+        return tuple(_canonical_method(call) for call in calls)
 
     @model_validator(mode="after")
     def _check(self) -> "Space":
@@ -236,11 +245,16 @@ class Space(_Node):
             raise DslError(problems)
         return self
 
-    @property
-    def methods(self) -> dict[str, object]:
-        """The search-method options that differ from their default, in table order."""
-        return {key: getattr(self, key) for key, option in METHOD_OPTIONS.items()
-                if getattr(self, key) != option.default}
+    def method(self, name: str) -> Call | None:
+        """The call of search method `name`, or None when the space does not list it."""
+        return next((call for call in self.methods if call.name == name), None)
+
+    def setting(self, name: str, key: str) -> Value:
+        """Setting `key` of the listed method `name`, its default filled in."""
+        call = self.method(name)
+        if call is None:
+            raise KeyError(f"space '{self.name}' does not list the search method '{name}'")
+        return method_catalog.resolved(call)[key]
 
     @property
     def location_spec(self) -> LocationSpec:
@@ -323,52 +337,67 @@ def derivation_problems(space: Space) -> list[Problem]:
     return problems
 
 
+def _canonical_method(call: Call) -> Call:
+    """Every setting, in catalog order, defaults filled in, whole numbers of float settings as
+    floats: a space file states each method's settings in full, so `methods = [beta_decay]` and
+    `methods = [beta_decay(lambda=50)]` are one space and print the same. Unknown names and
+    settings are left for `method_problems` to report."""
+    entry = method_catalog.METHODS.get(call.name)
+    given = dict(call.kwargs)
+    if entry is None or set(given) - set(entry.settings) or len(given) != len(call.kwargs):
+        return call
+    kwargs = []
+    for key, parameter in entry.settings.items():
+        value = given.get(key, parameter.default)
+        if parameter.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        kwargs.append((key, value))
+    return call if tuple(kwargs) == call.kwargs else call.model_copy(update={"kwargs": tuple(kwargs)})
+
+
 def method_problems(space: Space) -> list[Problem]:
-    """Search-method options (`methods.OPTIONS`) that this space's candidates or location defeat."""
+    """Search methods (`methods.METHODS`) that are unknown, mis-set, listed twice, listed with a
+    method they exclude, or missing what they need of the space's candidates or location."""
     problems: list[Problem] = []
-    for key, option in METHOD_OPTIONS.items():  # ranges, for spaces built without the text
-        value = getattr(space, key)
-        if option.kind in ("int", "float") and value is not None:
-            message = option.convert(value)[1]
-            if message:
-                problems.append(Problem(message, space.span_of(key)))
+    catalog = method_catalog.METHODS
+    seen: set[str] = set()
+    for call in space.methods:
+        entry = catalog.get(call.name)
+        if entry is None:
+            problems.append(Problem(f"unknown search method '{call.name}'", call.span,
+                                    suggest(call.name, catalog) or
+                                    "known methods: " + ", ".join(catalog)))
+            continue
+        if call.name in seen:
+            problems.append(Problem(f"search method '{call.name}' is listed twice", call.span))
+        seen.add(call.name)
+        keys: set[str] = set()
+        for key, value in call.kwargs:
+            if key not in entry.settings:
+                problems.append(Problem(f"unknown setting '{key}' for search method "
+                                        f"'{call.name}'", call.span, method_catalog.settings_hint(entry, key)))
+            elif key in keys:
+                problems.append(Problem(f"setting '{key}' is given twice", call.span))
+            else:
+                message = method_catalog.setting_problem(call.name, key, entry.settings[key], value)
+                if message:
+                    problems.append(Problem(message, call.span))
+            keys.add(key)
     if problems:
         return problems
-    location = space.location_spec
-    operations = [call.name for call in space.operations]
-    attentions = [call.name for call in space.attentions]
-    separate = location.edge_mixture == OPERATION_MIXTURE
-    if space.max_skip_connect is not None and not separate:
-        problems.append(Problem(
-            f"'max_skip_connect' needs operations chosen apart from attentions; location "
-            f"'{space.location}' mixes them in one softmax", space.span_of("max_skip_connect"),
-            "use it with after_every, end, after_every_and_end or no_attention"))
-    elif space.max_skip_connect is not None and not set(operations) - {"none", "skip_connect"}:
-        problems.append(Problem(
-            f"'max_skip_connect' is {space.max_skip_connect}, but the space has no operation "
-            "other than none and skip_connect to put in place of an extra skip",
-            space.span_of("max_skip_connect"), "add an operation such as sep_conv_3x3"))
-    if space.stop_at_skips is not None and "skip_connect" not in operations:
-        problems.append(Problem(
-            "'stop_at_skips' counts skip_connect, which the space does not list",
-            space.span_of("stop_at_skips"), "add skip_connect to the operations or drop the option"))
-    if space.max_identity is not None:
-        if location.then != ATTENTION_MIXTURE or "identity" not in attentions:
-            problems.append(Problem(
-                "'max_identity' caps edges whose attention derives to identity; it needs "
-                "'identity' among the attentions and an attention mixture after every edge",
-                space.span_of("max_identity"),
-                "use location after_every or after_every_and_end with identity listed"))
-        elif len(attentions) < 2:
-            problems.append(Problem(
-                "'max_identity' needs an attention other than identity to put in its place",
-                space.span_of("max_identity"), "add an attention such as se"))
-    if space.auxiliary_identity != "off" and not (
-            location.then == ATTENTION_MIXTURE or location.output_attention):
-        problems.append(Problem(
-            f"'auxiliary_identity' adds to attention mixtures; location '{space.location}' has "
-            "none", space.span_of("auxiliary_identity"),
-            "use location after_every, end or after_every_and_end"))
+    listed = [call.name for call in space.methods]
+    for call in space.methods:
+        for other in listed:
+            if other != call.name and (other in catalog[call.name].excludes
+                                       or call.name in catalog[other].excludes):
+                if listed.index(other) < listed.index(call.name):
+                    problems.append(Problem(
+                        f"search method '{call.name}' cannot be combined with '{other}'",
+                        call.span, "list only one of them"))
+    for call in space.methods:
+        requires = catalog[call.name].requires
+        if requires is not None:
+            problems.extend(requires(space, call))
     return problems
 
 

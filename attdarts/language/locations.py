@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attdarts.language import catalog
+from attdarts.language import catalog, kinds
 from attdarts.language.errors import Problem
 
 Space = Any  # an `ir.Space`; ir imports this module, so this one cannot import ir
@@ -73,11 +73,11 @@ class Location:
         operations = [call.name for call in space.operations]
         attentions = [call.name for call in space.attentions]
         of = {OPERATIONS: operations, ATTENTIONS: attentions, BOTH: operations + attentions}
-        columns = {"alpha": list(of[self.edge_mixture])}
+        columns = {kinds.OPERATION: list(of[self.edge_mixture])}
         if self.then is not None:
-            columns["beta"] = list(of[self.then])
+            columns[kinds.ATTENTION] = list(of[self.then])
         if self.output_attention:
-            columns["gamma"] = list(attentions)
+            columns[kinds.OUTPUT] = list(attentions)
         return columns
 
     def choose_edge(

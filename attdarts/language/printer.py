@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 
-from attdarts.language import methods
 from attdarts.language.errors import DslError
 from attdarts.language.ir import NO_COMMENTS, Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space, Value
 
@@ -157,6 +156,7 @@ def quote(text: str) -> str:
     return '"' + escaped + '"'
 
 
+METHODS_WIDTH = 100  # a longer `methods = [...]` line is written one call per line
 _SPACE_ORDER = ("operations", "attentions", "nodes", "keep", "location", "mixing")
 
 
@@ -176,10 +176,17 @@ def _space(space: Space) -> list[str]:
         if key == "attentions" and not space.attentions:
             continue
         body.extend(_statement(f"{key} = {values[key]}", space.comments_for(key), 1))
-    # search methods: those switched on (and a default one that carries a comment)
-    for key, option in methods.OPTIONS.items():
-        value = getattr(space, key)
-        if value != option.default or space.comments_for(key) != NO_COMMENTS:
-            text = "none" if value is None else option.text(value)
-            body.extend(_statement(f"{key} = {text}", space.comments_for(key), 1))
+    # search methods, one call each (written also when empty, to keep a comment); one call per
+    # line when they do not fit on one
+    if space.methods or space.comments_for("methods") != NO_COMMENTS:
+        comments = space.comments_for("methods")
+        calls = [_call(call) for call in space.methods]
+        line = f"methods = [{', '.join(calls)}]"
+        if len(INDENT + line) <= METHODS_WIDTH:
+            body.extend(_statement(line, comments, 1))
+        else:
+            body.extend(_comment_lines(comments.leading, 1))
+            body.append(INDENT + "methods = [")
+            body.extend(f"{INDENT * 2}{call}," for call in calls)
+            body.append(_with_trailing(INDENT + "]", comments))
     return _block(f"space {space.name}", space.comments, space.closing, 0, body)

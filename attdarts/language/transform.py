@@ -282,10 +282,12 @@ class _Builder:
         comments = self._header_comments(span)
         meta: list[Meta] = []
         values: dict[str, object] = {}
-        setting_comments: list[tuple[str, Comments]] = []
+        setting_comments: dict[str, Comments] = {}
         setting_spans: list[tuple[str, Span]] = []
-        known = ("operations", "attentions", "nodes", "keep", "location", "mixing",
-                 *methods.OPTIONS)
+        legacy: dict[str, object] = {}  # `key = value` method options (the older form)
+        legacy_spans: dict[str, Span | None] = {}
+        known = ("operations", "attentions", "nodes", "keep", "location", "mixing", "methods",
+                 *methods.LEGACY_OPTIONS)
         for entry in settings:
             key, value, value_tree, entry_comments = self.setting(entry)
             entry_span = _span(entry)
@@ -297,17 +299,38 @@ class _Builder:
                                              suggest(key, known) or
                                              "settings are " + ", ".join(known) + ", or quoted free text"))
                 continue
-            if key in values:
+            if key in values or key in legacy:
                 self.problems.append(Problem(f"'{key}' is set twice", entry_span))
                 continue
+            if key in methods.LEGACY_OPTIONS:
+                # the older form: its comments go to the `methods` line it becomes
+                converted, expected = methods.LEGACY_OPTIONS[key].convert(value)
+                if expected is not None:
+                    self.problems.append(Problem(expected, _span(value_tree)))
+                    continue
+                legacy[key] = converted
+                legacy_spans[key] = entry_span
+                setting_comments["methods"] = setting_comments.get(
+                    "methods", NO_COMMENTS).merged(entry_comments)
+                continue
             converted = self._space_value(key, value, value_tree, entry_span)
-            # a search-method option may be written as `none` (its default) to keep a comment
-            if converted is not None or (key in methods.OPTIONS and value == "none"):
+            if converted is not None:
                 values[key] = converted
                 if entry_span is not None:
                     setting_spans.append((key, entry_span))
                 if entry_comments:
-                    setting_comments.append((key, entry_comments))
+                    setting_comments[key] = setting_comments.get(key, NO_COMMENTS).merged(
+                        entry_comments)
+        calls = list(values.pop("methods", ()))
+        for method, (given, line) in methods.legacy_settings(legacy).items():
+            if any(call.name == method for call in calls):
+                self.problems.append(Problem(
+                    f"search method '{method}' is given twice: in 'methods' and as '{line} = ...'",
+                    legacy_spans[line], f"keep the call in 'methods' and drop the '{line}' line"))
+                continue
+            calls.append(Call(name=method, kwargs=tuple(given.items()), span=legacy_spans[line]))
+        if calls:
+            values["methods"] = tuple(calls)
         closing = self._closing_comments(brace)
         present = {str(entry.children[0]) for entry in settings}
         if "operations" not in present:
@@ -315,24 +338,23 @@ class _Builder:
                                          "add operations = [none, max_pool_3x3, ...]"))
         if "operations" not in values:
             return None
+        kept = tuple((key, value) for key, value in setting_comments.items() if value)
         return self._try(lambda: Space(
-            name=str(name), meta=tuple(meta), setting_comments=tuple(setting_comments),
+            name=str(name), meta=tuple(meta), setting_comments=kept,
             setting_spans=tuple(setting_spans),
             comments=comments, closing=closing, span=span, **values))
 
     def _space_value(self, key, value, value_tree, span):
-        if key in ("operations", "attentions"):
+        if key in ("operations", "attentions", "methods"):
             if not isinstance(value, list):
                 self.problems.append(Problem(f"'{key}' must be a list, e.g. [a, b, c]", span))
                 return None
+            if key == "methods":
+                calls = [self.method_call(c) for c in value]
+                return tuple(call for call in calls if call is not None)
             table = catalog.OPERATIONS if key == "operations" else catalog.ATTENTIONS
             label = "operation" if key == "operations" else "attention"
             return tuple(self.call(c, table, label) for c in value)
-        if key in methods.OPTIONS:
-            converted, expected = methods.OPTIONS[key].convert(value)
-            if expected is not None:
-                self.problems.append(Problem(expected, _span(value_tree)))
-            return converted
         if key in ("nodes", "keep"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self.problems.append(Problem(f"'{key}' must be a positive whole number", _span(value_tree)))
@@ -345,6 +367,27 @@ class _Builder:
                 suggest(str(value), choices) or "choose one of " + ", ".join(choices)))
             return None
         return value
+
+    def method_call(self, tree: Tree) -> Call | None:
+        """One entry of `methods = [...]`: a search method and its settings, checked against the
+        catalog (`methods.METHODS`); the IR puts the settings in canonical form."""
+        name, *kwargs = tree.children
+        name_text = str(name)
+        entry = methods.METHODS.get(name_text)
+        if entry is None:
+            hint = suggest(name_text, methods.METHODS)
+            if hint is None and (name_text in catalog.OPERATIONS or name_text in catalog.ATTENTIONS):
+                noun = "an operation" if name_text in catalog.OPERATIONS else "an attention"
+                hint = f"'{name_text}' is {noun}; list it in '{noun.split()[1]}s'"
+            self.problems.append(Problem(f"unknown search method '{name_text}'", _span(name),
+                                         hint or "known methods: " + ", ".join(methods.METHODS)))
+            return None
+        given, problems = methods.check_settings(entry, [
+            (str(kwarg.children[0]), self._value(kwarg.children[1]),
+             _span(kwarg.children[0] if str(kwarg.children[0]) not in entry.settings else kwarg))
+            for kwarg in kwargs if kwarg is not None])
+        self.problems.extend(problems)
+        return Call(name=name_text, kwargs=tuple(given.items()), span=_span(tree))
 
     def cell(self, tree: Tree) -> Cell | None:
         kind_tree, *nodes, output_tree, brace = tree.children

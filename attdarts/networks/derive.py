@@ -20,16 +20,18 @@ Mixed locations, where operations and attentions share one softmax:
   ``o(input) >> a`` as Att-DARTS intends. Edges are ranked by the first mixture's best
   non-`none` operation weight (Eq. 14 applied to the first mixture).
 
-Search methods (REFERENCE.md, "Search methods"):
+The weights derivation ranks are the space's methods' (`MethodSet.derivation_weights`: softmax
+per row unless a method says otherwise; `derivation_weights` gives them per cell type), and
+search methods act through their derivation hooks (`attdarts.networks.methods`):
 
-- edge normalisation (PC-DARTS): an edge's ranking weight above is multiplied by its normalised
-  edge weight (softmax of `edges` over its node's incoming edges); the choice of operation and
-  attention is unchanged.
-- `max_skip_connect` (P-DARTS) and `max_identity` cap the derived normal cell (`_select` says
-  exactly how); the reduction cell is never capped. The auxiliary skip and identity (DARTS-)
-  are not part of the genotype: derivation ignores them.
-- `count_skip_connect` / `count_identity` count a derived cell's skips and identities (DARTS+'s
-  early stop reads the first).
+- `edge_scales`: a factor on each edge's ranking weight (edge normalisation, PC-DARTS: the
+  softmax of `edges` over its node's incoming edges); the choice of operation and attention is
+  unchanged;
+- `keep`: which incoming edges a node keeps (default: the `keep` strongest);
+- `cap`: caps on the derived cell (`max_skip_connect`, P-DARTS; `max_identity`), each taking one
+  candidate from one edge at a time until it holds, in the order the space lists them (`_select`).
+  The auxiliary skip and identity (DARTS-) are not part of the genotype: derivation ignores them.
+- `count_skip_connect` / `count_identity` count a derived cell's skips and identities.
 
 Output is canonical: nodes n0, n1, ...; within a node, the kept edges sorted by input index
 (c_k2, c_k1, n0, ...). Successive epochs and runs therefore diff line by line. Ties go to the
@@ -43,22 +45,20 @@ from dataclasses import dataclass
 
 import torch
 
-from attdarts.language import ir
+from attdarts.language import ir, kinds
 from attdarts.language.locations import strongest
-from attdarts.networks.supernet import EDGES, Supernet, column_names, node_slices, normalise_edges
+from attdarts.networks.methods import Ban, Derivation, MethodSet, build_methods
+from attdarts.networks.supernet import Supernet, column_names, node_slices
 
 __all__ = [
-    "check_derivable", "count_identity", "count_skip_connect", "derive_cell", "derive_genotype",
+    "check_derivable", "count_identity", "count_skip_connect", "derivation_weights",
+    "derive_cell", "derive_genotype",
 ]
 
 SKIP_CONNECT = "skip_connect"
 IDENTITY = "identity"
 
 ArchTensors = Mapping[str, Mapping[str, torch.Tensor]]
-
-
-def _softmax_rows(tensor: torch.Tensor) -> list[list[float]]:
-    return torch.softmax(tensor.detach().to("cpu", torch.float64), dim=-1).tolist()
 
 
 def _no_identity(call: ir.Call | None) -> ir.Call | None:
@@ -92,101 +92,100 @@ class _Choice:
 
 
 def _choose(space: ir.Space, index: int, alpha: list[float], beta: list[float] | None,
-            scale: float, no_skip: bool, no_identity: bool) -> _Choice:
+            scale: float, banned: set[Ban]) -> _Choice:
     """Edge `index` as its location chooses it (`Location.choose_edge`), its weight times the
-    normalised edge weight `scale`; `no_skip` / `no_identity`: a cap took skip_connect / the
-    identity attention away from it, so the edge gets its strongest other candidate."""
+    ranking factor `scale`; a candidate a cap banned from this edge is passed over for the
+    edge's strongest other (never `none`)."""
     operation, attention, weight = space.location_spec.choose_edge(space, alpha, beta)
-    if no_skip:
+    no_operations = {ban.candidate for ban in banned
+                     if ban.edge == index and ban.kind == kinds.OPERATION}
+    no_attentions = {ban.candidate for ban in banned
+                     if ban.edge == index and ban.kind == kinds.ATTENTION}
+    if no_operations:
         allowed = [i for i, call in enumerate(space.operations)
-                   if call.name not in ("none", SKIP_CONNECT)]
+                   if call.name != "none" and call.name not in no_operations]
         operation = strongest(alpha, allowed)
         weight = alpha[operation]
-    if no_identity and beta is not None:
-        allowed = [i for i, call in enumerate(space.attentions) if call.name != IDENTITY]
+    if no_attentions and beta is not None:
+        allowed = [i for i, call in enumerate(space.attentions) if call.name not in no_attentions]
         attention = strongest(beta, allowed)
     return _Choice(index, operation, attention, weight * scale)
 
 
-def _keep(space: ir.Space, choices: list[_Choice]) -> list[list[_Choice]]:
-    """Per node the `keep` strongest incoming edges (Eq. 14), in input order; ties go to the
-    lower input index (Python's sort is stable)."""
+def _keep(space: ir.Space, methods: MethodSet, choices: list[_Choice]) -> list[list[_Choice]]:
+    """Per node the edges it keeps, in input order: a method's `keep` rule, or the `keep`
+    strongest (Eq. 14); ties go to the lower input index (Python's sort is stable)."""
     kept = []
     for start, count in node_slices(space.nodes):
         incoming = choices[start:start + count]
-        strongest_first = sorted(incoming, key=lambda choice: -choice.weight)[:space.keep]
+        chosen = methods.keep([choice.weight for choice in incoming], space.keep)
+        if chosen is None:
+            strongest_first = sorted(incoming, key=lambda choice: -choice.weight)[:space.keep]
+        else:
+            strongest_first = [incoming[position] for position in chosen]
         kept.append(sorted(strongest_first, key=lambda choice: choice.index))
     return kept
 
 
-def _is_skip(space: ir.Space, choice: _Choice) -> bool:
-    return choice.operation is not None and space.operations[choice.operation].name == SKIP_CONNECT
+def _select(space: ir.Space, methods: MethodSet, kind: str, weights: dict[str, list[list[float]]],
+            scales: list[float]) -> list[list[_Choice]]:
+    """The kept edges of every node, with the caps of the space's methods applied.
 
-
-def _is_identity(space: ir.Space, choice: _Choice) -> bool:
-    return choice.attention is not None and space.attentions[choice.attention].name == IDENTITY
-
-
-def _select(space: ir.Space, kind: str, alpha: list[list[float]],
-            beta: list[list[float]] | None, scales: list[float]) -> list[list[_Choice]]:
-    """The kept edges of every node, with the caps of the space applied to the normal cell.
-
-    `max_skip_connect` (P-DARTS): while more kept edges than the cap are skip_connect, the
-    weakest of them (smallest ranking weight, then lower edge index) loses skip_connect and takes
-    its own next strongest operation (its strongest other than none and skip_connect, as
-    P-DARTS's code does); the nodes then choose their edges again with the new weights, so the
-    edge may give its place to another. `max_identity`: while more kept edges than the cap have
-    the identity attention, the one whose identity weight (times its edge weight) is smallest
-    takes its strongest other attention; attentions do not rank edges, so the kept edges stay.
+    Each cap (in the order the space lists the methods) takes one candidate from one edge at a
+    time (`SearchMethod.cap`: P-DARTS's skip cap takes skip_connect from the weakest kept skip,
+    which then gets its next strongest operation, as P-DARTS's code does; the identity cap gives
+    the weakest identity its strongest other attention); the nodes then choose their edges
+    again with the new weights, so an edge may give its place to another.
     """
-    capped = kind == "normal"
-    no_skip: set[int] = set()
-    no_identity: set[int] = set()
+    alpha = weights[kinds.OPERATION]
+    beta = weights.get(kinds.ATTENTION)
+    banned: set[Ban] = set()
 
     def choose_all() -> list[list[_Choice]]:
         choices = [_choose(space, i, alpha[i], None if beta is None else beta[i], scales[i],
-                           i in no_skip, i in no_identity) for i in range(len(alpha))]
-        return _keep(space, choices)
+                           banned) for i in range(len(alpha))]
+        return _keep(space, methods, choices)
 
     kept = choose_all()
-    cap = space.max_skip_connect
-    while capped and cap is not None:
-        skips = [c for node in kept for c in node if _is_skip(space, c)]
-        if len(skips) <= cap:
-            break
-        no_skip.add(min(skips, key=lambda c: (c.weight, c.index)).index)
-        kept = choose_all()
-    cap = space.max_identity
-    while capped and cap is not None and beta is not None:
-        identities = [c for node in kept for c in node if _is_identity(space, c)]
-        if len(identities) <= cap:
-            break
-        weakest = min(identities, key=lambda c: (beta[c.index][c.attention] * scales[c.index],
-                                                 c.index))
-        no_identity.add(weakest.index)
-        kept = choose_all()
+    for method in methods.caps():
+        while True:
+            ban = method.cap(Derivation(space, kind, kept, weights, scales))
+            if ban is None or ban in banned:
+                break
+            banned.add(ban)
+            kept = choose_all()
     return kept
 
 
-def derive_cell(space: ir.Space, kind: str, tensors: Mapping[str, torch.Tensor]) -> ir.Cell:
+def derivation_weights(source: Supernet | ArchTensors, space: ir.Space | None = None
+                       ) -> dict[str, dict[str, torch.Tensor]]:
+    """The architecture weights as derivation ranks them, per cell type and kind (float64, CPU):
+    each row of alpha / beta / gamma normalised as the space's methods make weights (softmax
+    unless a method says otherwise), edge weights softmaxed over each node's incoming edges."""
+    space, tensors = _source(source, space)
+    methods = build_methods(space)
+    return {cell: {kind: methods.derivation_weights(kind, tensor, cell)
+                   for kind, tensor in tensors[cell].items()} for cell in ir.CELL_KINDS}
+
+
+def derive_cell(space: ir.Space, kind: str, tensors: Mapping[str, torch.Tensor],
+                methods: MethodSet | None = None) -> ir.Cell:
     """One cell ("normal" or "reduce") from its raw alpha / beta / gamma (/ edges) tensors."""
     check_derivable(space)
-    alpha = _softmax_rows(tensors["alpha"])
-    beta = _softmax_rows(tensors["beta"]) if "beta" in tensors else None
-    scales = [1.0] * len(alpha)
-    if EDGES in tensors:  # PC-DARTS: rank by operation weight x normalised edge weight
-        scales = normalise_edges(tensors[EDGES].detach().to("cpu", torch.float64),
-                                 space.nodes).tolist()
+    methods = methods or build_methods(space)
+    weights = {name: methods.derivation_weights(name, tensor, kind).tolist()
+               for name, tensor in tensors.items() if name in kinds.MIXTURES}
+    scales = methods.edge_scales(tensors) or [1.0] * len(weights[kinds.OPERATION])
     inputs = [source for node in range(space.nodes)
               for source in (*ir.INPUTS, *(f"n{i}" for i in range(node)))]
     nodes = []
-    for node, kept in enumerate(_select(space, kind, alpha, beta, scales)):
+    for node, kept in enumerate(_select(space, methods, kind, weights, scales)):
         edges = tuple(ir.Edge(operation=_operation_call(space, choice), input=inputs[choice.index],
                               attention=_attention_call(space, choice)) for choice in kept)
         nodes.append(ir.Node(name=f"n{node}", edges=edges))
     output_attention = None
-    if "gamma" in tensors:
-        gamma = _softmax_rows(tensors["gamma"])[0]
+    if kinds.OUTPUT in weights:
+        gamma = weights[kinds.OUTPUT][0]
         output_attention = _no_identity(
             space.attentions[strongest(gamma, list(range(len(space.attentions))))])
     output = ir.Output(nodes=tuple(node.name for node in nodes), attention=output_attention)
@@ -228,6 +227,17 @@ def derive_genotype(
     tensors, with the keys the space's location has. `meta` becomes the genotype's `key = "value"`
     lines, in the given order.
     """
+    space, tensors = _source(source, space)
+    methods = build_methods(space)
+    cells = {kind: derive_cell(space, kind, tensors[kind], methods) for kind in ir.CELL_KINDS}
+    entries = tuple(ir.Meta(key=key, value=value) for key, value in (meta or {}).items())
+    return ir.Genotype(name=name or space.name, meta=entries, normal=cells["normal"],
+                       reduce=cells["reduce"])
+
+
+def _source(source: Supernet | ArchTensors, space: ir.Space | None
+            ) -> tuple[ir.Space, ArchTensors]:
+    """The space and raw tensors of `derive_genotype`'s arguments, checked."""
     if isinstance(source, Supernet):
         space = space or source.space
         tensors: ArchTensors = source.architecture_tensors()
@@ -243,7 +253,4 @@ def derive_genotype(
             raise ValueError(
                 f"the {kind} cell needs architecture tensors {sorted(expected)} for location "
                 f"'{space.location}', got {found}")
-    cells = {kind: derive_cell(space, kind, tensors[kind]) for kind in ir.CELL_KINDS}
-    entries = tuple(ir.Meta(key=key, value=value) for key, value in (meta or {}).items())
-    return ir.Genotype(name=name or space.name, meta=entries, normal=cells["normal"],
-                       reduce=cells["reduce"])
+    return space, tensors

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attdarts.language import ir
+from attdarts.language.methods import resolved
 from attdarts.networks import network
 from attdarts.networks.network import DATASETS, Network, _stem_size
 from attdarts.networks.stacking import halve
@@ -154,10 +155,10 @@ def measure_supernet(
 
     The summary has the weights w, the architecture parameters (in all and per kind: alpha,
     beta, gamma, edges, both cell types together), mult-adds of one image through the supernet
-    (batch 1, eval mode; `none` is not evaluated), the shapes, the space's search-method options
-    and the per-cell rows (weights only). A supernet is CIFAR's search network: `dataset` is
-    cifar10 or cifar100 (ValueError otherwise). `channels` must be divisible by the space's
-    `partial_channels` (ValueError otherwise).
+    (batch 1, eval mode; `none` is not evaluated), the shapes, the space's search methods (each
+    with every setting) and the per-cell rows (weights only). A supernet is CIFAR's search
+    network: `dataset` is cifar10 or cifar100 (ValueError otherwise). `channels` must suit the
+    space's methods (partial channels: divisible by k; ValueError otherwise).
     """
     shape = DATASETS.get(dataset)
     if shape is None or shape.imagenet_stem:
@@ -185,7 +186,7 @@ def measure_supernet(
         "dataset": dataset,
         "channels": channels,
         "layers": layers,
-        "methods": dict(space.methods),
+        "methods": {call.name: resolved(call) for call in space.methods},
         "input_shape": list(probe.shape),
         "output_shape": list(output.shape),
         "weights": sum(p.numel() for p in model.weights()),

@@ -34,43 +34,31 @@ in waves, every edge reading c_k2 or c_k1 first, then every edge reading n0, n1,
 wave each candidate runs once over the stacked edges (`attdarts.networks.grouping`). The sums are the same
 (tests compare both paths in float64), with about a third of the kernels.
 
-Search methods of the space (`attdarts.language.methods`; README, "Search methods"), each built
-only when the space turns it on, so a space without them computes exactly what it did before:
-
-- `partial_channels` K (PC-DARTS): every edge's mixtures (the first one and the attention or
-  second mixture after it) are built for C/K channels and see only the first C/K channels of the
-  edge input; the rest bypass them (`mixtures.PartialChannels`). The `end` location's output
-  attention still acts on the whole concatenated cell output.
-- `edge_normalisation` (PC-DARTS): a fourth architecture kind `edges`, one weight per edge
-  (`arch.edges_normal`, `arch.edges_reduce`, shape (edges,), initialised like alpha); node j is
-  ``sum_i softmax over j's incoming edges (edges)_i * edge_i(h_i)`` (`normalise_edges`).
-- `auxiliary_skip` (DARTS-): every edge's first mixture gets ``+ b_skip * skip_connect(x)`` (the
-  identity at stride 1, a non-affine factorized reduce at stride 2). When the space lists
-  skip_connect this is folded into the mixture weights (skip's weight becomes ``s_skip +
-  b_skip``), so nothing is added: no module, no parameter, no extra kernel. Otherwise each first
-  mixture gets one extra `skip_connect` candidate outside the softmax (its stride-2 factorized
-  reduces add (C/K)^2 weights per stride-2 edge). The second mixture of `double_mixed` gets none.
-- `auxiliary_identity` (DARTS- on attentions, new here): every attention mixture (per edge and on
-  the cell output) gets ``+ b_id * h``.
-
-The coefficients b live in the non-persistent buffer `auxiliary` = (b_skip, b_id), 1 at
-construction; the search lowers them with `Supernet.set_auxiliary` (in place: no host sync).
+Search methods of the space (`space.methods`; README, "Search methods") are components
+(`attdarts.networks.methods`): the supernet asks its `MethodSet` what enters an edge's mixtures
+(partial channels), which candidates an operation mixture has beyond the space's (DARTS-'s
+auxiliary skip), which architecture kinds exist beyond the location's (edge normalisation) and
+how the mixture weights are made from the raw tensors (`mixture_weights`: softmax unless a
+method makes them, then each method's `adjust`). A space without methods computes exactly what
+it did before they existed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from attdarts import recipes
-from attdarts.language import ir
+from attdarts.language import ir, kinds
 from attdarts.networks import grouping as grouped
+from attdarts.networks.methods import CellWeights, MethodSet, MixtureWeights, Random, build_methods
 from attdarts.networks.mixtures import (  # noqa: F401 - re-exported: MASK_FLOOR, SearchEdge, ...
-    EDGES, MASK_FLOOR, Architecture, Init, MixedAttention, MixedOperation, PartialChannels,
-    SearchEdge, mix_attentions_grouped, mix_operations_grouped, mixed_candidates, node_slices,
-    normalise, normalise_edges, search_attention, first_candidates, skip_column,
+    MASK_FLOOR, Architecture, Init, MixedAttention, MixedOperation, SearchEdge, edge_names,
+    first_candidates, mix_attentions_grouped, mix_operations_grouped, mixed_candidates,
+    node_slices, normalise_edges, search_attention,
 )
 from attdarts.networks.operations import preprocess_inputs
 from attdarts.networks.stacking import STEM_MULTIPLIER, halve, stack_cells
@@ -79,12 +67,14 @@ __all__ = [
     "ARCHITECTURE_PREFIX",
     "MASK_FLOOR",
     "Architecture",
+    "CellWeights",
     "MixedAttention",
     "MixedOperation",
     "SearchCell",
     "SearchEdge",
     "Supernet",
     "column_names",
+    "check_channels",
     "check_partial_channels",
     "compile_supernet",
     "edge_names",
@@ -95,22 +85,12 @@ __all__ = [
 ARCHITECTURE_PREFIX = "arch."
 
 
-def edge_names(nodes: int) -> list[str]:
-    """DARTS edge order: node j reads c_k2, c_k1, n0 .. n{j-1}; e.g. 'n1<-c_k2'."""
-    names = []
-    for node in range(nodes):
-        for source in (*ir.INPUTS, *(f"n{i}" for i in range(node))):
-            names.append(f"n{node}<-{source}")
-    return names
-
-
-def column_names(space: ir.Space) -> dict[str, list[str]]:
-    """Names labelling the architecture tensors of the space: the candidates along the columns
-    of alpha, beta and gamma (those the location has) and, with edge normalisation, the edges
-    along the vector `edges`."""
+def column_names(space: ir.Space, methods: MethodSet | None = None) -> dict[str, list[str]]:
+    """Names labelling the architecture tensors of the space, by kind: the candidates along the
+    columns of alpha, beta and gamma (those the location has), then the kinds its search methods
+    add (edge normalisation: the edges along the vector `edges`)."""
     columns = space.location_spec.columns(space)
-    if space.edge_normalisation:
-        columns[EDGES] = edge_names(space.nodes)
+    columns.update((methods or build_methods(space)).architecture())
     return columns
 
 
@@ -126,6 +106,7 @@ class SearchCell(nn.Module):
     def __init__(
         self,
         space: ir.Space,
+        methods: MethodSet,
         *,
         channels_prev_prev: int,
         channels_prev: int,
@@ -147,7 +128,7 @@ class SearchCell(nn.Module):
         for node in range(space.nodes):
             for input_index in range(2 + node):
                 stride = 2 if reduction and input_index < 2 else 1
-                edges.append(self._edge(space, channels, stride, input_index))
+                edges.append(self._edge(space, methods, channels, stride, input_index))
         self.edges = nn.ModuleList(edges)
         # edges of node j are edges[starts[j]:starts[j] + j + 2]
         self.node_slices = node_slices(space.nodes)
@@ -173,13 +154,15 @@ class SearchCell(nn.Module):
                  for call in space.attentions],
                 space.mixing)
 
-    def _edge(self, space: ir.Space, channels: int, stride: int, input_index: int) -> SearchEdge:
-        """The mixtures of one edge, built for the C/K channels that enter them."""
-        groups = space.partial_channels
-        partial = PartialChannels(channels, groups, stride) if groups > 1 else None
-        width = channels // groups
+    def _edge(self, space: ir.Space, methods: MethodSet, channels: int, stride: int,
+              input_index: int) -> SearchEdge:
+        """The mixtures of one edge, built for the channels that enter them (the methods'
+        connector decides; all of them without one), plus the methods' extra candidates."""
+        partial = methods.connector(channels, stride)
+        width = channels if partial is None else partial.active
         location = space.location_spec
-        first = MixedOperation(first_candidates(space, width, stride, self.spatial_out))
+        first = MixedOperation(first_candidates(space, width, stride, self.spatial_out)
+                               + methods.extra_candidates(width, stride))
         then: nn.Module | None = None
         if location.mixes_operations_and_attentions:
             if location.then is not None:  # double_mixed: the same candidates again, at stride 1
@@ -190,21 +173,13 @@ class SearchCell(nn.Module):
                 space.mixing)
         return SearchEdge(first, then, input_index, partial)
 
-    def forward(
-        self,
-        s0: torch.Tensor,
-        s1: torch.Tensor,
-        alpha: torch.Tensor,
-        beta: torch.Tensor | None,
-        gamma: torch.Tensor | None,
-        edges: torch.Tensor | None = None,
-        identity: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The cell on its two inputs. alpha / beta / gamma are softmaxed mixture weights,
-        `edges` the normalised edge weights (edge normalisation) or None, `identity` the
-        auxiliary identity coefficient or None."""
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: CellWeights) -> torch.Tensor:
+        """The cell on its two inputs, with its cell type's mixture weights (`CellWeights`:
+        alpha / beta / gamma, the normalised edge weights of edge normalisation or None, the
+        auxiliary identity coefficient or None)."""
         if self.grouped:
-            return self.forward_grouped(s0, s1, alpha, beta, gamma, edges, identity)
+            return self.forward_grouped(s0, s1, weights)
+        alpha, beta, gamma, edges, identity = weights
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for start, count in self.node_slices:
             total = None
@@ -229,22 +204,15 @@ class SearchCell(nn.Module):
             out = self.output_attention(out, gamma[0], identity)
         return out
 
-    def forward_grouped(
-        self,
-        s0: torch.Tensor,
-        s1: torch.Tensor,
-        alpha: torch.Tensor,
-        beta: torch.Tensor | None,
-        gamma: torch.Tensor | None,
-        edges: torch.Tensor | None = None,
-        identity: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward_grouped(self, s0: torch.Tensor, s1: torch.Tensor, weights: CellWeights
+                        ) -> torch.Tensor:
         """`forward` computed wave by wave (`grouped`): the same sums, a few large kernels per
         candidate and wave instead of one small kernel per candidate and edge."""
         nodes = self.nodes
         x0, x1 = self.preprocess0(s0), self.preprocess1(s1)
-        weights = (alpha, beta, edges, identity)
-        out = self._wave(0, [x0] * nodes + [x1] * nodes, *weights)
+        alpha, beta, gamma, edges, identity = weights
+        mixing = (alpha, beta, edges, identity)
+        out = self._wave(0, [x0] * nodes + [x1] * nodes, *mixing)
         partial = out[:, :nodes] + out[:, nodes:]  # (N, nodes, C, H, W): node sums so far
         states = []
         for k in range(nodes):
@@ -252,7 +220,7 @@ class SearchCell(nn.Module):
             states.append(state)
             if k + 1 < nodes:
                 readers = nodes - k - 1  # nodes k+1 .. reading node k
-                out = self._wave(k + 1, [state] * readers, *weights)
+                out = self._wave(k + 1, [state] * readers, *mixing)
                 partial = partial[:, 1:] + out
         return self._output(states, gamma, identity)
 
@@ -321,8 +289,9 @@ class Supernet(nn.Module):
             nn.Conv2d(3, stem_channels, 3, padding=1, bias=False),
             nn.BatchNorm2d(stem_channels),
         )
+        self.methods = build_methods(space)
         cells, channels_last = stack_cells(
-            lambda layer: SearchCell(space, **layer.cell_arguments()),
+            lambda layer: SearchCell(space, self.methods, **layer.cell_arguments()),
             layers=layers,
             channels=channels,
             channels_stem=stem_channels,
@@ -334,17 +303,11 @@ class Supernet(nn.Module):
 
         edges = sum(2 + node for node in range(space.nodes))
         self.edge_names = tuple(edge_names(space.nodes))
-        self.columns = column_names(space)
-        shapes = {kind: (edges,) if kind == EDGES else (1 if kind == "gamma" else edges, len(names))
+        self.columns = column_names(space, self.methods)
+        shapes = {kind: (edges,) if kind == kinds.EDGE else
+                  (1 if kind == kinds.OUTPUT else edges, len(names))
                   for kind, names in self.columns.items()}
-        self.arch = Architecture(shapes, init, space.nodes)
-        # DARTS-'s coefficients (b_skip, b_id); see `set_auxiliary`
-        self.register_buffer("auxiliary", torch.ones(2), persistent=False)
-        self.skip_column = skip_column(space)
-        if space.auxiliary_skip != "off" and self.skip_column is not None:
-            onehot = torch.zeros(len(self.columns["alpha"]))
-            onehot[self.skip_column] = 1.0
-            self.register_buffer("skip_onehot", onehot, persistent=False)
+        self.arch = Architecture(shapes, init)
         self.set_grouped(grouped)
 
     @property
@@ -359,39 +322,35 @@ class Supernet(nn.Module):
             cell.grouped = bool(flag) and cell.groupable
         return self
 
-    def set_auxiliary(self, skip: float, identity: float) -> Supernet:
-        """DARTS-'s auxiliary coefficients for the next forwards: b_skip on every operation
-        mixture, b_id on every attention mixture (a term the space leaves off is not computed,
-        whatever its coefficient). Written in place (`fill_`): no new tensor, no host sync."""
-        with torch.no_grad():
-            self.auxiliary[0].fill_(float(skip))
-            self.auxiliary[1].fill_(float(identity))
-        return self
+    def raw_architecture(self, arch: Mapping[str, torch.Tensor] | None = None
+                         ) -> list[dict[str, torch.Tensor]]:
+        """The raw tensors per cell type by kind: from `arch` (parameter name -> tensor, e.g. a
+        step's values of `arch.alpha_normal`) or the supernet's own parameters."""
+        def value(kind: str, cell: str) -> torch.Tensor:
+            if arch is None:
+                return self.arch.tensor(kind, cell)
+            return arch[f"{ARCHITECTURE_PREFIX}{kind}_{cell}"]
+        return [{kind: value(kind, cell) for kind in self.arch.kinds} for cell in ir.CELL_KINDS]
 
-    def mixture_weights(self) -> tuple[list[tuple[torch.Tensor | None, ...]], torch.Tensor | None]:
-        """What the cells take: per cell type (alpha, beta, gamma, edges) as `Architecture`
-        gives them, alpha carrying the auxiliary skip when the space has one; and the auxiliary
-        identity coefficient, or None."""
-        weights = self.arch.mixture_weights()  # one softmax per cell type and kind
-        if self.space.auxiliary_skip != "off":
-            weights = [(self._with_auxiliary_skip(alpha), *rest) for alpha, *rest in weights]
-        identity = self.auxiliary[1] if self.space.auxiliary_identity != "off" else None
-        return weights, identity
+    def mixture_weights(self, arch: Mapping[str, torch.Tensor] | None = None, draw: Any = None,
+                        *, weight_step: Random | None = None) -> MixtureWeights:
+        """What the cells take, one `CellWeights` per cell type (`ir.CELL_KINDS` order), made by
+        the space's methods from the raw tensors (`raw_architecture(arch)`): softmax per row (or
+        a method's weights, from this step's `draw`), edge weights per node, then each method's
+        `adjust` (DARTS-'s auxiliary terms). `weight_step`: the weight step's `Random`, for the
+        methods that change its weights (random smoothing)."""
+        return self.methods.mixture_weights(self.raw_architecture(arch), draw,
+                                            weight_step=weight_step)
 
-    def _with_auxiliary_skip(self, alpha: torch.Tensor) -> torch.Tensor:
-        """``out + b * skip(x)``: b added to skip_connect's weight, or a last column b for the
-        extra skip candidate when the space does not list skip_connect."""
-        b = self.auxiliary[0].to(alpha.dtype)
-        if self.skip_column is not None:
-            return alpha + b * self.skip_onehot.to(alpha.dtype)
-        return torch.cat([alpha, b.expand(alpha.shape[0], 1)], dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, identity = self.mixture_weights()
+    def forward(self, x: torch.Tensor, weights: MixtureWeights | None = None) -> torch.Tensor:
+        """Logits of `x`; with `weights` (from `mixture_weights`, made once per search step) the
+        cells use them, otherwise the supernet makes them from its own architecture."""
+        if weights is None:
+            weights = self.mixture_weights()
         with grouped.deferred_statistics():  # grouped cells' BN write-backs: 2 operations in all
             s0 = s1 = self.stem(x)
             for cell in self.cells:
-                s0, s1 = s1, cell(s0, s1, *weights[cell.kind_index], identity)
+                s0, s1 = s1, cell(s0, s1, weights[cell.kind_index])
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     # -- the two disjoint parameter sets ------------------------------------------------------
@@ -421,20 +380,24 @@ class Supernet(nn.Module):
                 for cell in ir.CELL_KINDS}
 
     def normalised_architecture(self) -> dict[str, dict[str, torch.Tensor]]:
-        """`architecture_tensors` as the forward uses them: every row of alpha / beta / gamma
-        softmaxed, `edges` softmaxed over each node's incoming edges (no auxiliary terms)."""
-        return {cell: {kind: normalise(kind, tensor, self.space.nodes)
-                       for kind, tensor in kinds.items()}
-                for cell, kinds in self.architecture_tensors().items()}
+        """`architecture_tensors` as the forward makes its weights, without a draw and without
+        the methods' `adjust` (no auxiliary terms): each row of alpha / beta / gamma softmaxed
+        (or normalised by the method that makes the weights), `edges` softmaxed over each node's
+        incoming edges."""
+        return {cell: {kind: self.methods.normalise(kind, tensor, cell, None)
+                       for kind, tensor in tensors.items()}
+                for cell, tensors in self.architecture_tensors().items()}
 
 
-def check_partial_channels(space: ir.Space, channels: int) -> None:
-    """ValueError, in one line, unless `channels` splits into the space's K partial channels."""
-    groups = space.partial_channels
-    if channels % groups:
-        raise ValueError(
-            f"partial_channels = {groups} needs the channels C divisible by {groups}; C={channels} "
-            f"is not (try C={channels + groups - channels % groups})")
+def check_channels(space: ir.Space, channels: int) -> None:
+    """ValueError, in one line, unless the space's search methods can be built with `channels`
+    initial channels (partial channels: C divisible by k)."""
+    problem = build_methods(space).size_problem(channels)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+check_partial_channels = check_channels  # the name the search entry and `compile` know
 
 
 def compile_supernet(
@@ -457,7 +420,7 @@ def compile_supernet(
     """
     if layers < 1 or channels < 1:
         raise ValueError("a supernet needs at least one layer and one channel")
-    check_partial_channels(space, channels)
+    check_channels(space, channels)
     return Supernet(space, channels=channels, layers=layers, num_classes=num_classes,
                     input_size=input_size, init=init, stem_multiplier=stem_multiplier,
                     grouped=grouped)

@@ -25,7 +25,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from attdarts.language import methods
 from attdarts.language.ir import CELL_KINDS, INPUTS, Call, Cell, Document, Edge, Genotype, Node, Output, Space
 
 
@@ -221,12 +220,30 @@ def _paired(kind, a_items, b_items, compare) -> list[ItemDiff]:
 
 def diff_spaces(a: Space, b: Space, *, meta: bool = False) -> list[Change]:
     changes = _meta_changes(a, b) if meta else []
-    for key in ("operations", "attentions", "nodes", "keep", "location", "mixing",
-                *methods.OPTIONS):
+    for key in ("operations", "attentions", "nodes", "keep", "location", "mixing"):
         old, new = getattr(a, key), getattr(b, key)
         if old != new:
             changes.append(Change("space", node=key, before=_setting_text(key, old),
                                   after=_setting_text(key, new)))
+    return changes + _method_changes(a, b)
+
+
+def _method_changes(a: Space, b: Space) -> list[Change]:
+    """Search methods added, removed or with changed settings (one line each), then a change of
+    order alone (methods act in the order the space lists them)."""
+    old = {call.name: call for call in a.methods}
+    new = {call.name: call for call in b.methods}
+    changes = []
+    for name in [*old, *(name for name in new if name not in old)]:
+        before, after = old.get(name), new.get(name)
+        if before != after:
+            changes.append(Change("space", node=f"method {name}",
+                                  before=None if before is None else call_text(before),
+                                  after=None if after is None else call_text(after)))
+    kept = [name for name in old if name in new]
+    if not changes and kept != [name for name in new if name in old]:
+        changes.append(Change("space", node="methods", before=_setting_text("methods", a.methods),
+                              after=_setting_text("methods", b.methods)))
     return changes
 
 
@@ -302,8 +319,6 @@ def _value(value: object) -> str:
 def _setting_text(key: str, value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(call_text(call) for call in value) + "]"
-    if key in methods.OPTIONS and value is not None:
-        return methods.OPTIONS[key].text(value)
     return str(value)
 
 

@@ -137,7 +137,7 @@ def test_compile_pc_darts_space_equals_pc_darts_search_model():
     summary = json.loads(result.output)
     assert summary["weights"] == PC_DARTS_SEARCH_WEIGHTS
     assert summary["architecture"] == {"alpha": 224, "edges": 28}
-    assert summary["methods"] == {"partial_channels": 4, "edge_normalisation": True}
+    assert summary["methods"] == {"partial_channels": {"k": 4}, "edge_normalisation": {}}
     assert sum(cell["weights"] for cell in summary["cells"]) < summary["weights"]  # + stem, head
     assert summary["multiply_adds"] > 0 and summary["output_shape"] == [1, 10]
 
@@ -145,7 +145,7 @@ def test_compile_pc_darts_space_equals_pc_darts_search_model():
 def test_compile_space_options_and_clean_errors(tmp_path):
     result = _run(SPACES / "pc_darts.geno", "--channels", "6", "--layers", "3")
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "partial_channels = 4 needs the channels C divisible by 4; C=6 is not" in result.output
+    assert "partial_channels(k=4) needs the channels C divisible by 4; C=6 is not" in result.output
     result = _run(SPACES / "darts.geno", "--dataset", "imagenet")
     assert result.exit_code == 2 and "cifar10 or cifar100, not imagenet" in result.output
     both = tmp_path / "both.geno"

@@ -98,7 +98,7 @@ def test_grouped_under_bf16_autocast_keeps_the_plain_dtypes():
     images = torch.randn(2, 3, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outputs = [model.cells[0](*(model.stem(images),) * 2,
-                                  *model.arch.mixture_weights()[0]) for model in (plain, fast)]
+                                  model.mixture_weights()[0]) for model in (plain, fast)]
         logits = [model(images) for model in (plain, fast)]
     assert outputs[1].dtype == outputs[0].dtype == torch.bfloat16
     torch.testing.assert_close(outputs[1], outputs[0], rtol=0.05, atol=0.05)

@@ -1,5 +1,6 @@
-"""Search methods on the network side (issue #13): partial channels and edge normalisation
-(PC-DARTS), the auxiliary skip and identity (DARTS-), the derivation caps (P-DARTS) and ranking.
+"""Search methods on the network side (issues 13, 19 and 20): partial channels and edge
+normalisation (PC-DARTS), the auxiliary skip and identity (DARTS-), the derivation caps (P-DARTS)
+and ranking.
 
 Each mechanism is checked against a small hand-written statement of its formula in float64
 (values and gradients), and every option composes with every attention location and mixing:
@@ -9,6 +10,7 @@ plain == grouped, and a derived genotype that checks and compiles.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,11 +21,14 @@ from attdarts.language.locations import LOCATIONS
 from attdarts.language.printer import format_genotype
 from attdarts.language.transform import parse_text
 from attdarts.networks.derive import count_identity, count_skip_connect, derive_genotype
-from attdarts.networks.mixtures import channel_shuffle
+from attdarts.networks.methods.auxiliary_identity import AuxiliaryIdentity
+from attdarts.networks.methods.auxiliary_skip import AuxiliarySkip
+from attdarts.networks.methods.partial_channels import channel_shuffle
 from attdarts.networks.network import compile_network
 from attdarts.networks.supernet import column_names, compile_supernet, normalise_edges
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[2]
 
 OPERATIONS = "none, max_pool_3x3, skip_connect, sep_conv_3x3"
 ATTENTIONS = "identity, se, cbam"
@@ -41,6 +46,14 @@ def make_space(location: str = "after_every", mixing: str = "sum", operations: s
 
 def _text(value: object) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def set_auxiliary(model, skip: float, identity: float):
+    """DARTS-'s coefficients b as the loop's `epoch_start` would set them."""
+    for method in model.methods:
+        if isinstance(method, (AuxiliarySkip, AuxiliaryIdentity)):
+            method.b.fill_(skip if isinstance(method, AuxiliarySkip) else identity)
+    return model
 
 
 def tiny(space: ir.Space, channels: int = 8, **options) -> torch.nn.Module:
@@ -111,7 +124,7 @@ def test_partial_channels_one_is_todays_supernet():
 
 
 def test_channels_not_divisible_by_k_is_a_value_error():
-    with pytest.raises(ValueError, match=r"partial_channels = 4 needs the channels C divisible "
+    with pytest.raises(ValueError, match=r"partial_channels\(k=4\) needs the channels C divisible "
                                          r"by 4; C=6 is not"):
         compile_supernet(make_space(partial_channels=4), channels=6, layers=3, input_size=8)
 
@@ -140,8 +153,9 @@ def test_edge_normalisation_node_sum_values_and_gradients():
     assert column_names(space)["edges"][:3] == ["n0<-c_k2", "n0<-c_k1", "n1<-c_k2"]
     cell = model.cells[0]
     s0 = torch.randn(2, 24, 8, 8, dtype=torch.float64)
-    alpha, beta, _, edges = model.arch.mixture_weights()[0]
-    out = cell(s0, s0, alpha, beta, None, edges)
+    weights = model.mixture_weights()[0]
+    alpha, beta, edges = weights.alpha, weights.beta, weights.edges
+    out = cell(s0, s0, weights)
 
     raw = model.arch.edges_normal
     states = [cell.preprocess0(s0), cell.preprocess1(s0)]
@@ -182,52 +196,73 @@ def test_edges_are_drawn_after_alpha_and_beta():
 
 @pytest.mark.parametrize("operations", [OPERATIONS, "none, max_pool_3x3, sep_conv_3x3"])
 def test_auxiliary_skip_adds_b_times_skip(operations):
+    """As DARTS-'s `MixedOp`: + b * x at stride 1 (folded into skip_connect's weight when the
+    space lists it), + b * FactorizedReduce(C, C, affine=False)(x) at stride 2, a module of its
+    own beside the skip_connect candidate's."""
     space = make_space(operations=operations, auxiliary_skip="linear")
-    model = tiny(space).set_auxiliary(0.3, 1.0)
+    model = set_auxiliary(tiny(space), 0.3, 1.0)
     listed = "skip_connect" in operations
-    weights, _ = model.mixture_weights()
-    alpha = model.arch.mixture_weights()[1][0]  # the softmax alone, reduce cell
+    weights = model.mixture_weights()
+    alpha = torch.softmax(model.arch.alpha_reduce, -1)  # the softmax alone, reduce cell
+    columns = len(model.columns["alpha"])
     for index in (0, 4):  # stride 2 (factorized reduce) and stride 1 (identity)
         edge = model.cells[1].edges[index]
         x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
-        got = edge.first(x, weights[1][0][index])
-        columns = len(model.columns["alpha"])
+        got = edge.first(x, weights[1].alpha[index])
         expected = sum(alpha[index, o] * edge.first.candidates[o](x) for o in range(1, columns))
-        skip = edge.first.candidates[2 if listed else columns]
+        own = index == 0 or not listed  # a module of its own, the last candidate
+        skip = edge.first.candidates[columns if own else 2]
+        assert len(edge.first.candidates) == columns + own
+        if index == 0 and listed:
+            assert skip is not edge.first.candidates[2]  # not the skip_connect candidate's
         skipped = skip(x)
         if index == 4:
             assert torch.equal(skipped, x)  # at stride 1 the auxiliary skip is x itself
         torch.testing.assert_close(got, expected + 0.3 * skipped, rtol=1e-12, atol=1e-12)
     extra = count(model) - count(tiny(make_space(operations=operations)))
-    # listed: folded into skip_connect's weight, nothing added; otherwise one non-affine
-    # factorized reduce (C*C/2 * 2 weights) per stride-2 edge: 8 edges in each reduce cell
-    assert extra == (0 if listed else 8 * 16 * 16 + 8 * 32 * 32)  # cells 1 and 2: C=16, 32
+    # one non-affine factorized reduce (C*C/2 * 2 weights) per stride-2 edge: 8 edges in each
+    # reduce cell (cells 1 and 2: C=16, 32), whether or not the space lists skip_connect
+    assert extra == 8 * 16 * 16 + 8 * 32 * 32
+
+
+def test_darts_minus_search_model_has_darts_minus_weight_count():
+    """DARTS-'s own search model (Meituan-AutoML/DARTS-, `Network(16, 10, 8)` with
+    `--auxiliary_skip`) has 1,971,578 weights at C=16, 8 cells: DARTS's 1,930,618 plus a
+    FactorizedReduce(C, C) per stride-2 edge (8 x (32^2 + 64^2))."""
+    text = (ROOT / "genotypes/spaces/darts.geno").read_text()
+    darts = parse_text(text).space()
+    minus = parse_text(text.replace("}", "    methods = [auxiliary_skip]\n}")).space()
+    assert count(compile_supernet(darts, channels=16, layers=8).weights()) == 1_930_618
+    assert count(compile_supernet(minus, channels=16, layers=8).weights()) == 1_971_578
 
 
 def count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    parameters = model if isinstance(model, list) else model.parameters()
+    return sum(p.numel() for p in parameters)
 
 
 def test_auxiliary_at_zero_is_the_plain_supernet():
     on = tiny(make_space(location="after_every_and_end", auxiliary_skip="cosine",
                          auxiliary_identity="linear"))
     off = tiny(make_space(location="after_every_and_end"))
-    off.load_state_dict(on.state_dict())
+    loaded = off.load_state_dict(on.state_dict(), strict=False)
+    assert not loaded.missing_keys  # `on` has the auxiliary factorized reduces on top
     images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
-    on.set_auxiliary(0.0, 0.0)
+    set_auxiliary(on, 0.0, 0.0)
     torch.testing.assert_close(on(images), off(images), rtol=1e-12, atol=1e-12)
-    on.set_auxiliary(1.0, 1.0)
+    set_auxiliary(on, 1.0, 1.0)
     assert not torch.allclose(on(images), off(images))
-    assert "auxiliary" not in on.state_dict()  # a schedule's value, not a weight
+    assert not any(key.startswith("methods.") for key in on.state_dict())  # a schedule's value
 
 
 def test_auxiliary_identity_adds_b_times_h():
-    model = tiny(make_space(mixing="product", auxiliary_identity="linear")).set_auxiliary(0, 0.4)
+    model = set_auxiliary(tiny(make_space(mixing="product", auxiliary_identity="linear")), 0, 0.4)
     mixture = model.cells[0].edges[0].then
     h = torch.randn(2, 8, 8, 8, dtype=torch.float64)
     t = torch.softmax(torch.randn(3, dtype=torch.float64), 0)
     plain = mixture(h, t)
-    torch.testing.assert_close(mixture(h, t, model.auxiliary[1]), plain + 0.4 * h)
+    identity = model.mixture_weights()[0].identity
+    torch.testing.assert_close(mixture(h, t, identity), plain + 0.4 * h)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +403,7 @@ def _cases():
 @pytest.mark.parametrize("location, mixing, options", list(_cases()))
 def test_every_option_composes(location, mixing, options):
     space = make_space(location, mixing, **options)
-    plain = tiny(space, channels=4).set_auxiliary(0.7, 0.3)
+    plain = set_auxiliary(tiny(space, channels=4), 0.7, 0.3)
     fast = copy.deepcopy(plain).set_grouped(True)
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(3, 3, 8, 8, generator=generator, dtype=torch.float64)

@@ -98,7 +98,8 @@ def test_every_space_builds_steps_and_derives(name):
     images, labels = torch.randn(2, 3, 8, 8), torch.tensor([1, 7])
     logits = model(images)
     assert logits.shape == (2, 10)
-    for *mixtures, edges in model.arch.mixture_weights():
+    for weights in model.mixture_weights():
+        mixtures, edges = (weights.alpha, weights.beta, weights.gamma), weights.edges
         for tensor in mixtures:
             if tensor is not None:
                 torch.testing.assert_close(tensor.sum(-1), torch.ones(tensor.shape[0]))

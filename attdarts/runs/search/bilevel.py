@@ -32,30 +32,30 @@ scratch copy of the buffers, so only real steps (the weight step, and the first-
 architecture step as in DARTS) move them. Running statistics never affect the search itself,
 which runs in training mode throughout.
 
-Two search methods act inside the iteration (options of the space, README "Search methods"):
-
-- beta-decay (beta-DARTS, Ye et al. 2022): the architecture gradient gets
-  ``lambda_t * grad_a R(a)`` with ``R = mean over rows of logsumexp(row)``, one mean over every
-  row (edge) of alpha, beta and gamma of both cell types (gamma's one row counts as a row);
-  `beta_decay` holds lambda_t (the loop sets it per epoch). It adds to the first- and the
-  second-order gradient alike (R does not depend on the weights).
-- random smoothing (SDARTS-RS, Chen and Hsieh 2020): before each weight step alpha, beta and
-  gamma get uniform noise in [-eps, eps] from torch's global generator (so a resume replays it);
-  the weight gradient is taken there, then the exact previous values are copied back.
-
-Edge weights of edge normalisation are architecture parameters too (Adam moves them) but neither
-method touches them: they act on the kinds of `REGULARISED_KINDS` only.
+Search methods act in the iteration through their hooks (`attdarts.networks.methods`): the
+mixture weights are made once per step (`Supernet.mixture_weights`, after each method's `draw`
+from the run's method generator) and every forward of the step uses them; in the second-order
+step they are made once as a graph from the architecture, the passes take gradients with
+respect to the weights themselves, and one backward through the graph turns the combination
+into the architecture gradient (the "authors" variant moves the architecture itself, so its
+passes make the weights again, from the same draw). The architecture loss gets the methods'
+`architecture_loss` terms (beta-decay), the weight step's weights go through
+`before_weight_step` (random smoothing) and its loss gets `weight_loss`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
 
+from torch.utils import _pytree as pytree
+
+from attdarts.networks.methods import MixtureWeights, Random
 from attdarts.networks.supernet import Supernet
 from attdarts.runs import graphs as captured
 from attdarts.runs.search.config import SearchConfig, SearchError
@@ -66,23 +66,14 @@ def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 ParamDict = dict[str, Tensor]
-# the architecture kinds that beta-decay and random smoothing act on (`arch.alpha_normal`, ...)
-REGULARISED_KINDS = ("alpha", "beta", "gamma")
 
 
-def regularised_kind(name: str) -> bool:
-    """Whether the architecture parameter `name` (e.g. `arch.beta_reduce`) is alpha/beta/gamma."""
-    return name.rsplit(".", 1)[-1].split("_", 1)[0] in REGULARISED_KINDS
-
-
-def beta_decay_term(tensors: Sequence[Tensor]) -> Tensor:
-    """beta-DARTS's regulariser: the mean over the rows of all `tensors` of logsumexp(row).
-
-    Each tensor is (rows, candidates); the rows of tensors of different widths are pooled, so
-    every edge of alpha and of the attention weights counts once (gamma's one row counts once).
-    """
-    total = sum(torch.logsumexp(tensor, dim=-1).sum() for tensor in tensors)
-    return total / sum(tensor.shape[0] for tensor in tensors)
+def method_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """The generator a run's search methods draw from (random smoothing's noise, a sampler's
+    draws): one per seed, apart from torch's global one, seeded from the run's seed."""
+    generator = torch.Generator(device=torch.device(device))
+    generator.manual_seed((int(seed) * 0x9E3779B1 + 0x5EED) % 2**63)
+    return generator
 
 
 def virtual_step(
@@ -185,13 +176,9 @@ class Bilevel:
         self.arch_names = [name for name, _ in model.named_architecture()]
         self.weight_params = model.weights()
         self.arch_params = model.architecture()
-        space = getattr(model, "space", None)
-        # search methods (module docstring): lambda_t of beta-decay, set by the loop per epoch;
-        # eps of random smoothing; the parameters both act on
-        self.beta_decay = 0.0
-        self.smoothing = float(space.smoothing) if space is not None else 0.0
-        self.regularised = [param for name, param in zip(self.arch_names, self.arch_params)
-                            if regularised_kind(name)]
+        self.methods = model.methods  # the space's search methods (their hooks)
+        device = self.weight_params[0].device
+        self.generator = method_generator(config.seed, device)
         if config.clip == "authors" and world_size > 1:
             raise SearchError("the authors' clipping (--clip authors) runs in one process; "
                               "use --clip weights under torchrun")
@@ -209,9 +196,9 @@ class Bilevel:
             weight_decay=config.arch_weight_decay, foreach=True)
         self.weight_update = captured.CapturableSGD(self.weight_optimizer)
         wanted = getattr(config, "graphs", True) if graphs is None else graphs
-        device = self.weight_params[0].device
         self.captured = captured.CapturedStep(
-            self._step, enabled=wanted and captured.capture_possible(device, world_size=world_size))
+            self._step, enabled=wanted and captured.capture_possible(device, world_size=world_size),
+            generators=(self.generator,))
         captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
         # a capture that fails goes on eagerly (attdarts.runs.graphs), Adam as eager runs have it
         self.captured.listeners.append(
@@ -241,58 +228,59 @@ class Bilevel:
 
     def capture_key(self) -> tuple:
         """The Python values `_step` reads that may change during a search: a captured step is
-        re-captured when they change. beta-decay's lambda_t changes once per epoch (set by the
-        loop), so a search with beta-decay re-captures once per epoch; the learning rate lives in
-        a device tensor and never forces one."""
-        return (self.beta_decay,)
+        re-captured when they change. The methods' values (beta-decay's lambda_t, smoothing's
+        eps) change once per epoch, so such a search re-captures once per epoch; the learning
+        rate lives in a device tensor and never forces one."""
+        return self.methods.capture_key()
+
+    @property
+    def random(self) -> Random:
+        """The random numbers of this run's steps (its method generator)."""
+        return Random([self.generator])
 
     def _step(self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor] | None
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The step itself: capture-safe (no host sync, no branch on a tensor's value)."""
+        """The step itself: capture-safe (no host sync, no branch on a tensor's value). The
+        methods draw once, before the first forward; every pass of the step uses that draw."""
+        draw = self.methods.draw(dict(zip(self.arch_names, self.arch_params)), self.random)
         if arch_batch is None:
-            train_loss, train_logits = self.weight_step(weight_batch)
+            train_loss, train_logits = self.weight_step(weight_batch, draw)
             zero = torch.zeros((), device=train_loss.device)
             return train_loss.detach(), _correct(train_logits, weight_batch[1]), zero, zero
         if self.config.order == 2:
-            val_loss, val_logits = self.architecture_step_second_order(weight_batch, arch_batch)
+            val_loss, val_logits = self.architecture_step_second_order(weight_batch, arch_batch,
+                                                                       draw)
         else:
-            val_loss, val_logits = self.architecture_step_first_order(arch_batch)
-        train_loss, train_logits = self.weight_step(weight_batch)
+            val_loss, val_logits = self.architecture_step_first_order(arch_batch, draw)
+        train_loss, train_logits = self.weight_step(weight_batch, draw)
         return (train_loss.detach(), _correct(train_logits, weight_batch[1]),
                 val_loss.detach(), _correct(val_logits, arch_batch[1]))
 
-    def weight_step(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-        """SGD on the weights; the clip norm counts the weights, or also alpha / beta ("authors")."""
+    def weight_step(self, batch: tuple[Tensor, Tensor], draw: Any = None
+                    ) -> tuple[Tensor, Tensor]:
+        """SGD on the weights; the clip norm counts the weights, or also alpha / beta ("authors").
+        The mixture weights are the step's, through the methods' `before_weight_step` (random
+        smoothing draws its noise here); the loss gets their `weight_loss`."""
         images, labels = batch
         authors = self.config.clip == "authors"
         self._arch_requires_grad(authors)
-        saved = self._perturb_architecture() if self.smoothing else None
         try:
             self.weight_optimizer.zero_grad(set_to_none=True)
-            logits = self.network(images)
+            weights = self.model.mixture_weights(draw=draw, weight_step=self.random)
+            logits = self.network(images, weights)
             loss = _cross_entropy(logits, labels)
-            loss.backward()
+            extra = self.methods.weight_loss(weights)
+            (loss if extra is None else loss + extra).backward()
             if authors:
                 self.grad_norm = self._clip_as_the_authors()
             else:
                 self.grad_norm = torch.nn.utils.clip_grad_norm_(self.weight_params,
                                                                 self.config.grad_clip)
             self.weight_update.step()  # torch's SGD, learning rate read from a device tensor
+            self.methods.after_weight_step()
         finally:
-            if saved is not None:
-                with torch.no_grad():
-                    torch._foreach_copy_(self.regularised, saved)
             self._arch_requires_grad(True)
         return loss, logits.detach()
-
-    def _perturb_architecture(self) -> list[Tensor]:
-        """SDARTS-RS: alpha / beta / gamma += U[-eps, eps] (global generator, parameter order);
-        returns copies of the values before, which the weight step copies back exactly."""
-        saved = [param.detach().clone() for param in self.regularised]
-        with torch.no_grad():
-            for param in self.regularised:
-                param.add_(torch.empty_like(param).uniform_(-self.smoothing, self.smoothing))
-        return saved
 
     def _clip_as_the_authors(self) -> Tensor:
         """Clip the weight gradients by the norm over the weights and alpha / beta (see above).
@@ -310,25 +298,45 @@ class Bilevel:
         torch.nn.utils.clip_grads_with_norm_(self.weight_params, self.config.grad_clip, total)
         return total
 
-    def architecture_step_first_order(self, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    def architecture_step_first_order(self, batch: tuple[Tensor, Tensor], draw: Any = None
+                                      ) -> tuple[Tensor, Tensor]:
+        """Adam on the architecture with grad_a (L_val(w, a) + the methods' terms)."""
         images, labels = batch
-        logits = self.model(images)
+        arch = dict(zip(self.arch_names, self.arch_params))
+        weights = self.model.mixture_weights(draw=draw)
+        logits = self.model(images, weights)
         loss = _cross_entropy(logits, labels)
-        grads = torch.autograd.grad(loss, self.arch_params)
-        self._apply_arch_gradient(self._with_beta_decay(list(grads)))
+        extra = self.methods.architecture_loss(arch, weights)
+        grads = torch.autograd.grad(loss if extra is None else loss + extra, self.arch_params)
+        self._apply_arch_gradient(list(grads))
         return loss, logits.detach()
 
     def architecture_step_second_order(
-        self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor]
+        self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor],
+        draw: Any = None,
     ) -> tuple[Tensor, Tensor]:
-        grads, val_loss, val_logits = self.unrolled_gradient(weight_batch, arch_batch)
-        self._apply_arch_gradient(self._with_beta_decay(grads))
+        grads, val_loss, val_logits = self.unrolled_gradient(weight_batch, arch_batch, draw)
+        arch = dict(zip(self.arch_names, self.arch_params))
+        with torch.enable_grad():
+            extra = self.methods.architecture_loss(arch, self.model.mixture_weights(draw=draw))
+        if extra is not None:  # the methods' terms do not depend on the weights
+            grads = [grad + term for grad, term in
+                     zip(grads, torch.autograd.grad(extra, self.arch_params, allow_unused=True,
+                                                    materialize_grads=True))]
+        self._apply_arch_gradient(grads)
         return val_loss, val_logits
 
     def unrolled_gradient(
-        self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor]
+        self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor],
+        draw: Any = None,
     ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """The second-order architecture gradient (one per `arch_params` entry), L_val, logits."""
+        """The second-order architecture gradient (one per `arch_params` entry), L_val, logits.
+
+        DARTS's variant keeps the architecture where it is, so the mixture weights are made once
+        (`made`, a graph from alpha / beta) and the passes differentiate with respect to copies
+        of them (`leaves`); the combined gradient goes back through the graph once. The
+        authors' variant moves the architecture: each pass makes the weights of its values.
+        """
         if self.world_size > 1:
             raise SearchError("second-order search runs in one process; use --order 1 under torchrun")
         config = self.config
@@ -339,8 +347,17 @@ class Bilevel:
         # scratch BN buffers: the extra passes must not move the real running statistics
         buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
 
-        def forward(w: Mapping[str, Tensor], a: Mapping[str, Tensor], images: Tensor) -> Tensor:
-            return functional_call(self.model, ({**w, **a}, buffers), (images,))
+        def forward(w: Mapping[str, Tensor], mixture: MixtureWeights, images: Tensor) -> Tensor:
+            return functional_call(self.model, (dict(w), buffers), (images,),
+                                   {"weights": mixture})
+
+        if authors:  # the passes' "architecture": alpha / beta themselves
+            def mixture_of(a: Mapping[str, Tensor]) -> MixtureWeights:
+                return self.model.mixture_weights(a, draw)
+            made, variables = None, arch
+        else:  # the passes' "architecture": the step's mixture weights
+            made = self.model.mixture_weights(arch, draw)
+            variables, mixture_of = _leaves(made)
 
         train_images, train_labels = weight_batch
         val_images, val_labels = arch_batch
@@ -348,15 +365,16 @@ class Bilevel:
         # 1. virtual step on the training batch
         if authors:
             leaves = {**weights, **arch}
-            train_loss = _cross_entropy(forward(weights, arch, train_images), train_labels)
+            train_loss = _cross_entropy(forward(weights, mixture_of(arch), train_images),
+                                        train_labels)
             grads = torch.autograd.grad(train_loss, list(leaves.values()))
             moved = virtual_step(leaves, dict(zip(leaves, grads)), eta=eta,
                                  weight_decay=config.weight_decay)
             virtual_weights = {name: moved[name] for name in self.weight_names}
-            virtual_arch = {name: moved[name].requires_grad_() for name in self.arch_names}
+            virtual = {name: moved[name].requires_grad_() for name in self.arch_names}
         else:
-            detached_arch = {name: value.detach() for name, value in arch.items()}
-            train_loss = _cross_entropy(forward(weights, detached_arch, train_images), train_labels)
+            detached = pytree.tree_map_only(Tensor, lambda t: t.detach(), made)
+            train_loss = _cross_entropy(forward(weights, detached, train_images), train_labels)
             grads = torch.autograd.grad(train_loss, self.weight_params)
             momentum_buffers = {
                 name: self.weight_optimizer.state.get(param, {}).get("momentum_buffer")
@@ -365,38 +383,35 @@ class Bilevel:
                 weights, dict(zip(self.weight_names, grads)), eta=eta,
                 weight_decay=config.weight_decay, momentum=config.momentum,
                 buffers=momentum_buffers)
-            virtual_arch = arch
+            virtual = variables
         for value in virtual_weights.values():
             value.requires_grad_()
 
         # 2. validation loss at w' (and a' for the authors' variant)
-        val_logits = forward(virtual_weights, virtual_arch, val_images)
+        val_logits = forward(virtual_weights, mixture_of(virtual), val_images)
         val_loss = _cross_entropy(val_logits, val_labels)
-        arch_values = [virtual_arch[name] for name in self.arch_names]
-        grads = torch.autograd.grad(val_loss, [*arch_values, *virtual_weights.values()])
-        arch_grads, vector = grads[:len(arch_values)], grads[len(arch_values):]
+        names = list(virtual)
+        values = [virtual[name] for name in names]
+        grads = torch.autograd.grad(val_loss, [*values, *virtual_weights.values()],
+                                    allow_unused=True, materialize_grads=True)
+        variable_grads, vector = grads[:len(values)], grads[len(values):]
 
         # 3. finite-difference Hessian-vector product around (w, a); the authors' variant moves
         # alpha / beta along their own validation gradient too
         product, _ = hessian_vector_product(
-            lambda w, a: _cross_entropy(forward(w, a, train_images), train_labels),
-            weights, arch, dict(zip(self.weight_names, vector)), r=self.hvp_scale,
-            arch_vector=dict(zip(self.arch_names, arch_grads)) if authors else None)
-        total = [g - eta.to(g.dtype) * product[name]
-                 for g, name in zip(arch_grads, self.arch_names)]
-        return total, val_loss, val_logits.detach()
+            lambda w, a: _cross_entropy(forward(w, mixture_of(a), train_images), train_labels),
+            weights, variables, dict(zip(self.weight_names, vector)), r=self.hvp_scale,
+            arch_vector=dict(zip(names, variable_grads)) if authors else None)
+        total = [g - eta.to(g.dtype) * product[name] for g, name in zip(variable_grads, names)]
+        if authors:
+            return total, val_loss, val_logits.detach()
+        # 4. back through the weights' graph: d(weights)/d(alpha, beta) once
+        outputs = [made_value for made_value, _ in _pairs(made, variables)]
+        arch_grads = torch.autograd.grad(outputs, self.arch_params, grad_outputs=total,
+                                         allow_unused=True, materialize_grads=True)
+        return list(arch_grads), val_loss, val_logits.detach()
 
     # -- helpers --------------------------------------------------------------------------------
-
-    def _with_beta_decay(self, grads: list[Tensor]) -> list[Tensor]:
-        """`grads` (one per `arch_params` entry) plus ``lambda_t * grad_a R`` (beta-DARTS)."""
-        if not self.beta_decay or not self.regularised:
-            return grads
-        with torch.enable_grad():
-            extra = iter(torch.autograd.grad(beta_decay_term(self.regularised), self.regularised))
-        chosen = {id(param) for param in self.regularised}
-        return [grad + self.beta_decay * next(extra) if id(param) in chosen else grad
-                for param, grad in zip(self.arch_params, grads)]
 
     def _apply_arch_gradient(self, grads: list[Tensor]) -> None:
         if self.world_size > 1:
@@ -429,6 +444,29 @@ class Bilevel:
         # the checkpoint brings back the flag it was written with (CPU, --no-graphs or captured)
         captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
         self.weight_update.refresh()
+
+
+def _leaves(made: MixtureWeights) -> tuple[dict[str, Tensor], Callable[[Mapping[str, Tensor]],
+                                                                        MixtureWeights]]:
+    """Copies of the weights in `made` that depend on the architecture, as leaves by position
+    ("0", "1", ...), and the function that puts given values back into `made`'s structure."""
+    flat, spec = pytree.tree_flatten(made)
+    positions = [i for i, value in enumerate(flat)
+                 if isinstance(value, Tensor) and value.requires_grad]
+    leaves = {str(i): flat[i].detach().requires_grad_() for i in positions}
+
+    def rebuild(values: Mapping[str, Tensor]) -> MixtureWeights:
+        filled = list(flat)
+        for i in positions:
+            filled[i] = values[str(i)]
+        return pytree.tree_unflatten(filled, spec)
+    return leaves, rebuild
+
+
+def _pairs(made: MixtureWeights, leaves: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+    """(made weight, its leaf) in the leaves' order."""
+    flat, _ = pytree.tree_flatten(made)
+    return [(flat[int(key)], leaf) for key, leaf in leaves.items()]
 
 
 def _correct(logits: Tensor, labels: Tensor) -> Tensor:

@@ -153,32 +153,6 @@ def cosine_lr(config: SearchConfig, epoch: int) -> float:
         1.0 + math.cos(math.pi * epoch / config.epochs))
 
 
-def auxiliary_weight(decay: str, epoch: int, epochs: int) -> float:
-    """DARTS-'s coefficient b of the auxiliary skip in 0-based `epoch` (0.0 when `decay` is off).
-
-    b starts at 1 and falls towards 0: "linear" ``1 - epoch / epochs``, "cosine"
-    ``(1 + cos(pi epoch / epochs)) / 2`` (DARTS-'s code, src/utils.py `DecayScheduler` with its
-    defaults T_start 0, T_max = T_stop = epochs; linear is its scripts' choice).
-    """
-    if decay == "off":
-        return 0.0
-    if decay == "linear":
-        return 1.0 - epoch / epochs
-    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-
-
-def beta_decay_weight(space: ir.Space, epoch: int, epochs: int) -> float:
-    """lambda_t of beta-DARTS's regulariser in 0-based `epoch`: `space.beta_decay` throughout
-    ("constant") or ``beta_decay * epoch / epochs`` ("linear", growing from 0 towards lambda).
-
-    beta-DARTS's code (optimizers/darts/architect.py `_backward_step`) uses ``50 * epoch / 100``
-    over a 100-epoch search: "linear" with lambda = 50.
-    """
-    if space.beta_decay_schedule == "constant":
-        return space.beta_decay
-    return space.beta_decay * epoch / epochs
-
-
 def load_space(path: str | os.PathLike, name: str | None = None) -> ir.Space:
     return read_space(path, name)
 

@@ -16,11 +16,12 @@ they cost nothing extra; DARTS's separate evaluation pass is not run.
 The checkpoint holds the per-epoch history with the genotypes as text (the format every run
 directory has), so a run killed at any instant resumes to byte-identical outputs.
 
-Search methods that act per epoch (options of the space, README "Search methods"): at every
-epoch start (also after a resume) the loop sets beta-decay's lambda_t on the bilevel step and
-DARTS-'s auxiliary coefficients b on the supernet (`Supernet.set_auxiliary`); epochs before
-`arch_start_epoch` run weight steps only; DARTS+'s early stop reads each epoch's genotype. Their
-values go into that epoch's metrics record (only for the methods that are on).
+Search methods (the space's `methods`, README "Search methods") act through their hooks: at
+every epoch start (also after a resume) the loop calls `epoch_start` on the supernet's methods
+(beta-decay's lambda_t, DARTS-'s coefficients b, smoothing's eps), whose values go into that
+epoch's metrics record (only for the methods the space lists); after each epoch's derivation
+`early_stop` may end the search (DARTS+). Epochs before `arch_start_epoch` run weight steps only.
+The methods' generator (`bilevel.method_generator`) is part of the checkpoint.
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ from attdarts.runs.runtime import Process
 from attdarts.runs.search import outputs
 from attdarts.runs.search.bilevel import Bilevel
 from attdarts.runs.search.config import (
-    CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, auxiliary_weight,
-    beta_decay_weight, cosine_lr,
+    CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, cosine_lr,
 )
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class SearchRun:
             "elapsed": self.elapsed,
             "history": self._saved_history(),
             "rng": runtime.rng_state(),
+            "method_rng": self.bilevel.generator.get_state(),
         })
 
     def restore(self) -> None:
@@ -158,6 +159,8 @@ class SearchRun:
             history["genotypes"] = [parse_text(text).genotype() for text in self._texts]
             self.history = history
             runtime.set_rng_state(state["rng"])
+            if "method_rng" in state:  # written since search methods draw from their own
+                self.bilevel.generator.set_state(state["method_rng"].cpu())
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise checkpoints.CheckpointError(
                 f"{self.run_dir / CHECKPOINT}: does not match this search ({error})") from None
@@ -211,18 +214,8 @@ class SearchRun:
 
     def _start_methods(self, epoch: int) -> dict:
         """Set the per-epoch values of the space's search methods; returns those to record."""
-        space, config = self.space, self.config
-        record: dict = {}
-        self.bilevel.beta_decay = beta_decay_weight(space, epoch, config.epochs)
-        if space.beta_decay:
-            record["beta_decay"] = self.bilevel.beta_decay
-        if space.auxiliary_skip != "off" or space.auxiliary_identity != "off":
-            skip = auxiliary_weight(space.auxiliary_skip, epoch, config.epochs)
-            identity = auxiliary_weight(space.auxiliary_identity, epoch, config.epochs)
-            self.model.set_auxiliary(skip, identity)
-            record.update({key: value for key, value in (
-                ("auxiliary_skip", skip), ("auxiliary_identity", identity))
-                if getattr(space, key) != "off"})
+        config = self.config
+        record: dict = self.model.methods.epoch_start(epoch, config.epochs)
         if config.arch_start_epoch:
             record["architecture_steps"] = self.architecture_steps(epoch)
         return record
@@ -312,19 +305,14 @@ class SearchRun:
             metrics["train_accuracy"], val, lr, seconds,
             train_count / seconds if seconds > 0 else 0.0)
         if reason is not None:
-            log.info("seed %d: stopped early after epoch %d/%d (DARTS+): %s", config.seed,
+            log.info("seed %d: stopped early after epoch %d/%d: %s", config.seed,
                      self.epoch, config.epochs, reason)
 
     def _early_stop_reason(self, epoch: int, genotype: ir.Genotype) -> str | None:
-        """DARTS+: why the search stops after 0-based `epoch` (None: it goes on). Only epochs
-        that trained the architecture count; the last epoch ends the search anyway."""
-        limit = self.space.stop_at_skips
-        if limit is None or not self.architecture_steps(epoch) or epoch + 1 >= self.config.epochs:
-            return None
-        skips = outputs.count_skips(genotype.normal)
-        if skips < limit:
-            return None
-        return (f"the derived normal cell has {skips} skip_connect (stop_at_skips = {limit})")
+        """Why the search stops after 0-based `epoch` (None: it goes on): the methods'
+        `early_stop` (DARTS+), told whether the epoch trained the architecture."""
+        return self.model.methods.early_stop(epoch, self.config.epochs, genotype,
+                                             self.architecture_steps(epoch))
 
     def _reduced_totals(self) -> Tensor:
         counts = torch.tensor(self.counts, dtype=torch.float64).to(self.device)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attdarts.language import ir
+from attdarts.language import ir, kinds
 from attdarts.language.printer import cell_lines, format_checked, format_space
 from attdarts.networks.derive import derive_genotype
 from attdarts.networks.supernet import Supernet
@@ -98,8 +98,8 @@ def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
                         for kind, tensor in normalised[cell].items()}
     columns = model.columns
     record["edges"] = list(model.edge_names)
-    record["operations"] = columns["alpha"]
-    attentions = columns.get("beta", columns.get("gamma"))
+    record["operations"] = columns[kinds.OPERATION]
+    attentions = columns.get(kinds.ATTENTION, columns.get(kinds.OUTPUT))
     if attentions is not None:
         record["attentions"] = attentions
     return dump_json(record)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from attdarts.language import ir
-from attdarts.language.methods import OPTIONS
+from attdarts.networks.methods import SearchMethod, method_class
 from attdarts.networks import grouping
 from attdarts.runs import data, runtime
 from attdarts.runs.runtime import Process
@@ -54,18 +54,26 @@ from attdarts.runs.search.outputs import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
-# space options that change only the derivation: each seed derives from its own supernet
-DERIVATION_OPTIONS = ("max_skip_connect", "max_identity")
+# hooks that act on the derivation only: each seed derives from its own supernet
+DERIVATION_HOOKS = frozenset({"derivation_weights", "edge_scales", "keep", "cap", "size_problem"})
+
+
+def _acts_in_the_search(name: str) -> bool:
+    """Whether search method `name` fills a hook other than the derivation's."""
+    cls = method_class(name)
+    hooks = {hook for hook, value in vars(SearchMethod).items()
+             if callable(value) and not hook.startswith("_")}
+    return any(getattr(cls, hook) is not getattr(SearchMethod, hook)
+               for hook in hooks - DERIVATION_HOOKS)
 
 Batch = tuple[Tensor, Tensor]  # (seeds, batch, 3, H, W) images and (seeds, batch) labels
 
 
 def unsupported(config: SearchConfig, space: ir.Space) -> str | None:
     """Why `config` on `space` cannot run together (one line), or None."""
-    active = [option.key for option in OPTIONS.values()
-              if getattr(space, option.key) != option.default and option.key not in DERIVATION_OPTIONS]
+    active = [call.name for call in space.methods if _acts_in_the_search(call.name)]
     if active:
-        return (f"--together does not run the space option(s) {', '.join(active)} of space "
+        return (f"--together does not run the search method(s) {', '.join(active)} of space "
                 f"'{space.name}' yet; run its seeds without --together")
     if config.arch_start_epoch:  # StackedBilevel always takes an architecture step
         return "--together has no architecture warm-up yet; give --arch-start-epoch 0"

@@ -1,5 +1,5 @@
 """Search methods in the search loop: beta-decay, random smoothing, DARTS-'s auxiliary schedule,
-DARTS+'s early stop, the architecture's warm-up and the pc-darts recipe (issue 13).
+DARTS+'s early stop, the architecture's warm-up and the pc-darts recipe (issues 13, 19, 20).
 
 Each mechanism is checked against a small hand-written reference of its formula in float64.
 """
@@ -23,14 +23,18 @@ from attdarts.language.locations import LOCATIONS
 from attdarts.language.printer import format_checked
 from attdarts.language.transform import parse_file, parse_text
 from attdarts.networks.derive import derive_genotype
+from attdarts.networks.methods import Random, build_methods
+from attdarts.networks.methods.auxiliary_identity import AuxiliaryIdentity
+from attdarts.networks.methods.auxiliary_skip import AuxiliarySkip, decay_weight
+from attdarts.networks.methods.beta_decay import BetaDecay, beta_decay_term
+from attdarts.networks.methods.smoothing import RandomSmoothing, perturb
 from attdarts.networks.network import compile_network
-from attdarts.networks.supernet import Supernet, compile_supernet
+from attdarts.networks.supernet import compile_supernet
 from attdarts.runs import data
 from attdarts.runs.search import (
     Bilevel, SearchConfig, SearchError, recipe_config, resume_search, run_search,
 )
-from attdarts.runs.search import config as config_module
-from attdarts.runs.search.bilevel import beta_decay_term
+from attdarts.runs.search.bilevel import method_generator
 from attdarts.runs.search.loop import SearchRun
 from attdarts.runs.search.outputs import count_skips
 
@@ -81,15 +85,25 @@ def tiny_bilevel(text: str, *, grouped: bool = False, **changes) -> Bilevel:
     return Bilevel(model, tiny_config("unused.geno", **changes))
 
 
+def method_of(bilevel: Bilevel, kind: type):
+    return next(method for method in bilevel.model.methods if isinstance(method, kind))
+
+
+def set_lambda(bilevel: Bilevel, value: float) -> None:
+    """beta-decay's lambda_t, as `epoch_start` sets it."""
+    method_of(bilevel, BetaDecay).lambda_t = value
+
+
 @pytest.fixture
-def recorded_auxiliary(monkeypatch) -> list[tuple[float, float]]:
-    """`Supernet.set_auxiliary` (the network side, helper A) replaced by a recorder."""
-    calls: list[tuple[float, float]] = []
-
-    def set_auxiliary(self, skip: float, identity: float) -> None:
-        calls.append((skip, identity))
-
-    monkeypatch.setattr(Supernet, "set_auxiliary", set_auxiliary, raising=False)
+def recorded_auxiliary(monkeypatch) -> list[tuple[str, float]]:
+    """The DARTS- methods' `epoch_start` recorded: (method, b) for each call, b as set."""
+    calls: list[tuple[str, float]] = []
+    for kind, name in ((AuxiliarySkip, "auxiliary_skip"), (AuxiliaryIdentity, "auxiliary_identity")):
+        def epoch_start(self, epoch, epochs, original=kind.epoch_start, name=name):
+            record = original(self, epoch, epochs)
+            calls.append((name, float(self.b)))
+            return record
+        monkeypatch.setattr(kind, "epoch_start", epoch_start)
     return calls
 
 
@@ -119,14 +133,17 @@ def test_beta_decay_term_is_the_mean_logsumexp_over_all_rows_with_its_gradient()
                                          rel=1e-13)
 
 
+def _schedule(text: str, epochs: int = 4) -> list[dict]:
+    methods = build_methods(parse_text(text).space())
+    return [methods.epoch_start(epoch, epochs) for epoch in range(epochs)]
+
+
 def test_beta_decay_schedules():
-    space = parse_text(space_text(beta_decay=2.0)).space()
-    assert [config_module.beta_decay_weight(space, epoch, 4) for epoch in range(4)] == [
+    assert [r["beta_decay"] for r in _schedule(space_text(beta_decay=2.0))] == [
         0.0, 0.5, 1.0, 1.5]
-    constant = parse_text(space_text(beta_decay=2.0, beta_decay_schedule="constant")).space()
-    assert [config_module.beta_decay_weight(constant, epoch, 4) for epoch in range(4)] == [2.0] * 4
-    off = parse_text(space_text()).space()
-    assert config_module.beta_decay_weight(off, 3, 4) == 0.0
+    constant = space_text(beta_decay=2.0, beta_decay_schedule="constant")
+    assert [r["beta_decay"] for r in _schedule(constant)] == [2.0] * 4
+    assert _schedule(space_text()) == [{}] * 4  # off: nothing set, nothing recorded
 
 
 def _recording(bilevel: Bilevel, monkeypatch) -> list[list[torch.Tensor]]:
@@ -145,7 +162,7 @@ def test_first_order_architecture_step_follows_val_loss_plus_the_term(monkeypatc
     text = space_text(beta_decay=0.5)
     bilevel = tiny_bilevel(text)
     reference = copy.deepcopy(bilevel.model)
-    bilevel.beta_decay = 0.7
+    set_lambda(bilevel, 0.7)
     seen = _recording(bilevel, monkeypatch)
     _, arch_batch = batches()
     bilevel.architecture_step_first_order(arch_batch)
@@ -176,7 +193,7 @@ def test_second_order_gradient_gets_the_same_term(monkeypatch):
     text = space_text(beta_decay=0.5)
     bilevel = tiny_bilevel(text, order=2)
     twin = copy.deepcopy(bilevel)
-    bilevel.beta_decay = 0.7
+    set_lambda(bilevel, 0.7)
     seen = _recording(bilevel, monkeypatch)
     weight_batch, arch_batch = batches()
     bilevel.architecture_step_second_order(weight_batch, arch_batch)
@@ -188,46 +205,91 @@ def test_second_order_gradient_gets_the_same_term(monkeypatch):
         torch.testing.assert_close(got, base + 0.7 * extra, rtol=1e-10, atol=1e-13)
 
 
-# -- random smoothing (SDARTS-RS) ---------------------------------------------------------------
+# -- random smoothing (SDARTS-RS) ----------------------------------------------------------------
 
 
-def test_smoothing_takes_the_weight_gradient_at_a_perturbed_architecture():
+def _sdarts_weights(model, eps: float, generator: torch.Generator) -> list[dict]:
+    """SDARTS-RS's weight-step weights written out (their `softmax_arch_parameters`, then
+    `Random_alpha`: + U[-eps, eps], then `clip`): per cell type, for alpha then beta, each row
+    clipped to [0, 1] and divided by its sum; the noise drawn in that order."""
+    weights = []
+    for cell in ("normal", "reduce"):
+        made = {}
+        for kind in ("alpha", "beta"):
+            softmax = torch.softmax(getattr(model.arch, f"{kind}_{cell}").detach(), dim=-1)
+            noisy = softmax + torch.empty_like(softmax).uniform_(-eps, eps, generator=generator)
+            rows = []
+            for line in noisy:
+                top = int(line.argmax())
+                line = line.clamp(0, 1)
+                if float(line.sum()) == 0.0:
+                    line = torch.zeros_like(line)
+                    line[top] = 1.0
+                rows.append(line / line.sum())
+            made[kind] = torch.stack(rows)
+        weights.append(made)
+    return weights
+
+
+def test_smoothing_takes_the_weight_gradient_at_noisy_softmaxed_weights():
+    """The weight step's forward uses softmax(alpha) + noise, clipped and renormalised, as SDARTS's
+    code does (no second softmax); alpha itself is left as it was."""
     eps = 0.2
     bilevel = tiny_bilevel(space_text(smoothing=eps), weight_decay=0.0, grad_clip=1e9)
-    assert bilevel.smoothing == eps
+    smoothing = method_of(bilevel, RandomSmoothing)
+    assert smoothing.epsilon == eps
     reference = copy.deepcopy(bilevel.model)
     before = [param.detach().clone() for param in bilevel.arch_params]
     weight_batch, _ = batches()
-    state = torch.get_rng_state()
+    generator = method_generator(bilevel.config.seed, "cpu")
+    generator.set_state(bilevel.generator.get_state())
     bilevel.weight_step(weight_batch)
     got = [param.grad.clone() for param in bilevel.weight_params]
     for param, saved in zip(bilevel.arch_params, before):
-        assert torch.equal(param.detach(), saved)  # restored bit for bit
+        assert torch.equal(param.detach(), saved)  # the architecture is not touched
 
-    def weight_gradient(perturb: bool) -> list[torch.Tensor]:
+    def weight_gradient(weights: list[dict] | None) -> list[torch.Tensor]:
         model = copy.deepcopy(reference)
-        torch.set_rng_state(state)
-        with torch.no_grad():
-            for _, param in model.named_architecture():  # all of them are alpha / beta here
-                if perturb:
-                    param.add_(torch.empty_like(param).uniform_(-eps, eps))
-        loss = F.cross_entropy(model(weight_batch[0]), weight_batch[1])
+        mixture = None
+        if weights is not None:
+            mixture = tuple(cell._replace(alpha=made["alpha"], beta=made["beta"])
+                            for cell, made in zip(model.mixture_weights(), weights))
+        loss = F.cross_entropy(model(weight_batch[0], mixture), weight_batch[1])
         return list(torch.autograd.grad(loss, model.weights()))
 
-    for mine, hand in zip(got, weight_gradient(perturb=True)):
+    for mine, hand in zip(got, weight_gradient(_sdarts_weights(reference, eps, generator))):
         torch.testing.assert_close(mine, hand, rtol=1e-12, atol=1e-14)
-    unperturbed = weight_gradient(perturb=False)
+    unperturbed = weight_gradient(None)
     assert any(not torch.allclose(a, b) for a, b in zip(got, unperturbed))
 
 
-def test_noise_stays_inside_eps_and_edge_weights_are_not_touched():
-    bilevel = tiny_bilevel(space_text(smoothing=0.05))
-    saved = bilevel._perturb_architecture()
-    for param, before in zip(bilevel.regularised, saved):
-        assert 0 < (param.detach() - before).abs().max() <= 0.05
-    assert [name.split(".")[-1].split("_")[0] for name, _ in
-            bilevel.model.named_architecture()] == ["alpha", "alpha", "beta", "beta"]
-    assert len(bilevel.regularised) == 4
+def test_smoothing_eps_grows_linearly_from_start_to_end():
+    """SDARTS's `0.03 + (epsilon_alpha - 0.03) * epoch / epochs` (0-based epoch)."""
+    records = _schedule(space_text(smoothing=0.1).replace(
+        "smoothing = 0.1", "methods = [smoothing(start=0.03, end=0.3)]"), epochs=5)
+    assert [r["smoothing"] for r in records] == pytest.approx(
+        [0.03 + (0.3 - 0.03) * epoch / 5 for epoch in range(5)], rel=1e-15)
+    fixed = _schedule(space_text(smoothing=0.05), epochs=3)  # the older line: eps held fixed
+    assert [r["smoothing"] for r in fixed] == [0.05] * 3
+
+
+def test_noisy_weights_are_a_distribution_and_edge_weights_are_not_touched():
+    bilevel = tiny_bilevel(space_text(smoothing=0.05, edge_normalisation="true"))
+    plain = bilevel.model.mixture_weights()
+    noisy = bilevel.model.mixture_weights(weight_step=bilevel.random)
+    for clean, moved in zip(plain, noisy):
+        for a, b in ((clean.alpha, moved.alpha), (clean.beta, moved.beta)):
+            assert 0 < (a - b).abs().max() <= 2 * 0.05  # noise, then renormalised
+            assert (b >= 0).all() and (b <= 1).all()
+            torch.testing.assert_close(b.sum(-1), torch.ones(b.shape[0], dtype=b.dtype))
+        assert torch.equal(clean.edges, moved.edges)
+
+
+def test_a_row_that_clips_to_zero_becomes_one_hot_on_its_largest_entry():
+    weights = torch.tensor([[-1.0, -0.5, -2.0], [0.2, 0.3, 0.5]], dtype=torch.float64)
+    out = perturb(weights, 0.1, Random([torch.Generator().manual_seed(0)]))
+    assert out[0].tolist() == [0.0, 1.0, 0.0]
+    torch.testing.assert_close(out.sum(-1), torch.ones(2, dtype=torch.float64))
 
 
 # -- schedules of DARTS- -----------------------------------------------------------------------
@@ -235,12 +297,10 @@ def test_noise_stays_inside_eps_and_edge_weights_are_not_touched():
 
 def test_auxiliary_weight_schedules():
     epochs = 4
-    assert [config_module.auxiliary_weight("linear", e, epochs) for e in range(epochs)] == [
-        1.0, 0.75, 0.5, 0.25]
-    cosine = [config_module.auxiliary_weight("cosine", e, epochs) for e in range(epochs)]
+    assert [decay_weight("linear", e, epochs) for e in range(epochs)] == [1.0, 0.75, 0.5, 0.25]
+    cosine = [decay_weight("cosine", e, epochs) for e in range(epochs)]
     assert cosine == pytest.approx([1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5,
                                     (1 + math.cos(3 * math.pi / 4)) / 2], rel=1e-15)
-    assert config_module.auxiliary_weight("off", 2, epochs) == 0.0
 
 
 def test_loop_sets_the_auxiliary_coefficients_each_epoch_and_records_them(
@@ -249,12 +309,14 @@ def test_loop_sets_the_auxiliary_coefficients_each_epoch_and_records_them(
     config = tiny_config(space, epochs=3, max_steps_per_epoch=1)
     run_search(config, tmp_path / "run", device="cpu", dataset=tiny_images())
     expected = [(1.0 - e / 3, 0.5 * (1 + math.cos(math.pi * e / 3))) for e in range(3)]
-    # one approx per pair: pytest.approx compares flat sequences only (pytest 9 refuses nesting)
-    assert recorded_auxiliary == [pytest.approx(pair) for pair in expected]
+    assert [name for name, _ in recorded_auxiliary] == ["auxiliary_skip",
+                                                        "auxiliary_identity"] * 3
+    assert [b for _, b in recorded_auxiliary] == pytest.approx(
+        [b for pair in expected for b in pair])
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text()
                .splitlines()]
-    assert [(m["auxiliary_skip"], m["auxiliary_identity"]) for m in metrics] == [
-        pytest.approx(pair) for pair in expected]
+    assert [b for m in metrics for b in (m["auxiliary_skip"], m["auxiliary_identity"])] == (
+        pytest.approx([b for pair in expected for b in pair]))
 
 
 def test_loop_leaves_set_auxiliary_alone_when_the_options_are_off(tmp_path, recorded_auxiliary):
@@ -295,7 +357,7 @@ def test_darts_plus_stops_at_the_epoch_whose_normal_cell_has_n_skips(tmp_path, m
     assert result.epochs == 2
     reason = "the derived normal cell has 4 skip_connect (stop_at_skips = 2)"
     assert [r.getMessage() for r in caplog.records if "stopped early" in r.getMessage()] == [
-        f"seed 2: stopped early after epoch 2/4 (DARTS+): {reason}"]
+        f"seed 2: stopped early after epoch 2/4: {reason}"]
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert "stopped_early" not in metrics[0]
     assert metrics[-1]["stopped_early"] == {"epoch": 2, "reason": reason}
@@ -436,7 +498,7 @@ def test_loop_options_compose_with_every_location_plain_equals_grouped(location,
     results = []
     for grouped in (False, True):
         bilevel = tiny_bilevel(text, grouped=grouped, order=1)
-        bilevel.beta_decay = 0.4
+        set_lambda(bilevel, 0.4)
         weight_batch, arch_batch = batches()
         torch.manual_seed(11)
         losses = bilevel.step(weight_batch, arch_batch)
@@ -488,7 +550,7 @@ def test_resume_is_byte_identical_with_every_loop_option_on(tmp_path, monkeypatc
     recorded_auxiliary.clear()
     result = resume_search(interrupted, device="cpu", dataset=tiny_images())
     assert result.epochs == 3 and result.metrics["stopped_early"]["epoch"] == 3
-    assert recorded_auxiliary == reference_calls[1:]  # resumed in epoch 2: set again there
+    assert recorded_auxiliary == reference_calls[2:]  # resumed in epoch 2: set again there
 
     names = sorted(p.name for p in reference.iterdir())
     assert names == sorted(p.name for p in interrupted.iterdir())
@@ -552,7 +614,7 @@ def test_a_config_written_before_arch_start_epoch_reads_as_zero(tmp_path):
 
 def test_channels_not_divisible_by_k_are_refused_before_the_run_directory_is_written(tmp_path):
     space = write_space(tmp_path, partial_channels=4)
-    with pytest.raises(SearchError, match=r"space 'tiny': partial_channels = 4 needs the channels "
+    with pytest.raises(SearchError, match=r"space 'tiny': partial_channels\(k=4\) needs the channels "
                                           r"C divisible by 4; C=6 is not \(try C=8\)"):
         run_search(tiny_config(space, channels=6), tmp_path / "run", device="cpu",
                    dataset=tiny_images())

@@ -346,7 +346,7 @@ def test_cli_together(space_file, tmp_path):
                                  "1,2", "--out", str(tmp_path / "y")])
     assert result.exit_code == 1 and not (tmp_path / "y").exists()
     assert result.output.strip().splitlines() == [
-        "Error: --together does not run the space option(s) smoothing of space 'tiny' yet; run "
+        "Error: --together does not run the search method(s) smoothing of space 'tiny' yet; run "
         "its seeds without --together"]
     result = runner.invoke(cli, ["search", *common, "--together", "--seeds", "3,4", "--order",
                                  "2", "--out", str(tmp_path / "z")])

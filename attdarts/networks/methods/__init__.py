@@ -1,0 +1,442 @@
+"""Search methods as components: the hooks a method fills, and the set of a space's methods.
+
+A space lists its search methods (`methods = [partial_channels(k=4), beta_decay, ...]`); each is
+one entry of the torch-free catalog (`attdarts.language.methods`) and one class here, a
+`SearchMethod` that fills some of the hooks below and leaves the others alone (their defaults do
+nothing). `MethodSet` holds a space's methods, in the order the space lists them, and is what the
+supernet, derivation and the search step call; nothing else asks which methods a space has.
+This follows confopt (automl/ConfigurableOptimizer), whose samplers, partial connector,
+perturbator, regularisers and early stopper are separate objects of one search.
+
+| hook | when | today's methods |
+|---|---|---|
+| `size_problem(channels)` | before a supernet is built | partial_channels |
+| `architecture()` | building: extra architecture kinds, with their labels | edge_normalisation |
+| `connector(channels, stride)` | building each edge: what enters its mixtures | partial_channels |
+| `extra_candidates(channels, stride)` | building each edge's operation mixture: candidates outside the weights' softmax | auxiliary_skip |
+| `candidate_mask(kind, cell)` | making weights: candidates switched off (P-DARTS, DrNAS pruning) | - |
+| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | - (GDAS, DrNAS, FairDARTS) |
+| `draw(arch, random)` | once per step, before any forward | - (GDAS, DrNAS) |
+| `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing |
+| `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity |
+| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay |
+| `weight_loss(weights)` | the weight step's objective | - (FairDARTS) |
+| `after_weight_step()` | after the weight update | - |
+| `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
+| `stage_start(stage)` | each stage of a progressive search | - (P-DARTS) |
+| `early_stop(epoch, epochs, genotype, trained)` | after each epoch's derivation | stop_at_skips |
+| `capture_key()` | Python values a captured CUDA graph bakes in | beta_decay, smoothing |
+| `derivation_weights(kind, raw)` | the weights derivation ranks (default: `normalise` without a draw) | - (FairDARTS) |
+| `edge_scales(tensors)` | derivation: a factor per edge on its ranking weight | edge_normalisation |
+| `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (FairDARTS threshold, GDAS) |
+| `cap(derivation)` | derivation: one candidate to take from one edge, until satisfied | max_skip_connect, max_identity |
+
+Weights flow as `CellWeights` (one per cell type, in `ir.CELL_KINDS` order): the supernet makes
+them from the raw architecture tensors (mask, normalise, adjust), the search step makes them once
+per step (so a sampler draws once per step and the second-order step's passes see one draw) and
+hands them to every forward; `Supernet.forward(x)` without weights makes them itself.
+
+Every tensor a hook receives may carry leading dimensions (seeds stacked together); hooks work
+over the trailing ones (rows, candidates), and `Random` draws each seed's noise from that seed's
+own generator.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attdarts.language import ir, kinds
+from attdarts.language.methods import METHODS, resolved
+from attdarts.networks.mixtures import normalise_edges
+
+__all__ = [
+    "Ban", "CellWeights", "Derivation", "MethodSet", "Random", "SearchMethod", "build_methods",
+    "method_class",
+]
+
+
+class CellWeights(NamedTuple):
+    """The mixture weights of one cell type, as its cells use them.
+
+    `alpha`, `beta`, `gamma` are the weights of the kinds `kinds.OPERATION`, `ATTENTION`,
+    `OUTPUT` (rows x candidates; None where the location has no such mixture); `edges` the
+    normalised edge weights (edge normalisation) or None; `identity` a coefficient b adding
+    ``b * h`` to every attention mixture, or None. A method's `extra_candidates` take the last
+    columns of `alpha`, past the space's candidates.
+    """
+
+    alpha: Tensor
+    beta: Tensor | None = None
+    gamma: Tensor | None = None
+    edges: Tensor | None = None
+    identity: Tensor | None = None
+
+
+MixtureWeights = tuple[CellWeights, ...]  # one per cell type, indexed like ir.CELL_KINDS
+
+
+@dataclass(frozen=True)
+class Ban:
+    """A candidate a derivation cap takes away from one edge: edge `edge` (DARTS order) may not
+    choose `candidate` from its `kind` mixture (`kinds.OPERATION` or `kinds.ATTENTION`)."""
+
+    edge: int
+    kind: str
+    candidate: str
+
+
+@dataclass
+class Derivation:
+    """One cell's derivation as the caps see it (`attdarts.networks.derive`).
+
+    `kept[node]` are the edges node keeps, each with `.index` (edge), `.operation` and
+    `.attention` (indices into the space's operations / attentions, None: skip_connect from a
+    mixed softmax / no attention) and `.weight` (its ranking weight); `weights` the normalised
+    rows per kind (lists of floats); `scales` each edge's ranking factor.
+    """
+
+    space: ir.Space
+    cell: str
+    kept: list[list[Any]]
+    weights: dict[str, list[list[float]]]
+    scales: list[float]
+
+    def operation_name(self, choice: Any) -> str | None:
+        return None if choice.operation is None else self.space.operations[choice.operation].name
+
+    def attention_name(self, choice: Any) -> str | None:
+        return None if choice.attention is None else self.space.attentions[choice.attention].name
+
+
+class Random:
+    """The random numbers of one step: each seed draws from its own generator.
+
+    `generators` holds one `torch.Generator` per seed. With `stacked` the tensors drawn for carry
+    a leading seed dimension and seed s's slice comes from generator s, so a seed draws in a run
+    of several seeds exactly what it draws alone.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], *, stacked: bool = False) -> None:
+        if not generators:
+            raise ValueError("a step needs at least one generator")
+        if not stacked and len(generators) != 1:
+            raise ValueError("several generators need tensors stacked along the seeds")
+        self.generators = tuple(generators)
+        self.stacked = stacked
+
+    def rand_like(self, tensor: Tensor) -> Tensor:
+        """Uniform numbers in [0, 1) shaped like `tensor`."""
+        return self.draw_like(tensor, lambda out, generator: out.uniform_(0.0, 1.0,
+                                                                          generator=generator))
+
+    def draw_like(self, tensor: Tensor, fill: Callable[[Tensor, torch.Generator], Tensor]) -> Tensor:
+        """A tensor like `tensor` (no gradient), filled in place by ``fill(out, generator)``."""
+        if not self.stacked:
+            return fill(torch.empty_like(tensor, requires_grad=False), self.generators[0])
+        if tensor.shape[0] != len(self.generators):
+            raise ValueError(f"{len(self.generators)} seeds, but the tensor's leading dimension "
+                             f"is {tensor.shape[0]}")
+        return torch.stack([fill(torch.empty_like(part, requires_grad=False), generator)
+                            for part, generator in zip(tensor, self.generators)])
+
+
+class SearchMethod(nn.Module):
+    """One search method of a space. Subclasses fill the hooks they need (module docstring);
+    every default leaves the search as it is.
+
+    `space` is the space searched and `settings` the method's settings, defaults filled in
+    (`attdarts.language.methods.resolved`). A method is an `nn.Module` so that what it holds for
+    the forward (coefficients, masks) moves with the supernet; such buffers are non-persistent:
+    checkpoints hold weights and architecture only, and `epoch_start` sets them again.
+    """
+
+    def __init__(self, space: ir.Space, settings: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.space = space
+        self.settings = dict(settings)
+
+    # -- the supernet ---------------------------------------------------------------------------
+
+    def size_problem(self, channels: int) -> str | None:
+        """Why a supernet with `channels` initial channels cannot be built (one line), or None."""
+        return None
+
+    def architecture(self) -> dict[str, list[str]]:
+        """Extra architecture kinds and the names labelling their last axis, e.g.
+        ``{kinds.EDGE: ["n0<-c_k2", ...]}``: one tensor of each per cell type."""
+        return {}
+
+    def connector(self, channels: int, stride: int) -> nn.Module | None:
+        """What enters an edge's mixtures: a module with `active` (channels that enter), `split`,
+        `join` and their grouped forms (`partial_channels.PartialConnection`), or None."""
+        return None
+
+    def extra_candidates(self, channels: int, stride: int) -> list[nn.Module]:
+        """Modules appended to every edge's operation mixture, outside the softmax; `adjust` puts
+        their weights in the last columns of alpha."""
+        return []
+
+    # -- mixture weights ------------------------------------------------------------------------
+
+    def candidate_mask(self, kind: str, cell: str) -> Tensor | None:
+        """A bool tensor (rows, candidates) of the candidates still searched, or None (all)."""
+        return None
+
+    def normalise(self, kind: str, raw: Tensor, cell: str, draw: Any) -> Tensor | None:
+        """The weights of `raw` (the raw tensor of mixture kind `kind` of cell type `cell`), or
+        None to leave it to the softmax. `draw` is this method's `draw` of the step, or None
+        outside a step (evaluation, `normalised_architecture`): then give the deterministic
+        weights. At most one method of a space makes the weights."""
+        return None
+
+    def draw(self, arch: Mapping[str, Tensor], random: Random) -> Any:
+        """This step's random numbers (anything `normalise` understands), drawn once per step."""
+        return None
+
+    def adjust(self, weights: CellWeights, cell: int) -> CellWeights:
+        """The weights of cell type `cell` (index into `ir.CELL_KINDS`) after `normalise`."""
+        return weights
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def architecture_loss(self, arch: Mapping[str, Tensor], weights: MixtureWeights
+                          ) -> Tensor | None:
+        """A term added to the architecture step's loss (raw tensors by parameter name), or None."""
+        return None
+
+    def weight_loss(self, weights: MixtureWeights) -> Tensor | None:
+        """A term added to the weight step's loss, or None."""
+        return None
+
+    def before_weight_step(self, weights: CellWeights, cell: int, random: Random) -> CellWeights:
+        """The weights of cell type `cell` the weight step uses, made by `normalise` (before
+        `adjust`); `random` draws this step's numbers."""
+        return weights
+
+    def after_weight_step(self) -> None:
+        """Called after the weight update."""
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
+        """Set this epoch's values (0-based `epoch` of `epochs`); returns those to record."""
+        return {}
+
+    def stage_start(self, stage: int) -> dict[str, Any]:
+        """Set a progressive search's stage; returns what to record."""
+        return {}
+
+    def early_stop(self, epoch: int, epochs: int, genotype: ir.Genotype, trained: bool
+                   ) -> str | None:
+        """Why the search stops after 0-based `epoch` (`trained`: it had architecture steps)."""
+        return None
+
+    def capture_key(self) -> tuple:
+        """The Python values the step reads from this method that change during a search."""
+        return ()
+
+    # -- derivation -----------------------------------------------------------------------------
+
+    def derivation_weights(self, kind: str, raw: Tensor) -> Tensor | None:
+        """The weights derivation ranks, or None for `normalise` without a draw."""
+        return None
+
+    def edge_scales(self, tensors: Mapping[str, Tensor]) -> Tensor | None:
+        """A factor per edge on its ranking weight (one cell's raw tensors), or None."""
+        return None
+
+    def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
+        """Positions of a node's incoming edges to keep, given their ranking scores, or None."""
+        return None
+
+    def cap(self, derivation: Derivation) -> Ban | None:
+        """One candidate to take away so the cell moves towards this method's cap, or None when
+        it already holds. Derivation chooses again after each ban."""
+        return None
+
+
+def method_class(name: str) -> type[SearchMethod]:
+    """The class a catalog entry's `factory` names, imported on first use."""
+    module, _, attribute = METHODS[name].factory.partition(":")
+    found = getattr(importlib.import_module(module), attribute)
+    if not (isinstance(found, type) and issubclass(found, SearchMethod)):
+        raise TypeError(f"search method {name!r}: {METHODS[name].factory} is not a SearchMethod")
+    return found
+
+
+class MethodSet(nn.Module):
+    """A space's search methods, in its order, and the hooks composed.
+
+    Derivation-only use (no supernet) builds one too: `build_methods(space)`.
+    """
+
+    def __init__(self, space: ir.Space) -> None:
+        super().__init__()
+        self.space = space
+        self.methods = nn.ModuleList(
+            method_class(call.name)(space, resolved(call)) for call in space.methods)
+        makers = [m for m in self.methods if type(m).normalise is not SearchMethod.normalise]
+        if len(makers) > 1:
+            raise ValueError("search methods " + ", ".join(f"'{_name(m)}'" for m in makers) +
+                             " each make the mixture weights; a space may list one of them")
+        self._maker = makers[0] if makers else None
+
+    def __iter__(self):
+        return iter(self.methods)
+
+    def _first(self, hook: str, *args: Any) -> Any:
+        for method in self.methods:
+            value = getattr(method, hook)(*args)
+            if value is not None:
+                return value
+        return None
+
+    # -- the supernet ---------------------------------------------------------------------------
+
+    def size_problem(self, channels: int) -> str | None:
+        return self._first("size_problem", channels)
+
+    def architecture(self) -> dict[str, list[str]]:
+        extra: dict[str, list[str]] = {}
+        for method in self.methods:
+            extra.update(method.architecture())
+        return extra
+
+    def connector(self, channels: int, stride: int) -> nn.Module | None:
+        return self._first("connector", channels, stride)
+
+    def extra_candidates(self, channels: int, stride: int) -> list[nn.Module]:
+        return [module for method in self.methods
+                for module in method.extra_candidates(channels, stride)]
+
+    # -- mixture weights ------------------------------------------------------------------------
+
+    def normalise(self, kind: str, raw: Tensor, cell: str, draw: Mapping[int, Any] | None
+                  ) -> Tensor:
+        """One raw tensor's weights: masked candidates set to -inf, then the method that makes
+        weights (or the softmax per row; edge weights: per node)."""
+        if kind == kinds.EDGE:
+            return normalise_edges(raw, self.space.nodes)
+        for method in self.methods:
+            mask = method.candidate_mask(kind, cell)
+            if mask is not None:
+                raw = raw.masked_fill(~mask.to(raw.device), float("-inf"))
+        if self._maker is not None:
+            index = list(self.methods).index(self._maker)
+            made = self._maker.normalise(kind, raw, cell, None if draw is None else draw.get(index))
+            if made is not None:
+                return made
+        return F.softmax(raw, dim=-1)
+
+    def mixture_weights(self, raw: Sequence[Mapping[str, Tensor]], draw: Mapping[int, Any] | None
+                        = None, *, weight_step: Random | None = None) -> MixtureWeights:
+        """`CellWeights` per cell type from its raw tensors by kind: masked, normalised, (for
+        the weight step, given its `Random`) `before_weight_step`, then adjusted."""
+        weights = []
+        for index, (cell, tensors) in enumerate(zip(ir.CELL_KINDS, raw)):
+            made = {kind: self.normalise(kind, tensor, cell, draw)
+                    for kind, tensor in tensors.items()}
+            cell_weights = CellWeights(
+                alpha=made[kinds.OPERATION], beta=made.get(kinds.ATTENTION),
+                gamma=made.get(kinds.OUTPUT), edges=made.get(kinds.EDGE))
+            if weight_step is not None:
+                for method in self.methods:
+                    cell_weights = method.before_weight_step(cell_weights, index, weight_step)
+            for method in self.methods:
+                cell_weights = method.adjust(cell_weights, index)
+            weights.append(cell_weights)
+        return tuple(weights)
+
+    def draw(self, arch: Mapping[str, Tensor], random: Random) -> dict[int, Any]:
+        """Every method's draw for this step, by position in the space's list."""
+        draws = {}
+        for index, method in enumerate(self.methods):
+            value = method.draw(arch, random)
+            if value is not None:
+                draws[index] = value
+        return draws
+
+    # -- the step -------------------------------------------------------------------------------
+
+    def architecture_loss(self, arch: Mapping[str, Tensor], weights: MixtureWeights
+                          ) -> Tensor | None:
+        return _total(method.architecture_loss(arch, weights) for method in self.methods)
+
+    def weight_loss(self, weights: MixtureWeights) -> Tensor | None:
+        return _total(method.weight_loss(weights) for method in self.methods)
+
+    def after_weight_step(self) -> None:
+        for method in self.methods:
+            method.after_weight_step()
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
+        record: dict[str, float] = {}
+        for method in self.methods:
+            record.update(method.epoch_start(epoch, epochs))
+        return record
+
+    def stage_start(self, stage: int) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for method in self.methods:
+            record.update(method.stage_start(stage))
+        return record
+
+    def early_stop(self, epoch: int, epochs: int, genotype: ir.Genotype, trained: bool
+                   ) -> str | None:
+        return self._first("early_stop", epoch, epochs, genotype, trained)
+
+    def capture_key(self) -> tuple:
+        return tuple(method.capture_key() for method in self.methods)
+
+    # -- derivation -----------------------------------------------------------------------------
+
+    def derivation_weights(self, kind: str, raw: Tensor, cell: str) -> Tensor:
+        """A raw tensor's weights as derivation ranks them (float64 on the CPU)."""
+        raw = raw.detach().to("cpu", torch.float64)
+        for method in self.methods:
+            made = method.derivation_weights(kind, raw)
+            if made is not None:
+                return made
+        return self.normalise(kind, raw, cell, None)
+
+    def edge_scales(self, tensors: Mapping[str, Tensor]) -> list[float] | None:
+        scales = None
+        for method in self.methods:
+            factor = method.edge_scales(tensors)
+            if factor is not None:
+                scales = factor if scales is None else scales * factor
+        return None if scales is None else scales.tolist()
+
+    def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
+        return self._first("keep", scores, keep)
+
+    def caps(self) -> list[SearchMethod]:
+        """The methods with a derivation cap, in the space's order."""
+        return [method for method in self.methods if type(method).cap is not SearchMethod.cap]
+
+
+def _total(terms) -> Tensor | None:
+    total = None
+    for term in terms:
+        if term is not None:
+            total = term if total is None else total + term
+    return total
+
+
+def _name(method: SearchMethod) -> str:
+    return next((name for name, entry in METHODS.items()
+                 if entry.factory.endswith(f":{type(method).__name__}")), type(method).__name__)
+
+
+def build_methods(space: ir.Space) -> MethodSet:
+    """The methods of `space`, built from the catalog (a plug-in's too)."""
+    return MethodSet(space)
