@@ -21,6 +21,10 @@ epoch start (also after a resume) the loop sets beta-decay's lambda_t on the bil
 DARTS-'s auxiliary coefficients b on the supernet (`Supernet.set_auxiliary`); epochs before
 `arch_start_epoch` run weight steps only; DARTS+'s early stop reads each epoch's genotype. Their
 values go into that epoch's metrics record (only for the methods that are on).
+
+Each epoch's record also says how decided the derived genotype is (`tools.decisiveness`: the
+margins of its edges, the normal cell's skip connections, the epoch it last changed), and the
+log gets its one-line summary.
 """
 
 from __future__ import annotations
@@ -297,6 +301,9 @@ class SearchRun:
                                          f"epoch {self.epoch}/{config.epochs}: {reason}")
         self.history["genotypes"].append(genotype)
         self.history["weights"].append(outputs.weights_record(self.model, self.epoch, self.synthetic))
+        decided, decided_line = outputs.decisiveness_metrics(
+            self.space, self.history["genotypes"], self.history["weights"][-1])
+        metrics.update(decided)
         self.history["metrics"].append(outputs.dump_json(metrics))
         self.tracking.epoch(self.epoch, metrics, self.model.architecture_tensors())
         self.totals.zero_()
@@ -310,6 +317,9 @@ class SearchRun:
             config.seed, self.epoch, config.epochs, metrics["train_loss"],
             metrics["train_accuracy"], val, lr, seconds,
             train_count / seconds if seconds > 0 else 0.0)
+        if decided_line is not None:
+            log.info("seed %d epoch %d/%d: %s", config.seed, self.epoch, config.epochs,
+                     decided_line)
         if reason is not None:
             log.info("seed %d: stopped early after epoch %d/%d (DARTS+): %s", config.seed,
                      self.epoch, config.epochs, reason)
