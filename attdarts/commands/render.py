@@ -60,7 +60,8 @@ def render(file: Path, name: str | None, cell: str, output: Path | None, run_dir
     if run_dir is None:
         dot_text = genotype_dot(genotype, cells)
     else:
-        from attdarts.tools.decisiveness import DecisivenessError, decide_with_run
+        from attdarts.language.decisiveness import DecisivenessError
+        from attdarts.tools.search_runs import decide_with_run
 
         try:
             decided, epoch = decide_with_run(genotype, run_dir, epoch)

@@ -30,7 +30,7 @@ SEARCH_SCALARS = {
     "train_loss": "loss/train", "val_loss": "loss/val",
     "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val",
     "lr": "schedule/lr", "images_per_s": "speed/images_per_s",
-    # how decided the derived genotype is (tools.decisiveness); per edge: margin/<cell>/<edge>
+    # how decided the derived genotype is (language.decisiveness); per edge: margin/<cell>/<edge>
     "decided_edges": "decisiveness/decided_edges", "min_margin": "decisiveness/min_margin",
     "operation_entropy": "decisiveness/operation_entropy",
     "attention_entropy": "decisiveness/attention_entropy",
@@ -104,7 +104,7 @@ class TensorBoardTracking(NoTracking):
             value = metrics.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(tag, float(value), epoch)
-        from attdarts.tools.decisiveness import margin_scalars
+        from attdarts.language.decisiveness import margin_scalars
 
         for tag, value in margin_scalars(metrics):
             self.writer.add_scalar(tag, value, epoch)

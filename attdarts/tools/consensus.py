@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from attdarts.language import ir
-from attdarts.tools import decisiveness as dec
+from attdarts.language import decisiveness as dec
+from attdarts.tools import search_runs
 
 METHOD = ("edge by edge over the seeds: per node the inputs, then per input the operation and "
           "the attention, by vote; ties by summed architecture weights")
@@ -351,7 +352,6 @@ def read_members(paths: Sequence[str | Path]) -> list[Member]:
     a .geno file gives its genotypes."""
     from attdarts.language.errors import DslError
     from attdarts.language.transform import parse_file
-    from attdarts.tools.report import ReportError, find_runs, run_kind
 
     members: list[Member] = []
     for path in map(Path, paths):
@@ -365,15 +365,11 @@ def read_members(paths: Sequence[str | Path]) -> list[Member]:
             members.extend(Member(f"{path}:{g.name}" if len(document.genotypes) > 1 else str(path),
                                   g) for g in document.genotypes)
             continue
-        try:
-            runs = find_runs([path])
-        except ReportError as error:
-            raise ConsensusError(str(error)) from None
-        for run in runs:
-            if run_kind(run) != "search":
-                raise ConsensusError(f"{run}: a training run; consensus combines searches "
-                                     "(or .geno files)")
-            members.append(read_member(run))
+        runs = search_runs.find_searches(path)
+        if not runs:
+            raise ConsensusError(f"{path}: not a search run directory (no space.geno and "
+                                 "genotype.geno) and no search run under it")
+        members.extend(read_member(run) for run in runs)
     return members
 
 
@@ -384,10 +380,10 @@ def read_member(run: Path) -> Member:
     file = run / "genotype.geno"
     try:
         genotype = parse_file(file).genotype()
-        space = dec.read_space(run)
+        space = search_runs.read_space(run)
     except DslError as error:
         raise ConsensusError(str(error).splitlines()[0]) from None
-    weights = dec.read_weights(run / "weights.jsonl")
+    weights = search_runs.read_weights(run / "weights.jsonl")
     last = weights[max(weights)] if weights else None
     cells = ({kind: last[kind] for kind in ir.CELL_KINDS if isinstance(last.get(kind), dict)}
              if last else None)

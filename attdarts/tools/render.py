@@ -356,7 +356,7 @@ def _opacity_color(base: str, opacity: float) -> str:
 
 
 def weight_styles(genotype: Genotype, decisiveness) -> dict[EdgeKey, EdgeStyle]:
-    """Styles drawing the architecture weights on a genotype's edges (`tools.decisiveness`):
+    """Styles drawing the architecture weights on a genotype's edges (`language.decisiveness`):
     width 1 + 6 w pt for the kept operation's weight w, opacity from 25 % (margin 0) to 100 %
     (margin at least the threshold), and the weights and margins under the labels."""
     styles: dict[EdgeKey, EdgeStyle] = {}

@@ -84,7 +84,7 @@ def test_search_writes_scalars_and_alpha_beta_heatmaps_per_epoch(tiny_space, tmp
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == [1, 2], tag
         assert [s.value for s in scalars] == pytest.approx([m[key] for m in metrics], rel=1e-6)
-    # each kept edge's smallest margin (tools.decisiveness), tagged by the edge
+    # each kept edge's smallest margin (language.decisiveness), tagged by the edge
     last = metrics[-1]["margins"]["normal"]
     edge, entry = next(iter(last.items()))
     smallest = min(value for key, value in entry.items()

@@ -132,7 +132,7 @@ def test_genotypes_that_cannot_be_combined_are_refused_in_one_line(runs: Path, t
     empty = tmp_path / "empty"
     empty.mkdir()
     result = CliRunner().invoke(cli, ["consensus", str(empty)])
-    assert result.exit_code == 2 and "not a run directory" in result.output
+    assert result.exit_code == 2 and "not a search run directory" in result.output
 
 
 def test_mixed_location_votes_operation_and_attention_together(tmp_path: Path):

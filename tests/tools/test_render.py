@@ -271,7 +271,7 @@ def test_weights_set_width_opacity_and_notes_by_hand(tmp_path: Path) -> None:
     """Hand weights (tests/helpers.py): n0<-c_k2 keeps sep_conv_3x3 at 0.4, 0.1 ahead of
     skip_connect; n1<-c_k2's attention is a tie (margin 0: opacity 25 %); n1<-n0 leads by 0.04
     at least (opacity 0.25 + 0.75 * 0.04 / 0.05 = 85 %)."""
-    from attdarts.tools.decisiveness import decide_with_run
+    from attdarts.tools.search_runs import decide_with_run
 
     run = _hand_run(tmp_path)
     genotype = parse_file(run / "genotype.geno").genotype()

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from helpers import HAND_CELLS, write_search_run
 
 from attdarts.cli import cli
-from attdarts.tools import report_html
+from attdarts.tools import report_html, report_plots
 
 OTHER_NORMAL = HAND_CELLS.replace("max_pool_3x3(c_k2) + skip_connect(n0) >> se",
                                   "max_pool_3x3(c_k2) >> se + skip_connect(n0)", 1)
@@ -94,9 +94,9 @@ def test_the_numbers_on_the_page_are_the_hand_computed_ones(page: Path):
 
 
 def test_accuracies_are_read_as_fractions_or_percentages():
-    assert report_html.percent([0.1, 0.25, None]) == [10.0, 25.0, None]
-    assert report_html.percent([12.5, 30.0]) == [12.5, 30.0]
-    assert report_html.percent([]) == []
+    assert report_plots.percent([0.1, 0.25, None]) == [10.0, 25.0, None]
+    assert report_plots.percent([12.5, 30.0]) == [12.5, 30.0]
+    assert report_plots.percent([]) == []
 
 
 def test_markdown_tables_lists_and_code_become_html():

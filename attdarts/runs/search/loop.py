@@ -22,7 +22,7 @@ DARTS-'s auxiliary coefficients b on the supernet (`Supernet.set_auxiliary`); ep
 `arch_start_epoch` run weight steps only; DARTS+'s early stop reads each epoch's genotype. Their
 values go into that epoch's metrics record (only for the methods that are on).
 
-Each epoch's record also says how decided the derived genotype is (`tools.decisiveness`: the
+Each epoch's record also says how decided the derived genotype is (`language.decisiveness`: the
 margins of its edges, the normal cell's skip connections, the epoch it last changed), and the
 log gets its one-line summary.
 """

@@ -25,7 +25,7 @@ from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SPACE, SYNTHETIC_NOTE, WEIGHTS_LOG,
     SearchConfig, SearchError, SearchResult,
 )
-from attdarts.tools import decisiveness
+from attdarts.language import decisiveness
 
 
 def dump_json(value: object) -> str:
@@ -108,7 +108,7 @@ def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
 
 def decisiveness_metrics(space: ir.Space, genotypes: Sequence[ir.Genotype],
                          weights_line: str) -> tuple[dict, str | None]:
-    """The last epoch's decisiveness (`tools.decisiveness`) from its genotype and its weights.jsonl
+    """The last epoch's decisiveness (`language.decisiveness`) from its genotype and its weights.jsonl
     line: the keys for its metrics record and the log line. A genotype that does not fit the
     weights (a derivation that is not the space's) gives ({}, None): the search goes on."""
     record = json.loads(weights_line)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from attdarts.language.transform import parse_text
-from attdarts.tools import decisiveness as dec
+from attdarts.language import decisiveness as dec
+from attdarts.tools import search_runs
 
 SPACE = """\
 space tiny {
@@ -231,7 +232,7 @@ def test_last_change_and_the_metrics_record():
 
 
 def test_the_module_is_torch_free():
-    code = ("import sys; import attdarts.tools.decisiveness; "
+    code = ("import sys; import attdarts.language.decisiveness; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     import subprocess
 
@@ -271,7 +272,7 @@ def test_a_tiny_search_records_the_decisiveness_of_every_epoch(tmp_path, caplog)
         run_search(config, run, device="cpu",
                    dataset=data.synthetic_dataset(train=True, size=16, resolution=8))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    recomputed = dec.run_decisiveness(run)
+    recomputed = search_runs.run_decisiveness(run)
     assert [epoch.epoch for epoch in recomputed] == [1, 2]
     for record, epoch in zip(metrics, recomputed):
         expected = dec.metrics_record(epoch.decisiveness, epoch.changed_epoch)

@@ -26,22 +26,21 @@ This module measures that from the weights as derivation reads them and the geno
 Inputs are the genotype derived at an epoch and that epoch's softmaxed weights, as a run's
 `weights.jsonl` records them (`{"alpha": rows, "beta": rows, "gamma": [row], "edges": [row]}` per
 cell kind), so `attdarts report` recomputes all of it for any run directory, old ones included.
-The search loop records the same numbers per epoch in `metrics.jsonl` (`metrics_record`).
+The search loop records the same numbers per epoch in `metrics.jsonl` (`metrics_record`);
+`tools/search_runs.py` recomputes them from a run directory's files.
 
-Torch-free: imports the IR and the torch-free diff only.
+Torch-free and free of the later stages: imports the IR only, so the search loop (`runs`) and
+the reports (`tools`) share it.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from attdarts.language import ir
-from attdarts.tools.diff import diff_genotypes
 
 DECIDED_BY = 0.05  # an edge is decided when every choice on it leads by at least this much
 SKIP_CONNECT = "skip_connect"
@@ -138,8 +137,9 @@ class Decisiveness:
                 f"{self.threshold:g}")
         weakest = self.weakest
         if weakest is not None:
-            line += (f" (smallest margin {weakest.margin:.4f}: {weakest.cell} "
-                     f"{weakest.edge})")
+            margin = weakest.margin
+            shown = f"{margin:.4f}" if margin == 0 or abs(margin) >= 1e-4 else f"{margin:.1e}"
+            line += f" (smallest margin {shown}: {weakest.cell} {weakest.edge})"
         return line
 
 
@@ -368,6 +368,18 @@ def _flat(rows) -> list[float]:
 # over epochs
 
 
+def same_cells(a: ir.Genotype, b: ir.Genotype) -> bool:
+    """Whether two genotypes have the same cells as `attdarts diff` compares them: nodes by
+    name, a node's edges in any order, the output's concatenation in order; names, metadata,
+    comments and layout do not count."""
+    def canonical(genotype: ir.Genotype) -> tuple:
+        return tuple((tuple((node.name, frozenset(Counter(node.edges).items()))
+                            for node in cell.nodes), cell.output)
+                     for cell in (genotype.normal, genotype.reduce))
+
+    return canonical(a) == canonical(b)
+
+
 def last_change(genotypes: Sequence[ir.Genotype]) -> int | None:
     """The 1-based position of the last genotype whose cells differ from the one before it (1
     when they never changed; None for none). Positions are epochs when one genotype is given
@@ -376,7 +388,7 @@ def last_change(genotypes: Sequence[ir.Genotype]) -> int | None:
         return None
     changed = 1
     for position in range(1, len(genotypes)):
-        if diff_genotypes(genotypes[position - 1], genotypes[position]):
+        if not same_cells(genotypes[position - 1], genotypes[position]):
             changed = position + 1
     return changed
 
@@ -445,116 +457,3 @@ def log_line(decisiveness: Decisiveness, changed_epoch: int | None) -> str:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else float(f"{float(value):.{DIGITS}g}")
-
-
-# ---------------------------------------------------------------------------------------------
-# run directories
-
-GENOTYPE_FILE = re.compile(r"genotype-epoch(\d+)\.geno\Z")
-
-
-@dataclass(frozen=True)
-class EpochDecisiveness:
-    epoch: int
-    genotype: ir.Genotype
-    decisiveness: Decisiveness
-    changed_epoch: int  # the epoch at which the genotype last changed, up to this one
-
-
-def read_weights(path: Path) -> dict[int, dict]:
-    """epoch -> its weights.jsonl record (a repeated epoch: the last; a bad line is skipped)."""
-    records: dict[int, dict] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-            records[int(record["epoch"])] = record
-        except (ValueError, TypeError, KeyError):
-            continue
-    return records
-
-
-def epoch_genotypes(run_dir: Path) -> dict[int, ir.Genotype]:
-    """epoch -> the genotype of RUN_DIR/genotype-epochNNN.geno (unreadable files are left out)."""
-    from attdarts.language.errors import DslError
-    from attdarts.language.transform import parse_file
-
-    found: dict[int, ir.Genotype] = {}
-    for path in sorted(run_dir.glob("genotype-epoch*.geno")):
-        match = GENOTYPE_FILE.match(path.name)
-        if not match:
-            continue
-        try:
-            genotypes = parse_file(path).genotypes
-        except DslError:
-            continue
-        if genotypes:
-            found[int(match.group(1))] = genotypes[0]
-    return found
-
-
-def read_space(run_dir: Path) -> ir.Space:
-    """RUN_DIR/space.geno (a search run writes it); DslError when it is missing or bad."""
-    from attdarts.language.transform import parse_file
-
-    document = parse_file(run_dir / "space.geno")
-    if not document.spaces:
-        from attdarts.language.errors import DslError
-
-        raise DslError.single("defines no search space").located(str(run_dir / "space.geno"), None)
-    return document.spaces[0]
-
-
-def run_decisiveness(run_dir: str | Path, *, threshold: float = DECIDED_BY
-                     ) -> list[EpochDecisiveness]:
-    """Every epoch of a search run directory that has both its genotype-epochNNN.geno and its
-    weights.jsonl line, recomputed from those files and space.geno."""
-    run_dir = Path(run_dir)
-    space = read_space(run_dir)
-    weights = read_weights(run_dir / "weights.jsonl")
-    genotypes = epoch_genotypes(run_dir)
-    result = []
-    previous: ir.Genotype | None = None
-    changed = 0
-    for epoch in sorted(genotypes):
-        genotype = genotypes[epoch]
-        if previous is None or diff_genotypes(previous, genotype):
-            changed = epoch
-        previous = genotype
-        if epoch not in weights:
-            continue
-        record = weights[epoch]
-        cells = {kind: record[kind] for kind in ir.CELL_KINDS if isinstance(record.get(kind), dict)}
-        result.append(EpochDecisiveness(epoch, genotype,
-                                        decide(space, genotype, cells, threshold=threshold),
-                                        changed))
-    return result
-
-
-def decide_with_run(genotype: ir.Genotype, run_dir: str | Path, epoch: int | None = None, *,
-                    threshold: float = DECIDED_BY) -> tuple[Decisiveness, int]:
-    """`genotype` against the weights a search run recorded at `epoch` (default: its last):
-    (decisiveness, epoch). Raises DecisivenessError, in one line, for a directory without
-    weights.jsonl or space.geno, a missing epoch, or a genotype that does not fit the space."""
-    from attdarts.language.errors import DslError
-
-    run_dir = Path(run_dir)
-    weights = read_weights(run_dir / "weights.jsonl")
-    if not weights:
-        raise DecisivenessError(f"{run_dir}: no weights.jsonl with epochs (expected the run "
-                                "directory of 'attdarts search')")
-    if epoch is None:
-        epoch = max(weights)
-    if epoch not in weights:
-        raise DecisivenessError(f"{run_dir}: weights.jsonl has no epoch {epoch} (it has "
-                                f"{min(weights)}-{max(weights)})")
-    try:
-        space = read_space(run_dir)
-    except DslError as error:
-        raise DecisivenessError(str(error).splitlines()[0]) from None
-    record = weights[epoch]
-    cells = {kind: record[kind] for kind in ir.CELL_KINDS if isinstance(record.get(kind), dict)}
-    return decide(space, genotype, cells, threshold=threshold), epoch
