@@ -183,3 +183,27 @@ def test_the_page_renders_its_drawings_and_plots_in_headless_chromium(page: Path
     assert near((0xB4, 0xEE, 0xB4)) > 2000  # darkseagreen2: the cells' inputs
     ink = int((pixels != 255).any(axis=-1).sum())
     assert ink > 0.1 * pixels.shape[0] * pixels.shape[1]  # not an empty page
+
+
+def test_trainings_and_unreadable_searches_still_get_a_page(tmp_path: Path):
+    """A training run gets its settings and learning curves (top-1 in percent as written); a
+    search whose space.geno does not parse gets its page with a note instead of decisiveness."""
+    training = tmp_path / "train"
+    training.mkdir()
+    (training / "config.json").write_text(json.dumps({"dataset": "cifar10", "seed": 0,
+                                                      "epochs": 2, "channels": 36}))
+    (training / "genotype.geno").write_text(
+        (Path(__file__).resolve().parents[2] / "genotypes" / "darts_v2.geno").read_text())
+    (training / "metrics.jsonl").write_text("".join(json.dumps(
+        {"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e, "train_acc": 50.0 + e,
+         "test_top1": 60.0 + e}) + "\n" for e in (1, 2)))
+    search = write_search_run(tmp_path / "search", [HAND_CELLS])
+    (search / "space.geno").write_text("space s {}\n")
+    target = tmp_path / "page.html"
+    result = CliRunner().invoke(cli, ["report", str(training), str(search), "--no-mult-adds",
+                                      "--html", str(target)])
+    assert result.exit_code == 0, result.output
+    text = target.read_text()
+    assert "<h2>training <code>" in text and "<h2>search <code>" in text
+    assert "<p class='note'>no decisiveness: " in text
+    assert text.count("data:image/png;base64,") >= 3  # two learning curves, the weights
