@@ -8,9 +8,10 @@ before a run starts. Only the main process of a torchrun group writes.
 Events go to RUN_DIR/tensorboard/. The step of every event is the epoch (1-based), as in
 metrics.jsonl. Scalars: the losses, accuracies and learning rate of both loops, and training's
 drop-path probability; for a search also how decided its derived genotype is (`decisiveness/`,
-`cell/`, and each kept edge's margin under `margin/`). Images (search only): per epoch and cell type, the softmax of alpha
-(operations) and beta (attentions; gamma for an attention on the cell output), one row per edge
-and one column per candidate, drawn with the viridis colour map (0 dark, 1 yellow).
+`cell/`, and each kept edge's margin under `margin/`). Images (search only): per epoch and cell
+type, the softmax of alpha (operations) and beta (attentions; gamma for an attention on the cell
+output), one row per edge and one column per candidate, drawn with the viridis colour map (0
+dark, 1 yellow).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attdarts.language import ir
+from attdarts.language import decisiveness, ir
 from attdarts.language.printer import cell_lines, format_checked, format_space
 from attdarts.networks.derive import derive_genotype
 from attdarts.networks.supernet import Supernet
@@ -25,7 +25,6 @@ from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SPACE, SYNTHETIC_NOTE, WEIGHTS_LOG,
     SearchConfig, SearchError, SearchResult,
 )
-from attdarts.language import decisiveness
 
 
 def dump_json(value: object) -> str:
@@ -108,8 +107,8 @@ def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
 
 def decisiveness_metrics(space: ir.Space, genotypes: Sequence[ir.Genotype],
                          weights_line: str) -> tuple[dict, str | None]:
-    """The last epoch's decisiveness (`language.decisiveness`) from its genotype and its weights.jsonl
-    line: the keys for its metrics record and the log line. A genotype that does not fit the
+    """The last epoch's decisiveness (`language.decisiveness`) from its genotype and its
+    weights.jsonl line: the keys for its metrics record and the log line. A genotype that does not fit the
     weights (a derivation that is not the space's) gives ({}, None): the search goes on."""
     record = json.loads(weights_line)
     cells = {kind: record[kind] for kind in ir.CELL_KINDS if kind in record}
