@@ -373,7 +373,8 @@ def weight_styles(genotype: Genotype, decisiveness) -> dict[EdgeKey, EdgeStyle]:
                 notes.append(f"β {attention.weight:.3f}, lead {_signed(attention.margin)}")
             if decision.input_margin is not None:
                 notes.append(f"input lead {_signed(decision.input_margin)}")
-            opacity = 0.25 + 0.75 * (decision.margin / threshold if threshold > 0 else 1.0)
+            share = decision.margin / threshold if threshold > 0 else 1.0
+            opacity = 0.25 + 0.75 * min(1.0, max(0.0, share))  # a negative margin: 25 % too
             styles[key] = EdgeStyle(penwidth=1.0 + 6.0 * operation.weight,
                                     color=_opacity_color(EDGE_COLOR, opacity), notes=tuple(notes))
         output = decisiveness.outputs.get(kind)

@@ -261,6 +261,22 @@ def test_render_and_diff_do_not_import_torch() -> None:
 # Architecture weights on the drawing (--weights) and side-by-side diffs
 
 
+HAND_OTHER = """\
+genotype other {
+    normal {
+        n0 = max_pool_3x3(c_k2) + sep_conv_3x3(c_k1) >> se
+        n1 = max_pool_3x3(c_k2) + skip_connect(n0) >> se
+        c_k = concat(n0, n1)
+    }
+    reduce {
+        n0 = sep_conv_3x3(c_k2) + sep_conv_3x3(c_k1) >> se
+        n1 = max_pool_3x3(c_k2) + skip_connect(n0) >> se
+        c_k = concat(n0, n1)
+    }
+}
+"""
+
+
 def _hand_run(tmp_path: Path) -> Path:
     from helpers import HAND_CELLS, write_search_run
 
@@ -287,6 +303,11 @@ def test_weights_set_width_opacity_and_notes_by_hand(tmp_path: Path) -> None:
     assert tie.notes == ("α 0.600, lead +0.400", "β 0.500, lead +0.000", "input lead +0.500")
     assert styles[("normal", "n1", 1)].color == f"#404040{round(255 * 0.85):02x}"
     assert styles[("reduce", "n1", 1)].penwidth == pytest.approx(1 + 6 * 0.45)
+    # a genotype the weights do not favour: negative leads, drawn as faint as a tie, not hidden
+    other = parse_text(HAND_OTHER).genotype()
+    faint = render_module.weight_styles(other, decide_with_run(other, run)[0])[("normal", "n0", 0)]
+    assert faint.notes[0] == "α 0.200, lead -0.200"
+    assert faint.color == f"#404040{round(255 * 0.25):02x}"
     text = genotype_dot(genotype, styles=styles, legend="a legend")
     assert '"normal/c_k2":e -> "normal/n0/0":w [arrowhead=none, penwidth=3.40, color="#404040ff"];' in text
     assert '"normal/n0/0":e -> "normal/n0":w [penwidth=3.40, color="#404040ff"];' in text
