@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "render": ("render", "render", "Draw cells with graphviz."),
     "diff": ("diff", "diff", "Semantic diff of two genotypes."),
     "plot": ("plot", "plot", "Plot architecture weights of a search run."),
+    "consensus": ("consensus", "consensus", "The genotype most seeds agree on, edge by edge."),
     "git-diff-driver": ("diff", "git_diff_driver",
                         "Semantic diff of *.geno files for git's external diff interface."),
 }

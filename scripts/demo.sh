@@ -3,8 +3,8 @@
 # on 2 cores): install, search the paper's space (genotypes/spaces/att_darts.geno) on cifar10-mini,
 # the CIFAR-10 subset shipped in the package (2,500 training / 500 test images; see
 # attdarts/data/cifar10-mini/README.md), with a tiny supernet for a few short epochs; check, compile
-# and render the genotype it found; train that cell briefly as a small network; score it on the
-# 500 test images and compare with chance (10 %). Far too small for the paper's numbers: it shows
+# and render the genotype it found and write the search's report page (report.html); train that
+# cell briefly as a small network; score it on the 500 test images and compare with chance (10 %). Far too small for the paper's numbers: it shows
 # the whole pipeline learning from real data. Outputs go to runs/demo (or $1): search/ and train/.
 # ATTDARTS_SETUP=0 skips the installation step (for an environment that already has attdarts).
 # One torch thread by default: these small networks gain little from a second one, and on a busy
@@ -29,6 +29,7 @@ attdarts check "$OUT/search/genotype.geno"
 attdarts compile "$OUT/search/genotype.geno"
 attdarts render "$OUT/search/genotype.geno" -o "$OUT/search/genotype.svg" || true
 attdarts plot "$OUT/search" -o "$OUT/search/weights.png" || true
+attdarts report "$OUT/search" --no-mult-adds --html "$OUT/search/report.html" || true
 
 echo
 echo "== train the found cell on cifar10-mini (C=8, 5 cells, 4 epochs of 2,500 images)"

@@ -44,3 +44,67 @@ def write_cifar10(root: Path, per_file: int = 8) -> Path:
     with open(folder / "batches.meta", "wb") as file:
         pickle.dump({b"label_names": [str(i).encode() for i in range(10)]}, file)
     return root
+
+
+# a search run directory written by hand (`attdarts render --weights`, `consensus`, `report`):
+# two intermediate nodes, edges n0<-c_k2, n0<-c_k1, n1<-c_k2, n1<-c_k1, n1<-n0
+HAND_SPACE = """\
+space tiny {
+    operations = [none, max_pool_3x3, skip_connect, sep_conv_3x3]
+    attentions = [identity, se]
+    nodes = 2
+    keep = 2
+    location = after_every
+    mixing = sum
+}
+"""
+HAND_ALPHA = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.1, 0.15, 0.25], [0.1, 0.6, 0.2, 0.1],
+              [0.7, 0.1, 0.1, 0.1], [0.1, 0.2, 0.45, 0.25]]
+HAND_BETA = [[0.55, 0.45], [0.3, 0.7], [0.5, 0.5], [0.9, 0.1], [0.48, 0.52]]
+HAND_CELLS = """\
+    normal {
+        n0 = sep_conv_3x3(c_k2) + sep_conv_3x3(c_k1) >> se
+        n1 = max_pool_3x3(c_k2) + skip_connect(n0) >> se
+        c_k = concat(n0, n1)
+    }
+    reduce {
+        n0 = sep_conv_3x3(c_k2) + sep_conv_3x3(c_k1) >> se
+        n1 = max_pool_3x3(c_k2) + skip_connect(n0) >> se
+        c_k = concat(n0, n1)
+    }
+"""
+
+
+def write_search_run(run: Path, genotypes: list[str], weights: list[dict] | None = None, *,
+                     seed: int = 0, metrics: list[dict] | None = None) -> Path:
+    """A search run directory: config.json, space.geno (HAND_SPACE), genotype-epochNNN.geno and
+    genotype.geno from the cell texts `genotypes` (one per epoch), weights.jsonl (`weights`, one
+    {"alpha": rows, "beta": rows} per epoch, the same for both cells; default HAND_ALPHA /
+    HAND_BETA every epoch) and metrics.jsonl."""
+    run.mkdir(parents=True, exist_ok=True)
+    epochs = len(genotypes)
+    weights = weights or [{"alpha": HAND_ALPHA, "beta": HAND_BETA}] * epochs
+    (run / "config.json").write_text(json.dumps({
+        "space_file": "tiny.geno", "dataset": "cifar10", "epochs": epochs, "seed": seed,
+        "channels": 4, "layers": 3}))
+    (run / "space.geno").write_text(HAND_SPACE)
+    for epoch, cells in enumerate(genotypes, 1):
+        text = (f"genotype tiny_seed{seed} {{\n    epoch = \"{epoch}/{epochs}\"\n"
+                f"    seed = \"{seed}\"\n\n{cells}}}\n")
+        (run / f"genotype-epoch{epoch:03d}.geno").write_text(text)
+        (run / "genotype.geno").write_text(text)
+    lines = []
+    for epoch, cell in enumerate(weights, 1):
+        lines.append(json.dumps({"epoch": epoch, "normal": cell, "reduce": cell,
+                                 "edges": ["n0<-c_k2", "n0<-c_k1", "n1<-c_k2", "n1<-c_k1",
+                                           "n1<-n0"],
+                                 "operations": ["none", "max_pool_3x3", "skip_connect",
+                                                "sep_conv_3x3"],
+                                 "attentions": ["identity", "se"]}))
+    (run / "weights.jsonl").write_text("\n".join(lines) + "\n")
+    metrics = metrics or [{"epoch": epoch, "train_loss": 2.3 - 0.1 * epoch,
+                           "train_accuracy": 0.1 + 0.05 * epoch, "val_loss": 2.35 - 0.1 * epoch,
+                           "val_accuracy": 0.1 + 0.04 * epoch, "lr": 0.025}
+                          for epoch in range(1, epochs + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    return run

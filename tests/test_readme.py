@@ -44,11 +44,14 @@ SKIPPED = {
     "report": "needs run directories of train or search; tests/commands/test_report.py covers it",
     "predict": "needs a training run or an exported model and images; "
                "tests/commands/test_predict.py covers it",
+    "consensus": "needs the run directories of several search seeds; tests/tools/test_consensus.py "
+                 "covers it",
 }
 # Lines that run other programs (the setup scripts, benchmarks on a GPU, `git config`) are not
 # attdarts commands and are not run here.
 # `plot` draws a search run: run only when the README's run directory exists (made by `search`).
-NEEDS_INPUT = frozenset({"plot"})
+# `render --weights` and `diff` of a run's genotypes likewise.
+NEEDS_INPUT = frozenset({"plot", "render", "diff"})
 
 _FENCE = re.compile(r"^(```+|~~~+)\s*([\w+-]*)")
 _SHELL_BLOCKS = frozenset({"bash", "sh", "shell", "console", "zsh"})

@@ -10,7 +10,9 @@ import click
 
 from attdarts.language.errors import DslError
 from attdarts.language.transform import parse_file
-from attdarts.tools.diff import ItemDiff, diff_documents, diff_genotypes, format_json, format_text, is_same
+from attdarts.tools.diff import (
+    ItemDiff, diff_documents, diff_genotypes, format_json, format_markdown, format_text, is_same,
+)
 from attdarts.tools.gitdiff import git_diff_text
 
 
@@ -20,11 +22,16 @@ from attdarts.tools.gitdiff import git_diff_text
 @click.option("--genotype", "name", metavar="NAME", help="Compare the genotype NAME of both files.")
 @click.option("--a-genotype", metavar="NAME", help="Genotype of A to compare (overrides --genotype).")
 @click.option("--b-genotype", metavar="NAME", help="Genotype of B to compare (overrides --genotype).")
-@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="Lines of text, or one JSON object.")
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "markdown"]),
+              default="text", show_default=True,
+              help="Lines of text, one JSON object, or Markdown for a pull-request comment.")
 @click.option("--meta", is_flag=True, help="Also report changed names and metadata (source = ...).")
+@click.option("--render", "drawing", type=click.Path(dir_okay=False, path_type=Path),
+              metavar="OUT", help="Also draw both genotypes' cells side by side, A left and B "
+                                  "right, changed edges in red (A) and green (B): OUT.svg, .png, "
+                                  ".pdf or .dot (needs graphviz's dot except for .dot).")
 def diff(a: Path, b: Path, name: str | None, a_genotype: str | None, b_genotype: str | None,
-         output_format: str, meta: bool) -> None:
+         output_format: str, meta: bool, drawing: Path | None) -> None:
     """Semantic diff of the genotypes in files A and B.
 
     Per cell and node: edges added or removed, operations or attentions changed on an edge (an
@@ -32,6 +39,10 @@ def diff(a: Path, b: Path, name: str | None, a_genotype: str | None, b_genotype:
     attention. A node's edges are unordered; layout and comments never count. Without a genotype
     name, files holding one genotype each are compared whatever the names, and files holding
     several are paired by name. The same file may be given twice with --a-genotype/--b-genotype.
+
+    --format markdown prints a title with the number of changes and a table (cell, node, input,
+    before, after) to paste into a pull-request comment. --render OUT draws the two genotypes
+    (one pair: files with several genotypes need --genotype or --a-genotype/--b-genotype).
 
     \b
     Exit status: 0 no difference, 1 differences, 2 trouble (as diff(1)).
@@ -48,14 +59,46 @@ def diff(a: Path, b: Path, name: str | None, a_genotype: str | None, b_genotype:
             second = _pick(documents[1], b_name, b)
             diffs = (ItemDiff("genotype", first.name, second.name,
                               diff_genotypes(first, second, meta=meta)),)
+        pair = _pair(documents, a_name, b_name, a, b) if drawing is not None else None
     except DslError as error:
         click.echo(str(error), err=True)
         sys.exit(2)
+    if pair is not None:
+        _draw(pair, drawing, (str(a), str(b)))
     if output_format == "json":
         click.echo(format_json(diffs, str(a), str(b)), nl=False)
+    elif output_format == "markdown":
+        click.echo(format_markdown(diffs, str(a), str(b)), nl=False)
     else:
         click.echo(format_text(diffs), nl=False)
     sys.exit(0 if is_same(diffs) else 1)
+
+
+def _pair(documents, a_name, b_name, a: Path, b: Path):
+    """The two genotypes --render draws: the named ones, or each file's only genotype."""
+    if a_name is not None or b_name is not None:
+        return _pick(documents[0], a_name, a), _pick(documents[1], b_name, b)
+    for document, path in zip(documents, (a, b)):
+        if len(document.genotypes) != 1:
+            raise DslError.single(
+                f"--render draws one pair of genotypes and this file holds "
+                f"{len(document.genotypes)}; name them with --genotype or "
+                "--a-genotype/--b-genotype").located(str(path), None)
+    return documents[0].genotypes[0], documents[1].genotypes[0]
+
+
+def _draw(pair, output: Path, titles: tuple[str, str]) -> None:
+    """Write the side-by-side drawing; a problem is one line and exit status 2."""
+    from attdarts.tools.render import (
+        GraphvizMissing, RenderFailed, diff_dot, output_format, write_drawing,
+    )
+
+    try:
+        output_format(output)
+        write_drawing(diff_dot(*pair, titles=titles), output)
+    except (ValueError, GraphvizMissing, RenderFailed, OSError) as error:
+        click.echo(f"attdarts diff: {error}", err=True)
+        sys.exit(2)
 
 
 def _pick(document, name, path):

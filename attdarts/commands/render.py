@@ -9,7 +9,8 @@ import click
 
 from attdarts.language.errors import DslError
 from attdarts.tools.render import (
-    CELL_KINDS, GraphvizMissing, RenderFailed, genotype_dot, output_format, write_drawing,
+    CELL_KINDS, WEIGHT_LEGEND, GraphvizMissing, RenderFailed, genotype_dot, output_format,
+    weight_styles, write_drawing,
 )
 from attdarts.language.transform import read_genotype
 
@@ -23,7 +24,14 @@ from attdarts.language.transform import read_genotype
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT",
               help="Write OUT.svg, .png, .pdf or .dot (format from the suffix); "
                    "default: DOT text on stdout.")
-def render(file: Path, name: str | None, cell: str, output: Path | None) -> None:
+@click.option("--weights", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              metavar="RUN", help="Draw the architecture weights of the search run RUN on the "
+                                  "edges: width from the kept operation's weight, faint when "
+                                  "undecided, weights and margins under the labels.")
+@click.option("--epoch", type=click.IntRange(min=1), metavar="N",
+              help="The epoch of RUN's weights to draw (default: its last); needs --weights.")
+def render(file: Path, name: str | None, cell: str, output: Path | None, run_dir: Path | None,
+           epoch: int | None) -> None:
     """Draw the cells of the genotype in FILE, in the style of the paper's Figure 4.
 
     Edges carry their operation and, in red, their attention; an attention on the cell output
@@ -34,6 +42,11 @@ def render(file: Path, name: str | None, cell: str, output: Path | None) -> None
     is written beside OUT (OUT with suffix .dot), the command says what to install and exits
     with status 1.
 
+    With --weights RUN (a search run directory: weights.jsonl, space.geno) each edge is drawn
+    as wide as its kept operation's weight (1 + 6w pt) and faint when an edge is decided by less
+    than 0.05 (its smallest lead of the kept operation, attention or input over the runner-up);
+    the weights and leads are written under the labels (README "Reading a search").
+
     \b
     Exit status: 0 drawn; 1 graphviz missing (.dot written instead); 2 bad input.
     """
@@ -42,7 +55,22 @@ def render(file: Path, name: str | None, cell: str, output: Path | None) -> None
     except DslError as error:
         _fail(str(error.located(str(file), None)))
     cells = CELL_KINDS if cell == "both" else (cell,)
-    dot_text = genotype_dot(genotype, cells)
+    if epoch is not None and run_dir is None:
+        raise click.BadParameter("needs --weights RUN", param_hint="'--epoch'")
+    if run_dir is None:
+        dot_text = genotype_dot(genotype, cells)
+    else:
+        from attdarts.language.decisiveness import DecisivenessError
+        from attdarts.tools.search_runs import decide_with_run
+
+        try:
+            decided, epoch = decide_with_run(genotype, run_dir, epoch)
+        except DecisivenessError as error:
+            _fail(f"attdarts render: {error}")
+        legend = f"weights of {run_dir.name} at epoch {epoch}. " + WEIGHT_LEGEND.format(
+            decided.threshold)
+        dot_text = genotype_dot(genotype, cells, styles=weight_styles(genotype, decided),
+                                legend=legend)
     if output is None:
         click.echo(dot_text, nl=False)
         return

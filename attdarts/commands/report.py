@@ -18,14 +18,21 @@ from attdarts.tools import report as reporting
 @click.option("--mult-adds/--no-mult-adds", default=True, show_default=True,
               help="Count each trained network's multiply-adds (builds it from its checkpoint: "
                    "imports torch, about 2 s per distinct network at full size).")
-def report(run_dirs: tuple[Path, ...], output_format: str, std: str, mult_adds: bool) -> None:
+@click.option("--html", "page", type=click.Path(dir_okay=False, path_type=Path), metavar="OUT.html",
+              help="Write one self-contained page (no network needed) instead of printing: these "
+                   "tables, each group's consensus, and per run its settings, environment, "
+                   "learning curves, decisiveness, architecture weights and derived cell per "
+                   "epoch.")
+def report(run_dirs: tuple[Path, ...], output_format: str, std: str, mult_adds: bool,
+           page: Path | None) -> None:
     """Aggregate runs over seeds: test error mean +- std, best of N, weights and mult-adds of
     trainings; per-seed genotypes and architecture-batch accuracy of searches; what the runs ran
     on (their environment.json), naming the fields in which they differ.
 
     RUN_DIRS are run directories of 'attdarts train' or 'attdarts search', or folders of them
     (such as the OUT of 'train --repeats' or 'search --seeds'). Trainings of the same cells,
-    dataset, size and epochs form one row. Reads the runs' JSON files; writes nothing.
+    dataset, size and epochs form one row; searches of several seeds get their consensus
+    genotype and each edge's agreement. Reads the runs' files; writes nothing unless --html.
     """
     try:
         runs = reporting.read_runs(run_dirs)
@@ -34,6 +41,12 @@ def report(run_dirs: tuple[Path, ...], output_format: str, std: str, mult_adds: 
     if mult_adds:
         count_mult_adds(runs.trainings)
     summary = reporting.aggregate(runs, std)
+    if page is not None:
+        from attdarts.tools import report_html
+
+        report_html.write_page(run_dirs, page, summary, reporting.format_markdown(summary))
+        click.echo(f"attdarts report: wrote {page}", err=True)
+        return
     click.echo(reporting.format_json(summary) if output_format == "json"
                else reporting.format_markdown(summary), nl=False)
 

@@ -7,11 +7,12 @@ before a run starts. Only the main process of a torchrun group writes.
 
 Events go to RUN_DIR/tensorboard/. The step of every event is the epoch (1-based), as in
 metrics.jsonl. Scalars: the losses, accuracies and learning rate of both loops, and training's
-drop-path probability. Images (search only): per epoch and cell type, the softmax of alpha
-(operations) and beta (attentions; gamma for an attention on the cell output), one row per edge
-and one column per candidate, drawn with the viridis colour map over the image's own range
-(`attdarts.scales`: its smallest weight dark, its largest yellow), with a colour bar and that
-range printed beneath.
+drop-path probability; for a search also how decided its derived genotype is (`decisiveness/`,
+`cell/`, and each kept edge's margin under `margin/`). Images (search only): per epoch and cell
+type, the softmax of alpha (operations) and beta (attentions; gamma for an attention on the cell
+output), one row per edge and one column per candidate, drawn with the viridis colour map over
+the image's own range (`attdarts.scales`: its smallest weight dark, its largest yellow), with a
+colour bar and that range printed beneath.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ SEARCH_SCALARS = {
     "train_loss": "loss/train", "val_loss": "loss/val",
     "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val",
     "lr": "schedule/lr", "images_per_s": "speed/images_per_s",
+    # how decided the derived genotype is (language.decisiveness); per edge: margin/<cell>/<edge>
+    "decided_edges": "decisiveness/decided_edges", "min_margin": "decisiveness/min_margin",
+    "operation_entropy": "decisiveness/operation_entropy",
+    "attention_entropy": "decisiveness/attention_entropy",
+    "normal_skip_connect": "cell/normal_skip_connect", "normal_identity": "cell/normal_identity",
+    "genotype_changed_epoch": "cell/genotype_changed_epoch",
 }
 TRAIN_SCALARS = {
     "train_loss": "loss/train", "test_loss": "loss/test",
@@ -103,6 +110,10 @@ class TensorBoardTracking(NoTracking):
             value = metrics.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(tag, float(value), epoch)
+        from attdarts.language.decisiveness import margin_scalars
+
+        for tag, value in margin_scalars(metrics):
+            self.writer.add_scalar(tag, value, epoch)
         for cell, kinds in (architecture or {}).items():
             for kind, values in kinds.items():
                 weights = torch.softmax(values.detach().float().cpu(), dim=-1)

@@ -324,3 +324,49 @@ def _setting_text(key: str, value: object) -> str:
 
 def _quoted(text: str | None) -> str | None:
     return None if text is None else json.dumps(text, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown (pull-request comments)
+
+
+def format_markdown(diffs: Iterable[ItemDiff], a: str, b: str) -> str:
+    """The diff for a pull-request comment: a title with the number of changes per cell, then a
+    table of changes (cell, node, input, before, after) per compared item."""
+    diffs = tuple(diffs)
+    count = sum(len(item.changes) for item in diffs)
+    lines = [f"### Genotype diff: `{a}` → `{b}`", ""]
+    if is_same(diffs):
+        return "\n".join(lines + ["No semantic difference (layout and comments never count)."]) + "\n"
+    lines += [f"**{count} change{'' if count == 1 else 's'}**" + _per_cell(diffs), ""]
+    for item in diffs:
+        if item.status == "same":
+            continue
+        if item.status in ("added", "removed"):
+            lines += [f"- {item.kind} `{item.a or item.b}`: {item.status}", ""]
+            continue
+        if len(diffs) > 1:
+            title = item.a if item.a == item.b else f"{item.a} → {item.b}"
+            lines += [f"#### {item.kind} `{title}`", ""]
+        lines += ["| cell | node | input | before | after |", "|---|---|---|---|---|"]
+        for change in item.changes:
+            lines.append("| " + " | ".join((
+                change.cell or change.kind, _markdown_cell(change.node),
+                _markdown_cell(change.input), _code(change.before), _code(change.after))) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _per_cell(diffs: tuple[ItemDiff, ...]) -> str:
+    counts = {kind: sum(change.cell == kind for item in diffs for change in item.changes)
+              for kind in CELL_KINDS}
+    parts = [f"{kind}: {number}" for kind, number in counts.items() if number]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _markdown_cell(text: str | None) -> str:
+    return "" if text is None else text.replace("|", "\\|")
+
+
+def _code(text: str | None) -> str:
+    return "–" if text is None else f"`{text.replace('|', '¦')}`"

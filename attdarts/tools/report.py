@@ -35,6 +35,7 @@ from attdarts.language.ir import CELL_KINDS, Genotype
 from attdarts.language.printer import cell_lines
 from attdarts.language.transform import parse_text
 from attdarts.runs import environment, units
+from attdarts.tools import consensus
 
 STD_KINDS = ("sample", "population")
 FORMATS = ("markdown", "json")
@@ -291,6 +292,7 @@ def aggregate(report: Report, std: str = "sample") -> dict:
             "accuracy_mean": mean, "accuracy_std": deviation,
             "accuracy_best": max(run.accuracy for run in runs),
             "distinct_genotypes": len(distinct), "per_run": per_run,
+            "consensus": consensus.of_runs([run.path for run in runs]),
         })
     return {"std": std, "trainings": trainings, "searches": searches,
             "environment": environment_summary(report.environments)}
@@ -371,6 +373,8 @@ def _search_lines(entries: list[dict], std: str) -> list[str]:
                           f"`{run['cells']['normal']}`", f"`{run['cells']['reduce']}`")
                          for run in entry["per_run"]))
         lines += _unfinished(entry) + [""]
+        if entry.get("consensus"):
+            lines += consensus.report_lines(entry["consensus"]) + [""]
     return lines
 
 

@@ -121,6 +121,13 @@ def test_search_writes_scalars_and_alpha_beta_heatmaps_per_epoch(tiny_space, tmp
         scalars = events.Scalars(tag)
         assert [s.step for s in scalars] == [1, 2], tag
         assert [s.value for s in scalars] == pytest.approx([m[key] for m in metrics], rel=1e-6)
+    # each kept edge's smallest margin (language.decisiveness), tagged by the edge
+    last = metrics[-1]["margins"]["normal"]
+    edge, entry = next(iter(last.items()))
+    smallest = min(value for key, value in entry.items()
+                   if key in ("operation", "attention", "input") and value is not None)
+    assert events.Scalars(f"margin/normal/{edge}")[-1].value == pytest.approx(smallest, rel=1e-6)
+    assert "decisiveness/decided_edges" in events.Tags()["scalars"]
     assert sorted(events.Tags()["images"]) == ["alpha/normal", "alpha/reduce", "beta/normal",
                                                 "beta/reduce"]
     # the last epoch's picture is the softmax that weights.jsonl records, drawn by `heatmap`

@@ -284,3 +284,43 @@ def test_git_uses_the_driver(tmp_path: Path) -> None:
     cell.write_text("genotype broken {\n")
     output = git("diff")
     assert "not a valid genotype file" in output and "+genotype broken {" in output
+
+
+def test_markdown_for_pull_requests():
+    result = CliRunner().invoke(diff, [str(ZOO / "darts_v1.geno"), str(ZOO / "darts_v2.geno"),
+                                       "--format", "markdown"])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert lines[0].startswith("### Genotype diff: `") and lines[0].endswith("darts_v2.geno`")
+    assert lines[2] == "**7 changes** (normal: 3, reduce: 4)"
+    assert lines[4:6] == ["| cell | node | input | before | after |", "|---|---|---|---|---|"]
+    assert "| normal | n1 | c_k2 | `skip_connect` | `sep_conv_3x3` |" in lines
+    assert "| reduce | n1 | c_k2 | `max_pool_3x3` | – |" in lines
+    assert "| reduce | n1 | c_k1 | – | `max_pool_3x3` |" in lines
+    assert len([line for line in lines if line.startswith("| normal") or
+                line.startswith("| reduce")]) == 7
+    same = CliRunner().invoke(diff, [str(ZOO / "darts_v1.geno"), str(ZOO / "darts_v1.geno"),
+                                     "--format", "markdown"])
+    assert same.exit_code == 0 and "No semantic difference" in same.output
+
+
+def test_render_writes_the_side_by_side_drawing(tmp_path):
+    if shutil.which("dot") is None:
+        pytest.fail("graphviz 'dot' is not installed; this test needs it (apt-get install graphviz)")
+    target = tmp_path / "diff.svg"
+    result = CliRunner().invoke(diff, [str(ZOO / "darts_v1.geno"), str(ZOO / "darts_v2.geno"),
+                                       "--render", str(target)])
+    assert result.exit_code == 1, result.output
+    svg = target.read_text()
+    assert "darts_v1.geno: normal cell" in svg and "darts_v2.geno: reduction cell" in svg
+    both = tmp_path / "both.geno"
+    both.write_text((ZOO / "darts_v1.geno").read_text() + "\n" + (ZOO / "darts_v2.geno").read_text())
+    result = CliRunner().invoke(diff, [str(both), str(both), "--render", str(tmp_path / "x.svg")])
+    assert result.exit_code == 2 and "--render draws one pair of genotypes" in result.output
+    result = CliRunner().invoke(diff, [str(both), str(both), "--a-genotype", "darts_v1",
+                                       "--b-genotype", "darts_v2", "--render",
+                                       str(tmp_path / "x.png")])
+    assert result.exit_code == 1 and (tmp_path / "x.png").read_bytes()[:4] == b"\x89PNG"
+    result = CliRunner().invoke(diff, [str(both), str(both), "--genotype", "darts_v1",
+                                       "--render", str(tmp_path / "x.txt")])
+    assert result.exit_code == 2 and "cannot tell the format" in result.output

@@ -255,3 +255,107 @@ def test_render_and_diff_do_not_import_torch() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=environment, cwd=ROOT)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture weights on the drawing (--weights) and side-by-side diffs
+
+
+HAND_OTHER = """\
+genotype other {
+    normal {
+        n0 = max_pool_3x3(c_k2) + sep_conv_3x3(c_k1) >> se
+        n1 = max_pool_3x3(c_k2) + skip_connect(n0) >> se
+        c_k = concat(n0, n1)
+    }
+    reduce {
+        n0 = sep_conv_3x3(c_k2) + sep_conv_3x3(c_k1) >> se
+        n1 = max_pool_3x3(c_k2) + skip_connect(n0) >> se
+        c_k = concat(n0, n1)
+    }
+}
+"""
+
+
+def _hand_run(tmp_path: Path) -> Path:
+    from helpers import HAND_CELLS, write_search_run
+
+    return write_search_run(tmp_path / "run", [HAND_CELLS])
+
+
+def test_weights_set_width_opacity_and_notes_by_hand(tmp_path: Path) -> None:
+    """Hand weights (tests/helpers.py): n0<-c_k2 keeps sep_conv_3x3 at 0.4, 0.1 ahead of
+    skip_connect; n1<-c_k2's attention is a tie (margin 0: opacity 25 %); n1<-n0 leads by 0.04
+    at least (opacity 0.25 + 0.75 * 0.04 / 0.05 = 85 %)."""
+    from attdarts.tools.search_runs import decide_with_run
+
+    run = _hand_run(tmp_path)
+    genotype = parse_file(run / "genotype.geno").genotype()
+    decided, epoch = decide_with_run(genotype, run)
+    assert epoch == 1
+    styles = render_module.weight_styles(genotype, decided)
+    first = styles[("normal", "n0", 0)]
+    assert first.penwidth == pytest.approx(1 + 6 * 0.4)
+    assert first.color == "#404040ff"  # decided by 0.1 >= 0.05: opaque
+    assert first.notes == ("α 0.400, lead +0.100", "β 0.550, lead +0.100")
+    tie = styles[("normal", "n1", 0)]
+    assert tie.color == f"#404040{round(255 * 0.25):02x}"
+    assert tie.notes == ("α 0.600, lead +0.400", "β 0.500, lead +0.000", "input lead +0.500")
+    assert styles[("normal", "n1", 1)].color == f"#404040{round(255 * 0.85):02x}"
+    assert styles[("reduce", "n1", 1)].penwidth == pytest.approx(1 + 6 * 0.45)
+    # a genotype the weights do not favour: negative leads, drawn as faint as a tie, not hidden
+    other = parse_text(HAND_OTHER).genotype()
+    faint = render_module.weight_styles(other, decide_with_run(other, run)[0])[("normal", "n0", 0)]
+    assert faint.notes[0] == "α 0.200, lead -0.200"
+    assert faint.color == f"#404040{round(255 * 0.25):02x}"
+    text = genotype_dot(genotype, styles=styles, legend="a legend")
+    assert '"normal/c_k2":e -> "normal/n0/0":w [arrowhead=none, penwidth=3.40, color="#404040ff"];' in text
+    assert '"normal/n0/0":e -> "normal/n0":w [penwidth=3.40, color="#404040ff"];' in text
+    assert "α 0.400, lead +0.100" in text and ">a legend</font>>;" in text
+
+
+def test_cli_draws_a_runs_weights_and_refuses_bad_epochs(tmp_path: Path, dot: str) -> None:
+    run = _hand_run(tmp_path)
+    result = CliRunner().invoke(render, [str(run / "genotype.geno"), "--weights", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "weights of run at epoch 1." in result.output and "input lead +0.350" in result.output
+    target = tmp_path / "weights.svg"
+    result = CliRunner().invoke(render, [str(run / "genotype.geno"), "--weights", str(run),
+                                         "--epoch", "1", "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert "lead +0.100" in target.read_text()
+    result = CliRunner().invoke(render, [str(run / "genotype.geno"), "--weights", str(run),
+                                         "--epoch", "3"])
+    assert result.exit_code == 2
+    assert result.output.strip().endswith("weights.jsonl has no epoch 3 (it has 1-1)")
+    result = CliRunner().invoke(render, [str(ZOO / "att_darts.geno"), "--weights", str(run)])
+    assert result.exit_code == 2  # four nodes against a two-node space
+    assert "the normal cell has 4 nodes, the space 'tiny' has 2" in result.output
+    result = CliRunner().invoke(render, [str(run / "genotype.geno"), "--epoch", "1"])
+    assert result.exit_code == 2 and "needs --weights RUN" in result.output
+
+
+def test_diff_drawing_highlights_what_changed_on_each_side(dot: str) -> None:
+    a, b = _genotype("darts_v1"), _genotype("darts_v2")
+    before, after = render_module.diff_styles(a, b)
+    # normal n1 <- c_k2: skip_connect -> sep_conv_3x3 (changed: both sides); reduce n1: c_k2
+    # removed (A only), c_k1 added (B only); unchanged edges are plain
+    assert ("normal", "n1", 0) in before and ("normal", "n1", 0) in after
+    assert a.normal.nodes[1].edges[0].input == "c_k2"
+
+    def edges(genotype, keys):
+        return sorted((node, genotype.cell(kind).nodes[int(node[1])].edges[position].input)
+                      for kind, node, position in keys if kind == "reduce")
+
+    assert edges(a, before) == [("n1", "c_k2"), ("n3", "c_k2")]
+    assert edges(b, after) == [("n1", "c_k1"), ("n3", "c_k1")]
+    assert len(before) == len(after) == 5
+    text = render_module.diff_dot(a, b, titles=("v1", "v2"))
+    assert '"cluster_a/normal"' in text and '"cluster_b/reduce"' in text
+    assert "<b>v1: normal cell</b>" in text and "<b>v2: reduction cell</b>" in text
+    assert '"a/normal/c_k" -> "b/normal/c_k2" [style=invis, minlen=2];' in text
+    svg = render_module.run_dot(text, "svg").decode()
+    assert svg.count(render_module.HIGHLIGHT_BEFORE) >= 5
+    assert svg.count(render_module.HIGHLIGHT_AFTER) >= 5
+    same_before, same_after = render_module.diff_styles(a, a)
+    assert not same_before and not same_after

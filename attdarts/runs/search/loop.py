@@ -22,6 +22,10 @@ every epoch start (also after a resume) the loop calls `epoch_start` on the supe
 epoch's metrics record (only for the methods the space lists); after each epoch's derivation
 `early_stop` may end the search (DARTS+). Epochs before `arch_start_epoch` run weight steps only.
 The methods' generator (`bilevel.method_generator`) is part of the checkpoint.
+
+Each epoch's record also says how decided the derived genotype is (`language.decisiveness`: the
+margins of its edges, the normal cell's skip connections, the epoch it last changed), and the
+log gets its one-line summary.
 """
 
 from __future__ import annotations
@@ -291,6 +295,9 @@ class SearchRun:
                                          f"epoch {self.epoch}/{config.epochs}: {reason}")
         self.history["genotypes"].append(genotype)
         self.history["weights"].append(outputs.weights_record(self.model, self.epoch, self.synthetic))
+        decided, decided_line = outputs.decisiveness_metrics(
+            self.space, self.history["genotypes"], self.history["weights"][-1])
+        metrics.update(decided)
         self.history["metrics"].append(outputs.dump_json(metrics))
         self.tracking.epoch(self.epoch, metrics, self.model.architecture_tensors())
         self.totals.zero_()
@@ -304,6 +311,9 @@ class SearchRun:
             config.seed, self.epoch, config.epochs, metrics["train_loss"],
             metrics["train_accuracy"], val, lr, seconds,
             train_count / seconds if seconds > 0 else 0.0)
+        if decided_line is not None:
+            log.info("seed %d epoch %d/%d: %s", config.seed, self.epoch, config.epochs,
+                     decided_line)
         if reason is not None:
             log.info("seed %d: stopped early after epoch %d/%d: %s", config.seed,
                      self.epoch, config.epochs, reason)

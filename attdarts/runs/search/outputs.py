@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attdarts.language import ir, kinds
+from attdarts.language import decisiveness, ir, kinds
 from attdarts.language.printer import cell_lines, format_checked, format_space
 from attdarts.networks.derive import derive_genotype
 from attdarts.networks.supernet import Supernet
@@ -103,6 +103,21 @@ def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
     if attentions is not None:
         record["attentions"] = attentions
     return dump_json(record)
+
+
+def decisiveness_metrics(space: ir.Space, genotypes: Sequence[ir.Genotype],
+                         weights_line: str) -> tuple[dict, str | None]:
+    """The last epoch's decisiveness (`language.decisiveness`) from its genotype and its
+    weights.jsonl line: the keys for its metrics record and the log line. A genotype that does not fit the
+    weights (a derivation that is not the space's) gives ({}, None): the search goes on."""
+    record = json.loads(weights_line)
+    cells = {kind: record[kind] for kind in ir.CELL_KINDS if kind in record}
+    try:
+        result = decisiveness.decide(space, genotypes[-1], cells)
+    except decisiveness.DecisivenessError:
+        return {}, None
+    changed = decisiveness.last_change(genotypes)
+    return decisiveness.metrics_record(result, changed), decisiveness.log_line(result, changed)
 
 
 def write_outputs(run_dir: Path, history: Mapping[str, list], texts: list[str]) -> None:

@@ -114,6 +114,19 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in lines]
 
 
+def assert_close_records(mine: dict, other: dict, rtol: float, atol: float, where: str = "") -> None:
+    """Same keys, numbers equal within the tolerances, nested records (per-edge margins)
+    compared the same way."""
+    assert set(mine) == set(other), where
+    for key, value in mine.items():
+        if isinstance(value, dict):
+            assert_close_records(value, other[key], rtol, atol, f"{where}{key}/")
+        elif isinstance(value, float):
+            assert other[key] == pytest.approx(value, rel=rtol, abs=atol), where + key
+        else:  # None, counts, flags, the accuracy unit: exactly (approx refuses strings)
+            assert other[key] == value, where + key
+
+
 def assert_same_run(expected: Path, actual: Path, *, rtol: float, atol: float,
                     exact_files: bool = True) -> None:
     """Every seed directory holds the same files, metrics, genotypes and checkpoint."""
@@ -126,12 +139,7 @@ def assert_same_run(expected: Path, actual: Path, *, rtol: float, atol: float,
                     exact_files and name == "weights.jsonl"):
                 assert (ours / name).read_text() == (theirs / name).read_text(), name
         for mine, other in zip(metrics(ours), metrics(theirs)):
-            assert set(mine) == set(other)
-            for key, value in mine.items():
-                if isinstance(value, float):
-                    assert other[key] == pytest.approx(value, rel=rtol, abs=atol), key
-                else:  # counts, flags, the accuracy unit: exactly (approx refuses strings)
-                    assert other[key] == value, key
+            assert_close_records(mine, other, rtol, atol)
         saved = torch.load(ours / "checkpoint.pt", weights_only=False)
         loaded = torch.load(theirs / "checkpoint.pt", weights_only=False)
         saved["elapsed"] = loaded["elapsed"]
