@@ -43,7 +43,7 @@ from attdarts.runs.search import outputs
 from attdarts.runs.search.bilevel import Bilevel
 from attdarts.runs.search.config import (
     CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, auxiliary_weight,
-    beta_decay_weight, cosine_lr,
+    beta_decay_weight, cosine_lr, same_run,
 )
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class SearchRun:
             recorded = SearchConfig.model_validate(state.get("config"))
         except (ValueError, TypeError, data.DataError):
             recorded = None
-        if recorded != self.config:
+        if recorded is None or not same_run(recorded, self.config):  # resumable ones may differ
             raise checkpoints.CheckpointError(
                 f"{path}: the search checkpoint was written for a different config")
         try:
