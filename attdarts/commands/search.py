@@ -145,7 +145,8 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "folder:PATH (ImageFolder with train/).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where CIFAR lives (default ./data).")
 @click.option("--epochs", type=int, default=_PAPER["epochs"], show_default=True)
-@click.option("--batch-size", type=int, help="Images per step of each half" + _RECIPE_HELP + ".")
+@click.option("--batch-size", type=int,
+              help="Images per step of each half, at least 2 (batch norm)" + _RECIPE_HELP + ".")
 @click.option("--order", type=click.Choice(["1", "2"]), default=str(_PAPER["order"]), show_default=True,
               help="First- or second-order (DARTS unrolled) architecture gradient.")
 @click.option("--second-order", "second_order", type=click.Choice(["darts", "authors"]),
@@ -158,8 +159,10 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="Rewrite every bam candidate to combine its gates by sum (the paper) or "
                    "product (the authors' code); default: as the space file writes it, "
                    "unless --recipe authors.")
-@click.option("--seed", type=int, default=_PAPER["seed"], show_default=True)
-@click.option("--seeds", help="Several seeds run one after another into OUT/seed-N, e.g. 1,2,3,4.")
+@click.option("--seed", type=int, default=_PAPER["seed"], show_default=True,
+              help="Random seed, a whole number from 0 to 2^64 - 1.")
+@click.option("--seeds", help="Several distinct seeds run one after another into OUT/seed-N, "
+                              "e.g. 1,2,3,4.")
 @click.option("--together", is_flag=True,
               help="Run the --seeds as one batched model: one kernel does every seed's work; "
                    "the same results and files as one after another; memory grows with the "
@@ -192,7 +195,10 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads of torch for this run (intra- and inter-op); default: torch's choice.")
-@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Continue the run in this directory. --device, --threads, --quiet, "
+                   "--tensorboard, --data-dir, --plain, --graphs and --checkpoint-every may be "
+                   "given anew; another option must equal the run's.")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-identical resume).")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the iterations of every epoch (smoke runs).")
 @click.option("--checkpoint-every", type=int, default=_PAPER["checkpoint_every"], show_default=True,

@@ -93,18 +93,22 @@ def _setup_logging(verbose: bool) -> None:
                    "folder:PATH or synthetic.")
 @click.option("--data-dir", help="Where the dataset lives (CIFAR: the folder holding cifar-10-batches-py).")
 @click.option("--epochs", type=int, help="Epochs [600; ImageNet 250].")
-@click.option("--batch-size", type=int, help="Global batch size, split among GPUs [96; ImageNet 128].")
+@click.option("--batch-size", type=int,
+              help="Global batch size, split among GPUs, at least 2 per GPU (batch norm) [96; "
+                   "ImageNet 128].")
 @click.option("--channels", type=int, help="Initial channels C [36; ImageNet 48].")
 @click.option("--layers", type=int, help="Cells L [20; ImageNet 14].")
 @click.option("--lr", type=float, help="Initial learning rate [0.025; ImageNet 0.1].")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Run directory [runs/GENOTYPE-DATASET-TIME].")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Continue the run in this directory from its last.pt.")
+              help="Continue the run in this directory from its last.pt. --device, --threads, "
+                   "--quiet, --tensorboard, --data-dir, --workers, --plain and --graphs may be "
+                   "given anew; another option must equal the run's.")
 @click.option("--device", help="cpu, cuda, cuda:1, ... [cuda when available].")
 @click.option("--amp", type=click.Choice(["bf16"]), help="Mixed precision with bfloat16 autocast.")
 @click.option("--channels-last", is_flag=True, help="Use the channels-last memory format.")
-@click.option("--seed", type=int, help="Random seed [0].")
+@click.option("--seed", type=int, help="Random seed, a whole number from 0 to 2^64 - 1 [0].")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on GPU).")
 @click.option("--drop-path-rule", type=click.Choice(["darts", "authors"]),
               help="Edges drop path spares: darts (identity operations) or authors (also "
