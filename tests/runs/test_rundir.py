@@ -156,12 +156,14 @@ def test_resuming_a_run_in_use_is_refused(tmp_path, searched, trained, holder):
         assert files(run) == before
 
 
-def test_a_seed_of_a_multi_seed_search_in_use_is_refused(tmp_path, holder):
+@pytest.mark.parametrize("together", [[], ["--together"]])
+def test_a_seed_of_a_multi_seed_search_in_use_is_refused(together, tmp_path, holder):
     (tmp_path / "tiny.geno").write_text(TINY_SPACE)
     holder(tmp_path / "seeds" / "seed-2")  # e.g. `search --resume seeds/seed-2` runs
-    result = invoke("search", tmp_path / "tiny.geno", *TINY, "--seeds", "1,2",
+    result = invoke("search", tmp_path / "tiny.geno", *TINY, "--seeds", "1,2", *together,
                     "--out", tmp_path / "seeds")
     assert result.exit_code == 1 and f"'{tmp_path / 'seeds' / 'seed-2'}' is in use" in result.output
+    assert os.listdir(tmp_path / "seeds") == ["seed-2"]  # the holder's; nothing written
 
 
 @pytest.mark.slow

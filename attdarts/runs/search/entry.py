@@ -248,7 +248,9 @@ def run_seeds(
     seeds.json, the first file, is written. `settings` (a resume's) go to each seed's resume."""
     out_dir = Path(out_dir)
     seeds = check_seeds(seeds)
-    with rundir.claim(out_dir):
+    with rundir.claim(out_dir), contextlib.ExitStack() as held:
+        for seed in seeds:  # every seed's directory, held for the whole run
+            held.enter_context(rundir.claim(out_dir / f"seed-{seed}"))
         if not resume and rundir.main_process():
             _refuse_other_runs(out_dir)
         checked = (_space_of(config, out_dir / f"seed-{seeds[0]}" if resume else None)
