@@ -18,7 +18,7 @@ from attdarts import recipes
 from attdarts.files import FileError, WriteError, atomic_write_text, has_bom
 from attdarts.language.errors import DslError, Problem, close_names
 from attdarts.language.ir import Genotype, Space
-from attdarts.language.printer import format_document, format_space
+from attdarts.language.printer import format_document
 from attdarts.language.transform import parse_file, parse_text, read_genotype, read_source
 
 GENOTYPE_SUFFIXES = (".geno",)
@@ -227,19 +227,22 @@ def search(space: Space | str | os.PathLike, *, out: str | os.PathLike | None = 
     metrics of the last epoch), or one per seed with `seeds`. `space` is a space file, a zoo space
     name ("att_darts", "darts", ...) or an `ir.Space`; `settings` are `SearchConfig` fields
     (epochs, batch_size, channels, layers, dataset, lr, ...) over the `recipe`'s defaults.
-    `out` defaults to runs/search-SPACE-TIME."""
+    `out` defaults to runs/search-SPACE-TIME; an `ir.Space` is written there as space.geno, the
+    space file of record. What the command line refuses is refused here too, before anything is
+    written (`attdarts.runs.search.launch` is the one path of both)."""
     from attdarts.runs import search as searching
 
+    searched = None
     if isinstance(space, Space):
+        searched = space
         out = Path(out) if out is not None else searching.default_run_dir(space)
-        path = out / "space.geno"  # the space file of record, unless out already holds a run
-        if not any((out / name).exists() for name in ("config.json", "seeds.json")):
-            atomic_write_text(path, format_space(space))
+        path = out / "space.geno"  # written by the run, once everything is checked
         settings.setdefault("space", space.name)
     else:
         path = _zoo_file(space, "space")
     config = searching.recipe_config(recipe, space_file=str(path.resolve()), **settings)
-    return searching.launch(config, out, seeds=seeds, device=device, progress=progress)
+    return searching.launch(config, out, seeds=seeds, device=device, progress=progress,
+                            space=searched)
 
 
 def train(genotype: Genotype | str | os.PathLike, *, out: str | os.PathLike | None = None,

@@ -108,3 +108,18 @@ TRAIN: dict[str, dict[str, Any]] = {
 MIN_LAYERS = 3
 MAX_LAYERS = 200
 MAX_CHANNELS = 512
+# A seed is a whole number that torch's generator takes (0 to 2^64 - 1): a negative seed would
+# also give genotype names such as `att_darts_seed-1`, which are not names.
+MAX_SEED = 2**64 - 1
+# Batch normalisation in training mode needs two images per batch: with one, a layer after global
+# pooling (BAM's channel gate, the auxiliary head) has one value per channel and cannot be
+# normalised, and elsewhere the statistics of one image are not a batch's.
+MIN_BATCH_SIZE = 2
+
+
+def checked_batch_size(value: int) -> int:
+    """A batch size of `MIN_BATCH_SIZE` or more (the settings' validator; ValueError otherwise)."""
+    if value < MIN_BATCH_SIZE:
+        raise ValueError(f"a batch needs at least {MIN_BATCH_SIZE} images: batch normalisation "
+                         "in training mode cannot normalise one")
+    return value

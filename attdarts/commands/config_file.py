@@ -12,6 +12,11 @@ facts a training run records beside its settings (`parameters`, `mean`, ...) are
 The file's text is copied into the new run directory as `config-file.toml` (or `.json`), beside
 the resolved settings of `config.json`.
 
+Values are checked as strictly as the command line checks the same option: a whole number for an
+integer option (not 2.5, not 2.0, not true), a number for a numeric one (not true), true or false
+for a flag, text for the others. A UTF-8 byte-order mark (which Windows editors write) is
+accepted, as in genotype files.
+
 Implementation: the option is eager, so its callback runs before the others are read; it puts
 the file's values into click's `default_map`, which is what an option falls back to when the
 command line does not give it. Settings without an option of their own (training's `cutout`,
@@ -58,12 +63,12 @@ class ConfigFile:
 # conversions of file values (the second argument is the file's folder)
 
 def relative_path(value: Any, folder: Path) -> str:
-    path = Path(str(value)).expanduser()
+    path = Path(_text(value)).expanduser()
     return str(path if path.is_absolute() else folder / path)
 
 
 def dataset_path(value: Any, folder: Path) -> str:
-    text = str(value)
+    text = _text(value)
     if text.startswith("folder:"):
         return "folder:" + relative_path(text[len("folder:"):], folder)
     return text
@@ -71,24 +76,66 @@ def dataset_path(value: Any, folder: Path) -> str:
 
 def inverted(value: Any, folder: Path) -> bool:
     """A setting stored as `augment = true` for a flag spelled `--no-augment` (and so on)."""
-    return not _boolean(value)
+    return not _boolean_value(value)
 
 
 def joined(value: Any, folder: Path) -> str:
     """A list (arch_betas, seeds) as its comma-separated option value."""
     if isinstance(value, (list, tuple)):
+        for item in value:
+            _number(item, whole=False)
         return ",".join(str(item) for item in value)
-    return str(value)
+    return _text(value)
 
 
 def as_text(value: Any, folder: Path) -> str:
-    return str(value)
-
-
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
+    """A choice the file may write as a number (`order = 2`): a whole number or text."""
+    if isinstance(value, str):
         return value
-    raise click.BadParameter(f"expected true or false, got {value!r}", param_hint="--config")
+    return str(_number(value, whole=True))
+
+
+class _Refused(Exception):
+    """A file value of the wrong type; `what` says what was expected."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Refused("text")
+    return value
+
+
+def _number(value: Any, *, whole: bool) -> int | float:
+    """A TOML/JSON number as the command line would take it: no bool, and for a whole number
+    no fraction (2.0 included, as `--epochs 2.0` is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            whole and not isinstance(value, int)):
+        raise _Refused("a whole number" if whole else "a number")
+    return value
+
+
+def _checked(param: click.Parameter, value: Any) -> Any:
+    """`value` from a file for `param`, refused unless the command line could have given it:
+    text goes through click's conversion as a typed argument would."""
+    if isinstance(param, click.Option) and param.is_flag:
+        return _boolean_value(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(param.type, click.types.IntParamType):
+        return _number(value, whole=True)
+    if isinstance(param.type, click.types.FloatParamType):
+        return _number(value, whole=False)
+    raise _Refused("text")
+
+
+def _boolean_value(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Refused("true or false")
+    return value
 
 
 def config_option(renamed: Mapping[str, Key] | None = None, *,
@@ -117,15 +164,23 @@ def config_option(renamed: Mapping[str, Key] | None = None, *,
             if key not in settings and (folder / name).is_file():
                 settings[key] = name
         defaults, kept = {}, {}
+        params = {param.name: param for param in ctx.command.params}
         for key, setting in settings.items():
             if key in recorded:
                 continue
             if key in kept_names:
-                kept[key] = setting
+                kept[key] = setting  # checked by the settings' own (strict) model
             elif key in table:
                 entry = table[key]
-                defaults[entry.param] = (setting if entry.convert is None
-                                         else entry.convert(setting, folder))
+                try:
+                    defaults[entry.param] = (_checked(params[entry.param], setting)
+                                             if entry.convert is None
+                                             else entry.convert(setting, folder))
+                except _Refused as refused:
+                    raise click.BadParameter(
+                        f"{value}: '{key}' is {json.dumps(setting)}, expected {refused.what} "
+                        f"(as the option takes it on the command line)", ctx=ctx,
+                        param=param) from None
             else:
                 known = sorted(set(table) | kept_names)
                 hint = suggest(key, known)
@@ -133,7 +188,7 @@ def config_option(renamed: Mapping[str, Key] | None = None, *,
                     f"{value}: unknown setting '{key}'; " + (hint or f"known: {', '.join(known)}"),
                     ctx=ctx, param=param)
         ctx.default_map = {**(ctx.default_map or {}), **defaults}
-        ctx.meta[_META_KEY] = ConfigFile(value, value.read_text(encoding="utf-8"), kept)
+        ctx.meta[_META_KEY] = ConfigFile(value, value.read_text(encoding="utf-8-sig"), kept)
         return value
 
     return click.option(
@@ -170,7 +225,7 @@ def _table(command: click.Command) -> dict[str, Key]:
 def _read(path: Path) -> dict[str, Any]:
     """The file's table with keys as settings are spelled (`batch-size` -> `batch_size`)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the text
     except (OSError, UnicodeDecodeError) as error:
         raise click.BadParameter(f"cannot read {path} ({error.__class__.__name__})",
                                  param_hint="--config") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from attdarts.files import WriteError, atomic_write_text
+from attdarts.files import WriteError, atomic_write_text, same_file
 from attdarts.language.errors import DslError
 from attdarts.language.ir import Document
 from attdarts.language.printer import format_checked
@@ -36,9 +36,12 @@ def import_(file: Path, name: str | None, source_format: str, output: Path | Non
     string into the DSL."""
     if output is not None and split is not None:
         raise click.UsageError("give either -o/--output or --split, not both")
+    _refuse_input_as_output(file, output)
     document = interop.import_file(file, format=source_format, name=name)
     if split is not None:
         texts = {split / f"{g.name}.geno": _checked_text(Document(items=(g,))) for g in document.genotypes}
+        for path in texts:
+            _refuse_input_as_output(file, path)
         try:
             split.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -71,6 +74,7 @@ def export(file: Path, genotype_name: str | None, format_: str, drop_attention: 
 
     The Att-DARTS formats have one 'BAM', which multiplies its gates: a bam that sums them
     (combine=sum, the default) is written as 'BAM' with a warning on stderr."""
+    _refuse_input_as_output(file, output)
     source = read_source(file)
     document = parse_text(source, str(file))
     try:  # choosing a genotype and exporting it give errors without a file name: add it
@@ -87,6 +91,14 @@ def export(file: Path, genotype_name: str | None, format_: str, drop_attention: 
         _write(output, text)
     else:
         click.echo(text, nl=False)
+
+
+def _refuse_input_as_output(file: Path, output: Path | None) -> None:
+    """Writing the output over the input file (the same path, a symbolic link to it, a relative
+    spelling of it) would replace what is being read: refused, and nothing is written."""
+    if output is not None and same_file(file, output):
+        raise DslError.single(f"the output is the input file '{file}'; writing it would replace "
+                              "the input: choose another -o").located(str(output), None)
 
 
 def _checked_text(document: Document) -> str:

@@ -33,15 +33,20 @@ def _configure_logging() -> None:
 
 
 def _seeds(value: str | None) -> list[int] | None:
+    """--seeds 1,2,3: parsed here, checked by the search's own `check_seeds` (as the API is)."""
+    from attdarts.runs.search import RequestError, check_seeds
+
     if value is None:
         return None
     try:
         seeds = [int(part) for part in value.split(",") if part.strip()]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got '{value}'") from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise click.BadParameter("give one or more distinct seeds, e.g. --seeds 1,2,3,4")
-    return seeds
+        raise click.BadParameter(f"expected comma-separated integers, got '{value}'",
+                                 param_hint="'--seeds'") from None
+    try:
+        return check_seeds(seeds)
+    except RequestError as error:
+        raise click.BadParameter(str(error), param_hint="'--seeds'") from None
 
 
 def _betas(value: str | None) -> tuple[float, float] | None:
@@ -56,6 +61,47 @@ def _betas(value: str | None) -> tuple[float, float] | None:
         raise click.BadParameter(f"expected two comma-separated numbers such as 0.5,0.999, "
                                  f"got '{value}'", param_hint="'--arch-betas'")
     return betas
+
+
+def _path_text(path: Path) -> str:
+    return str(path.resolve())
+
+
+def _not(flag: bool) -> bool:
+    return not flag
+
+
+# option -> (SearchConfig field, conversion of the option's value): what --resume compares with
+# the run's settings when the option is given (README, "Resuming a search or a training")
+_SETTING_OPTIONS = {
+    "space_name": ("space", None), "recipe": ("recipe", None), "dataset": ("dataset", None),
+    "data_dir": ("data_dir", _path_text), "epochs": ("epochs", None),
+    "batch_size": ("batch_size", None), "order": ("order", int),
+    "second_order": ("second_order", None), "clip": ("clip", None),
+    "bam_combine": ("bam_combine", None), "seed": ("seed", None), "channels": ("channels", None),
+    "layers": ("layers", None), "lr": ("lr", None), "lr_min": ("lr_min", None),
+    "momentum": ("momentum", None), "weight_decay": ("weight_decay", None),
+    "grad_clip": ("grad_clip", None), "arch_lr": ("arch_lr", None),
+    "arch_start_epoch": ("arch_start_epoch", None),
+    "arch_weight_decay": ("arch_weight_decay", None), "arch_betas": ("arch_betas", _betas),
+    "train_portion": ("train_portion", None), "arch_init": ("arch_init", None),
+    "no_augment": ("augment", _not), "deterministic": ("deterministic", None),
+    "max_steps_per_epoch": ("max_steps_per_epoch", None),
+    "checkpoint_every": ("checkpoint_every", None), "plain": ("grouped", _not),
+    "compile_cells": ("compile_cells", None), "graphs": ("graphs", None),
+}
+
+
+def _given_settings() -> dict:
+    """The settings given on this command line, as SearchConfig fields (for --resume)."""
+    ctx = click.get_current_context()
+    given = {}
+    for name, (field, convert) in _SETTING_OPTIONS.items():
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            value = ctx.params[name]
+            given[field] = value if convert is None else convert(value)
+    return given
 
 
 def _option_name(field: str) -> str:
@@ -99,7 +145,8 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "folder:PATH (ImageFolder with train/) or a plug-in's dataset.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where CIFAR lives (default ./data).")
 @click.option("--epochs", type=int, default=_PAPER["epochs"], show_default=True)
-@click.option("--batch-size", type=int, help="Images per step of each half" + _RECIPE_HELP + ".")
+@click.option("--batch-size", type=int,
+              help="Images per step of each half, at least 2 (batch norm)" + _RECIPE_HELP + ".")
 @click.option("--order", type=click.Choice(["1", "2"]), default=str(_PAPER["order"]), show_default=True,
               help="First- or second-order (DARTS unrolled) architecture gradient.")
 @click.option("--second-order", "second_order", type=click.Choice(["darts", "authors"]),
@@ -112,8 +159,10 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="Rewrite every bam candidate to combine its gates by sum (the paper) or "
                    "product (the authors' code); default: as the space file writes it, "
                    "unless --recipe authors.")
-@click.option("--seed", type=int, default=_PAPER["seed"], show_default=True)
-@click.option("--seeds", help="Several seeds run one after another into OUT/seed-N, e.g. 1,2,3,4.")
+@click.option("--seed", type=int, default=_PAPER["seed"], show_default=True,
+              help="Random seed, a whole number from 0 to 2^64 - 1.")
+@click.option("--seeds", help="Several distinct seeds run one after another into OUT/seed-N, "
+                              "e.g. 1,2,3,4.")
 @click.option("--together", is_flag=True,
               help="Run the --seeds as one batched model: one kernel does every seed's work; "
                    "the same results and files as one after another; memory grows with the "
@@ -146,7 +195,10 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="CPU threads of torch for this run (intra- and inter-op); default: torch's choice.")
-@click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Continue the run in this directory. --device, --threads, --quiet, "
+                   "--tensorboard, --data-dir, --plain, --graphs and --checkpoint-every may be "
+                   "given anew; another option must equal the run's.")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-identical resume).")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the iterations of every epoch (smoke runs).")
 @click.option("--checkpoint-every", type=int, default=_PAPER["checkpoint_every"], show_default=True,
@@ -182,29 +234,33 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
-    checkpoint.pt into the run directory; --resume RUN_DIR continues an interrupted run.
-    SIGTERM or SIGUSR1 stops the run at the next step with a checkpoint (exit status 75).
+    checkpoint.pt into the run directory; --resume RUN_DIR continues an interrupted run (options
+    that do not change the result may be given anew; any other that differs is refused).
+    Everything is checked before the run directory is written, and a run directory in use by
+    another run is refused. SIGTERM or SIGUSR1 stops the run at the next step with a checkpoint
+    (exit status 75).
     """
     import pydantic
 
-    from attdarts.runs import checkpoints, data, preemption, search as api
+    from attdarts.runs import checkpoints, data, preemption, rundir, runtime, search as api
 
     config_files.refuse_with_resume(resume)
     require_tensorboard(tensorboard)
     if not quiet:
         _configure_logging()
     seed_list = _seeds(seeds)
-    if together and not seed_list and resume is None:
-        raise click.UsageError("--together runs several seeds together; give them with --seeds")
     betas = _betas(arch_betas)
     if threads is not None:
         api.set_threads(threads)
     try:
         config = None
+        settings = None
         if resume is not None and space_file is not None:
             raise click.UsageError("--resume takes its settings from the run directory; "
                                    "give no SPACE_FILE")
-        if resume is None:
+        if resume is not None:
+            settings = _given_settings()
+        else:
             if space_file is None:
                 raise click.UsageError("missing SPACE_FILE (or --resume RUN_DIR)")
             if not space_file.is_file():
@@ -225,14 +281,18 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
         outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
-                             progress=not quiet, together=together, tensorboard=tensorboard)
+                             progress=not quiet, together=together, tensorboard=tensorboard,
+                             settings=settings)
         config_files.record(config_files.loaded(), _outcome_dir(outcome, out))
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))
     except DslError as error:
         raise click.ClickException(str(error)) from None
     except pydantic.ValidationError as error:
         raise click.ClickException(_settings_error(error)) from None
-    except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError) as error:
+    except api.RequestError as error:  # e.g. --resume with an option that cannot change (as train)
+        raise click.UsageError(str(error)) from None
+    except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError,
+            runtime.DeviceError, rundir.RunDirInUse) as error:
         raise click.ClickException(str(error)) from None
     except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1: checkpoint saved
         _preempted(stopped, resume if resume is not None else out, seed_list)

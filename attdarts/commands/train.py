@@ -52,11 +52,21 @@ def _settings_without_options() -> list[str]:
     return list(TrainConfig.model_fields)
 
 
+def _setting_name(field: str) -> str:
+    """How the user gave a setting: its option, or its key in a --config file (the settings
+    without an option, such as drop_path_prob)."""
+    if not field:
+        return "the configuration"
+    if field in _OVERRIDES.values():
+        return "--" + field.replace("_", "-")
+    return {"grouped": "--plain", "compile_cells": "--compile"}.get(field, f"'{field}'")
+
+
 def _validation_message(error) -> str:
     lines = []
     for problem in error.errors():
         field = ".".join(str(part) for part in problem["loc"])
-        option = "--" + field.replace("_", "-") if field else "the configuration"
+        option = _setting_name(field)
         message = problem["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, "):]
@@ -83,18 +93,22 @@ def _setup_logging(verbose: bool) -> None:
                    "folder:PATH, synthetic or a plug-in's dataset.")
 @click.option("--data-dir", help="Where the dataset lives (CIFAR: the folder holding cifar-10-batches-py).")
 @click.option("--epochs", type=int, help="Epochs [600; ImageNet 250].")
-@click.option("--batch-size", type=int, help="Global batch size, split among GPUs [96; ImageNet 128].")
+@click.option("--batch-size", type=int,
+              help="Global batch size, split among GPUs, at least 2 per GPU (batch norm) [96; "
+                   "ImageNet 128].")
 @click.option("--channels", type=int, help="Initial channels C [36; ImageNet 48].")
 @click.option("--layers", type=int, help="Cells L [20; ImageNet 14].")
 @click.option("--lr", type=float, help="Initial learning rate [0.025; ImageNet 0.1].")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path),
               help="Run directory [runs/GENOTYPE-DATASET-TIME].")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Continue the run in this directory from its last.pt.")
+              help="Continue the run in this directory from its last.pt. --device, --threads, "
+                   "--quiet, --tensorboard, --data-dir, --workers, --plain and --graphs may be "
+                   "given anew; another option must equal the run's.")
 @click.option("--device", help="cpu, cuda, cuda:1, ... [cuda when available].")
 @click.option("--amp", type=click.Choice(["bf16"]), help="Mixed precision with bfloat16 autocast.")
 @click.option("--channels-last", is_flag=True, help="Use the channels-last memory format.")
-@click.option("--seed", type=int, help="Random seed [0].")
+@click.option("--seed", type=int, help="Random seed, a whole number from 0 to 2^64 - 1 [0].")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (slower on GPU).")
 @click.option("--drop-path-rule", type=click.Choice(["darts", "authors"]),
               help="Edges drop path spares: darts (identity operations) or authors (also "
@@ -142,7 +156,7 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from attdarts.files import WriteError
-    from attdarts.runs import preemption, train as training
+    from attdarts.runs import preemption, rundir, train as training
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
 
@@ -177,7 +191,8 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         raise click.UsageError(str(error)) from None
     except DslError as error:
         raise click.ClickException(error.render()) from None
-    except (CheckpointError, WriteError, DataError, training.TrainError) as error:
+    except (CheckpointError, WriteError, DataError, training.TrainError,
+            rundir.RunDirInUse) as error:
         raise click.ClickException(str(error)) from None
     except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1: last.pt saved mid-epoch
         config_files.record(config_files.loaded(ctx), stopped.run_dir)
@@ -202,18 +217,16 @@ def _set_threads(threads: int | None) -> None:
 
 
 def _check_device(device: str | None) -> None:
+    """`--device` checked before anything runs (`runtime.check_device`, which the runs use too),
+    refused in one line."""
     if device is None:
         return
-    import torch
+    from attdarts.runs import runtime
 
     try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise click.BadParameter(f"unknown device '{device}' (try cpu, cuda, cuda:1)",
-                                 param_hint="--device") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available here; use --device cpu",
-                                 param_hint="--device")
+        runtime.check_device(device)
+    except runtime.DeviceError as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _read_genotype(path: Path, name: str | None):
@@ -281,8 +294,9 @@ def _train_repeats(genotype, overrides: dict[str, Any], repeats: int, out_dir: P
         raise click.UsageError("--repeats continues its seeds itself: run the same command "
                                "again instead of --resume")
     first = overrides.get("seed", training.TrainConfig().seed)
+    # every seed's settings checked before the first run starts (the last seed may be too large)
+    config = training.TrainConfig.recipe(**{**overrides, "seed": first + repeats - 1})
     if out_dir is None:
-        config = training.TrainConfig.recipe(overrides.get("dataset", "cifar10"))
         out_dir = training.default_run_dir(genotype, config)
     main = int(os.environ.get("RANK", "0")) == 0
     for seed in range(first, first + repeats):

@@ -23,9 +23,11 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "DeviceError",
     "Process",
     "all_reduce",
     "broadcast_buffers",
+    "check_device",
     "check_finite",
     "default_device",
     "determinism",
@@ -79,6 +81,34 @@ def processes(device: str | None) -> Iterator[tuple[Process, torch.device]]:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class DeviceError(ValueError):
+    """A `--device` that does not exist here; the message is one line for a user."""
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The device a run asked for, checked before anything runs: cpu, cuda, cuda:N (N below the
+    number of GPUs) or mps where torch has it; anything else raises `DeviceError`."""
+    if device is None:
+        return torch.device(default_device())
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"unknown device '{device}' (expected cpu, cuda or cuda:N)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device '{device}': CUDA is not available here; use --device cpu")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceError(f"device '{device}' does not exist: this machine has {count} CUDA "
+                              f"device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError(f"device '{device}': MPS is not available here; use --device cpu")
+    elif parsed.type != "cpu":
+        raise DeviceError(f"device '{device}' is not supported (expected cpu, cuda or cuda:N)")
+    return parsed
 
 
 def set_threads(threads: int) -> None:

@@ -481,6 +481,36 @@ def test_cli_split_directory_that_cannot_be_made_exits_1(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
 
 
+@pytest.mark.parametrize("spelling", ["same path", "relative", "symbolic link", "hard link"])
+@pytest.mark.parametrize("command", ["export", "import"])
+def test_cli_output_naming_the_input_is_refused(command, spelling, tmp_path, monkeypatch):
+    """`-o` naming the input file would replace what is being read (issue 19, 5.4)."""
+    source = EXAMPLES / "genotypes.py" if command == "import" else ZOO / "darts_v2.geno"
+    given = tmp_path / ("input.py" if command == "import" else "input.geno")
+    given.write_bytes(source.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    output = {"same path": given, "relative": Path("sub") / ".." / given.name,
+              "symbolic link": tmp_path / "link", "hard link": tmp_path / "hard"}[spelling]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link").symlink_to(given)
+    (tmp_path / "hard").hardlink_to(given)
+    options = ["--format", "darts-py"] if command == "export" else []
+    result = run(command, str(given), *options, "-o", str(output))
+    assert result.exit_code == 1
+    assert result.stderr == (f"{output}: the output is the input file '{given}'; writing it "
+                             "would replace the input: choose another -o\n")
+    assert given.read_bytes() == source.read_bytes()
+
+
+def test_cli_split_naming_the_input_is_refused(tmp_path):
+    given = tmp_path / "NB201.geno"  # what --split would write for a genotype named NB201
+    given.write_text((DATA / "nb201.txt").read_text())
+    result = run("import", str(given), "--from", "nb201", "--name", "NB201",
+                 "--split", str(tmp_path))
+    assert result.exit_code == 1 and "the output is the input file" in result.stderr
+    assert given.read_text() == (DATA / "nb201.txt").read_text()
+
+
 def test_cli_output_and_split_exclude_each_other(tmp_path):
     result = run("import", str(DATA / "nb201.txt"), "-o", str(tmp_path / "a.geno"), "--split", str(tmp_path))
     assert result.exit_code == 2 and "not both" in result.stderr

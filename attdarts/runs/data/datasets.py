@@ -396,11 +396,47 @@ def _load_folder(root: Path, *, train: bool, workers: int = 0) -> ImageTensors:
                         name=f"folder:{root}")
 
 
-def _decode_folder(folder: Path, workers: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
-    import torchvision
+def hidden(name: str) -> bool:
+    """A file or folder that is not data: its name starts with '.' (macOS's .DS_Store and ._*
+    resource forks, Jupyter's .ipynb_checkpoints/, editors' and version control's files)."""
+    return name.startswith(".")
 
+
+def image_folder(folder: str | os.PathLike, transform=None):
+    """torchvision's ImageFolder over `folder` without hidden files and folders (`hidden`);
+    how many it skipped is logged. Any ImageFolder of ours is listed here."""
+    import torchvision
+    from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+    skipped = [0]
+
+    class _Visible(torchvision.datasets.ImageFolder):
+        def find_classes(self, directory):
+            names = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+            skipped[0] += sum(hidden(name) for name in names)
+            classes = [name for name in names if not hidden(name)]
+            if not classes:
+                raise FileNotFoundError(f"no class folders found in '{directory}'")
+            return classes, {name: index for index, name in enumerate(classes)}
+
+    def visible_image(path: str) -> bool:
+        parts = Path(os.path.relpath(path, folder)).parts
+        if any(hidden(part) for part in parts):
+            skipped[0] += 1
+            return False
+        return has_file_allowed_extension(path, IMG_EXTENSIONS)
+
+    listing = _Visible(str(folder), transform, is_valid_file=visible_image)
+    if skipped[0]:
+        log.info("%s: skipped %d hidden %s (names starting with '.', such as .DS_Store, ._* and "
+                 ".ipynb_checkpoints): not images", folder, skipped[0],
+                 "entry" if skipped[0] == 1 else "entries")
+    return listing
+
+
+def _decode_folder(folder: Path, workers: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     try:
-        listing = torchvision.datasets.ImageFolder(str(folder))
+        listing = image_folder(folder)
     except (FileNotFoundError, RuntimeError) as error:
         raise DataError(f"'{folder}': {error}") from None
     samples = listing.samples

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from attdarts.recipes import MIN_BATCH_SIZE
 from attdarts.runs.data.datasets import (
     CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, DataError, DatasetSpec, ImageTensors,
-    Stats, default_data_dir, load_dataset, parse_spec, split,
+    Stats, default_data_dir, image_folder, load_dataset, parse_spec, split,
 )
 
 
@@ -228,7 +229,6 @@ class ImageNetLoader:
         max_batches: int | None = None,
         channels_last: bool = False,
     ) -> None:
-        import torchvision
         from torchvision import transforms
 
         folder = root / ("train" if train else "val")
@@ -248,7 +248,7 @@ class ImageNetLoader:
             transform = transforms.Compose([
                 transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), normalize,
             ])
-        self.dataset = torchvision.datasets.ImageFolder(str(folder), transform)
+        self.dataset = image_folder(folder, transform)  # hidden files skipped
         self.num_classes = len(self.dataset.classes)
         self.classes = tuple(self.dataset.classes)
         if not train and max_batches is not None:  # a capped evaluation: a fixed random subset
@@ -353,6 +353,27 @@ def evaluation_subset(size: int, count: int, seed: int) -> Tensor:
     return torch.randperm(size, generator=generator)[:count].sort().values
 
 
+def check_batch_size(batch_size: int, world_size: int = 1) -> None:
+    """A global batch that divides among the processes, at least two images on each (batch
+    normalisation in training mode needs two: `recipes.MIN_BATCH_SIZE`)."""
+    if batch_size % world_size:
+        raise DataError(f"--batch-size {batch_size} does not divide among {world_size} processes")
+    if batch_size // world_size < MIN_BATCH_SIZE:
+        raise DataError(f"--batch-size {batch_size} gives {batch_size // world_size} image per "
+                        f"process; batch normalisation needs at least {MIN_BATCH_SIZE}")
+
+
+def check_search_batch(size: int, *, portion: float, batch_size: int, world_size: int = 1) -> None:
+    """A search's `batch_size` checked against a training split of `size` images: both halves
+    (`split`) hold at least one batch."""
+    check_batch_size(batch_size, world_size)
+    cut = int(math.floor(portion * size))
+    if min(cut, size - cut) < batch_size:
+        raise DataError(
+            f"the dataset has {size} training images: too few for two halves of at least one "
+            f"batch of {batch_size} (lower --batch-size)")
+
+
 def search_loaders(
     dataset: ImageTensors,
     *,
@@ -370,14 +391,12 @@ def search_loaders(
     the architecture (`split`). `shuffle_seed` shuffles the samples once before the cut (an
     ImageFolder lists its images class by class). Both get the search augmentation (crop, flip,
     no cutout) when `augment`; each draws from its own stream, seeded from `seed` and its role."""
+    check_search_batch(len(dataset), portion=portion, batch_size=batch_size,
+                       world_size=world_size)
     if shuffle_seed is not None:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(shuffle_seed))
         dataset = dataset.permuted(order)
     halves = split(dataset, portion)
-    if any(len(half) < batch_size for half in halves):
-        raise DataError(
-            f"the dataset has {len(dataset)} training images: too few for two halves of at least "
-            f"one batch of {batch_size}")
     return tuple(DeviceLoader(
         half.images, half.labels, batch_size=batch_size, device=device, augment=augment,
         shuffle=True, drop_last=True, mean=half.mean, std=half.std,

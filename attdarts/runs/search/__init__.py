@@ -8,8 +8,10 @@ directory's files) and `entry` (launch, run, resume, several seeds). Callers imp
 from attdarts.runs.runtime import set_threads
 from attdarts.runs.search.bilevel import Bilevel, hessian_vector_product, virtual_step
 from attdarts.runs.search.config import (
-    FINAL_GENOTYPE, RECIPE_SETTINGS, RECIPES, SearchConfig, SearchError, SearchResult, cosine_lr,
-    load_space, read_config, recipe_config, with_bam_combine,
+    FINAL_GENOTYPE, RECIPE_SETTINGS, RECIPES, RESUMABLE_SETTINGS, RequestError, SearchConfig,
+    SearchError,
+    SearchResult, SettingChanged, check_seeds, cosine_lr, load_space, read_config, recipe_config,
+    with_bam_combine,
 )
 from attdarts.runs.search.entry import (
     default_run_dir, launch, resume_search, run_search, run_seeds,
@@ -22,10 +24,14 @@ __all__ = [
     "FINAL_GENOTYPE",
     "RECIPE_SETTINGS",
     "RECIPES",
+    "RESUMABLE_SETTINGS",
+    "RequestError",
     "SearchConfig",
     "SearchError",
     "SearchResult",
     "SearchRun",
+    "SettingChanged",
+    "check_seeds",
     "cosine_lr",
     "default_run_dir",
     "hessian_vector_product",

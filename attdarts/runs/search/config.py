@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,21 @@ class SearchError(Exception):
     """A search that cannot go on (diverged, inconsistent run directory); the message says why."""
 
 
+class RequestError(SearchError):
+    """A request that cannot start or resume a search as asked (the caller's mistake, not the
+    run's, as train's `ResumeError`): the command line reports it as a usage error."""
+
+
+class SettingChanged(RequestError):
+    """`--resume` with an option that differs from the run's and cannot change (the message
+    names it; train's `SettingChanged` words it the same way)."""
+
+    def __init__(self, option: str, used: object) -> None:
+        self.option = option
+        super().__init__(f"{option} cannot change when resuming (the run used {used!r}); start "
+                         "a new run to change it")
+
+
 # The reproduction presets of `attdarts search --recipe` (their one home is attdarts.recipes):
 # "paper" holds SearchConfig's defaults, "authors" differs where the authors' code does (README,
 # "Paper, authors' code and attdarts"). Explicit settings win over a recipe (`recipe_config`).
@@ -59,20 +75,22 @@ class SearchConfig(BaseModel):
     threads are not settings: the caller chooses them, and they may change when a run resumes.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    # strict: a number where a flag belongs, a bool or a fraction where a count belongs, are
+    # refused as the command line refuses them (also from --config files and the Python API)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
     space_file: str
     space: str | None = None
     dataset: str = _PAPER["dataset"]
     data_dir: str | None = _PAPER["data_dir"]
     epochs: int = Field(_PAPER["epochs"], ge=1)
-    batch_size: int = Field(_PAPER["batch_size"], ge=1)
+    batch_size: int = _PAPER["batch_size"]
     recipe: Literal["paper", "authors", "pc-darts"] = _PAPER["recipe"]
     order: Literal[1, 2] = _PAPER["order"]
     second_order: Literal["darts", "authors"] = _PAPER["second_order"]
     clip: Literal["weights", "authors"] = _PAPER["clip"]
     bam_combine: Literal["sum", "product"] | None = _PAPER["bam_combine"]
-    seed: int = _PAPER["seed"]
+    seed: int = Field(_PAPER["seed"], ge=0, le=recipes.MAX_SEED)
     channels: int = Field(_PAPER["channels"], ge=1, le=recipes.MAX_CHANNELS)
     layers: int = Field(_PAPER["layers"], ge=recipes.MIN_LAYERS, le=recipes.MAX_LAYERS)
     train_portion: float = Field(_PAPER["train_portion"], gt=0.0, lt=1.0)
@@ -82,7 +100,7 @@ class SearchConfig(BaseModel):
     weight_decay: float = Field(_PAPER["weight_decay"], ge=0.0)
     grad_clip: float = Field(_PAPER["grad_clip"], gt=0.0)
     arch_lr: float = Field(_PAPER["arch_lr"], gt=0.0)
-    arch_betas: tuple[float, float] = _PAPER["arch_betas"]
+    arch_betas: tuple[float, float] = Field(_PAPER["arch_betas"], strict=False)  # a JSON list too
     arch_weight_decay: float = Field(_PAPER["arch_weight_decay"], ge=0.0)
     arch_init: Literal["zeros", "randn"] = _PAPER["arch_init"]
     augment: bool = _PAPER["augment"]
@@ -109,6 +127,11 @@ class SearchConfig(BaseModel):
             raise ValueError("the search runs on CIFAR-sized data; imagenet is not supported")
         return str(spec)
 
+    @field_validator("batch_size")
+    @classmethod
+    def _two_images(cls, value: int) -> int:
+        return recipes.checked_batch_size(value)
+
     @field_validator("arch_betas")
     @classmethod
     def _adam_betas(cls, value: tuple[float, float]) -> tuple[float, float]:
@@ -125,6 +148,47 @@ class SearchConfig(BaseModel):
             raise ValueError(f"arch_start_epoch ({self.arch_start_epoch}) must be below epochs "
                              f"({self.epochs}): the architecture would never be trained")
         return self
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """The seeds of a multi-seed search: one or more, distinct, each a valid `seed`."""
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise RequestError(f"give one or more distinct seeds, e.g. --seeds 1,2,3,4 (got "
+                          f"{','.join(map(str, seeds)) or 'none'})")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= recipes.MAX_SEED:
+            raise RequestError(f"seed {seed!r}: a seed is a whole number from 0 to 2^64 - 1")
+    return seeds
+
+
+# Settings that may change when a run resumes: they do not change what is computed (where the
+# data lives, how the same sums are grouped or launched, how often a checkpoint is written).
+# Every other setting given with --resume must equal the run's (README, "Resuming").
+RESUMABLE_SETTINGS = frozenset({"data_dir", "grouped", "graphs", "checkpoint_every"})
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def resumed_config(config: SearchConfig, given: dict[str, object]) -> SearchConfig:
+    """`config` (a run's) with the settings `given` for its resume: those of
+    `RESUMABLE_SETTINGS` take the new value; any other that differs raises `SearchError`
+    naming its option."""
+    if not given:
+        return config
+    merged = SearchConfig(**{**config.model_dump(), **given})
+    for field in given:
+        if field not in RESUMABLE_SETTINGS and getattr(merged, field) != getattr(config, field):
+            raise SettingChanged(option_name(field), getattr(config, field))
+    return merged
+
+
+def same_run(a: SearchConfig, b: SearchConfig) -> bool:
+    """Whether two configs describe the same search (they may differ in `RESUMABLE_SETTINGS`)."""
+    keep = {field: getattr(a, field) for field in RESUMABLE_SETTINGS}
+    return b.model_copy(update=keep) == a
 
 
 def recipe_config(recipe: str = "paper", **settings: object) -> SearchConfig:

@@ -47,7 +47,7 @@ from attdarts.runs.runtime import Process
 from attdarts.runs.search import outputs
 from attdarts.runs.search.bilevel import Bilevel
 from attdarts.runs.search.config import (
-    CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, cosine_lr,
+    CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, cosine_lr, same_run,
 )
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class SearchRun:
             recorded = SearchConfig.model_validate(state.get("config"))
         except (ValueError, TypeError, data.DataError):
             recorded = None
-        if recorded != self.config:
+        if recorded is None or not same_run(recorded, self.config):  # resumable ones may differ
             raise checkpoints.CheckpointError(
                 f"{path}: the search checkpoint was written for a different config")
         try:

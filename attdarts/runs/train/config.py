@@ -44,12 +44,14 @@ class TrainConfig(BaseModel):
     """The training recipe. Defaults are the paper's CIFAR settings (`recipes.TRAIN["cifar"]`);
     `TrainConfig.recipe` picks DARTS's ImageNet settings for `imagenet`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: a bool or a fraction where a count belongs, a number where a flag belongs, are
+    # refused as the command line refuses them (also from --config files and the Python API)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     dataset: str = _CIFAR["dataset"]
     data_dir: str | None = _CIFAR["data_dir"]
     epochs: int = Field(_CIFAR["epochs"], ge=1)
-    batch_size: int = Field(_CIFAR["batch_size"], ge=1)
+    batch_size: int = _CIFAR["batch_size"]
     channels: int = Field(_CIFAR["channels"], ge=1, le=recipes.MAX_CHANNELS)
     layers: int = Field(_CIFAR["layers"], ge=recipes.MIN_LAYERS, le=recipes.MAX_LAYERS)
     auxiliary: bool = _CIFAR["auxiliary"]
@@ -66,7 +68,7 @@ class TrainConfig(BaseModel):
     drop_path_prob: float = Field(_CIFAR["drop_path_prob"], ge=0, lt=1)
     # which edges drop path spares (attdarts.network._droppable); DARTS's rule by default
     drop_path_rule: Literal[DROP_PATH_RULES] = _CIFAR["drop_path_rule"]  # type: ignore[valid-type]
-    seed: int = Field(_CIFAR["seed"], ge=0)
+    seed: int = Field(_CIFAR["seed"], ge=0, le=recipes.MAX_SEED)
     deterministic: bool = _CIFAR["deterministic"]
     amp: Literal["bf16"] | None = _CIFAR["amp"]
     channels_last: bool = _CIFAR["channels_last"]
@@ -93,6 +95,11 @@ class TrainConfig(BaseModel):
         if spec.kind == "folder":
             spec = data.DatasetSpec("folder", _absolute(spec.path))
         return str(spec)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _two_images(cls, value: int) -> int:
+        return recipes.checked_batch_size(value)
 
     @field_validator("data_dir")
     @classmethod

@@ -1,8 +1,10 @@
 """`launch`: start a run or resume one, the one entry point of `attdarts train`.
 
 A new run gets a fresh directory (`runs/GENOTYPE-DATASET-TIME` unless one is named) and refuses a
-directory that already holds a run; a resumed run stays in its own directory and is checked by
-`resume.open_resume` before anything is written.
+directory that already holds a run (a search's included); a resumed run stays in its own
+directory and is checked by `resume.open_resume` before anything is written. Either holds its
+directory (`rundir.claim`) while it runs, so a second run of it is refused; a run refused before
+it wrote anything (too little data, an unknown device) leaves no directory behind.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 
 from attdarts.language import ir
-from attdarts.runs import tracking
+from attdarts.runs import data, rundir, runtime, tracking
 from attdarts.runs.train.config import ResumeError, TrainConfig
 from attdarts.runs.train.loop import TrainResult, run_training
 from attdarts.runs.train.resume import ResumePoint, open_resume
@@ -57,17 +59,37 @@ def launch(
     `tensorboard` writes TensorBoard events into the run directory's tensorboard/."""
     if tensorboard:
         tracking.require_tensorboard()
+    runtime.check_device(device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if resume is not None:
-        point = resume_state(resume, genotype, overrides, out=out)
-        return run_training(point.config, point.genotype, run_dir=point.run_dir, device=device,
-                            resume=point, progress=progress, tensorboard=tensorboard)
+        if not Path(resume).is_dir():
+            raise ResumeError(f"'{resume}' is not a training run directory (no such directory)")
+        with rundir.claim(resume):
+            point = resume_state(resume, genotype, overrides, out=out)
+            data.check_batch_size(point.config.batch_size, world_size)
+            return run_training(point.config, point.genotype, run_dir=point.run_dir,
+                                device=device, resume=point, progress=progress,
+                                tensorboard=tensorboard)
     if genotype is None:
         raise ResumeError("a new run needs a genotype (or resume a run directory)")
     overrides = dict(overrides or {})
     config = TrainConfig.recipe(overrides.pop("dataset", "cifar10"), **overrides)
+    data.check_batch_size(config.batch_size, world_size)
     run_dir = Path(out) if out is not None else default_run_dir(genotype, config)
+    with rundir.claim(run_dir):
+        if rundir.main_process():
+            _refuse_other_runs(run_dir)
+        return run_training(config, genotype, run_dir=run_dir, device=device, progress=progress,
+                            tensorboard=tensorboard)
+
+
+def _refuse_other_runs(run_dir: Path) -> None:
+    """A new training run refuses a directory that holds a run: a training run with a
+    checkpoint can be resumed, a search is not a training's to write into."""
+    held = rundir.kind(run_dir)
+    if held in ("search", "seeds"):
+        raise ResumeError(f"'{run_dir}' holds {rundir.KIND_NAMES[held]}, not a training run; "
+                          "choose another --out")
     if (run_dir / "last.pt").exists():
         raise ResumeError(f"{run_dir} already holds a run; continue it with "
                           f"--resume {run_dir} or choose another --out")
-    return run_training(config, genotype, run_dir=run_dir, device=device, progress=progress,
-                        tensorboard=tensorboard)

@@ -176,6 +176,26 @@ def test_unreadable_image_is_a_data_error_naming_the_file(tmp_path, damage):
     assert result.output.count("\n") == 1 and str(bad) in result.output
 
 
+def test_hidden_files_and_folders_are_not_data(tmp_path, caplog):
+    """macOS's .DS_Store and ._* resource forks, Jupyter's .ipynb_checkpoints: skipped, and
+    counted in the log, instead of failing on '._0.png: not a readable image' (issue 19, 5.8)."""
+    import logging
+
+    write_image_folder(tmp_path / "images", per_class=2)
+    train = tmp_path / "images" / "train"
+    for name in ("cat", "dog"):
+        (train / name / "._000.png").write_bytes(b"\x00\x05\x16\x07 not a picture")
+        (train / name / ".DS_Store").write_bytes(b"Bud1")
+    (train / ".ipynb_checkpoints").mkdir()  # would be a class
+    (train / "cat" / ".ipynb_checkpoints").mkdir()
+    (train / "cat" / ".ipynb_checkpoints" / "000-checkpoint.png").write_bytes(b"broken")
+    (train / ".DS_Store").write_bytes(b"Bud1")
+    with caplog.at_level(logging.INFO, logger="attdarts"):
+        dataset = data.load_dataset(f"folder:{tmp_path / 'images'}", None, train=True)
+    assert dataset.classes == ("cat", "dog") and len(dataset) == 4
+    assert f"{train}: skipped 6 hidden entries" in caplog.text
+
+
 def test_specs():
     assert data.parse_spec("CIFAR10").kind == "cifar10"
     assert data.parse_spec("folder:/x/y") == data.DatasetSpec("folder", "/x/y")
