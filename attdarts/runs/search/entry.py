@@ -230,7 +230,8 @@ def run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *, s
             if search.epoch < config.epochs:
                 log.info("%s: resuming seeds %s together at epoch %d, step %d", out_dir,
                          ",".join(map(str, seeds)), search.epoch + 1, search.steps_done)
-        return search.run()
+        with preemption.watch(process) as search.signals:
+            return search.run()
 
 
 def _run_one_by_one(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,
