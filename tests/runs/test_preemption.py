@@ -11,6 +11,7 @@ kernels, float32 (the files must match byte for byte).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -519,3 +520,198 @@ def test_a_real_sigterm_to_attdarts_train(tmp_path):
                    capture_output=True, timeout=300)
     assert whole.wait(timeout=300) == 0, whole.stderr.read()[-3000:]
     assert metrics(tmp_path / "stopped") == metrics(tmp_path / "whole")
+
+
+# -- real signals to real `attdarts` processes ------------------------------------------------
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+TINY_SEARCH = ["--dataset", "synthetic", "--channels", "4", "--layers", "5", "--batch-size", "4",
+               "--deterministic", "--device", "cpu", "--threads", "1", "--quiet"]
+TINY_TRAIN = [str(DARTS_V2), "--dataset", "synthetic", "--channels", "8", "--layers", "5",
+              "--batch-size", "8", "--deterministic", "--seed", "3", "--device", "cpu",
+              "--threads", "1", "--quiet"]
+
+
+def attdarts(arguments: list[str], cwd: Path, **options) -> subprocess.Popen:
+    """`python -m attdarts.cli ARGUMENTS` of this checkout, run in `cwd` (not the checkout: the
+    current directory comes first on the path); `start_new_session=True` gives it its own
+    process group, as a job under Slurm or a command in a terminal has."""
+    return subprocess.Popen([sys.executable, "-m", "attdarts.cli", *arguments], cwd=cwd, env={
+        **ENV, **options.pop("env", {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, **options)
+
+
+def wait_for(process: subprocess.Popen, ready, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode} first: "
+                                 f"{process.communicate()[1][-3000:]}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def signal_until_exit(process: subprocess.Popen, numbers, *, group: bool = False,
+                      interval: float = 0.005) -> tuple[int, str, float]:
+    """Send `numbers[0]`, then the others in turn every `interval` seconds until the process
+    exits (so later signals land in the save, the shutdown and the interpreter's exit); returns
+    its exit status, its stderr and the seconds it took to exit."""
+    send = (lambda number: os.killpg(process.pid, number)) if group else process.send_signal
+    started = time.monotonic()
+    for number in itertools.chain(numbers[:1], itertools.cycle(numbers[1:] or numbers)):
+        if process.poll() is not None:
+            break
+        try:
+            send(number)
+        except ProcessLookupError:
+            break
+        time.sleep(interval)
+    _, stderr = process.communicate(timeout=600)
+    return process.returncode, stderr, time.monotonic() - started
+
+
+def same_search_files(run: Path, whole: Path) -> None:
+    names = sorted(path.name for path in whole.glob("*.geno")) + ["weights.jsonl"]
+    for name in names:
+        assert (run / name).read_bytes() == (whole / name).read_bytes(), run / name
+    assert metrics(run) == metrics(whole)
+
+
+def continue_command(stderr: str, status: int) -> list[str]:
+    """The command the stop line says to run, as arguments after `attdarts`."""
+    line = stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stderr and line.endswith(f"(exit status {status})"), stderr
+    return shlex.split(line.split("continue with: attdarts ")[1].removesuffix(
+        f" (exit status {status})"))
+
+
+@pytest.mark.slow
+def test_signals_to_a_search_of_seeds_together(tmp_path):
+    """SIGTERM in epoch 2, then SIGUSR1, SIGINT and SIGTERM every 5 ms until the process has
+    exited: exit status 75, one line, every seed's checkpoint at one step; `--resume OUT` (the
+    line says so) gives every seed the files of an uninterrupted run."""
+    (tmp_path / "tiny.geno").write_text(TINY_SPACE)
+    command = ["search", "tiny.geno", "--seeds", "1,2", "--together", "--epochs", "3",
+               "--max-steps-per-epoch", "6", *TINY_SEARCH]
+    whole = attdarts(command + ["--out", "whole"], tmp_path)
+    stopped = attdarts(command + ["--out", "stopped"], tmp_path)
+    wait_for(stopped, lambda: (tmp_path / "stopped/seed-2/genotype-epoch001.geno").exists())
+    status, stderr, _ = signal_until_exit(
+        stopped, [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGTERM])
+    assert status == 75, stderr
+    assert continue_command(stderr, 75) == ["search", "--resume", "stopped"]
+    states = [torch.load(tmp_path / f"stopped/seed-{seed}/checkpoint.pt", weights_only=False)
+              for seed in (1, 2)]
+    assert states[0]["epoch"] == states[1]["epoch"] >= 1
+    assert states[0]["step"] == states[1]["step"]
+    resumed = attdarts(continue_command(stderr, 75), tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.communicate()[1][-3000:]
+    assert whole.wait(timeout=600) == 0, whole.communicate()[1][-3000:]
+    for seed in (1, 2):
+        same_search_files(tmp_path / f"stopped/seed-{seed}", tmp_path / f"whole/seed-{seed}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_to_a_search_process_group(tmp_path):
+    """Ctrl-C as a terminal sends it (to the process group), again and again: exit status 130,
+    the line says how to continue, and the resumed search writes the files of an uninterrupted
+    one."""
+    (tmp_path / "tiny.geno").write_text(TINY_SPACE)
+    command = ["search", "tiny.geno", "--epochs", "3", "--max-steps-per-epoch", "6",
+               *TINY_SEARCH]
+    whole = attdarts(command + ["--out", "whole"], tmp_path)
+    stopped = attdarts(command + ["--out", "stopped"], tmp_path, start_new_session=True)
+    wait_for(stopped, lambda: (tmp_path / "stopped/genotype-epoch001.geno").exists())
+    status, stderr, _ = signal_until_exit(stopped, [signal.SIGINT, signal.SIGINT], group=True,
+                                          interval=0.05)
+    assert status == 130, stderr
+    assert continue_command(stderr, 130) == ["search", "--resume", "stopped"]
+    resumed = attdarts(continue_command(stderr, 130), tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.communicate()[1][-3000:]
+    assert whole.wait(timeout=600) == 0, whole.communicate()[1][-3000:]
+    same_search_files(tmp_path / "stopped", tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_signals_to_train_repeats_continue_every_seed(tmp_path):
+    """`train --repeats 2` stopped in its first seed by SIGUSR1 (then SIGTERM again and
+    again): exit status 75 and a line giving the same command with the --out it chose; that
+    command trains the stopped seed to the end and the next one, as an uninterrupted run."""
+    command = ["train", *TINY_TRAIN, "--epochs", "3", "--max-steps-per-epoch", "8",
+               "--repeats", "2"]
+    whole = attdarts(command + ["--out", "whole"], tmp_path)
+    stopped = attdarts(command, tmp_path)  # the default run directory runs/GENOTYPE-...
+    wait_for(stopped, lambda: any(lines(path) for path in
+                                  tmp_path.glob("runs/*/seed-3/metrics.jsonl")))
+    status, stderr, _ = signal_until_exit(stopped, [signal.SIGUSR1, signal.SIGTERM])
+    assert status == 75, stderr
+    out = next((tmp_path / "runs").iterdir()).relative_to(tmp_path)
+    assert continue_command(stderr, 75) == command + ["--out", str(out)]
+    assert not (tmp_path / out / "seed-4").exists()
+    resumed = attdarts(continue_command(stderr, 75), tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.communicate()[1][-3000:]
+    assert whole.wait(timeout=600) == 0, whole.communicate()[1][-3000:]
+    for seed in (3, 4):
+        assert metrics(tmp_path / out / f"seed-{seed}") == metrics(tmp_path / f"whole/seed-{seed}")
+
+
+@pytest.mark.slow
+def test_a_process_group_sigterm_with_loader_workers(tmp_path):
+    """Slurm signals every process of the job: ImageNet's loader workers get the SIGTERM too.
+    They ignore it; the training saves last.pt, exits 75 with nothing else on stderr, and
+    resumes to the end. (The worker processes' augmentation streams are not part of last.pt,
+    so the resumed epochs are not compared with an uninterrupted run.)"""
+    write_imagenet(tmp_path / "imagenet")
+    command = ["train", str(DARTS_V2), "--dataset", "imagenet", "--data-dir", "imagenet",
+               "--workers", "2", "--channels", "4", "--layers", "5", "--batch-size", "4",
+               "--epochs", "2", "--max-steps-per-epoch", "6", "--device", "cpu", "--threads",
+               "1", "--quiet", "--out", "run"]
+    stopped = attdarts(command, tmp_path, start_new_session=True)
+    wait_for(stopped, lambda: lines(tmp_path / "run/metrics.jsonl") == 1)
+    status, stderr, _ = signal_until_exit(stopped, [signal.SIGTERM], group=True)
+    assert status == 75, stderr
+    assert stderr.strip().splitlines()[-1].startswith("attdarts: stopped by SIGTERM in epoch 2")
+    assert "Traceback" not in stderr and "DataLoader worker" not in stderr, stderr
+    assert continue_command(stderr, 75) == ["train", "--resume", "run"]
+    resumed = attdarts(["train", "--resume", "run", "--device", "cpu", "--quiet"], tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.communicate()[1][-3000:]
+    assert lines(tmp_path / "run/metrics.jsonl") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command, checkpoint", [
+    (["search", "tiny.geno", "--epochs", "1", "--max-steps-per-epoch", "3", *TINY_SEARCH],
+     "checkpoint.pt"),
+    (["train", *TINY_TRAIN, "--epochs", "1", "--max-steps-per-epoch", "3"], "last.pt"),
+])
+def test_a_sigterm_while_compiling_ends_the_run_within_seconds(tmp_path, monkeypatch, command,
+                                                               checkpoint):
+    """`--compile`: the first step compiles the cells with inductor (minutes on a CPU) and
+    Slurm's SIGKILL follows its SIGTERM after 30 s. The run saves its checkpoint before that
+    step; SIGTERM to the process group (compile workers included) during the compile ends it
+    at that checkpoint with exit status 75 within seconds, and it resumes (here with the cells
+    left eager, to keep the test short)."""
+    (tmp_path / "tiny.geno").write_text(TINY_SPACE)
+    stopped = attdarts(command + ["--compile", "--out", "run"], tmp_path, start_new_session=True,
+                       env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})  # no cache
+    wait_for(stopped, lambda: (tmp_path / "run" / checkpoint).exists())
+    time.sleep(3)  # well into the compilation
+    status, stderr, seconds = signal_until_exit(stopped, [signal.SIGTERM], group=True)
+    assert status == 75, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith(
+        "attdarts: stopped by SIGTERM in epoch 1 after step 0")
+    assert seconds < 30, seconds
+    monkeypatch.chdir(tmp_path)
+    if command[0] == "search":
+        monkeypatch.setattr(search_loop, "compile_cells", lambda model: model)
+        search.resume_search("run", device="cpu")
+    else:
+        monkeypatch.setattr(train_loop, "compile_cells", lambda model: model)
+        train.launch(None, {}, resume="run", device="cpu")
+    assert lines(tmp_path / "run" / "metrics.jsonl") == 1
