@@ -89,6 +89,13 @@ def handlers() -> dict:
     return {number: signal.getsignal(number) for number in preemption.SIGNALS}
 
 
+def same_search_files(run: Path, whole: Path) -> None:
+    names = sorted(path.name for path in whole.glob("*.geno")) + ["weights.jsonl"]
+    for name in names:
+        assert (run / name).read_bytes() == (whole / name).read_bytes(), run / name
+    assert metrics(run) == metrics(whole)
+
+
 def tiny_images() -> data.ImageTensors:
     return data.synthetic_dataset(train=True, size=32, resolution=8)
 
@@ -349,10 +356,7 @@ def test_seeds_together_stop_at_the_step_and_resume_to_identical_files(search_co
         assert (state["epoch"] + 1, state["step"]) == (stopped.value.epoch, stopped.value.step)
     search.resume_search(tmp_path / "stopped", device="cpu", dataset=tiny_images())
     for seed in (1, 2):
-        for name in SEARCH_FILES:
-            path = Path(f"seed-{seed}") / name
-            assert (tmp_path / "stopped" / path).read_bytes() == \
-                (whole_together / path).read_bytes(), path
+        same_search_files(tmp_path / "stopped" / f"seed-{seed}", whole_together / f"seed-{seed}")
 
 
 def test_a_signal_while_a_search_starts_stops_it_before_its_first_step(search_config,
@@ -370,8 +374,7 @@ def test_a_signal_while_a_search_starts_stops_it_before_its_first_step(search_co
     state = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
     assert (state["epoch"], state["step"]) == (0, 0)
     search.resume_search(tmp_path / "stopped", device="cpu", dataset=tiny_images())
-    for name in SEARCH_FILES:
-        assert (tmp_path / "stopped" / name).read_bytes() == (whole_search / name).read_bytes(), name
+    same_search_files(tmp_path / "stopped", whole_search)
 
 
 def test_a_signal_while_a_training_starts_stops_it_before_its_first_step(whole_training,
@@ -406,8 +409,7 @@ def test_a_signal_while_the_first_search_step_compiles_stops_at_once(search_conf
     monkeypatch.undo()
     monkeypatch.setattr(search_loop, "compile_cells", lambda model: model)
     search.resume_search(tmp_path / "stopped", device="cpu", dataset=tiny_images())
-    for name in SEARCH_FILES:
-        assert (tmp_path / "stopped" / name).read_bytes() == (whole_search / name).read_bytes(), name
+    same_search_files(tmp_path / "stopped", whole_search)
 
 
 @pytest.mark.parametrize("where", ["first step", "first evaluation"])
@@ -433,11 +435,23 @@ def test_a_signal_while_training_compiles_stops_at_once(whole_training, tmp_path
     assert metrics(tmp_path / "stopped") == metrics(whole_training)
 
 
+@pytest.mark.parametrize("command", ["search", "train"])
 def test_a_second_ctrl_c_during_the_save_neither_stops_nor_spoils_it(search_config, tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch, command):
     """Ctrl-C: the checkpoint, a resume line and exit status 130; a second Ctrl-C that comes
-    while checkpoint.pt is being written changes nothing."""
-    signal_at_call(monkeypatch, bilevel_module.Bilevel, "step", 2, signal.SIGINT)
+    while the checkpoint is being written changes nothing."""
+    run = tmp_path / "run"
+    if command == "search":
+        owner, name, checkpoint = bilevel_module.Bilevel, "step", "checkpoint.pt"
+        arguments = [search_config.space_file, "--dataset", "synthetic", "--channels", "4",
+                     "--layers", "5", "--batch-size", "4"]
+    else:
+        owner, name, checkpoint = train_steps, "train_step", "last.pt"
+        arguments = [str(DARTS_V2), "--dataset", "synthetic", "--channels", "8", "--layers",
+                     "5", "--batch-size", "8"]
+    arguments = [command, *arguments, "--epochs", "1", "--max-steps-per-epoch", "3", "--device",
+                 "cpu", "--quiet", "--out", str(run)]
+    signal_at_call(monkeypatch, owner, name, 2, signal.SIGINT)
     original = checkpoints.atomic_write
     written = []
 
@@ -449,19 +463,16 @@ def test_a_second_ctrl_c_during_the_save_neither_stops_nor_spoils_it(search_conf
         original(path, write_after_ctrl_c)
 
     monkeypatch.setattr(checkpoints, "atomic_write", interrupted_write)
-    run = tmp_path / "run"
-    result = CliRunner().invoke(cli, [
-        "search", search_config.space_file, "--dataset", "synthetic", "--channels", "4",
-        "--layers", "5", "--batch-size", "4", "--epochs", "1", "--max-steps-per-epoch", "3",
-        "--device", "cpu", "--quiet", "--out", str(run)])
+    result = CliRunner().invoke(cli, arguments)
     assert result.exit_code == preemption.INTERRUPT_STATUS == 130, result.output
     assert result.output.strip().splitlines() == [
         f"attdarts: stopped by SIGINT in epoch 1 after step 2 (checkpoint in {run}) ; continue "
-        f"with: attdarts search --resume {run} (exit status 130)"]
-    assert written == ["checkpoint.pt"]
+        f"with: attdarts {command} --resume {run} (exit status 130)"]
+    assert written == [checkpoint]
     monkeypatch.undo()
-    assert checkpoints.load(run / "checkpoint.pt")["step"] == 2
-    result = CliRunner().invoke(cli, ["search", "--resume", str(run), "--device", "cpu",
+    state = checkpoints.load(run / checkpoint)
+    assert (state["step"] if command == "search" else state["partial"]["step"]) == 2
+    result = CliRunner().invoke(cli, [command, "--resume", str(run), "--device", "cpu",
                                       "--quiet"])
     assert result.exit_code == 0, result.output
     assert len(metrics(run)) == 1
@@ -523,6 +534,9 @@ def test_a_real_sigterm_to_attdarts_train(tmp_path):
 
 
 # -- real signals to real `attdarts` processes ------------------------------------------------
+# Interpreter starts that import torch, tiny runs; measured on two cores shared with other jobs
+# (load average 10-12): seeds together 57 s, Ctrl-C 32 s, train --repeats 66 s, loader workers
+# 45 s, compiling 36 s for each command.
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -573,13 +587,6 @@ def signal_until_exit(process: subprocess.Popen, numbers, *, group: bool = False
         time.sleep(interval)
     _, stderr = process.communicate(timeout=600)
     return process.returncode, stderr, time.monotonic() - started
-
-
-def same_search_files(run: Path, whole: Path) -> None:
-    names = sorted(path.name for path in whole.glob("*.geno")) + ["weights.jsonl"]
-    for name in names:
-        assert (run / name).read_bytes() == (whole / name).read_bytes(), run / name
-    assert metrics(run) == metrics(whole)
 
 
 def continue_command(stderr: str, status: int) -> list[str]:
