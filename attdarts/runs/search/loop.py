@@ -53,7 +53,7 @@ class SearchRun:
     """One seed's search in one run directory."""
 
     tracking: tracking.NoTracking = tracking.NO_TRACKING  # `--tensorboard` (set by entry)
-    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 (set by entry)
+    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 / SIGINT (by entry)
 
     def __init__(self, config: SearchConfig, run_dir: Path, device: torch.device, process: Process,
                  space: ir.Space, dataset: data.ImageTensors | None, progress: bool) -> None:

@@ -142,7 +142,7 @@ class _Run:
     bar: _EpochProgress | None
     step: TrainStep | None = None  # the training step, captured as a CUDA graph when it can be
     tracking: tracking.NoTracking = tracking.NO_TRACKING
-    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 (run_training)
+    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 / SIGINT (run_training)
     partial: dict | None = None  # the epoch a pre-empted run stopped in (last.pt's "partial")
     saved: bool = False  # last.pt holds where the run stands (nothing to save before stopping)
     stepped: bool = False  # this process ran a step / an evaluation (the first ones compile
