@@ -70,6 +70,10 @@ class LazyGroup(click.Group):
                        "--channels, --layers or --batch-size", err=True)
             ctx.exit(1)
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGUMENTS] = list(args)
+        return super().parse_args(ctx, args)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
@@ -84,6 +88,17 @@ class LazyGroup(click.Group):
                 return _unavailable(name, short_help)
             raise
         return getattr(module, attribute)
+
+
+_ARGUMENTS = "attdarts.arguments"  # ctx.meta key: the command line as given, after the program
+
+
+def command_arguments(ctx: click.Context) -> list[str]:
+    """The arguments the running command was given (after its name), as typed: `train
+    --repeats` prints them to say how to continue every seed."""
+    arguments = ctx.meta.get(_ARGUMENTS, [])
+    name = ctx.info_name
+    return arguments[arguments.index(name) + 1:] if name in arguments else []
 
 
 def _unavailable(name: str, short_help: str) -> click.Command:

@@ -238,12 +238,14 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     that do not change the result may be given anew; any other that differs is refused).
     Everything is checked before the run directory is written, and a run directory in use by
     another run is refused. SIGTERM or SIGUSR1 stops the run at the next step with a checkpoint
-    (exit status 75).
+    (exit status 75; Ctrl-C likewise, exit status 130).
     """
     import pydantic
 
     from attdarts.runs import checkpoints, data, preemption, rundir, runtime, search as api
 
+    # signals from here to the exit: a checkpoint at the next step boundary (README "Pre-emption")
+    click.get_current_context().with_resource(preemption.command())
     config_files.refuse_with_resume(resume)
     require_tensorboard(tensorboard)
     if not quiet:
@@ -294,22 +296,20 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     except (api.SearchError, data.DataError, checkpoints.CheckpointError, OSError,
             runtime.DeviceError, rundir.RunDirInUse) as error:
         raise click.ClickException(str(error)) from None
-    except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1: checkpoint saved
+    except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1 / SIGINT: checkpoint saved
         _preempted(stopped, resume if resume is not None else out, seed_list)
 
 
 def _preempted(stopped, target: Path | None, seeds: list[int] | None) -> None:
-    """One line saying how to continue, then exit status 75 (preemption.EXIT_STATUS)."""
+    """One line saying how to continue, then exit status 75 (130 after Ctrl-C)."""
     import os
-
-    from attdarts.runs import preemption
 
     if target is None:  # the default run directory (the seeds' parent folder)
         target = stopped.run_dir.parent if seeds else stopped.run_dir
     config_files.record(config_files.loaded(), target)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(stopped.resume_line("search", target), err=True)
-    click.get_current_context().exit(preemption.EXIT_STATUS)
+    click.get_current_context().exit(stopped.exit_status)
 
 
 def require_tensorboard(tensorboard: bool) -> None:

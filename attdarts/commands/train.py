@@ -149,8 +149,9 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     Defaults are the Att-DARTS/DARTS CIFAR settings (600 epochs, batch 96, C=36, L=20, SGD 0.025
     cosine, cutout 16, drop path 0.2, auxiliary 0.4); --dataset imagenet switches to DARTS's
     ImageNet recipe. Start under `torchrun --nproc_per_node N` for data-parallel training.
-    SIGTERM or SIGUSR1 stops the run at the next step with last.pt saved (exit status 75);
-    --resume RUN_DIR continues it.
+    SIGTERM or SIGUSR1 stops the run at the next step with last.pt saved (exit status 75;
+    Ctrl-C likewise, exit status 130); --resume RUN_DIR continues it (with --repeats: the same
+    command again).
     """
     from pydantic import ValidationError
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -160,6 +161,8 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
 
+    # signals from here to the exit: last.pt at the next step boundary (README "Pre-emption")
+    ctx.with_resource(preemption.command())
     config_files.refuse_with_resume(resume_dir)
     options.pop("config_file")
     tensorboard = options.pop("tensorboard")
@@ -194,11 +197,11 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     except (CheckpointError, WriteError, DataError, training.TrainError,
             rundir.RunDirInUse) as error:
         raise click.ClickException(str(error)) from None
-    except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1: last.pt saved mid-epoch
+    except preemption.Preempted as stopped:  # SIGTERM / SIGUSR1 / SIGINT: last.pt saved
         config_files.record(config_files.loaded(ctx), stopped.run_dir)
         if int(os.environ.get("RANK", "0")) == 0:
-            click.echo(stopped.resume_line("train"), err=True)
-        ctx.exit(preemption.EXIT_STATUS)
+            click.echo(_continue_line(ctx, stopped, repeats is not None, out_dir), err=True)
+        ctx.exit(stopped.exit_status)
     config_files.record(config_files.loaded(ctx), result.run_dir)
     if int(os.environ.get("RANK", "0")) == 0:
         synthetic = " [synthetic data]" if result.synthetic else ""
@@ -206,6 +209,21 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
         click.echo(f"{result.run_dir}: best test top-1 {result.best_top1:.2f}% (epoch "
                    f"{result.best_epoch}), last {result.last_top1:.2f}% on {test_images:,} test "
                    f"images, {result.parameters:,} weights{synthetic}")
+
+
+def _continue_line(ctx: click.Context, stopped, repeats: bool, out_dir: Path | None) -> str:
+    """How to continue a stopped run: `--resume RUN_DIR`; with --repeats the same command again
+    (it resumes the stopped seed and trains the ones after it), with the --out it chose."""
+    if not repeats:
+        return stopped.resume_line("train")
+    import shlex
+
+    from attdarts.cli import command_arguments
+
+    arguments = command_arguments(ctx)
+    if out_dir is None:
+        arguments += ["--out", str(stopped.run_dir.parent)]
+    return stopped.resume_line("train", arguments=shlex.join(arguments))
 
 
 def _set_threads(threads: int | None) -> None:

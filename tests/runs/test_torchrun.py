@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -126,7 +127,12 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     # torchrun may end the second with SIGTERM after the first exits, so count one 75 at least
     assert "exitcode  : 75" in output, output[-3000:]
     assert "continue with: attdarts train --resume" in output
-    assert "partial" in checkpoints.load(tmp_path / "stopped" / "last.pt")
+    # last.pt holds where the line says the run stopped (before epoch 2's first step when the
+    # signal came before it: the epoch's own last.pt, without a partial epoch)
+    epoch, step = map(int, re.search(r"in epoch (\d+) after step (\d+)", output).groups())
+    state = checkpoints.load(tmp_path / "stopped" / "last.pt")
+    assert epoch in (2, 3) and state["epoch"] == epoch - 1
+    assert state.get("partial", {"step": 0})["step"] == step
     resumed = subprocess.run(launcher + ["train", "--resume",
                                          str(tmp_path / "stopped"), "--device", "cpu", "--quiet"],
                              env=environment(), capture_output=True, text=True, timeout=TIMEOUT)

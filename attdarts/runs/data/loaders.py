@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from attdarts.recipes import MIN_BATCH_SIZE
+from attdarts.runs import preemption
 from attdarts.runs.data.datasets import (
     CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, DataError, DatasetSpec, ImageTensors,
     Stats, default_data_dir, image_folder, load_dataset, parse_spec, split,
@@ -266,7 +267,10 @@ class ImageNetLoader:
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=batch_size // world_size, sampler=self.sampler,
             num_workers=workers, pin_memory=self.device.type == "cuda", drop_last=train,
-            persistent_workers=workers > 0)
+            persistent_workers=workers > 0,
+            # the workers leave SIGTERM / SIGUSR1 / SIGINT to the main process, which saves and
+            # stops; a worker killed by the process group's signal would end the run with an error
+            worker_init_fn=preemption.ignore_in_worker)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)

@@ -359,7 +359,8 @@ def run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *, s
                              ",".join(map(str, seeds)), search.epoch + 1, search.steps_done)
             for run in search.runs:  # the seeds' stacked step is never captured
                 _record_environment(run, resume, graphs="off")
-            return search.run()
+            with preemption.watch(process) as search.signals:
+                return search.run()
 
 
 def _run_one_by_one(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *,

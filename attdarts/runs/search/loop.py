@@ -57,7 +57,7 @@ class SearchRun:
     """One seed's search in one run directory."""
 
     tracking: tracking.NoTracking = tracking.NO_TRACKING  # `--tensorboard` (set by entry)
-    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 (set by entry)
+    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 / SIGINT (by entry)
 
     def __init__(self, config: SearchConfig, run_dir: Path, device: torch.device, process: Process,
                  space: ir.Space, dataset: data.ImageTensors | None, progress: bool) -> None:
@@ -102,6 +102,8 @@ class SearchRun:
         self.totals = torch.zeros(4, dtype=torch.float64, device=device)
         self.counts = [0, 0]  # train and val images of this process in the current epoch
         self.elapsed = 0.0  # seconds spent in the current epoch before a resume
+        self.saved_at: tuple[int, int] | None = None  # (epoch, step) that checkpoint.pt holds
+        self.stepped = False  # whether this process ran a step (the first compiles the cells)
 
     # -- checkpoint -----------------------------------------------------------------------------
 
@@ -113,6 +115,7 @@ class SearchRun:
     def save(self) -> None:
         """Write checkpoint.pt (main process). Every rank calls it at the same step: under
         torchrun the running sums saved are those over all ranks (rank 0 takes them back)."""
+        self.saved_at = (self.epoch, self.step)
         totals, counts = self.totals.cpu(), list(self.counts)
         if self.process.world_size > 1:
             reduced = self._reduced_totals()
@@ -165,6 +168,7 @@ class SearchRun:
             runtime.set_rng_state(state["rng"])
             if "method_rng" in state:  # written since search methods draw from their own
                 self.bilevel.generator.set_state(state["method_rng"].cpu())
+            self.saved_at = (self.epoch, self.step)
         except (KeyError, RuntimeError, ValueError, TypeError) as error:
             raise checkpoints.CheckpointError(
                 f"{self.run_dir / CHECKPOINT}: does not match this search ({error})") from None
@@ -233,11 +237,13 @@ class SearchRun:
         batches = zip(self.weight_loader, self.arch_loader)
         architecture = self.architecture_steps(epoch)  # else the arch batches are drawn, unused
         try:
+            if self.signals.stop_requested():  # came before this epoch's first step
+                self._stop(epoch, started)
             for index, (weight_batch, arch_batch) in enumerate(batches):
                 if index < skip:
                     continue  # drawing the batch advanced the loaders' generators as before
-                train_loss, train_correct, val_loss, val_correct = self.bilevel.step(
-                    weight_batch, arch_batch if architecture else None)
+                train_loss, train_correct, val_loss, val_correct = self._step(
+                    epoch, weight_batch, arch_batch if architecture else None)
                 train_count = weight_batch[1].shape[0]
                 val_count = arch_batch[1].shape[0] if architecture else 0
                 self.totals += torch.stack([
@@ -253,13 +259,34 @@ class SearchRun:
                     self._check_finite(epoch)
                     self.save()
                 if self.signals.stop_requested():  # pre-empted: save this step, then stop
-                    self.elapsed += time.perf_counter() - started
-                    self._check_finite(epoch)
-                    self.save()
-                    raise self.signals.stopped(self.run_dir, epoch + 1, self.step)
+                    self._stop(epoch, started)
         finally:
             bar.close()
         return started
+
+    def _step(self, epoch: int, weight_batch, arch_batch) -> tuple[Tensor, ...]:
+        """One `Bilevel.step`. This process's first step with `compile_cells` compiles the cells
+        (minutes): checkpoint.pt is saved before it, and a signal during it stops the run at
+        once, at that checkpoint (`preemption.Watch.interruptible`)."""
+        compiling = self.config.compile_cells and not self.stepped
+        if compiling and self.saved_at != (self.epoch, self.step):
+            self.save()
+        try:
+            with self.signals.interruptible(compiling):
+                result = self.bilevel.step(weight_batch, arch_batch)
+        except preemption.Interrupted:
+            raise self.signals.stopped(self.run_dir, epoch + 1, self.step) from None
+        self.stepped = True
+        return result
+
+    def _stop(self, epoch: int, started: float) -> None:
+        """Pre-empted: save where the epoch stands (unless checkpoint.pt holds it already), then
+        end the run with `Preempted`."""
+        if self.saved_at != (self.epoch, self.step):
+            self.elapsed += time.perf_counter() - started
+            self._check_finite(epoch)
+            self.save()
+        raise self.signals.stopped(self.run_dir, epoch + 1, self.step)
 
     def _epoch_record(self, epoch: int, lr: float, seconds: float, methods: dict) -> None:
         """Close the epoch: metrics, genotype and weights into the history, then save and write."""

@@ -45,7 +45,7 @@ from torch.func import functional_call
 from attdarts.language import ir
 from attdarts.networks.methods import SearchMethod, method_class
 from attdarts.networks import grouping
-from attdarts.runs import data, runtime
+from attdarts.runs import data, preemption, runtime
 from attdarts.runs.runtime import Process
 from attdarts.runs.search.bilevel import Bilevel, virtual_step
 from attdarts.runs.search.config import SearchConfig, SearchError, SearchResult, cosine_lr
@@ -378,7 +378,10 @@ class TogetherSearch:
 
     A benchmark with the real loaders builds it (nothing is written before `run`, unless
     `prepare`) and calls `search.step(*batches)` for each `batches` of `search.batches()`.
+    Pre-emption stops it as `SearchRun`: the seeds' checkpoints are saved at the same step.
     """
+
+    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 / SIGINT (set by entry)
 
     def __init__(self, config: SearchConfig, seeds: Sequence[int], out_dir: str | Path, *,
                  device: torch.device, space: ir.Space, dataset: data.ImageTensors | None = None,
@@ -417,6 +420,9 @@ class TogetherSearch:
         self.totals = torch.stack([run.totals for run in self.runs])  # (seeds, 4), float64
         self.counts = list(first.counts)
         self.elapsed = first.elapsed
+        # (epoch, step) that the seeds' checkpoints hold; whether a step ran (compiles the cells)
+        self.saved_at = (self.epoch, self.steps_done) if resume else None
+        self.stepped = False
         if resume and self.aligned:
             self.bilevel.load([run.model for run in self.runs], [run.bilevel for run in self.runs])
 
@@ -458,6 +464,7 @@ class TogetherSearch:
             runtime.set_rng_state(state)
             run._epoch_record(epoch, lr, seconds, {})  # no per-epoch methods (refused above)
         self.epoch, self.steps_done, self.elapsed = epoch + 1, 0, 0.0
+        self.saved_at = (self.epoch, 0)  # each seed's epoch record saved its checkpoint
         self.totals.zero_()
         self.counts = [0, 0]
 
@@ -469,10 +476,12 @@ class TogetherSearch:
         bar = runtime.progress(self.progress, self.steps_per_epoch, skip,
                                f"seeds {seeds} epoch {epoch + 1}/{config.epochs}")
         try:
+            if self.signals.stop_requested():  # came before this epoch's first step
+                self._stop(epoch, started)
             for index, (weight_batch, arch_batch) in enumerate(self.batches()):
                 if index < skip:
                     continue
-                stats = self.step(weight_batch, arch_batch)  # (4, seeds)
+                stats = self._guarded_step(epoch, weight_batch, arch_batch)  # (4, seeds)
                 train_count, val_count = weight_batch[1].shape[1], arch_batch[1].shape[1]
                 scale = torch.tensor([train_count, 1, val_count, 1], dtype=stats.dtype,
                                      device=stats.device)
@@ -485,9 +494,33 @@ class TogetherSearch:
                     self.elapsed += time.perf_counter() - started
                     started = time.perf_counter()
                     self.save(epoch)
+                if self.signals.stop_requested():  # pre-empted: save this step, then stop
+                    self._stop(epoch, started)
         finally:
             bar.close()
         return started
+
+    def _guarded_step(self, epoch: int, weight_batch: Batch, arch_batch: Batch) -> Tensor:
+        """`step`; the first of this process, which compiles with `compile_cells`, after a
+        checkpoint and interruptible (as `SearchRun._step`)."""
+        compiling = self.config.compile_cells and not self.stepped
+        if compiling and self.saved_at != (self.epoch, self.steps_done):
+            self.save(epoch)
+        try:
+            with self.signals.interruptible(compiling):
+                stats = self.step(weight_batch, arch_batch)
+        except preemption.Interrupted:
+            raise self.signals.stopped(self.runs[0].run_dir, epoch + 1, self.steps_done) from None
+        self.stepped = True
+        return stats
+
+    def _stop(self, epoch: int, started: float) -> None:
+        """Pre-empted: every seed's checkpoint at this step (unless they hold it), then
+        `Preempted` (the CLI names the seeds' parent directory to resume)."""
+        if self.saved_at != (self.epoch, self.steps_done):
+            self.elapsed += time.perf_counter() - started
+            self.save(epoch)
+        raise self.signals.stopped(self.runs[0].run_dir, epoch + 1, self.steps_done)
 
     def _hand_over(self) -> None:
         """Give each seed's `SearchRun` its state, as its own run would hold it now."""
@@ -499,6 +532,7 @@ class TogetherSearch:
 
     def save(self, epoch: int) -> None:
         """A mid-epoch checkpoint in every seed's directory (after the same finiteness check)."""
+        self.saved_at = (self.epoch, self.steps_done)
         self._hand_over()
         for run in self.runs:
             run._check_finite(epoch)

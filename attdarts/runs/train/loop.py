@@ -142,8 +142,11 @@ class _Run:
     bar: _EpochProgress | None
     step: TrainStep | None = None  # the training step, captured as a CUDA graph when it can be
     tracking: tracking.NoTracking = tracking.NO_TRACKING
-    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 (run_training)
+    signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 / SIGINT (run_training)
     partial: dict | None = None  # the epoch a pre-empted run stopped in (last.pt's "partial")
+    saved: bool = False  # last.pt holds where the run stands (nothing to save before stopping)
+    stepped: bool = False  # this process ran a step / an evaluation (the first ones compile
+    evaluated: bool = False  # the cells with compile_cells: minutes)
     start_epoch: int = 0
     best_top1: float = -1.0
     best_epoch: int = 0
@@ -196,6 +199,7 @@ def _prepare(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
         run.best_top1, run.best_epoch = float(state["best_top1"]), int(state["best_epoch"])
         run.history = list(state["history"])
         run.partial = state.get("partial")  # stopped mid-epoch (pre-emption)
+        run.saved = True
         log.info("resuming %s at epoch %d/%d", run_dir, run.start_epoch, config.epochs)
     run.network = runtime.wrap_data_parallel(model, process, device)
     capture = config.graphs and graphs.capture_possible(device, world_size=process.world_size)
@@ -235,16 +239,33 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     if partial is not None:  # resumed inside this epoch: skip its steps done, add their sums
         loader = preemption.Resumed(loader, partial, run.process)
         started -= partial["seconds"]
+    done = 0 if partial is None else int(partial["step"])  # this epoch's steps in last.pt
+    if run.signals.stop_requested():  # came before this epoch's first step
+        _stop_mid_epoch(run, epoch, _no_steps(run), partial, started)
+    # this process's first step compiles the cells with compile_cells (minutes): last.pt is
+    # saved before it, and a signal during it stops the run at once, at that checkpoint
+    compiling = config.compile_cells and not run.stepped
+    if compiling and not run.saved:
+        _save_mid_epoch(run, epoch, _no_steps(run), partial, started)
     if run.bar is not None:
         run.bar.start(epoch, len(loader))
     try:
-        train_totals = train_epoch(run.network, run.optimizer, loader, config,
-                                   on_step=_step_callback(run), step=run.step)
+        with run.signals.interruptible(compiling) as first_step:
+            train_totals = train_epoch(run.network, run.optimizer, loader, config,
+                                       on_step=_step_callback(run, first_step), step=run.step)
     except preemption.StopAtStep as stop:
         _stop_mid_epoch(run, epoch, stop, partial, started)
+    except preemption.Interrupted:
+        raise run.signals.stopped(run.run_dir, epoch + 1, done) from None
     finally:
         if run.bar is not None:
             run.bar.close()
+    # likewise the first evaluation (the cells compile again for evaluation mode): last.pt is
+    # saved with the epoch's training done, and a signal during the evaluation stops there
+    compiling = config.compile_cells and not run.evaluated
+    if compiling and not run.saved:
+        _save_mid_epoch(run, epoch, preemption.StopAtStep(len(loader), train_totals), partial,
+                        started)
     if partial is not None:
         train_totals = train_totals + preemption.partial_totals(partial, run.process,
                                                                 train_totals.device)
@@ -252,7 +273,13 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     train_values = train_totals.tolist()  # the epoch's one host sync for training
     train_seconds = time.perf_counter() - started
     runtime.broadcast_buffers(model, run.process)
-    test_totals = runtime.all_reduce(evaluate(model, run.test_loader, amp=config.amp), run.process)
+    try:
+        with run.signals.interruptible(compiling):
+            test_totals = evaluate(model, run.test_loader, amp=config.amp)
+    except preemption.Interrupted:
+        raise run.signals.stopped(run.run_dir, epoch + 1, done + len(loader)) from None
+    run.evaluated = True
+    test_totals = runtime.all_reduce(test_totals, run.process)
     test_values = test_totals.tolist()
     if not (runtime.check_finite(train_totals, test_totals)
             and runtime.check_finite(*_floating_tensors(model))):
@@ -276,11 +303,14 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     }
 
 
-def _step_callback(run: _Run):
+def _step_callback(run: _Run, first_step: preemption.Stretch):
     """After each training step: the progress bar, then the pre-emption flag (every rank reads
-    it at the same step; a raised flag stops the epoch there)."""
+    it at the same step; a raised flag stops the epoch there). The interruptible stretch of the
+    process's first step ends with that step."""
 
     def on_step(step: int, totals: torch.Tensor, count: int) -> None:
+        first_step.end()
+        run.saved, run.stepped = False, True
         if run.bar is not None:
             run.bar.step(step, totals, count)
         if run.signals.stop_requested():
@@ -290,11 +320,17 @@ def _step_callback(run: _Run):
     return on_step
 
 
-def _stop_mid_epoch(run: _Run, epoch: int, stop: preemption.StopAtStep, partial: dict | None,
-                    started: float) -> None:
-    """Save last.pt in the middle of `epoch` (its completed epochs, and where this one stopped),
-    then end the run with `Preempted`."""
-    if partial is not None:  # stopped again in an epoch that was already resumed mid-way
+def _no_steps(run: _Run) -> preemption.StopAtStep:
+    """Where an epoch stands before its first step: no steps, zero sums."""
+    device = next(run.model.parameters()).device
+    return preemption.StopAtStep(0, torch.zeros(3, dtype=torch.float64, device=device))
+
+
+def _save_mid_epoch(run: _Run, epoch: int, stop: preemption.StopAtStep, partial: dict | None,
+                    started: float) -> int:
+    """Save last.pt in the middle of `epoch` (its completed epochs, and where this one stands);
+    returns the epoch's steps saved. Every rank calls it."""
+    if partial is not None:  # an epoch that was already resumed mid-way
         stop = preemption.StopAtStep(
             partial["step"] + stop.step,
             stop.totals + preemption.partial_totals(partial, run.process, stop.totals.device))
@@ -304,7 +340,19 @@ def _stop_mid_epoch(run: _Run, epoch: int, stop: preemption.StopAtStep, partial:
         state = _checkpoint_state(run, epoch)
         state.update(epoch=epoch, partial=record)
         checkpoints.save(run.run_dir / "last.pt", state)
-    raise run.signals.stopped(run.run_dir, epoch + 1, stop.step)
+    run.saved = True
+    return stop.step
+
+
+def _stop_mid_epoch(run: _Run, epoch: int, stop: preemption.StopAtStep, partial: dict | None,
+                    started: float) -> None:
+    """Save last.pt in the middle of `epoch` (unless it holds this point already: no step since
+    it was written), then end the run with `Preempted`."""
+    if run.saved and stop.step == 0:
+        steps = 0 if partial is None else int(partial["step"])
+    else:
+        steps = _save_mid_epoch(run, epoch, stop, partial, started)
+    raise run.signals.stopped(run.run_dir, epoch + 1, steps)
 
 
 def _diverged(run: _Run, epoch: int) -> None:
@@ -326,6 +374,7 @@ def _record(run: _Run, epoch: int, record: dict[str, Any]) -> None:
         run.best_top1, run.best_epoch = record["test_top1"], epoch + 1
     if run.writer is not None:
         run.writer.epoch_done(_checkpoint_state(run, epoch), improved)
+    run.saved = True
     run.tracking.epoch(epoch + 1, record)
     log.info("epoch %d/%d lr %.5f train loss %.4f acc %.2f | test loss %.4f top-1 %.2f "
              "top-5 %.2f on %d test images | %.0f s, %.0f img/s%s", epoch + 1, run.config.epochs,
