@@ -120,7 +120,7 @@ def measure(
     with_auxiliary = count_parameters(model, auxiliary=True) if auxiliary else None
     progress("counting multiply-adds (one forward pass)")
     outputs = []  # the output shape comes from the same forward pass, not a second one
-    hook = model.register_forward_hook(lambda module, inputs, output: outputs.append(output[0]))
+    hook = model.register_forward_hook(lambda module, inputs, output: outputs.append(output))
     try:
         multiply_adds = count_multiply_adds(model)
     finally:
@@ -130,7 +130,7 @@ def measure(
         "dataset": dataset,
         "channels": channels,
         "layers": layers,
-        "input_shape": [1, 3, model.input_size, model.input_size],
+        "input_shape": [1, model.in_chans, model.input_size, model.input_size],
         "output_shape": list(outputs[-1].shape),
         "parameters": parameters,
         "parameters_with_auxiliary": with_auxiliary,
