@@ -227,7 +227,8 @@ class Bilevel:
         self.weight_update = captured.CapturableSGD(self.weight_optimizer)
         wanted = getattr(config, "graphs", True) if graphs is None else graphs
         device = self.weight_params[0].device
-        possible = captured.capture_possible(device, world_size=world_size) and not seeds.stacked
+        possible = (captured.capture_possible(device, world_size=world_size)
+                    and not seeds.stacked and self.methods.capturable)
         self.captured = captured.CapturedStep(self._step, enabled=wanted and possible,
                                               generators=tuple(seeds.generators))
         captured.capturable_adam(self.arch_optimizer, self.captured.enabled)

@@ -138,7 +138,7 @@ class Seeds:
     def _per_seed(self, weights: MixtureWeights) -> MixtureWeights:
         """`weights` with a seed axis on every tensor: those made from the stacked architecture
         have it; a method's constant (DARTS-'s coefficient b) is repeated for each seed."""
-        ranks = (2, 2, 2, 1, 0)  # alpha, beta, gamma, edges, identity without a seed axis
+        ranks = (2, 2, 2, 1, 0, 1)  # alpha, beta, gamma, edges, identity, chosen: one seed
         return tuple(type(cell)(*(value if value is None or value.dim() > rank
                                   else value.expand(self.count, *value.shape)
                                   for value, rank in zip(cell, ranks))) for cell in weights)
