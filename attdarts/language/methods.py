@@ -34,7 +34,6 @@ from typing import Any
 from attdarts.language.catalog import DuplicateNameError, Parameter
 from attdarts.language.errors import Problem, Span, suggest
 from attdarts.language.locations import ATTENTIONS as ATTENTION_MIXTURE
-from attdarts.language.locations import LOCATIONS
 from attdarts.language.locations import OPERATIONS as OPERATION_MIXTURE
 
 __all__ = [

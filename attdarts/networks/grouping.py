@@ -19,7 +19,8 @@ edge (`_each`), so any registered candidate works, only without the saving.
 
 Inside `deferred_statistics()` (the supernet's forward) the running-statistics write-backs of all
 batch norms are queued and done at the end with two multi-tensor operations, instead of three
-small operations per batch norm and wave.
+small operations per batch norm and wave (one per tensor under `torch.vmap`, which has no rule for
+the multi-tensor ones: seeds run together use grouped cells too).
 
 `forward(modules, group)` returns ``(N, E*C', H', W')``; `mask(modules, group)` returns a masking
 attention's mask as ``(N, E, c, h, w)``, broadcastable against ``group.split(group.x)``.
@@ -111,11 +112,28 @@ def deferred_statistics() -> Iterator[None]:
         yield
     finally:
         _PENDING.queue = outer
-    destinations, sources, counters = queue
+    _write_back(*queue)
+
+
+def _write_back(destinations: list[Tensor], sources: list[Tensor], counters: list[Tensor]) -> None:
+    """Copy `sources` into `destinations` and count one more batch in `counters`: two
+    multi-tensor operations, or one operation per tensor under `torch.vmap` (several seeds run
+    together), which has no rule for the multi-tensor ones."""
+    if any(_batched(tensors[0]) for tensors in (destinations, counters) if tensors):
+        for destination, source in zip(destinations, sources):
+            destination.copy_(source)
+        for counter in counters:
+            counter.add_(1)
+        return
     if destinations:
         torch._foreach_copy_(destinations, sources)
     if counters:
         torch._foreach_add_(counters, 1)
+
+
+def _batched(tensor: Tensor) -> bool:
+    """Whether `tensor` is a slice of a tensor `torch.vmap` maps over."""
+    return torch._C._functorch.is_batchedtensor(tensor)
 
 
 def batch_norm(x: Tensor, norms: Modules, edges: int) -> Tensor:
@@ -140,9 +158,7 @@ def batch_norm(x: Tensor, norms: Modules, edges: int) -> Tensor:
             sources = [*mean.split(channels), *var.split(channels)]
         queue = _PENDING.queue
         if queue is None:
-            torch._foreach_add_(counters, 1)
-            if destinations:
-                torch._foreach_copy_(destinations, sources)
+            _write_back(destinations, sources, counters)
         else:
             queue[0].extend(destinations)
             queue[1].extend(sources)

@@ -44,7 +44,14 @@ class MixedOperation(nn.Module):
         # an all-`none` mixture still needs an output of the right shape
         self.active = active or (0,)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                chosen: torch.Tensor | None = None) -> torch.Tensor:
+        """The mixture; with `chosen` (a 0-dim index) a single path: the chosen candidate alone,
+        plus the other weights as scalars (GDAS's sampled forward, for their gradients)."""
+        if chosen is not None:
+            index = int(chosen)  # read on the host: which module runs depends on the draw
+            others = weights.sum() - weights[index]
+            return weights[index] * self.candidates[index](x) + others
         out = None
         for index in self.active:
             term = weights[index] * self.candidates[index](x)
@@ -157,19 +164,20 @@ class SearchEdge(nn.Module):
 
     def forward(
         self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None,
-        identity: torch.Tensor | None = None,
+        identity: torch.Tensor | None = None, chosen: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if self.partial is None:
-            return self.mix(x, alpha, beta, identity)
+            return self.mix(x, alpha, beta, identity, chosen)
         active, rest = self.partial.split(x)
-        return self.partial.join(self.mix(active, alpha, beta, identity), rest)
+        return self.partial.join(self.mix(active, alpha, beta, identity, chosen), rest)
 
     def mix(
         self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None,
-        identity: torch.Tensor | None = None,
+        identity: torch.Tensor | None = None, chosen: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The mixtures alone; `identity` is the auxiliary identity coefficient (or None)."""
-        h = self.first(x, alpha)
+        """The mixtures alone; `identity` is the auxiliary identity coefficient (or None),
+        `chosen` the first mixture's single path (or None)."""
+        h = self.first(x, alpha, chosen)
         if self.then is not None:
             h = self.then(h, beta) if identity is None else self.then(h, beta, identity)
         return h

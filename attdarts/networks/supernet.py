@@ -176,10 +176,10 @@ class SearchCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: CellWeights) -> torch.Tensor:
         """The cell on its two inputs, with its cell type's mixture weights (`CellWeights`:
         alpha / beta / gamma, the normalised edge weights of edge normalisation or None, the
-        auxiliary identity coefficient or None)."""
-        if self.grouped:
+        auxiliary identity coefficient or None, the single paths or None)."""
+        alpha, beta, gamma, edges, identity, chosen = weights
+        if self.grouped and chosen is None:  # a single path per edge runs edge by edge
             return self.forward_grouped(s0, s1, weights)
-        alpha, beta, gamma, edges, identity = weights
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for start, count in self.node_slices:
             total = None
@@ -187,7 +187,8 @@ class SearchCell(nn.Module):
                 index = start + offset
                 edge = self.edges[index]
                 out = edge(states[edge.input_index], alpha[index],
-                           None if beta is None else beta[index], identity)
+                           None if beta is None else beta[index], identity,
+                           None if chosen is None else chosen[index])
                 if edges is not None:
                     out = out * edges[index]
                 total = out if total is None else total + out
@@ -210,7 +211,7 @@ class SearchCell(nn.Module):
         candidate and wave instead of one small kernel per candidate and edge."""
         nodes = self.nodes
         x0, x1 = self.preprocess0(s0), self.preprocess1(s1)
-        alpha, beta, gamma, edges, identity = weights
+        alpha, beta, gamma, edges, identity, _ = weights
         mixing = (alpha, beta, edges, identity)
         out = self._wave(0, [x0] * nodes + [x1] * nodes, *mixing)
         partial = out[:, :nodes] + out[:, nodes:]  # (N, nodes, C, H, W): node sums so far

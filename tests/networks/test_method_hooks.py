@@ -84,6 +84,23 @@ class NoSepConvInNormal(SearchMethod):
         return None
 
 
+class ArgmaxPath(SearchMethod):
+    """A single path: hard one-hot operation weights (straight-through softmax) and each edge
+    computing its strongest operation alone (GDAS's forward, without the noise)."""
+
+    capturable = False
+
+    def normalise(self, kind, raw, cell, draw):
+        soft = F.softmax(raw, dim=-1)
+        if kind != kinds.OPERATION:
+            return soft
+        hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
+        return hard - soft.detach() + soft
+
+    def adjust(self, weights, cell):
+        return weights._replace(chosen=weights.alpha.argmax(dim=-1))
+
+
 @pytest.fixture(autouse=True)
 def made_up_methods():
     """The four methods, one `register` each; gone after the test."""
@@ -97,6 +114,8 @@ def made_up_methods():
                {"stop": Parameter(int, 100, minimum=1)}, origin="tests"),
         Method("no_sep_conv_in_normal", "a test", "caps sep_conv_3x3 at 0",
                f"{__name__}:NoSepConvInNormal", origin="tests"),
+        Method("argmax_path", "a test", "one operation per edge", f"{__name__}:ArgmaxPath",
+               origin="tests"),
     ]
     for entry in entries:
         register(entry)
@@ -263,3 +282,35 @@ def test_the_loop_records_a_methods_epoch_values_and_stops_when_it_says(tmp_path
     assert [m["made_up_epoch"] for m in metrics] == [0, 1]
     assert result.epochs == 2 and metrics[-1]["stopped_early"] == {"epoch": 2,
                                                                     "reason": "made up"}
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_a_single_path_computes_only_the_chosen_candidate(grouped):
+    """`CellWeights.chosen`: each edge runs one operation, ``w_i o_i(x) + sum_{j != i} w_j``, and
+    the straight-through gradient still reaches every operation weight."""
+    model = supernet("argmax_path", grouped=grouped)
+    assert not model.methods.capturable
+    with torch.no_grad():
+        model.arch.alpha_normal[:, OPERATIONS.index("sep_conv_3x3")] = 1.0
+        model.arch.alpha_reduce[:, OPERATIONS.index("max_pool_3x3")] = 1.0
+    ran = []
+    for cell in model.cells:
+        for edge in cell.edges:
+            for index, candidate in enumerate(edge.first.candidates):
+                candidate.register_forward_hook(
+                    lambda module, args, out, index=index: ran.append(OPERATIONS[index]))
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    loss = F.cross_entropy(model(images), torch.tensor([1, 2]))
+    edges = sum(len(cell.edges) for cell in model.cells)
+    assert len(ran) == edges  # one candidate per edge
+    assert set(ran) == {"sep_conv_3x3", "max_pool_3x3"}
+    grad = torch.autograd.grad(loss, model.arch.alpha_normal)[0]
+    assert (grad != 0).all()  # straight-through: every operation weight learns
+
+    edge = model.cells[0].edges[0]
+    weights = model.mixture_weights()[0]
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    w = weights.alpha[0]
+    chosen = OPERATIONS.index("sep_conv_3x3")
+    expected = w[chosen] * edge.first.candidates[chosen](x) + (w.sum() - w[chosen])
+    torch.testing.assert_close(edge.first(x, w, weights.chosen[0]), expected)

@@ -25,7 +25,7 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
 | `stage_start(stage)` | each stage of a progressive search | - (P-DARTS) |
 | `early_stop(epoch, epochs, genotype, trained)` | after each epoch's derivation | stop_at_skips |
-| `capture_key()` | Python values a captured CUDA graph bakes in | beta_decay, smoothing |
+| `capture_key()`, `capturable` | Python values a captured CUDA graph bakes in; whether it can be captured at all | beta_decay, smoothing |
 | `derivation_weights(kind, raw)` | the weights derivation ranks (default: `normalise` without a draw) | - (FairDARTS) |
 | `edge_scales(tensors)` | derivation: a factor per edge on its ranking weight | edge_normalisation |
 | `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (FairDARTS threshold, GDAS) |
@@ -66,10 +66,13 @@ class CellWeights(NamedTuple):
     """The mixture weights of one cell type, as its cells use them.
 
     `alpha`, `beta`, `gamma` are the weights of the kinds `kinds.OPERATION`, `ATTENTION`,
-    `OUTPUT` (rows x candidates; None where the location has no such mixture); `edges` the
-    normalised edge weights (edge normalisation) or None; `identity` a coefficient b adding
-    ``b * h`` to every attention mixture, or None. A method's `extra_candidates` take the last
-    columns of `alpha`, past the space's candidates.
+    `OUTPUT` (rows x candidates; None where the location has no such mixture; the fields are
+    named after the kinds); `edges` the normalised edge weights (edge normalisation) or None;
+    `identity` a coefficient b adding ``b * h`` to every attention mixture, or None. A method's
+    `extra_candidates` take the last columns of `alpha`, past the space's candidates.
+    `chosen` (rows,) indices make each edge's operation mixture a single path (GDAS): only the
+    chosen candidate is computed, ``w_i o_i(x) + sum_{j != i} w_j`` (the other weights, zero in a
+    hard one-hot, still receive their straight-through gradients); None computes the mixture.
     """
 
     alpha: Tensor
@@ -77,6 +80,7 @@ class CellWeights(NamedTuple):
     gamma: Tensor | None = None
     edges: Tensor | None = None
     identity: Tensor | None = None
+    chosen: Tensor | None = None
 
 
 MixtureWeights = tuple[CellWeights, ...]  # one per cell type, indexed like ir.CELL_KINDS
@@ -156,6 +160,8 @@ class SearchMethod(nn.Module):
     the forward (coefficients, masks) moves with the supernet; such buffers are non-persistent:
     checkpoints hold weights and architecture only, and `epoch_start` sets them again.
     """
+
+    capturable = True  # False: the step reads a draw on the host (a single path), never captured
 
     def __init__(self, space: ir.Space, settings: Mapping[str, Any]) -> None:
         super().__init__()
@@ -396,6 +402,11 @@ class MethodSet(nn.Module):
 
     def capture_key(self) -> tuple:
         return tuple(method.capture_key() for method in self.methods)
+
+    @property
+    def capturable(self) -> bool:
+        """Whether a step with these methods can be captured as a CUDA graph."""
+        return all(method.capturable for method in self.methods)
 
     # -- derivation -----------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """The bilevel architecture search (DARTS, Liu et al. 2019; Att-DARTS, Nakai et al. 2020).
 
 Modules: `config` (settings, results, file names), `bilevel` (one iteration: the architecture
-and weight steps), `loop` (one seed's run: steps, epochs, save / restore), `outputs` (the run
-directory's files) and `entry` (launch, run, resume, several seeds). Callers import this package.
+and weight steps, written once over a leading seed axis), `seeds` (one seed's supernet or S
+seeds' values stacked), `loop` (one seed's run: steps, epochs, save / restore), `outputs` (the
+run directory's files), `together` (several seeds' run directories as one model) and `entry`
+(launch, run, resume, several seeds). Callers import this package.
 """
 
 from attdarts.runs.runtime import set_threads

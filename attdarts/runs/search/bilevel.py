@@ -25,6 +25,12 @@ the architecture step used (plus Adam's L2 term ``arch_weight_decay * a``, which
 their pinned version, adds into `.grad` in place), and the weight step's backward adds
 ``grad_a L_train(w, a_new)`` on top. Those count in the norm; only the weights are scaled.
 
+The step is written once, over tensors with a leading seed axis (`attdarts.runs.search.seeds`):
+one seed's own supernet (S = 1, a plain run) or S seeds' values stacked and run through one
+supernet under `torch.vmap` (`--seeds ... --together`). Losses, gradient norms, the clip and the
+second order's eps are per seed; SGD and Adam are elementwise; each seed draws from its own
+generator. So a seed run together computes what it computes alone.
+
 Everything is functional (`torch.func.functional_call` on parameter dicts, no copy of the model).
 During the second-order step's extra forward passes BatchNorm normalises with batch statistics as
 usual (training mode) but its running statistics are left untouched: those passes run on a
@@ -50,22 +56,25 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.func import functional_call
-
+from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
 from attdarts.networks.methods import MixtureWeights, Random
-from attdarts.networks.supernet import Supernet
 from attdarts.runs import graphs as captured
 from attdarts.runs.search.config import SearchConfig, SearchError
+from attdarts.runs.search.seeds import Seeds, seed_view, tree_detach
+
+ParamDict = dict[str, Tensor]
+Batch = tuple[Tensor, Tensor]  # images and labels; (seeds, batch, ...) when stacked
 
 
 def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(logits, labels)
-
-
-ParamDict = dict[str, Tensor]
+    """Mean cross-entropy of one seed, or of each seed when the labels are (seeds, batch)."""
+    if labels.dim() == 1:
+        return F.cross_entropy(logits, labels)
+    seeds, batch = labels.shape
+    losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+    return losses.view(seeds, batch).mean(dim=1)
 
 
 def method_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -88,7 +97,8 @@ def virtual_step(
     """DARTS's virtual step ``w' = w - eta (mu m + g + lambda w)``; m missing or None -> 0.
 
     `eta` may be a 0-dim tensor (the search's learning rate on the device, so that a captured
-    step follows the schedule); it rounds as the float does.
+    step follows the schedule); it rounds as the float does. Elementwise, so stacked seeds move
+    as each would alone.
     """
     names = list(weights)
     current = [weights[name].detach() for name in names]
@@ -115,24 +125,38 @@ def hessian_vector_product(
     *,
     r: float = 0.01,
     arch_vector: Mapping[str, Tensor] | None = None,
+    seeds: Seeds | None = None,
 ) -> tuple[dict[str, Tensor], Tensor]:
     """Finite-difference ``(d^2 L / da dw) v`` as DARTS: eps = r / ||v||, central difference.
 
-    `loss(weights, arch)` evaluates L_train. Returns the product per arch name and eps. With
-    `arch_vector` (the authors' variant, where alpha / beta are model parameters) the norm counts
-    it too and the architecture moves along it with the weights: the gradient with respect to
-    the architecture is taken at ``(w +- eps v, a +- eps v_a)``.
+    `loss(weights, arch)` evaluates L_train (summed over the seeds when stacked). Returns the
+    product per arch name and eps. With `arch_vector` (the authors' variant, where alpha / beta
+    are model parameters) the norm counts it too and the architecture moves along it with the
+    weights: the gradient with respect to the architecture is taken at ``(w +- eps v, a +- eps
+    v_a)``. With stacked `seeds`, eps is one per seed (each seed's own ||v||).
     """
     names = list(weights)
     arch_names = list(arch)
     v = [vector[name] for name in names]
     v_arch = [] if arch_vector is None else [arch_vector[name] for name in arch_names]
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v + v_arch]))
-    eps = r / norm
+    stacked = seeds is not None and seeds.stacked
+    if stacked:
+        eps = r / seeds.norms(v + v_arch)
+    else:
+        eps = r / torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t)
+                                                        for t in v + v_arch]))
+
+    def times_eps(tensors: list[Tensor]) -> list[Tensor]:
+        if not tensors:
+            return []
+        if stacked:
+            return [tensor * seed_view(eps, tensor) for tensor in tensors]
+        return list(torch._foreach_mul(tensors, eps))
+
     base = [weights[name].detach() for name in names]
-    scaled = torch._foreach_mul(v, eps)
+    scaled = times_eps(v)
     arch_base = [arch[name].detach() for name in arch_names]
-    arch_scaled = torch._foreach_mul(v_arch, eps) if v_arch else []
+    arch_scaled = times_eps(v_arch)
 
     def arch_gradient(sign: float) -> tuple[Tensor, ...]:
         moved = torch._foreach_add(base, scaled, alpha=sign)
@@ -142,50 +166,56 @@ def hessian_vector_product(
             arch_values = [value.requires_grad_() for value in
                            torch._foreach_add(arch_base, arch_scaled, alpha=sign)]
         value = loss(dict(zip(names, moved)), dict(zip(arch_names, arch_values)))
-        return torch.autograd.grad(value, arch_values)
+        return torch.autograd.grad(value, arch_values, allow_unused=True, materialize_grads=True)
 
     plus = arch_gradient(1.0)
     minus = arch_gradient(-1.0)
-    product = {name: (p - m) / (2.0 * eps) for name, p, m in zip(arch_names, plus, minus)}
+    product = {name: (p - m) / (2.0 * (seed_view(eps, p) if stacked else eps))
+               for name, p, m in zip(arch_names, plus, minus)}
     return product, eps
 
 
 class Bilevel:
-    """One search iteration: an architecture step, then a weight step.
+    """One search iteration: an architecture step, then a weight step, for one seed or several.
 
-    `model` is the supernet; `network` is what the weight step calls (the same model, or its
+    `model` is the supernet of a plain run (its own parameters are stepped), or `Seeds` (S seeds
+    stacked, `--together`); `network` is what a plain weight step calls (the same model, or its
     DistributedDataParallel wrapper). Under data parallelism the architecture gradients are
     averaged across ranks with one all-reduce. `hvp_scale` is DARTS's r in eps = r / ||v||.
 
     `step` runs as one CUDA graph replay (`attdarts.runs.graphs.CapturedStep`) when `graphs`
-    (default: `config.graphs`, True when the config has no such field) and the model is on CUDA
-    in one process; otherwise the same step runs eagerly. The weight update reads the learning
-    rate from a device tensor that `set_lr` writes, so the schedule never forces a re-capture;
-    Adam is `capturable` when captured.
+    (default: `config.graphs`, True when the config has no such field) and a plain model is on
+    CUDA in one process; otherwise the same step runs eagerly. The weight update reads the
+    learning rate from a device tensor that `set_lr` writes, so the schedule never forces a
+    re-capture; Adam is `capturable` when captured.
     """
 
     hvp_scale = 0.01
 
-    def __init__(self, model: Supernet, config: SearchConfig, *, network: torch.nn.Module | None = None,
-                 world_size: int = 1, graphs: bool | None = None) -> None:
-        self.model = model
-        self.network = network if network is not None else model
+    def __init__(self, model: nn.Module | Seeds, config: SearchConfig, *,
+                 network: nn.Module | None = None, world_size: int = 1,
+                 graphs: bool | None = None) -> None:
+        if isinstance(model, Seeds):
+            seeds = model
+        else:
+            device = next(model.parameters()).device
+            seeds = Seeds.own(model, method_generator(config.seed, device), network)
+        self.seeds = seeds
+        self.model = seeds.model  # the supernet the forward runs (a template when stacked)
+        self.network = seeds.network
         self.config = config
         self.world_size = world_size
-        self.weight_names = [name for name, _ in model.named_weights()]
-        self.arch_names = [name for name, _ in model.named_architecture()]
-        self.weight_params = model.weights()
-        self.arch_params = model.architecture()
-        self.methods = model.methods  # the space's search methods (their hooks)
-        device = self.weight_params[0].device
-        self.generator = method_generator(config.seed, device)
+        self.weight_names, self.arch_names = seeds.weight_names, seeds.arch_names
+        self.weight_params, self.arch_params = seeds.weights, seeds.arch
+        self.methods = self.model.methods  # the space's search methods (their hooks)
+        self.generator = seeds.generators[0]  # one seed's (the checkpoint keeps it)
         if config.clip == "authors" and world_size > 1:
             raise SearchError("the authors' clipping (--clip authors) runs in one process; "
                               "use --clip weights under torchrun")
         # the architecture gradients still held at the weight step (clip="authors"): none before
         # the first architecture step
         self._arch_leftover = [torch.zeros_like(param) for param in self.arch_params]
-        self.grad_norm: Tensor | None = None  # the last weight step's clip norm, on the device
+        self.grad_norm: Tensor | None = None  # the last weight step's clip norm(s), on the device
         # foreach: a few multi-tensor operations instead of four per each of the ~6,000 weight
         # tensors, on every device (torch picks it by itself only on CUDA)
         self.weight_optimizer = torch.optim.SGD(
@@ -196,9 +226,11 @@ class Bilevel:
             weight_decay=config.arch_weight_decay, foreach=True)
         self.weight_update = captured.CapturableSGD(self.weight_optimizer)
         wanted = getattr(config, "graphs", True) if graphs is None else graphs
-        self.captured = captured.CapturedStep(
-            self._step, enabled=wanted and captured.capture_possible(device, world_size=world_size),
-            generators=(self.generator,))
+        device = self.weight_params[0].device
+        possible = (captured.capture_possible(device, world_size=world_size)
+                    and not seeds.stacked and self.methods.capturable)
+        self.captured = captured.CapturedStep(self._step, enabled=wanted and possible,
+                                              generators=tuple(seeds.generators))
         captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
         # a capture that fails goes on eagerly (attdarts.runs.graphs), Adam as eager runs have it
         self.captured.listeners.append(
@@ -213,11 +245,21 @@ class Bilevel:
             group["lr"] = lr
         self.weight_update.refresh()
 
+    @property
+    def random(self) -> Random:
+        """The random numbers of this step: each seed's from its own method generator."""
+        return self.seeds.random()
+
+    def arch(self) -> dict[str, Tensor]:
+        """The architecture's current values (leaves) by parameter name."""
+        return dict(zip(self.arch_names, self.arch_params))
+
     # -- steps ----------------------------------------------------------------------------------
 
-    def step(self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor] | None
+    def step(self, weight_batch: Batch, arch_batch: Batch | None
              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(train loss, train correct, val loss, val correct) as device tensors, no sync.
+        """(train loss, train correct, val loss, val correct) as device tensors, no sync; each a
+        scalar, or one per seed when stacked.
 
         `arch_batch` None: a weight step only (the architecture's warm-up, `arch_start_epoch`);
         the val numbers are zeros then. Captured, the four tensors are the graph's outputs: read
@@ -233,19 +275,14 @@ class Bilevel:
         rate lives in a device tensor and never forces one."""
         return self.methods.capture_key()
 
-    @property
-    def random(self) -> Random:
-        """The random numbers of this run's steps (its method generator)."""
-        return Random([self.generator])
-
-    def _step(self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor] | None
+    def _step(self, weight_batch: Batch, arch_batch: Batch | None
               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The step itself: capture-safe (no host sync, no branch on a tensor's value). The
         methods draw once, before the first forward; every pass of the step uses that draw."""
-        draw = self.methods.draw(dict(zip(self.arch_names, self.arch_params)), self.random)
+        draw = self.methods.draw(self.arch(), self.random)
         if arch_batch is None:
             train_loss, train_logits = self.weight_step(weight_batch, draw)
-            zero = torch.zeros((), device=train_loss.device)
+            zero = torch.zeros_like(train_loss.detach())
             return train_loss.detach(), _correct(train_logits, weight_batch[1]), zero, zero
         if self.config.order == 2:
             val_loss, val_logits = self.architecture_step_second_order(weight_batch, arch_batch,
@@ -256,100 +293,92 @@ class Bilevel:
         return (train_loss.detach(), _correct(train_logits, weight_batch[1]),
                 val_loss.detach(), _correct(val_logits, arch_batch[1]))
 
-    def weight_step(self, batch: tuple[Tensor, Tensor], draw: Any = None
-                    ) -> tuple[Tensor, Tensor]:
-        """SGD on the weights; the clip norm counts the weights, or also alpha / beta ("authors").
-        The mixture weights are the step's, through the methods' `before_weight_step` (random
-        smoothing draws its noise here); the loss gets their `weight_loss`."""
+    def weight_step(self, batch: Batch, draw: Any = None) -> tuple[Tensor, Tensor]:
+        """SGD on the weights; the clip norm counts the weights, or also alpha / beta ("authors"),
+        each seed's own. The mixture weights are the step's, through the methods'
+        `before_weight_step` (random smoothing draws its noise here); the loss gets their
+        `weight_loss`."""
         images, labels = batch
         authors = self.config.clip == "authors"
         self._arch_requires_grad(authors)
         try:
             self.weight_optimizer.zero_grad(set_to_none=True)
-            weights = self.model.mixture_weights(draw=draw, weight_step=self.random)
-            logits = self.network(images, weights)
+            weights = self.model.mixture_weights(self.arch(), draw, weight_step=self.random)
+            logits = self.seeds.forward(images, weights)
             loss = _cross_entropy(logits, labels)
             extra = self.methods.weight_loss(weights)
-            (loss if extra is None else loss + extra).backward()
+            (loss.sum() if extra is None else loss.sum() + extra.sum()).backward()
+            grads = [param.grad for param in self.weight_params if param.grad is not None]
+            counted = list(grads)
             if authors:
-                self.grad_norm = self._clip_as_the_authors()
-            else:
-                self.grad_norm = torch.nn.utils.clip_grad_norm_(self.weight_params,
-                                                                self.config.grad_clip)
+                counted += self._arch_gradients_held()
+            self.grad_norm = self.seeds.clip(self.weight_params, counted, self.config.grad_clip)
             self.weight_update.step()  # torch's SGD, learning rate read from a device tensor
             self.methods.after_weight_step()
         finally:
             self._arch_requires_grad(True)
         return loss, logits.detach()
 
-    def _clip_as_the_authors(self) -> Tensor:
-        """Clip the weight gradients by the norm over the weights and alpha / beta (see above).
-
-        alpha / beta's gradients there: what the architecture step left (`_arch_leftover`) plus
-        this backward's ``grad_a L_train``. They are cleared afterwards; only the weights step.
-        """
-        arch_grads = []
+    def _arch_gradients_held(self) -> list[Tensor]:
+        """What the authors' clip counts beside the weights (see above): alpha / beta's gradients
+        as the architecture step left them (`_arch_leftover`) plus this backward's
+        ``grad_a L_train``. They are cleared here; only the weights step."""
+        held = []
         for param, leftover in zip(self.arch_params, self._arch_leftover):
             grad = param.grad
-            arch_grads.append(leftover if grad is None else leftover + grad)
+            held.append(leftover if grad is None else leftover + grad)
             param.grad = None
-        weight_grads = [param.grad for param in self.weight_params if param.grad is not None]
-        total = torch.nn.utils.get_total_norm([*weight_grads, *arch_grads])
-        torch.nn.utils.clip_grads_with_norm_(self.weight_params, self.config.grad_clip, total)
-        return total
+        return held
 
-    def architecture_step_first_order(self, batch: tuple[Tensor, Tensor], draw: Any = None
+    def architecture_step_first_order(self, batch: Batch, draw: Any = None
                                       ) -> tuple[Tensor, Tensor]:
         """Adam on the architecture with grad_a (L_val(w, a) + the methods' terms)."""
         images, labels = batch
-        arch = dict(zip(self.arch_names, self.arch_params))
-        weights = self.model.mixture_weights(draw=draw)
-        logits = self.model(images, weights)
+        arch = self.arch()
+        weights = self.model.mixture_weights(arch, draw)
+        logits = self.seeds.forward(images, weights)
         loss = _cross_entropy(logits, labels)
         extra = self.methods.architecture_loss(arch, weights)
-        grads = torch.autograd.grad(loss if extra is None else loss + extra, self.arch_params)
+        total = loss.sum() if extra is None else loss.sum() + extra.sum()
+        grads = torch.autograd.grad(total, self.arch_params, allow_unused=True,
+                                    materialize_grads=True)
         self._apply_arch_gradient(list(grads))
         return loss, logits.detach()
 
-    def architecture_step_second_order(
-        self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor],
-        draw: Any = None,
-    ) -> tuple[Tensor, Tensor]:
+    def architecture_step_second_order(self, weight_batch: Batch, arch_batch: Batch,
+                                       draw: Any = None) -> tuple[Tensor, Tensor]:
         grads, val_loss, val_logits = self.unrolled_gradient(weight_batch, arch_batch, draw)
-        arch = dict(zip(self.arch_names, self.arch_params))
+        arch = self.arch()
         with torch.enable_grad():
-            extra = self.methods.architecture_loss(arch, self.model.mixture_weights(draw=draw))
+            extra = self.methods.architecture_loss(arch, self.model.mixture_weights(arch, draw))
         if extra is not None:  # the methods' terms do not depend on the weights
             grads = [grad + term for grad, term in
-                     zip(grads, torch.autograd.grad(extra, self.arch_params, allow_unused=True,
-                                                    materialize_grads=True))]
+                     zip(grads, torch.autograd.grad(extra.sum(), self.arch_params,
+                                                    allow_unused=True, materialize_grads=True))]
         self._apply_arch_gradient(grads)
         return val_loss, val_logits
 
-    def unrolled_gradient(
-        self, weight_batch: tuple[Tensor, Tensor], arch_batch: tuple[Tensor, Tensor],
-        draw: Any = None,
-    ) -> tuple[list[Tensor], Tensor, Tensor]:
+    def unrolled_gradient(self, weight_batch: Batch, arch_batch: Batch, draw: Any = None
+                          ) -> tuple[list[Tensor], Tensor, Tensor]:
         """The second-order architecture gradient (one per `arch_params` entry), L_val, logits.
 
         DARTS's variant keeps the architecture where it is, so the mixture weights are made once
         (`made`, a graph from alpha / beta) and the passes differentiate with respect to copies
-        of them (`leaves`); the combined gradient goes back through the graph once. The
+        of them (`variables`); the combined gradient goes back through the graph once. The
         authors' variant moves the architecture: each pass makes the weights of its values.
         """
         if self.world_size > 1:
             raise SearchError("second-order search runs in one process; use --order 1 under torchrun")
-        config = self.config
+        config, seeds = self.config, self.seeds
         eta = self.weight_update.lr  # a device tensor: a captured step follows the schedule
         authors = config.second_order == "authors"
         weights = dict(zip(self.weight_names, self.weight_params))
-        arch = dict(zip(self.arch_names, self.arch_params))
-        # scratch BN buffers: the extra passes must not move the real running statistics
-        buffers = {name: buffer.clone() for name, buffer in self.model.named_buffers()}
+        arch = self.arch()
+        buffers = seeds.scratch_buffers()  # the extra passes must not move the real statistics
 
-        def forward(w: Mapping[str, Tensor], mixture: MixtureWeights, images: Tensor) -> Tensor:
-            return functional_call(self.model, (dict(w), buffers), (images,),
-                                   {"weights": mixture})
+        def loss_of(w: Mapping[str, Tensor], mixture: MixtureWeights, batch: Batch) -> Tensor:
+            logits = seeds.forward(batch[0], mixture, values=dict(w), buffers=buffers)
+            return _cross_entropy(logits, batch[1]), logits
 
         if authors:  # the passes' "architecture": alpha / beta themselves
             def mixture_of(a: Mapping[str, Tensor]) -> MixtureWeights:
@@ -359,23 +388,18 @@ class Bilevel:
             made = self.model.mixture_weights(arch, draw)
             variables, mixture_of = _leaves(made)
 
-        train_images, train_labels = weight_batch
-        val_images, val_labels = arch_batch
-
         # 1. virtual step on the training batch
         if authors:
             leaves = {**weights, **arch}
-            train_loss = _cross_entropy(forward(weights, mixture_of(arch), train_images),
-                                        train_labels)
-            grads = torch.autograd.grad(train_loss, list(leaves.values()))
+            train_loss, _ = loss_of(weights, mixture_of(arch), weight_batch)
+            grads = torch.autograd.grad(train_loss.sum(), list(leaves.values()))
             moved = virtual_step(leaves, dict(zip(leaves, grads)), eta=eta,
                                  weight_decay=config.weight_decay)
             virtual_weights = {name: moved[name] for name in self.weight_names}
             virtual = {name: moved[name].requires_grad_() for name in self.arch_names}
         else:
-            detached = pytree.tree_map_only(Tensor, lambda t: t.detach(), made)
-            train_loss = _cross_entropy(forward(weights, detached, train_images), train_labels)
-            grads = torch.autograd.grad(train_loss, self.weight_params)
+            train_loss, _ = loss_of(weights, tree_detach(made), weight_batch)
+            grads = torch.autograd.grad(train_loss.sum(), self.weight_params)
             momentum_buffers = {
                 name: self.weight_optimizer.state.get(param, {}).get("momentum_buffer")
                 for name, param in weights.items()}
@@ -388,25 +412,24 @@ class Bilevel:
             value.requires_grad_()
 
         # 2. validation loss at w' (and a' for the authors' variant)
-        val_logits = forward(virtual_weights, mixture_of(virtual), val_images)
-        val_loss = _cross_entropy(val_logits, val_labels)
+        val_loss, val_logits = loss_of(virtual_weights, mixture_of(virtual), arch_batch)
         names = list(virtual)
         values = [virtual[name] for name in names]
-        grads = torch.autograd.grad(val_loss, [*values, *virtual_weights.values()],
+        grads = torch.autograd.grad(val_loss.sum(), [*values, *virtual_weights.values()],
                                     allow_unused=True, materialize_grads=True)
         variable_grads, vector = grads[:len(values)], grads[len(values):]
 
-        # 3. finite-difference Hessian-vector product around (w, a); the authors' variant moves
-        # alpha / beta along their own validation gradient too
+        # 3. finite-difference Hessian-vector product around (w, a), eps per seed; the authors'
+        # variant moves alpha / beta along their own validation gradient too
         product, _ = hessian_vector_product(
-            lambda w, a: _cross_entropy(forward(w, mixture_of(a), train_images), train_labels),
+            lambda w, a: loss_of(w, mixture_of(a), weight_batch)[0].sum(),
             weights, variables, dict(zip(self.weight_names, vector)), r=self.hvp_scale,
-            arch_vector=dict(zip(names, variable_grads)) if authors else None)
+            arch_vector=dict(zip(names, variable_grads)) if authors else None, seeds=seeds)
         total = [g - eta.to(g.dtype) * product[name] for g, name in zip(variable_grads, names)]
         if authors:
             return total, val_loss, val_logits.detach()
         # 4. back through the weights' graph: d(weights)/d(alpha, beta) once
-        outputs = [made_value for made_value, _ in _pairs(made, variables)]
+        outputs = _made(made, variables)
         arch_grads = torch.autograd.grad(outputs, self.arch_params, grad_outputs=total,
                                          allow_unused=True, materialize_grads=True)
         return list(arch_grads), val_loss, val_logits.detach()
@@ -463,11 +486,12 @@ def _leaves(made: MixtureWeights) -> tuple[dict[str, Tensor], Callable[[Mapping[
     return leaves, rebuild
 
 
-def _pairs(made: MixtureWeights, leaves: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
-    """(made weight, its leaf) in the leaves' order."""
+def _made(made: MixtureWeights, leaves: Mapping[str, Tensor]) -> list[Tensor]:
+    """The weights of `made` that `leaves` copy, in the leaves' order."""
     flat, _ = pytree.tree_flatten(made)
-    return [(flat[int(key)], leaf) for key, leaf in leaves.items()]
+    return [flat[int(key)] for key in leaves]
 
 
 def _correct(logits: Tensor, labels: Tensor) -> Tensor:
-    return (logits.argmax(dim=1) == labels).sum()
+    """Correct predictions: a count, or one per seed."""
+    return (logits.argmax(dim=-1) == labels).sum(dim=-1)

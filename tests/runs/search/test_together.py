@@ -17,13 +17,14 @@ import torch
 from click.testing import CliRunner
 
 from attdarts.cli import cli
-from attdarts.language.transform import parse_file
+from attdarts.language.transform import parse_file, parse_text
 from attdarts.networks.supernet import compile_supernet
 from attdarts.runs import data
 from attdarts.runs.data import loaders
-from attdarts.runs.search import Bilevel, SearchConfig, SearchError, resume_search, run_seeds
-from attdarts.runs.search import together
-from attdarts.runs.search.together import StackedBilevel, TogetherSearch, clip_per_seed
+from attdarts.runs.search import Bilevel, SearchConfig, resume_search, run_seeds
+from attdarts.runs.search.bilevel import method_generator
+from attdarts.runs.search.seeds import Seeds, clip_per_seed
+from attdarts.runs.search.together import TogetherSearch
 
 SPACE = """\
 space tiny {
@@ -187,9 +188,10 @@ def test_together_equals_separate_runs_in_float32(space_file, tmp_path):
     (1, "darts", "weights"), (1, "darts", "authors"), (2, "darts", "weights"),
     (2, "authors", "authors")])
 def test_stacked_steps_equal_bilevel_steps(space_file, order, second_order, clip):
-    """One `Bilevel` per seed against `StackedBilevel`, three iterations in float64, with a clip
-    small enough to act: first order, both clip variants (the authors' counts alpha / beta's
-    gradients in each seed's norm), both second-order variants (eps per seed)."""
+    """One `Bilevel` per seed against one `Bilevel` on the stacked seeds, three iterations in
+    float64, with a clip small enough to act: first order, both clip variants (the authors'
+    counts alpha / beta's gradients in each seed's norm), both second-order variants (eps per
+    seed)."""
     space = parse_file(space_file).space()
     config = tiny_config(space_file, clip=clip, grad_clip=0.05, order=order,
                          second_order=second_order)
@@ -203,21 +205,28 @@ def test_stacked_steps_equal_bilevel_steps(space_file, order, second_order, clip
                  torch.randint(0, 10, (2, 4), generator=generator)),
                 (torch.randn(2, 4, 3, 8, 8, generator=generator, dtype=torch.float64),
                  torch.randint(0, 10, (2, 4), generator=generator))) for _ in range(3)]
-    stacked = StackedBilevel(models, config)
+    stacked = stacked_bilevel(models, config)
     separate = [Bilevel(model, config) for model in models]
     for weight_batch, arch_batch in batches:
-        stats = stacked.step(weight_batch, arch_batch)
+        stats = torch.stack(stacked.step(weight_batch, arch_batch))
         for seed, bilevel in enumerate(separate):
             own = bilevel.step(*((x[seed], y[seed]) for x, y in (weight_batch, arch_batch)))
             torch.testing.assert_close(stats[:, seed], torch.stack([v.double() for v in own]))
             assert bilevel.grad_norm > config.grad_clip  # the clip acted
             torch.testing.assert_close(stacked.grad_norm[seed], bilevel.grad_norm)
+    seeds = stacked.seeds
     for seed, model in enumerate(models):
         state = model.state_dict()
-        for name, value in zip(stacked.weight_names + stacked.arch_names + stacked.buffer_names,
-                               stacked.weights + stacked.arch + stacked.buffers):
+        for name, value in zip(seeds.weight_names + seeds.arch_names + seeds.buffer_names,
+                               seeds.weights + seeds.arch + seeds.buffers):
             torch.testing.assert_close(value[seed].detach(), state[name], rtol=1e-10,
                                        atol=1e-12, msg=name)
+
+
+def stacked_bilevel(models, config) -> Bilevel:
+    """The step on the seeds' values stacked, each seed with the generator its own run has."""
+    return Bilevel(Seeds.stack(models, [method_generator(config.seed, "cpu") for _ in models]),
+                   config)
 
 
 def test_clip_uses_each_seeds_own_norm():
@@ -247,16 +256,16 @@ def test_batch_norm_keeps_each_seeds_running_statistics(space_file):
     for seed in SEEDS:
         torch.manual_seed(seed)
         models.append(compile_supernet(space, channels=4, layers=3, input_size=8).double())
-    stacked = StackedBilevel(models, tiny_config(space_file))
+    seeds = stacked_bilevel(models, tiny_config(space_file)).seeds
     images = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64)
-    stacked.logits(images)
-    stem = stacked.buffer_names.index("stem.1.running_mean")
+    seeds.forward(images, seeds.model.mixture_weights(dict(zip(seeds.arch_names, seeds.arch))))
+    stem = seeds.buffer_names.index("stem.1.running_mean")
     for seed, model in enumerate(models):
         features = model.stem[0](images[seed])
         expected = 0.1 * features.mean(dim=(0, 2, 3))  # from a zero running mean
-        torch.testing.assert_close(stacked.buffers[stem][seed], expected.detach())
+        torch.testing.assert_close(seeds.buffers[stem][seed], expected.detach())
         model(images[seed])
-        for name, value in zip(stacked.buffer_names, stacked.buffers):
+        for name, value in zip(seeds.buffer_names, seeds.buffers):
             torch.testing.assert_close(value[seed], model.state_dict()[name], msg=name)
 
 
@@ -271,7 +280,7 @@ class Stop(Exception):
 def interrupted(space_file: Path, out: Path, after_steps: int, monkeypatch) -> None:
     """A together run killed inside its `after_steps + 1`-th iteration (checkpoints every step)."""
     calls = []
-    original = StackedBilevel.step
+    original = TogetherSearch.step
 
     def step(self, *batches):
         if len(calls) == after_steps:
@@ -280,7 +289,7 @@ def interrupted(space_file: Path, out: Path, after_steps: int, monkeypatch) -> N
         return original(self, *batches)
 
     with monkeypatch.context() as patch:
-        patch.setattr(StackedBilevel, "step", step)
+        patch.setattr(TogetherSearch, "step", step)
         with pytest.raises(Stop):
             run_seeds(tiny_config(space_file), SEEDS, out, device="cpu",
                       dataset=tiny_images(), together=True)
@@ -332,13 +341,88 @@ def test_resume_of_seeds_stopped_at_different_points_goes_one_by_one(
 # What together refuses, and the command line
 
 
-def test_space_options_acting_in_the_step_are_refused_before_writing(tmp_path):
-    beta = tmp_path / "beta.geno"
-    beta.write_text(SPACE.replace("mixing = sum", "mixing = sum\n    beta_decay = 0.5"))
-    with pytest.raises(SearchError, match="beta_decay"):
-        run_seeds(tiny_config(beta), SEEDS, tmp_path / "b", device="cpu",
-                  dataset=tiny_images(), together=True)
-    assert not (tmp_path / "b").exists()
+EVERY_METHOD = SPACE.replace("mixing = sum", """mixing = sum
+    methods = [partial_channels(k=2), edge_normalisation, auxiliary_skip(decay=linear),
+               auxiliary_identity(decay=cosine), beta_decay(lambda=0.5), smoothing,
+               max_skip_connect(n=1), max_identity(n=1)]""")
+
+
+def test_stacked_step_with_every_method_equals_bilevel_steps(tmp_path):
+    """Every search method's hooks in the stacked step (each seed's noise from its own
+    generator, the methods' epoch values set): two iterations, float64, against one `Bilevel`
+    per seed."""
+    space = parse_text(EVERY_METHOD).space()
+    config = tiny_config(tmp_path / "unused.geno")
+    models = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        models.append(compile_supernet(space, channels=4, layers=3, input_size=8,
+                                       init="randn").double())
+    stacked = stacked_bilevel(models, config)
+    separate = [Bilevel(model, config) for model in models]
+    for bilevel in (stacked, *separate):
+        assert bilevel.methods.epoch_start(1, 3)["smoothing"] > 0
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        weight_batch, arch_batch = ((torch.randn(2, 4, 3, 8, 8, generator=generator,
+                                                 dtype=torch.float64),
+                                     torch.randint(0, 10, (2, 4), generator=generator))
+                                    for _ in range(2))
+        stats = torch.stack(stacked.step(weight_batch, arch_batch))
+        for seed, bilevel in enumerate(separate):
+            own = bilevel.step(*((x[seed], y[seed]) for x, y in (weight_batch, arch_batch)))
+            torch.testing.assert_close(stats[:, seed], torch.stack([v.double() for v in own]))
+    seeds = stacked.seeds
+    for seed, (model, bilevel) in enumerate(zip(models, separate)):
+        state = model.state_dict()
+        for name, value in zip(seeds.weight_names + seeds.arch_names,
+                               seeds.weights + seeds.arch):
+            torch.testing.assert_close(value[seed].detach(), state[name], rtol=1e-10,
+                                       atol=1e-12, msg=name)
+        assert torch.equal(seeds.generators[seed].get_state(), bilevel.generator.get_state())
+
+
+@pytest.mark.slow  # four runs of two seeds
+@pytest.mark.parametrize("order", [1, 2])
+def test_every_method_together_equals_separate_runs_in_float64(tmp_path, order):
+    """Every search method at once (partial channels, edge normalisation, DARTS-'s terms,
+    beta-decay, random smoothing's per-seed noise, the caps) and the architecture warm-up: each
+    seed's files and checkpoint, its method generator included, are its own run's."""
+    space_file = tmp_path / "every.geno"
+    space_file.write_text(EVERY_METHOD)
+    config = tiny_config(space_file, order=order, epochs=3, arch_start_epoch=1)
+    with in_float64():
+        run_seeds(config, SEEDS, tmp_path / "separate", device="cpu", dataset=tiny_images())
+        run_seeds(config, SEEDS, tmp_path / "together", device="cpu", dataset=tiny_images(),
+                  together=True)
+    assert_same_run(tmp_path / "separate", tmp_path / "together", rtol=1e-10, atol=1e-12)
+    metrics = json.loads((tmp_path / "together" / "seed-1" / "metrics.jsonl").read_text()
+                         .splitlines()[-1])
+    assert {"auxiliary_skip", "auxiliary_identity", "beta_decay", "smoothing"} <= set(metrics)
+
+
+def test_a_seed_that_stops_early_is_finished_and_the_others_go_on(tmp_path, monkeypatch):
+    """DARTS+ in one seed only: its directory ends at its stop, the other seed's run goes on,
+    each as its own run (the stop steered by hand, before each epoch)."""
+    space_file = tmp_path / "stop.geno"
+    space_file.write_text(SPACE.replace("mixing = sum", "mixing = sum\n    methods = [stop_at_skips]"))
+    run_epoch = TogetherSearch.run_epoch
+
+    def steered(self):
+        seeds = self.bilevel.seeds
+        alpha = seeds.arch[seeds.arch_names.index("arch.alpha_normal")]
+        with torch.no_grad():  # seed 1 favours skip_connect from epoch 1 (0-based) on
+            alpha[0, :, 2] = 3.0 if self.epoch >= 1 else -3.0
+            alpha[1, :, 2] = -3.0
+        return run_epoch(self)
+
+    monkeypatch.setattr(TogetherSearch, "run_epoch", steered)
+    config = tiny_config(space_file, epochs=4, checkpoint_every=0)
+    results = run_seeds(config, SEEDS, tmp_path / "together", device="cpu",
+                        dataset=tiny_images(), together=True)
+    assert [result.epochs for result in results] == [2, 4]
+    assert results[0].metrics["stopped_early"]["epoch"] == 2
+    assert "stopped_early" not in results[1].metrics
 
 
 def test_cli_together(space_file, tmp_path):
@@ -349,13 +433,11 @@ def test_cli_together(space_file, tmp_path):
     result = runner.invoke(cli, ["search", *common, "--together", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "give them with --seeds" in result.output
     smooth = tmp_path / "smooth.geno"
-    smooth.write_text(SPACE.replace("mixing = sum", "mixing = sum\n    smoothing = 0.03"))
+    smooth.write_text(SPACE.replace("mixing = sum", "mixing = sum\n    methods = [smoothing]"))
     result = runner.invoke(cli, ["search", str(smooth), *common[1:], "--together", "--seeds",
                                  "1,2", "--out", str(tmp_path / "y")])
-    assert result.exit_code == 1 and not (tmp_path / "y").exists()
-    assert result.output.strip().splitlines() == [
-        "Error: --together does not run the search method(s) smoothing of space 'tiny' yet; run "
-        "its seeds without --together"]
+    assert result.exit_code == 0, result.output  # every method runs together
+    assert (tmp_path / "y" / "seed-2" / "genotype.geno").is_file()
     result = runner.invoke(cli, ["search", *common, "--together", "--seeds", "3,4", "--order",
                                  "2", "--out", str(tmp_path / "z")])
     assert result.exit_code == 0, result.output
@@ -365,22 +447,22 @@ def test_cli_together(space_file, tmp_path):
         assert (tmp_path / "z" / f"seed-{seed}" / "genotype.geno").is_file()
 
 
-def test_grouped_cells_probe_tells_whether_a_grouped_supernet_runs_under_vmap(space_file):
-    """Where the probe says no, a grouped supernet fails under vmap, and the stacked step runs a
-    plain template instead; where it says yes, grouped runs and gives the plain cells' result."""
+def test_grouped_cells_run_under_vmap_and_equal_the_plain_cells(space_file):
+    """The grouped cells' running-statistics write-back runs under vmap (one operation per
+    tensor there), so the seeds run grouped: the same logits and statistics as plain cells."""
     space = parse_file(space_file).space()
     torch.manual_seed(0)
     model = compile_supernet(space, channels=4, layers=3, input_size=8, grouped=True).double()
-    stacked = StackedBilevel([model, model], tiny_config(space_file))
+    seeds = stacked_bilevel([model, model], tiny_config(space_file)).seeds
+    assert seeds.model.grouped
     images = torch.randn(2, 4, 3, 8, 8, dtype=torch.float64)
-    assert model.grouped  # the seed's own supernet is left as it is
-    if not together.grouped_cells_vmap():
-        assert not stacked.template.grouped
-        stacked.template.set_grouped(True)
-        with pytest.raises(RuntimeError, match="Batching rule not implemented"):
-            stacked.logits(images)
-        return
-    assert stacked.template.grouped
-    grouped = stacked.logits(images)
-    stacked.template.set_grouped(False)
-    torch.testing.assert_close(stacked.logits(images), grouped)
+    weights = seeds.model.mixture_weights(dict(zip(seeds.arch_names, seeds.arch)))
+    before = [buffer.clone() for buffer in seeds.buffers]
+    grouped = seeds.forward(images, weights)
+    after_grouped = [buffer.clone() for buffer in seeds.buffers]
+    for buffer, value in zip(seeds.buffers, before):
+        buffer.copy_(value)
+    seeds.model.set_grouped(False)
+    torch.testing.assert_close(seeds.forward(images, weights), grouped)
+    for name, plain, fast in zip(seeds.buffer_names, seeds.buffers, after_grouped):
+        torch.testing.assert_close(fast, plain, msg=name)
