@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from attdarts.language import catalog
+from attdarts.language import catalog, methods
 
 __all__ = ["ENVIRONMENT", "GROUP", "Plugin", "load", "loaded", "tables"]
 
@@ -64,9 +64,8 @@ _LOADED: dict[str, Plugin] = {}  # by target: each module is loaded once per pro
 
 
 def tables() -> list[dict]:
-    """The registration tables a failed plug-in's entries are taken out of again. A new table
-    of names (the search methods') is added here."""
-    return [catalog.OPERATIONS, catalog.ATTENTIONS, catalog.DATASETS]
+    """The registration tables a failed plug-in's entries are taken out of again."""
+    return [catalog.OPERATIONS, catalog.ATTENTIONS, catalog.DATASETS, methods.METHODS]
 
 
 def loaded() -> tuple[Plugin, ...]:

@@ -375,3 +375,53 @@ def test_a_factory_that_cannot_be_imported_is_one_line_naming_its_plugin(plugin_
     assert ("attention 'bad_gate' (from 'bad_factory_plugin'): cannot import its factory "
             "no_such_module_here:bad_gate (ModuleNotFoundError: No module named "
             "'no_such_module_here')") in result.stderr
+
+
+def test_a_plugin_adds_a_search_method_used_like_a_built_in_one(plugin_dir, one_thread):
+    """A search method from a plug-in: one catalog entry (credited to the plug-in) and one module
+    with its `SearchMethod`; a space lists it, its settings are checked like built-in ones, and a
+    supernet runs its hook. A plug-in that fails after registering one leaves no trace."""
+    import torch
+
+    from attdarts.language import methods
+    from attdarts.networks.supernet import compile_supernet
+
+    _write(plugin_dir, "sharp_plugin.py", '''
+        from attdarts.language.catalog import Parameter
+        from attdarts.language.methods import Method, register
+        register(Method("sharp_softmax", "a test", "softmax of alpha * t",
+                        "layers_of_sharp:SharpSoftmax",
+                        settings={"t": Parameter(float, 2.0, minimum=0.0)}))
+    ''')
+    _write(plugin_dir, "layers_of_sharp.py", '''
+        import torch
+        from attdarts.networks.methods import SearchMethod
+
+        class SharpSoftmax(SearchMethod):
+            def normalise(self, kind, raw, cell, draw):
+                return torch.softmax(raw * self.settings["t"], dim=-1)
+    ''')
+    (plugin,), warnings = _load("sharp_plugin")
+    assert warnings == [] and methods.METHODS["sharp_softmax"].origin == "sharp_plugin"
+    text = ("space s {\n    operations = [none, skip_connect, avg_pool_3x3]\n"
+            "    nodes = 2\n    location = no_attention\n    methods = [METHOD]\n}\n")
+    with pytest.raises(DslError, match="did you mean 'sharp_softmax'"):
+        parse_text(text.replace("METHOD", "sharp_softmx"))
+    with pytest.raises(DslError, match="'t' of sharp_softmax is -1"):
+        parse_text(text.replace("METHOD", "sharp_softmax(t=-1)"))
+    space = parse_text(text.replace("METHOD", "sharp_softmax(t=3)")).space()
+    model = compile_supernet(space, channels=4, layers=2, num_classes=3, input_size=8)
+    with torch.no_grad():
+        model.arch.tensor("alpha", "normal").copy_(torch.tensor([[0.0, 1.0, 0.0]] * 5))
+    weights = model.normalised_architecture()["normal"]["alpha"]
+    assert torch.allclose(weights[0], torch.softmax(torch.tensor([0.0, 3.0, 0.0]), dim=-1))
+    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 3)
+
+    _write(plugin_dir, "half_plugin.py", '''
+        from attdarts.language.methods import Method, register
+        register(Method("half_method", "a test", "never used", "nowhere:Half"))
+        raise RuntimeError("broken after registering")
+    ''')
+    _, warnings = _load("half_plugin")
+    assert len(warnings) == 1 and "half_plugin" in warnings[0]
+    assert "half_method" not in methods.METHODS

@@ -10,6 +10,8 @@ Candidate order in a search is taken from the space declaration, not from here.
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 import re
 from collections.abc import Callable, Iterator
@@ -26,6 +28,36 @@ class Parameter:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+
+    def problem(self, name: str, value: object) -> str | None:
+        """Why `value` cannot be this parameter (one line naming it as `name`, e.g. "'k' of
+        partial_channels"), or None. The one check of every keyword argument and setting."""
+        if self.kind is str:
+            if self.choices and value not in self.choices:
+                return f"{name} must be one of {', '.join(self.choices)}, got {value!r}"
+            return None
+        whole = self.kind is int
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (whole and not isinstance(value, int)) or not math.isfinite(value):
+            noun = "a whole number" if whole else "a number"
+            return f"{name} must be {noun}, {self.range()}, got {value!r}"
+        low, high = self.minimum, self.maximum
+        if (low is not None and value < low) or (high is not None and value > high):
+            return f"{name} is {value}; it must be {self.range()}"
+        return None
+
+    def range(self) -> str:
+        """The values allowed, in words: "from 1 to 64", "at least 0", "any value"."""
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            return f"from {_number(low)} to {_number(high)}"
+        if high is not None:
+            return f"at most {_number(high)}"
+        return f"at least {_number(low)}" if low is not None else "any value"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 _REDUCTION = Parameter(int, 16, minimum=1)
@@ -136,7 +168,7 @@ ATTENTIONS: dict[str, Entry] = {entry.name: entry for entry in (
 
 _TABLES = {"operation": OPERATIONS, "attention": ATTENTIONS}
 
-_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")  # lower_snake: a DSL token (STYLE.md section 9)
+DSL_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")  # lower_snake: a DSL token (STYLE.md section 9)
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 _LOADING: list[str] = []  # the plug-in being loaded (attdarts.plugins), innermost last
 
@@ -169,13 +201,13 @@ def register(entry: Entry) -> Entry:
     """
     if entry.kind not in _TABLES:
         raise ValueError(f"an entry's kind is 'operation' or 'attention', not {entry.kind!r}")
-    if not _NAME.match(entry.name):
+    if not DSL_NAME.match(entry.name):
         raise ValueError(f"{entry.kind} name {entry.name!r} is not a lower_snake DSL name")
     if not _FACTORY.match(entry.factory):
         raise ValueError(f"{entry.kind} {entry.name!r}: factory {entry.factory!r} is not a "
                          "dotted path 'package.module:function'")
     for key, parameter in entry.parameters.items():
-        if parameter.kind not in (int, float, str) or not _NAME.match(key):
+        if parameter.kind not in (int, float, str) or not DSL_NAME.match(key):
             raise ValueError(f"{entry.kind} {entry.name!r}: keyword {key!r} must be a lower_snake "
                              "name of type int, float or str")
     entry = replace(entry, origin=plugin_origin(entry.origin))

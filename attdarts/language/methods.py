@@ -26,12 +26,11 @@ Torch-free and IR-free (the IR imports this module).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from attdarts.language.catalog import DuplicateNameError, Parameter
+from attdarts.language.catalog import DSL_NAME, DuplicateNameError, Parameter, plugin_origin
 from attdarts.language.errors import Problem, Span, suggest
 from attdarts.language.locations import ATTENTIONS as ATTENTION_MIXTURE
 from attdarts.language.locations import OPERATIONS as OPERATION_MIXTURE
@@ -78,8 +77,12 @@ def register(method: Method) -> Method:
     """Add a search method to the catalog (a plug-in's one line; attdarts registers its own here).
 
     Raises `catalog.DuplicateNameError`, naming who registered the name first, when the name is
-    taken: a DSL token names one method.
+    taken: a DSL token names one method. A method registered while a plug-in loads gets that
+    plug-in as its origin (`catalog.plugin_origin`).
     """
+    if not DSL_NAME.match(method.name):
+        raise ValueError(f"search method name {method.name!r} is not a lower_snake DSL name")
+    method = replace(method, origin=plugin_origin(method.origin))
     existing = METHODS.get(method.name)
     if existing is not None:
         raise DuplicateNameError(
@@ -102,20 +105,7 @@ def resolved(call: Call) -> dict[str, Any]:
 
 def setting_problem(method: str, key: str, parameter: Parameter, value: object) -> str | None:
     """Why `value` is not a valid setting `key` of `method` (one line), or None."""
-    where = f"'{key}' of {method}"
-    if parameter.kind is str:
-        if parameter.choices and value not in parameter.choices:
-            return f"{where} must be one of {', '.join(parameter.choices)}, got {value!r}"
-        return None
-    whole = parameter.kind is int
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or (whole and not isinstance(value, int)) or not math.isfinite(value):
-        noun = "a whole number" if whole else "a number"
-        return f"{where} must be {noun}, {_range(parameter)}, got {value!r}"
-    low, high = parameter.minimum, parameter.maximum
-    if (low is not None and value < low) or (high is not None and value > high):
-        return f"{where} is {value}; it must be {_range(parameter)}"
-    return None
+    return parameter.problem(f"'{key}' of {method}", value)
 
 
 def settings_hint(method: Method, key: str) -> str:
@@ -128,23 +118,10 @@ def settings_hint(method: Method, key: str) -> str:
     return f"'{method.name}' takes " + ", ".join(method.settings)
 
 
-def _range(parameter: Parameter) -> str:
-    low, high = parameter.minimum, parameter.maximum
-    if low is not None and high is not None:
-        return f"from {_number(low)} to {_number(high)}"
-    if high is not None:
-        return f"at most {_number(high)}"
-    return f"at least {_number(low)}" if low is not None else "any value"
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
 def setting_text(key: str, parameter: Parameter) -> str:
     """A setting as README's table shows it: `k=4` (1 to 64)."""
     allowed = (" or ".join(parameter.choices) if parameter.choices
-               else _range(parameter).removeprefix("from "))
+               else parameter.range().removeprefix("from "))
     return f"`{key}={parameter.default}` ({allowed})"
 
 
@@ -306,19 +283,12 @@ class Option:
                 return value, None
             return None, f"'{self.key}' must be one of " + ", ".join(self.choices)
         whole = self.kind == "int"
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or (whole and not isinstance(value, int)) or not math.isfinite(value):
-            noun = "a whole number" if whole else "a number"
-            return None, f"'{self.key}' must be {noun}, {self._range()}"
-        if (self.minimum is not None and value < self.minimum) or (
-                self.maximum is not None and value > self.maximum):
-            return None, f"'{self.key}' is {value}; it must be {self._range()}"
+        parameter = Parameter(int if whole else float, self.default, minimum=self.minimum,
+                              maximum=self.maximum)
+        problem = parameter.problem(f"'{self.key}'", value)
+        if problem is not None:
+            return None, problem
         return (int(value) if whole else float(value)), None
-
-    def _range(self) -> str:
-        if self.maximum is not None:
-            return f"from {_number(self.minimum)} to {_number(self.maximum)}"
-        return f"at least {_number(self.minimum)}"
 
 
 LEGACY_OPTIONS: dict[str, Option] = {option.key: option for option in (

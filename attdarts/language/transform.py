@@ -481,18 +481,10 @@ class _Builder:
 
 
 def _check_value(parameter: catalog.Parameter, key: str, value, span) -> Problem | None:
-    if parameter.kind is int:
-        if not isinstance(value, int):
-            return Problem(f"'{key}' must be a whole number, got {value!r}", span)
-        if parameter.minimum is not None and value < parameter.minimum:
-            return Problem(f"'{key}' must be at least {parameter.minimum:g}, got {value}", span)
-    elif parameter.kind is float:
-        if not isinstance(value, (int, float)):
-            return Problem(f"'{key}' must be a number, got {value!r}", span)
-    elif parameter.choices and value not in parameter.choices:
-        return Problem(f"'{key}' must be one of " + ", ".join(parameter.choices) + f", got {value!r}",
-                       span, suggest(str(value), parameter.choices))
-    return None
+    message = parameter.problem(f"'{key}'", value)
+    if message is None:
+        return None
+    return Problem(message, span, suggest(str(value), parameter.choices) if parameter.choices else None)
 
 
 _ESCAPES = {"n": "\n", "t": "\t"}

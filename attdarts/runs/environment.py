@@ -22,7 +22,7 @@ A resumed run keeps the record of its start and appends the environment it resum
 `resumed`, each entry with `resumed_at` (the epoch it continues, 1-based, and the steps of that
 epoch already done): a run continued on another machine, or with another torch, can be told
 apart. `attdarts report` shows the records and names the fields in which runs (or the sessions of
-one run) differ. Reading (`read`, `sessions`) is torch-free; `collect` imports torch when called.
+one run) differ. Reading (`attdarts.records.read`, `sessions`) is torch-free; `collect` imports torch when called.
 """
 
 from __future__ import annotations
@@ -39,27 +39,20 @@ from pathlib import Path
 from typing import Any
 
 from attdarts.files import atomic_write_text
+from attdarts.records import (  # noqa: F401 - the record's names, re-exported
+    COMPARED, ENVIRONMENT, FIELDS, RESUMED, read, sessions,
+)
 
-ENVIRONMENT = "environment.json"
-RESUMED = "resumed"
-# the fields of a record, in the order they are written and shown; `time` always differs and is
-# not compared
-FIELDS = ("attdarts", "commit", "python", "platform", "torch", "torchvision", "cpu",
-          "cpu_capability", "device", "cuda_device", "cuda", "threads", "world_size",
-          "deterministic", "graphs", "time")
-COMPARED = tuple(name for name in FIELDS if name != "time")
 
 
 def collect(device: Any, *, world_size: int = 1, graphs: str = "off") -> dict[str, Any]:
     """The environment of a run on `device` now (torch's global settings as the run has them)."""
     import torch
 
-    import attdarts
-
     device = torch.device(device)
     on_cuda = device.type == "cuda" and torch.cuda.is_available()
     return {
-        "attdarts": attdarts.__version__,
+        "attdarts": _distribution_version("attdarts"),
         "commit": checkout_commit(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -104,25 +97,6 @@ def note_graphs(run_dir: str | os.PathLike, graphs: str) -> None:
     current = content[RESUMED][-1] if content.get(RESUMED) else content
     current["graphs"] = graphs
     atomic_write_text(Path(run_dir) / ENVIRONMENT, json.dumps(content, indent=2) + "\n")
-
-
-def read(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run's record; None when it has none (a run of an older attdarts) or it is not a JSON
-    object."""
-    try:
-        content = json.loads((Path(run_dir) / ENVIRONMENT).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return content if isinstance(content, dict) else None
-
-
-def sessions(content: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The run's sessions in order: its start (when recorded), then each resume."""
-    if content is None:
-        return []
-    start = {key: value for key, value in content.items() if key != RESUMED}
-    resumed = [entry for entry in content.get(RESUMED, []) if isinstance(entry, dict)]
-    return ([start] if start else []) + resumed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ checkpoints:
   config.json: without the auxiliary head, the number papers report);
 - a search run (config.json with `space_file`, space.geno, metrics.jsonl with `val_accuracy` per
   epoch, genotype.geno): its architecture-batch accuracy at the last epoch and the cells it derived
-  (in percent; records of older runs, in fractions, are read as `attdarts.runs.units` says).
+  (in percent; records of older runs, in fractions, are read as `attdarts.records` says).
 
 Trainings of the same cells on the same data and recipe (dataset, C, L, epochs) form one row:
 test error mean +- standard deviation over the runs, and the best (lowest) of them, as the papers'
@@ -34,7 +34,7 @@ from attdarts.language.errors import DslError
 from attdarts.language.ir import CELL_KINDS, Genotype
 from attdarts.language.printer import cell_lines
 from attdarts.language.transform import parse_text
-from attdarts.runs import environment, units
+from attdarts import records as recorded
 from attdarts.tools import consensus
 
 STD_KINDS = ("sample", "population")
@@ -142,7 +142,7 @@ def read_runs(paths: Iterable[str | Path]) -> Report:
             report.searches.append(read_search(path))
         else:
             report.trainings.append(read_training(path))
-        report.environments[str(path)] = environment.sessions(environment.read(path))
+        report.environments[str(path)] = recorded.sessions(recorded.read(path))
     return report
 
 
@@ -221,7 +221,7 @@ def read_training(path: Path) -> TrainingRun:
 def read_search(path: Path) -> SearchRun:
     config = _json(path / "config.json")
     records = _metrics(path / "metrics.jsonl")
-    accuracy = _field([units.in_percent(record) for record in records], "val_accuracy",
+    accuracy = _field([recorded.in_percent(record) for record in records], "val_accuracy",
                       path / "metrics.jsonl")
     genotype = _genotype(path)
     space = config.get("space") or Path(str(config.get("space_file", "?"))).stem
@@ -415,11 +415,11 @@ def environment_summary(environments: dict[str, list[dict]]) -> dict:
     for path, sessions in environments.items():
         for session in sessions:
             row = {"run": path, "resumed_at": session.get("resumed_at")}
-            row.update({name: session.get(name) for name in environment.FIELDS})
+            row.update({name: session.get(name) for name in recorded.FIELDS})
             rows.append(row)
-    differ = [name for name in environment.COMPARED
+    differ = [name for name in recorded.COMPARED
               if len({json.dumps(row[name]) for row in rows}) > 1]
-    common = {name: rows[0][name] for name in environment.COMPARED
+    common = {name: rows[0][name] for name in recorded.COMPARED
               if rows and name not in differ}
     return {"differ": differ, "common": common, "sessions": rows,
             "not_recorded": [path for path, sessions in environments.items() if not sessions]}

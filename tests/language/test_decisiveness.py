@@ -300,8 +300,8 @@ def test_derived_genotypes_keep_positive_margins_at_every_location(location, edg
     margin of a genotype derived from the same weights is >= 0, at every location."""
     import torch
 
-    from attdarts.networks.derive import derive_genotype
-    from attdarts.networks.supernet import column_names, normalise
+    from attdarts.networks.derive import derivation_weights, derive_genotype
+    from attdarts.networks.supernet import column_names
 
     text = SPACE.replace("after_every", location)
     if edge_normalisation:
@@ -314,9 +314,9 @@ def test_derived_genotypes_keep_positive_margins_at_every_location(location, edg
                                         generator=generator, dtype=torch.float64)
                       for name, names in columns.items()} for kind in ("normal", "reduce")}
     genotype = derive_genotype(tensors, space)
-    weights = {kind: {name: normalise(name, tensor, space.nodes).reshape(
-        -1, tensor.shape[-1]).tolist() for name, tensor in kinds.items()}
-        for kind, kinds in tensors.items()}
+    weights = {kind: {name: tensor.reshape(-1, tensor.shape[-1]).tolist()
+                      for name, tensor in kinds.items()}
+               for kind, kinds in derivation_weights(tensors, space).items()}
     result = dec.decide(space, genotype, weights)
     assert len(result.edges) == 8
     for edge in result.edges:

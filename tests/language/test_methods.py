@@ -143,7 +143,7 @@ def test_an_option_set_twice_is_an_error():
 @pytest.mark.parametrize("line, expected", [
     ("partial_channels = 0", "'partial_channels' is 0; it must be from 1 to 64"),
     ("partial_channels = 65", "'partial_channels' is 65; it must be from 1 to 64"),
-    ("partial_channels = 2.5", "'partial_channels' must be a whole number, from 1 to 64"),
+    ("partial_channels = 2.5", "'partial_channels' must be a whole number, from 1 to 64, got 2.5"),
     ("max_skip_connect = -1", "'max_skip_connect' is -1; it must be at least 0"),
     ("stop_at_skips = 0", "'stop_at_skips' is 0; it must be at least 1"),
     ("beta_decay = -0.5", "'beta_decay' is -0.5; it must be at least 0"),

@@ -212,7 +212,7 @@ def _genotype(attention: str) -> str:
     ("eca(kernel_size=4)", "g.geno:3:36: 'kernel_size' must be odd (or 0 for ECA-Net's rule"),
     ("simam(e_lambda=0)", "g.geno:3:36: 'e_lambda' must be positive"),
     ("simam(e_lambda=-0.5)", "g.geno:3:36: 'e_lambda' must be positive"),
-    ("coord_attention(reduction=0)", "'reduction' must be at least 1"),
+    ("coord_attention(reduction=0)", "'reduction' is 0; it must be at least 1"),
     ("coord_attention(minimum_width=2.5)", "'minimum_width' must be a whole number"),
 ])
 def test_settings_the_modules_cannot_take_are_located_errors(attention, message):

@@ -17,7 +17,7 @@ from attdarts.cli import cli
 from attdarts.language.transform import parse_file
 from attdarts.runs import data, environment, runtime, search, train
 from attdarts.runs.search.loop import SearchRun
-from attdarts.runs.train import loop as train_loop
+from attdarts.runs.train import outputs as train_outputs
 from helpers import TINY_SPACE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,13 +149,13 @@ def test_a_training_records_its_start_and_each_resume(tmp_path, monkeypatch):
     config = train.TrainConfig.recipe("synthetic", channels=4, layers=3, epochs=2, batch_size=4,
                                       max_steps_per_epoch=1, seed=1)
     genotype = parse_file(DARTS_V2).genotype()
-    original = train_loop._RunWriter.epoch_done
+    original = train_outputs.RunWriter.epoch_done
 
     def crash_after_the_first_epoch(self, state, improved):
         original(self, state, improved)
         raise _Crash
 
-    monkeypatch.setattr(train_loop._RunWriter, "epoch_done", crash_after_the_first_epoch)
+    monkeypatch.setattr(train_outputs.RunWriter, "epoch_done", crash_after_the_first_epoch)
     with pytest.raises(_Crash):
         train.run_training(config, genotype, run_dir=tmp_path / "run", device="cpu")
     monkeypatch.undo()

@@ -1,4 +1,4 @@
-"""One unit for accuracy (attdarts.runs.units): percent in new search records, fractions read
+"""One unit for accuracy (attdarts.records): percent in new search records, fractions read
 correctly from search run directories written before the change."""
 
 from __future__ import annotations
@@ -10,21 +10,21 @@ import pytest
 from click.testing import CliRunner
 
 from attdarts.cli import cli
-from attdarts.runs import units
+from attdarts import records
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_marked_records_stay_and_old_ones_are_converted():
     new = {"epoch": 1, "train_accuracy": 12.5, "val_accuracy": 25.0, "accuracy_unit": "%"}
-    assert units.in_percent(new) == new
+    assert records.in_percent(new) == new
     old = {"epoch": 1, "train_accuracy": 0.125, "val_accuracy": 0.25, "lr": 0.025}
-    assert units.in_percent(old) == {"epoch": 1, "train_accuracy": 12.5, "val_accuracy": 25.0,
+    assert records.in_percent(old) == {"epoch": 1, "train_accuracy": 12.5, "val_accuracy": 25.0,
                                      "lr": 0.025, "accuracy_unit": "%"}
     assert old["val_accuracy"] == 0.25  # the record read is not changed
     # the architecture's warm-up has no val accuracy, in either kind of record
-    assert units.in_percent({"val_accuracy": None})["val_accuracy"] is None
-    assert units.percent(3, 8) == 37.5 and units.percent(0, 0) is None
+    assert records.in_percent({"val_accuracy": None})["val_accuracy"] is None
+    assert records.percent(3, 8) == 37.5 and records.percent(0, 0) is None
 
 
 def _search_run(path: Path, lines: list[dict]) -> Path:

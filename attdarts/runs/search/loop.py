@@ -42,7 +42,8 @@ from attdarts.language import ir
 from attdarts.language.transform import parse_text
 from attdarts.networks.compiled import compile_cells
 from attdarts.networks.supernet import compile_supernet
-from attdarts.runs import checkpoints, data, preemption, runtime, tracking, units
+from attdarts import records
+from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.runtime import Process
 from attdarts.runs.search import outputs
 from attdarts.runs.search.bilevel import Bilevel
@@ -197,7 +198,7 @@ class SearchRun:
         return json.loads(self.history["metrics"][-1]).get("stopped_early")
 
     def result(self) -> SearchResult:
-        metrics = units.in_percent(json.loads(self.history["metrics"][-1]))
+        metrics = records.in_percent(json.loads(self.history["metrics"][-1]))
         return SearchResult(self.run_dir, self.config.seed, self.history["genotypes"][-1],
                             self.epoch, metrics)
 
@@ -297,11 +298,11 @@ class SearchRun:
         metrics = {
             "epoch": epoch + 1,
             "train_loss": train_loss / max(train_count, 1),
-            "train_accuracy": units.percent(train_correct, max(train_count, 1)),
+            "train_accuracy": records.percent(train_correct, max(train_count, 1)),
             # None in the architecture's warm-up (no architecture batch was used)
             "val_loss": val_loss / val_count if val_count else None,
-            "val_accuracy": units.percent(val_correct, val_count),
-            units.UNIT_KEY: units.PERCENT,  # accuracies in percent (older runs: fractions)
+            "val_accuracy": records.percent(val_correct, val_count),
+            records.UNIT_KEY: records.PERCENT,  # accuracies in percent (older runs: fractions)
             "lr": lr,
             "steps": self.step,
             "seconds": round(seconds, 3),

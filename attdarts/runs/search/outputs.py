@@ -20,7 +20,8 @@ from attdarts.language import decisiveness, ir, kinds
 from attdarts.language.printer import cell_lines, format_checked, format_space
 from attdarts.networks.derive import derive_genotype
 from attdarts.networks.supernet import Supernet
-from attdarts.runs import checkpoints, units
+from attdarts import records
+from attdarts.runs import checkpoints
 from attdarts.runs.search.config import (
     CHECKPOINT, CONFIG, FINAL_GENOTYPE, METRICS_LOG, SPACE, SYNTHETIC_NOTE, WEIGHTS_LOG,
     SearchConfig, SearchError, SearchResult,
@@ -139,7 +140,7 @@ def write_outputs(run_dir: Path, history: Mapping[str, list], texts: list[str]) 
 
 def summarise(results: Sequence[SearchResult], out_dir: Path) -> dict:
     """Which genotype each seed produced; seeds with the same cells are grouped. Accuracies are
-    in percent (`attdarts.runs.units`)."""
+    in percent (`attdarts.records`)."""
     groups: dict[tuple, list[int]] = {}
     rows = []
     for result in results:
@@ -160,4 +161,4 @@ def summarise(results: Sequence[SearchResult], out_dir: Path) -> dict:
         for cells, seeds in groups.items():
             if row["seed"] in seeds:
                 row["same_cells_as"] = [s for s in seeds if s != row["seed"]]
-    return {units.UNIT_KEY: units.PERCENT, "seeds": rows}
+    return {records.UNIT_KEY: records.PERCENT, "seeds": rows}

@@ -19,7 +19,6 @@ rank takes its slice of every global batch and only rank 0 writes files.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -38,14 +37,13 @@ from attdarts.runs import checkpoints, data, environment, graphs, preemption, ru
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.runs.train.config import CHECKPOINT_KIND, RESUMABLE_OVERRIDES, TrainConfig, TrainError
 from attdarts.runs.train.evaluate import build_model
+from attdarts.runs.train.outputs import EpochProgress, RunWriter
 from attdarts.runs.train.resume import ResumePoint, open_resume
 from attdarts.runs.train.steps import (
     TrainStep, evaluate, make_optimizer, make_scheduler, train_epoch,
 )
 
 log = logging.getLogger(__name__)
-
-POSTFIX_EVERY = 20  # steps between progress-bar postfix updates (each one waits for the device)
 
 
 @dataclass
@@ -138,8 +136,8 @@ class _Run:
     settings: dict[str, Any]
     text: str
     parameters: tuple[int, int]  # (with the auxiliary head, without: the number papers report)
-    writer: _RunWriter | None
-    bar: _EpochProgress | None
+    writer: RunWriter | None
+    bar: EpochProgress | None
     step: TrainStep | None = None  # the training step, captured as a CUDA graph when it can be
     tracking: tracking.NoTracking = tracking.NO_TRACKING
     signals: preemption.Watch = preemption.NOT_WATCHED  # SIGTERM / SIGUSR1 / SIGINT (run_training)
@@ -189,8 +187,8 @@ def _prepare(config: TrainConfig, genotype: ir.Genotype, run_dir: Path | None,
     scheduler = make_scheduler(optimizer, config)
     run = _Run(config, genotype, run_dir, process, model, model, optimizer, scheduler,
                train_loader, test_loader, info, settings, format_genotype(genotype), parameters,
-               writer=_RunWriter(run_dir) if process.main and run_dir is not None else None,
-               bar=_EpochProgress(config.epochs) if progress and process.main else None)
+               writer=RunWriter(run_dir) if process.main and run_dir is not None else None,
+               bar=EpochProgress(config.epochs) if progress and process.main else None)
     if state is not None:
         model.load_state_dict(runtime.strip_module_prefix(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
@@ -439,70 +437,3 @@ def _test_images(loader) -> int:
 def _floating_tensors(model: nn.Module) -> list[torch.Tensor]:
     """Every weight and floating-point buffer (the state a NaN would spoil)."""
     return [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
-
-
-class _EpochProgress:
-    """One progress bar per epoch on stderr: `epoch E/N`, the epoch's steps, and the running
-    train loss and accuracy of this epoch (read from the device every `POSTFIX_EVERY` steps and
-    at the last step, so most steps do not wait for it). The epoch's log line follows it."""
-
-    def __init__(self, epochs: int, file=None) -> None:
-        self.epochs = epochs
-        self.file = file
-        self.bar = None
-
-    def start(self, epoch: int, steps: int) -> None:
-        self.bar = runtime.progress(True, steps, 0, f"epoch {epoch + 1}/{self.epochs}",
-                                    file=self.file, leave=False)
-
-    def step(self, step: int, totals: torch.Tensor, count: int) -> None:
-        self.bar.update(1)
-        if (step + 1) % POSTFIX_EVERY == 0 or step + 1 == self.bar.total:
-            loss_sum, correct = totals.tolist()
-            self.bar.set_postfix(loss=f"{loss_sum / max(count, 1):.3f}",
-                                 acc=f"{100.0 * correct / max(count, 1):.1f}%")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-class _RunWriter:
-    """Writes the run directory; every file is replaced atomically."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-
-    def start(self, config, genotype, text, device, world_size, info, reported, total, history):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {
-            **config.model_dump(mode="json"),
-            "genotype": genotype.name,
-            "device": str(device),
-            "world_size": world_size,
-            "threads": torch.get_num_threads(),
-            "synthetic": info.synthetic,
-            "train_images": info.num_samples,
-            "num_classes": info.num_classes,
-            "mean": list(info.mean),
-            "std": list(info.std),
-            "parameters": reported,
-            "parameters_with_auxiliary": total,
-        }
-        checkpoints.atomic_write_text(self.run_dir / "config.json", json.dumps(resolved, indent=2) + "\n")
-        checkpoints.atomic_write_text(self.run_dir / "genotype.geno", text)
-        self._write_metrics(history)  # on resume, drop lines of epochs the checkpoint lacks
-
-    def epoch_done(self, state: dict, improved: bool) -> None:
-        if improved:
-            checkpoints.save(self.run_dir / "best.pt", state)
-        checkpoints.save(self.run_dir / "last.pt", state)
-        self._write_metrics(state["history"])
-
-    def finish(self, summary: dict) -> None:
-        checkpoints.atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-
-    def _write_metrics(self, history: list[dict]) -> None:
-        lines = "".join(json.dumps(record) + "\n" for record in history)
-        checkpoints.atomic_write_text(self.run_dir / "metrics.jsonl", lines)

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from attdarts.runs import checkpoints as checkpoint
 from attdarts.runs import data
 from attdarts.runs import train
-from attdarts.runs.train import loop
+from attdarts.runs.train import outputs as train_outputs
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.cli import cli
 from helpers import write_cifar10
@@ -332,13 +332,13 @@ def test_resume_after_a_crash_reproduces_the_run(tmp_path, monkeypatch):
     config = tiny_config(dataset="cifar10", data_dir=str(data_dir), epochs=3, seed=5)
     train.run_training(config, genotype(), run_dir=tmp_path / "whole", device="cpu")
 
-    original = loop._RunWriter.epoch_done
+    original = train_outputs.RunWriter.epoch_done
 
     def crash_after_first_epoch(self, state, improved):
         original(self, state, improved)
         raise _Crash
 
-    monkeypatch.setattr(loop._RunWriter, "epoch_done", crash_after_first_epoch)
+    monkeypatch.setattr(train_outputs.RunWriter, "epoch_done", crash_after_first_epoch)
     with pytest.raises(_Crash):
         train.run_training(config, genotype(), run_dir=tmp_path / "crashed", device="cpu")
     monkeypatch.undo()

@@ -19,6 +19,7 @@ from attdarts.runs import checkpoints as checkpoint
 from attdarts.runs import data
 from attdarts.runs import train
 from attdarts.runs.train import loop
+from attdarts.runs.train import outputs as train_outputs
 from attdarts.runs.checkpoints import CheckpointError
 from attdarts.cli import cli
 from attdarts.language.transform import parse_file
@@ -242,7 +243,7 @@ def test_resume_refuses_a_foreign_checkpoint_and_touches_nothing(two_epoch_run, 
 
 def test_progress_bar_counts_one_epoch_and_shows_its_running_numbers():
     stream = io.StringIO()
-    progress = loop._EpochProgress(3, file=stream)
+    progress = train_outputs.EpochProgress(3, file=stream)
     progress.start(1, 2)
     assert progress.bar.total == 2 and progress.bar.desc == "epoch 2/3"
     progress.step(0, torch.tensor([10.0, 0.0], dtype=torch.float64), 4)

@@ -1,0 +1,78 @@
+"""What run directories record, read without torch: accuracy units and environment records.
+
+`attdarts report` (a torch-free tool) and the loops (which write the records) share these
+definitions, so both live here, below `runs` and `tools`.
+
+Accuracy: one unit everywhere, percent, as the papers and `attdarts train` / `test` give it.
+Training records (`train_acc`, `test_top1`, `test_top5`) have always been percentages. Search
+records (`train_accuracy`, `val_accuracy` in a search's metrics.jsonl, its summary.json and the
+API's `SearchResult.metrics`) are percentages too, and each one says so: ``"accuracy_unit": "%"``.
+A search record without that marker was written by an earlier attdarts, in fractions of 1;
+`in_percent` reads either, so reports of old run directories (and of runs resumed across the
+change, whose files hold both kinds of line) show the same numbers.
+
+Environment: `environment.json` in every run directory (written by `attdarts.runs.environment`,
+which says what each field means); `read` and `sessions` read it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# -- accuracy units -----------------------------------------------------------------------------
+UNIT_KEY = "accuracy_unit"
+PERCENT = "%"
+SEARCH_ACCURACIES = ("train_accuracy", "val_accuracy")  # the search's accuracy fields
+
+
+def percent(correct: float, count: float) -> float | None:
+    """`correct` of `count` as a percentage (None when nothing was counted)."""
+    return 100.0 * correct / count if count else None
+
+
+def in_percent(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A search metrics record with its accuracies in percent and the marker set: a marked
+    record as it is, an unmarked (older) one with its fractions multiplied by 100."""
+    converted = dict(record)
+    if converted.get(UNIT_KEY) != PERCENT:
+        for key in SEARCH_ACCURACIES:
+            value = converted.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                converted[key] = 100.0 * value
+        converted[UNIT_KEY] = PERCENT
+    return converted
+
+
+# -- environment records ------------------------------------------------------------------------
+
+ENVIRONMENT = "environment.json"
+RESUMED = "resumed"
+# the fields of a record, in the order they are written and shown; `time` always differs and is
+# not compared
+FIELDS = ("attdarts", "commit", "python", "platform", "torch", "torchvision", "cpu",
+          "cpu_capability", "device", "cuda_device", "cuda", "threads", "world_size",
+          "deterministic", "graphs", "time")
+COMPARED = tuple(name for name in FIELDS if name != "time")
+
+
+def read(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's record; None when it has none (a run of an older attdarts) or it is not a JSON
+    object."""
+    try:
+        content = json.loads((Path(run_dir) / ENVIRONMENT).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def sessions(content: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The run's sessions in order: its start (when recorded), then each resume."""
+    if content is None:
+        return []
+    start = {key: value for key, value in content.items() if key != RESUMED}
+    resumed = [entry for entry in content.get(RESUMED, []) if isinstance(entry, dict)]
+    return ([start] if start else []) + resumed
