@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from attdarts import recipes
+from attdarts.cli import ZooOrFile
 from attdarts.commands import config_file as config_files
 from attdarts.language.errors import DslError
 
@@ -84,7 +85,7 @@ _RECIPE_HELP = " (default: set by --recipe)"
 
 
 @click.command()
-@click.argument("space_file", required=False, type=click.Path(path_type=Path))
+@click.argument("space_file", required=False, type=ZooOrFile("space", dir_okay=True))
 @click.option("--space", "space_name", help="Space name when the file defines several.")
 @click.option("--recipe", type=click.Choice(list(recipes.SEARCH)), default=_PAPER["recipe"],
               show_default=True,
@@ -180,6 +181,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
            max_steps_per_epoch, checkpoint_every, plain, compile_cells, graphs, quiet, together,
            tensorboard, config_file) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
+    SPACE_FILE is a space file or a zoo space's name (att_darts, darts, pc_darts, ...).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
     checkpoint.pt into the run directory; --resume RUN_DIR continues an interrupted run.

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from attdarts.cli import ZooOrFile
 from attdarts.commands import config_file as config_files
 from attdarts.commands.search import require_tensorboard
 from attdarts.language.errors import DslError
@@ -76,8 +77,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @click.command()
-@click.argument("genotype_file", required=False,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("genotype_file", required=False, type=ZooOrFile("genotype"))
 @click.option("--genotype", "genotype_name", help="Which genotype of the file (needed if it has several).")
 @click.option("--dataset", help="cifar10 (default), cifar100, imagenet, cifar10-mini (embedded subset), "
                    "folder:PATH or synthetic.")
@@ -130,7 +130,8 @@ def _setup_logging(verbose: bool) -> None:
 def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | None,
           out_dir: Path | None, resume_dir: Path | None, device: str | None, threads: int | None,
           quiet: bool, repeats: int | None, **options: Any) -> None:
-    """Train a genotype from scratch with the paper's evaluation recipe.
+    """Train a genotype from scratch with the paper's evaluation recipe. GENOTYPE_FILE is a .geno
+    file or a zoo genotype's name (darts_v2, att_darts, ...).
 
     Defaults are the Att-DARTS/DARTS CIFAR settings (600 epochs, batch 96, C=36, L=20, SGD 0.025
     cosine, cutout 16, drop path 0.2, auxiliary 0.4); --dataset imagenet switches to DARTS's
