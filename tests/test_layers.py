@@ -1,7 +1,7 @@
 """The package's layers: imports point one way, the front end never loads torch, modules stay small.
 
 Dependencies point one way: `files, recipes <- language <- networks <- runs`, `language <- tools`,
-and `commands` may use everything (plan of #12, STYLE.md section 1). The graph is read from the
+and `commands` may use everything (plan of #12; README, "Layout"). The graph is read from the
 source with `ast`, lazy imports inside functions included, so a cycle cannot hide behind one.
 """
 

@@ -1,6 +1,6 @@
 """Search methods as options of a space: one `Option` per setting, declared once.
 
-Each option is a published method's mechanism (REFERENCE.md, "Search methods"), written as a
+Each option is a published method's mechanism (README, "Search methods"), written as a
 `key = value` line of a `space { ... }` block. Every stage reads this table: the transform
 converts and checks values, the printer writes the options that differ from their default (so a
 space without options prints as before), the IR validator asks `problems` for combinations that

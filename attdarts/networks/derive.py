@@ -20,7 +20,7 @@ Mixed locations, where operations and attentions share one softmax:
   ``o(input) >> a`` as Att-DARTS intends. Edges are ranked by the first mixture's best
   non-`none` operation weight (Eq. 14 applied to the first mixture).
 
-Search methods (REFERENCE.md, "Search methods"):
+Search methods (README, "Search methods"):
 
 - edge normalisation (PC-DARTS): an edge's ranking weight above is multiplied by its normalised
   edge weight (softmax of `edges` over its node's incoming edges); the choice of operation and

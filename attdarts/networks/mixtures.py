@@ -6,7 +6,7 @@
 `mix_*_grouped` functions compute the same sums for E edges at once (`grouping.Group`).
 `SearchEdge` chains an edge's mixtures; `first_candidates` / `mixed_candidates` build them.
 
-Search methods that act on an edge (REFERENCE.md, "Search methods"):
+Search methods that act on an edge (README, "Search methods"):
 
 - `PartialChannels` (PC-DARTS, Xu et al. 2020): only the first C/K channels of the edge input
   enter the mixtures; the other channels bypass them (max-pooled 2x2, stride 2, on stride-2
