@@ -238,13 +238,15 @@ def load_network(checkpoint: str | os.PathLike, *, which: str = "last",
 
 def search(space: Space | str | os.PathLike, *, out: str | os.PathLike | None = None,
            seeds: list[int] | None = None, recipe: str = "paper", device: str | None = None,
-           progress: bool = False, **settings: Any):
+           progress: bool = False, threads: int | None = None, **settings: Any):
     """Run an architecture search; return its `SearchResult` (run_dir, seed, genotype, epochs,
     metrics of the last epoch), or one per seed with `seeds`. `space` is a space file, a zoo space
     name ("att_darts", "darts", ...) or an `ir.Space`; `settings` are `SearchConfig` fields
     (epochs, batch_size, channels, layers, dataset, lr, ...) over the `recipe`'s defaults.
-    `out` defaults to runs/search-SPACE-TIME."""
-    from attdarts.runs import search as searching
+    `out` defaults to runs/search-SPACE-TIME. `threads` sets torch's CPU threads for the run;
+    None chooses them as `attdarts search` does (`attdarts.runs.threads`); the count in force
+    before is restored afterwards."""
+    from attdarts.runs import search as searching, threads as threads_rule
 
     if isinstance(space, Space):
         out = Path(out) if out is not None else searching.default_run_dir(space)
@@ -255,19 +257,23 @@ def search(space: Space | str | os.PathLike, *, out: str | os.PathLike | None = 
     else:
         path = zoo_file(space, "space")
     config = searching.recipe_config(recipe, space_file=str(path.resolve()), **settings)
-    return searching.launch(config, out, seeds=seeds, device=device, progress=progress)
+    with threads_rule.using(threads, threads_rule.step_units("search", config.model_dump())):
+        return searching.launch(config, out, seeds=seeds, device=device, progress=progress)
 
 
 def train(genotype: Genotype | str | os.PathLike, *, out: str | os.PathLike | None = None,
-          device: str | None = None, progress: bool = False, **settings: Any):
+          device: str | None = None, progress: bool = False, threads: int | None = None,
+          **settings: Any):
     """Train a genotype (zoo name, `.geno` path or `ir.Genotype`) from scratch; return its
     `TrainResult` (run_dir, best_top1, best_epoch, last_top1, parameters, history, model).
     `settings` are `TrainConfig` fields (dataset, epochs, batch_size, channels, layers, lr,
-    seed, ...) over the paper's recipe for the dataset; `out` defaults to runs/NAME-DATASET-TIME."""
-    from attdarts.runs import train as training
+    seed, ...) over the paper's recipe for the dataset; `out` defaults to runs/NAME-DATASET-TIME.
+    `threads` as for `search`."""
+    from attdarts.runs import threads as threads_rule, train as training
 
-    return training.launch(resolve_genotype(genotype), settings, out=out, device=device,
-                           progress=progress)
+    with threads_rule.using(threads, threads_rule.step_units("train", settings)):
+        return training.launch(resolve_genotype(genotype), settings, out=out, device=device,
+                               progress=progress)
 
 
 def export_model(source: str | os.PathLike | Genotype, output: str | os.PathLike, *,

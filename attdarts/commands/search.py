@@ -146,7 +146,9 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/search-SPACE-TIME).")
 @click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available).")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads of torch for this run (intra- and inter-op); default: torch's choice.")
+              help="CPU threads of torch for this run (intra- and inter-op); default: "
+                   "OMP_NUM_THREADS when set, else 1 for a small supernet and the free cores "
+                   "(at most 4) for a larger one (README, \"CPU threads\").")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
 @click.option("--deterministic", is_flag=True, help="Deterministic kernels (bit-identical resume).")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the iterations of every epoch (smoke runs).")
@@ -189,7 +191,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """
     import pydantic
 
-    from attdarts.runs import checkpoints, data, preemption, search as api
+    from attdarts.runs import checkpoints, data, preemption, search as api, threads as threads_rule
 
     config_files.refuse_with_resume(resume)
     require_tensorboard(tensorboard)
@@ -199,8 +201,6 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     if together and not seed_list and resume is None:
         raise click.UsageError("--together runs several seeds together; give them with --seeds")
     betas = _betas(arch_betas)
-    if threads is not None:
-        api.set_threads(threads)
     try:
         config = None
         if resume is not None and space_file is not None:
@@ -226,8 +226,10 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 arch_weight_decay=arch_weight_decay, arch_betas=betas, train_portion=train_portion,
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
-        outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
-                             progress=not quiet, together=together, tensorboard=tensorboard)
+        settings = config.model_dump() if config is not None else threads_rule.recorded_settings(resume)
+        with threads_rule.using(threads, threads_rule.step_units("search", settings)):
+            outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
+                                 progress=not quiet, together=together, tensorboard=tensorboard)
         config_files.record(config_files.loaded(), _outcome_dir(outcome, out))
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))
     except DslError as error:

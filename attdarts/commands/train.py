@@ -114,7 +114,8 @@ def _setup_logging(verbose: bool) -> None:
                    "results, far fewer launches); --no-graphs runs it eagerly. The CPU always "
                    "runs eagerly.")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads torch uses for the run [torch's choice].")
+              help="CPU threads torch uses for the run [OMP_NUM_THREADS when set, else 1 for a "
+                   "small network and the free cores, at most 4, for a larger one].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")
 @click.option("--repeats", type=click.IntRange(min=1),
               help="Train N times, seeds SEED..SEED+N-1, into OUT/seed-K (each a run directory), "
@@ -143,7 +144,7 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from attdarts.files import WriteError
-    from attdarts.runs import preemption, train as training
+    from attdarts.runs import preemption, threads as threads_rule, train as training
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
 
@@ -159,14 +160,15 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     if options.pop("compile_cells"):
         overrides["compile_cells"] = True
     _check_device(device)
-    _set_threads(threads)
     _setup_logging(not quiet)
     if resume_dir is None and genotype_file is None:
         raise click.UsageError("missing argument 'GENOTYPE_FILE' (or use --resume RUN_DIR)")
     try:
         genotype = None if genotype_file is None else _read_genotype(genotype_file, genotype_name)
         progress = not quiet and sys.stderr.isatty()
-        with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]):
+        settings = threads_rule.recorded_settings(resume_dir) if resume_dir else overrides
+        with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]), \
+                threads_rule.using(threads, threads_rule.step_units("train", settings)):
             if repeats is not None:  # --repeats: one run per seed, then the report
                 return _train_repeats(genotype, overrides, repeats, out_dir, resume_dir, device,
                                       progress)
@@ -194,12 +196,15 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
                    f"images, {result.parameters:,} weights{synthetic}")
 
 
-def _set_threads(threads: int | None) -> None:
-    """`--threads N`: torch's intra-op threads for this process (default: torch's choice)."""
-    if threads is not None:
-        import torch
+def _set_threads(threads: int | None, checkpoint: Path) -> None:
+    """`--threads N`, or the rule of `attdarts.runs.threads` for the checkpoint's network."""
+    from attdarts.runs import threads as threads_rule
+    from attdarts.runs.runtime import set_threads
 
-        torch.set_num_threads(threads)
+    settings = threads_rule.recorded_settings(checkpoint.parent)
+    choice = threads_rule.choose(threads, threads_rule.step_units("train", settings))
+    if choice.threads is not None:
+        set_threads(choice.threads)
 
 
 def _check_device(device: str | None) -> None:
@@ -230,7 +235,7 @@ def _read_genotype(path: Path, name: str | None):
 @click.option("--device", help="cpu, cuda, ... [cuda when available].")
 @click.option("--batch-size", type=int, help="Evaluation batch size [the run's].")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads torch uses [torch's choice].")
+              help="CPU threads torch uses [as for train].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, device: str | None,
          batch_size: int | None, threads: int | None, as_json: bool) -> None:
@@ -241,7 +246,7 @@ def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, devic
     from attdarts.runs.data import DataError, parse_spec
 
     _check_device(device)
-    _set_threads(threads)
+    _set_threads(threads, checkpoint_path)
     if batch_size is not None and batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if dataset is not None:

@@ -412,13 +412,21 @@ def test_nan_message_names_options_that_exist(tiny_space, tmp_path, monkeypatch)
     assert "--lr" in named and named <= options
 
 
-def test_threads_option_sets_torch_threads(tiny_space, tmp_path):
+def test_threads_option_sets_torch_threads(tiny_space, tmp_path, monkeypatch):
     assert torch.get_num_threads() == 1  # pinned by the one_thread fixture
+    seen = []
+    launch = search.launch
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(search, "launch", spy)
     result = CliRunner().invoke(cli, ["search", str(tiny_space), *SMALL_RUN, "--threads", "2",
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
-    assert torch.get_num_threads() == 2  # the fixture restores it afterwards
-    torch.set_num_threads(1)
+    assert seen == [2]  # for the run; the count before is given back afterwards
+    assert torch.get_num_threads() == 1
 
 
 # ---------------------------------------------------------------------------------------------
