@@ -1,6 +1,6 @@
 """attdarts: differentiable neural architecture search with attention (Att-DARTS).
 
-The package is a pipeline of stages (see STYLE.md): text -> grammar -> transform -> IR, and the IR
+The package is a pipeline of stages (README, "Layout"): text -> grammar -> transform -> IR, and the IR
 goes on to the printer, the discrete network, the supernet, rendering, diffing and interop. This
 module imports nothing heavy, so `attdarts fmt` and `attdarts check` start without torch.
 
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 # the names of attdarts.api offered at the top level
 API = ("create_network", "load_network", "search", "train", "export_model", "predict",
-       "resolve_genotype", "zoo_names")
+       "resolve_genotype", "zoo_names", "zoo_dir")
 
 
 def __getattr__(name: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from attdarts import recipes
-from attdarts.files import FileError, WriteError, atomic_write_text, has_bom
+from attdarts.files import FileError, WriteError, atomic_write_text, has_bom, shipped
 from attdarts.language.errors import DslError, Problem, close_names
 from attdarts.language.ir import Genotype, Space
 from attdarts.language.printer import format_document
@@ -86,15 +86,31 @@ def _read_only(path: Path) -> bool:
     return not mode & stat.S_IWUSR or not os.access(path, os.W_OK)
 
 
-def check_file(path: str | Path) -> list[DslError]:
-    """Every problem in one file, as located errors (empty when the file is fine)."""
+@dataclass(frozen=True)
+class CheckResult:
+    """What `check` found in one file: its problems (none when the file is fine) and how many
+    genotypes and spaces it defines (0 when it does not parse)."""
+
+    path: Path
+    errors: tuple[DslError, ...] = ()
+    genotypes: int = 0
+    spaces: int = 0
+
+
+def check_path(path: str | Path) -> CheckResult:
+    """Check one file: every problem as a located error, and what it defines."""
     try:
         document = parse_file(path)
     except DslError as error:
-        return [error]
+        return CheckResult(Path(path), (error,))
     if not document.items:
-        return [_no_items(path)]
-    return []
+        return CheckResult(Path(path), (_no_items(path),))
+    return CheckResult(Path(path), (), len(document.genotypes), len(document.spaces))
+
+
+def check_file(path: str | Path) -> list[DslError]:
+    """Every problem in one file, as located errors (empty when the file is fine)."""
+    return list(check_path(path).errors)
 
 
 def _no_items(path: str | Path | None) -> DslError:
@@ -111,25 +127,31 @@ def empty_directories(paths) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # The Python API over networks and runs (torch imported on first call)
 
-ZOO = Path(__file__).resolve().parent.parent / "genotypes"
-
-
 class GenotypeNotFound(FileError):
     """A genotype given by name that is neither a file nor in the zoo; the message lists the zoo."""
 
 
+def zoo_dir(kind: str = "genotype") -> Path:
+    """The zoo's folder: `genotypes/` (kind "genotype") or `genotypes/spaces/` (kind "space"), at
+    the top of a checkout or inside the installed package (the wheel ships it there)."""
+    if kind not in ("genotype", "space"):
+        raise ValueError(f"kind must be 'genotype' or 'space', got {kind!r}")
+    folder = shipped("genotypes")
+    return folder if kind == "genotype" else folder / "spaces"
+
+
 def zoo_names(kind: str = "genotype") -> list[str]:
     """Names of the zoo's genotypes (`genotypes/*.geno`) or spaces (`genotypes/spaces/*.geno`)."""
-    folder = ZOO if kind == "genotype" else ZOO / "spaces"
-    return sorted(path.stem for path in folder.glob("*.geno"))
+    return sorted(path.stem for path in zoo_dir(kind).glob("*.geno"))
 
 
-def _zoo_file(name: str | os.PathLike, kind: str) -> Path:
-    """A `.geno` path as given, or the zoo's file of that name."""
+def zoo_file(name: str | os.PathLike, kind: str = "genotype") -> Path:
+    """A `.geno` path as given (or any path that exists), or the zoo's file of that name; an
+    unknown name raises `GenotypeNotFound`, which lists the zoo and suggests the closest name."""
     path = Path(name)
     if path.suffix == ".geno" or path.exists():
         return path
-    folder = ZOO if kind == "genotype" else ZOO / "spaces"
+    folder = zoo_dir(kind)
     if (folder / f"{name}.geno").is_file():
         return folder / f"{name}.geno"
     names = zoo_names(kind)
@@ -144,7 +166,7 @@ def resolve_genotype(genotype: Genotype | str | os.PathLike, name: str | None = 
     a zoo genotype by name ("darts_v2", "att_darts", ...)."""
     if isinstance(genotype, Genotype):
         return genotype
-    return read_genotype(_zoo_file(genotype, "genotype"), name)
+    return read_genotype(zoo_file(genotype, "genotype"), name)
 
 
 def create_network(genotype: Genotype | str | os.PathLike, dataset: str = "cifar10",
@@ -222,15 +244,17 @@ def load_network(checkpoint: str | os.PathLike, *, which: str = "last",
 
 def search(space: Space | str | os.PathLike, *, out: str | os.PathLike | None = None,
            seeds: list[int] | None = None, recipe: str = "paper", device: str | None = None,
-           progress: bool = False, **settings: Any):
+           progress: bool = False, threads: int | None = None, **settings: Any):
     """Run an architecture search; return its `SearchResult` (run_dir, seed, genotype, epochs,
     metrics of the last epoch), or one per seed with `seeds`. `space` is a space file, a zoo space
     name ("att_darts", "darts", ...) or an `ir.Space`; `settings` are `SearchConfig` fields
     (epochs, batch_size, channels, layers, dataset, lr, ...) over the `recipe`'s defaults.
     `out` defaults to runs/search-SPACE-TIME; an `ir.Space` is written there as space.geno, the
     space file of record. What the command line refuses is refused here too, before anything is
-    written (`attdarts.runs.search.launch` is the one path of both)."""
-    from attdarts.runs import search as searching
+    written (`attdarts.runs.search.launch` is the one path of both). `threads` sets torch's CPU
+    threads for the run; None chooses them as `attdarts search` does (`attdarts.runs.threads`);
+    the count in force before is restored afterwards."""
+    from attdarts.runs import search as searching, threads as threads_rule
 
     searched = None
     if isinstance(space, Space):
@@ -239,22 +263,26 @@ def search(space: Space | str | os.PathLike, *, out: str | os.PathLike | None = 
         path = out / "space.geno"  # written by the run, once everything is checked
         settings.setdefault("space", space.name)
     else:
-        path = _zoo_file(space, "space")
+        path = zoo_file(space, "space")
     config = searching.recipe_config(recipe, space_file=str(path.resolve()), **settings)
-    return searching.launch(config, out, seeds=seeds, device=device, progress=progress,
-                            space=searched)
+    with threads_rule.using(threads, threads_rule.step_units("search", config.model_dump())):
+        return searching.launch(config, out, seeds=seeds, device=device, progress=progress,
+                                space=searched)
 
 
 def train(genotype: Genotype | str | os.PathLike, *, out: str | os.PathLike | None = None,
-          device: str | None = None, progress: bool = False, **settings: Any):
+          device: str | None = None, progress: bool = False, threads: int | None = None,
+          **settings: Any):
     """Train a genotype (zoo name, `.geno` path or `ir.Genotype`) from scratch; return its
     `TrainResult` (run_dir, best_top1, best_epoch, last_top1, parameters, history, model).
     `settings` are `TrainConfig` fields (dataset, epochs, batch_size, channels, layers, lr,
-    seed, ...) over the paper's recipe for the dataset; `out` defaults to runs/NAME-DATASET-TIME."""
-    from attdarts.runs import train as training
+    seed, ...) over the paper's recipe for the dataset; `out` defaults to runs/NAME-DATASET-TIME.
+    `threads` as for `search`."""
+    from attdarts.runs import threads as threads_rule, train as training
 
-    return training.launch(resolve_genotype(genotype), settings, out=out, device=device,
-                           progress=progress)
+    with threads_rule.using(threads, threads_rule.step_units("train", settings)):
+        return training.launch(resolve_genotype(genotype), settings, out=out, device=device,
+                               progress=progress)
 
 
 def export_model(source: str | os.PathLike | Genotype, output: str | os.PathLike, *,

@@ -45,6 +45,38 @@ def is_out_of_memory(error: BaseException) -> bool:
         phrase in text for phrase in ("out of memory", "can't allocate", "cannot allocate"))
 
 
+class ZooOrFile(click.ParamType):
+    """A `.geno` file, or the name of a zoo genotype or space (`darts_v2`, `att_darts`), so that
+    the commands work from an installed wheel, whose zoo sits inside the package. An existing path
+    wins over a zoo name; `kinds` are tried in order ("genotype" before "space")."""
+
+    name = "file"
+
+    def __init__(self, *kinds: str, dir_okay: bool = False) -> None:
+        self.kinds = kinds
+        self.dir_okay = dir_okay
+
+    def convert(self, value, param, ctx):
+        from pathlib import Path
+
+        from attdarts import api
+
+        path = Path(value)
+        if path.exists():
+            if path.is_dir() and not self.dir_okay:
+                self.fail(f"'{value}' is a directory, not a .geno file", param, ctx)
+            return path
+        if path.suffix == ".geno" or len(path.parts) > 1:
+            self.fail(f"'{value}' does not exist", param, ctx)
+        problem = None
+        for kind in self.kinds:
+            try:
+                return api.zoo_file(value, kind)
+            except api.GenotypeNotFound as error:
+                problem = problem or str(error)
+        self.fail(problem, param, ctx)
+
+
 class LazyGroup(click.Group):
     """A group whose commands are imported on first use, and which turns a `DslError` or a
     `FileError` (a damaged checkpoint, a file that cannot be written: full disk, read-only

@@ -27,6 +27,18 @@ from attdarts.language.errors import DslError, Problem, Span
 
 MAX_BYTES = 64 * 1024 * 1024
 BOM = codecs.BOM_UTF8
+PACKAGE = Path(__file__).resolve().parent
+
+
+def shipped(name: str) -> Path:
+    """A folder of the project's own data that a checkout keeps at its top level (`grammar/`,
+    `genotypes/`) and an installed wheel carries inside the package (`attdarts/grammar/`,
+    `attdarts/genotypes/`: pyproject.toml's force-include). The installed place wins; when neither
+    exists, the installed place is returned, for the message that names it."""
+    for candidate in (PACKAGE / name, PACKAGE.parent / name):
+        if candidate.is_dir():
+            return candidate
+    return PACKAGE / name
 
 
 def has_bom(path: str | Path) -> bool:

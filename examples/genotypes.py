@@ -1,5 +1,6 @@
 # A DARTS-style genotypes.py: the published cells, written the ways real files write them.
-# Transcribed from REFERENCE.md ("Published genotypes"). Read by attdarts with ast, never run.
+# Transcribed from the published genotypes.py files (DARTS, P-DARTS, PC-DARTS). Read by attdarts
+# with ast, never run.
 from collections import namedtuple
 
 Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')

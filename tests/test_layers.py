@@ -2,9 +2,9 @@
 
 Dependencies point one way: `files, recipes <- language <- networks <- runs`, `language <- tools`,
 `scales` (colour scales) and `records` (what run directories record), plain Python <- `runs` and
-`tools`, and `commands` may use everything
-(plan of #12, STYLE.md section 1). The graph is read from the source with `ast`, lazy imports
-inside functions included, so a cycle cannot hide behind one.
+`tools`, and `commands` may use everything (plan of #12; README, "Layout"). The graph is read
+from the source with `ast`, lazy imports inside functions included, so a cycle cannot hide
+behind one.
 """
 
 from __future__ import annotations

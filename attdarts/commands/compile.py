@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from attdarts import recipes
-from attdarts.cli import is_out_of_memory
+from attdarts.cli import ZooOrFile, is_out_of_memory
 from attdarts.language import ir
 from attdarts.language.errors import DslError
 from attdarts.language.transform import parse_file
@@ -41,7 +41,7 @@ def _stderr_is_terminal() -> bool:
 
 
 @click.command("compile")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=ZooOrFile("genotype", "space"))
 @click.option("--genotype", "genotype_name", help="Genotype to build (default: the only one in FILE).")
 @click.option("--space", "space_name",
               help="Space whose search supernet to build (default: the only one in a FILE that "
@@ -62,7 +62,7 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
              channels: int | None, layers: int | None, auxiliary: bool,
              output_format: str) -> None:
     """Build the discrete network of a genotype, or the search supernet of a space, and print
-    its size.
+    its size. FILE is a .geno file or a zoo name (darts_v2, att_darts; a space such as darts).
 
     For a genotype: the parameter count without the auxiliary head (the number papers report)
     and with it, multiply-adds per image (torch.utils.flop_counter), the output shape and a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -56,15 +57,34 @@ def check(paths: tuple[Path, ...]) -> None:
     """Report every problem in genotype files.
 
     Each problem is printed as file:line:col: message, with the source line, a caret and a hint.
-    Silent with exit status 0 when all files are valid; exit status 1 on any error, and when a
-    directory in PATHS holds no *.geno file (nothing was checked).
+    Exit status 0 when all files are valid, with one summary line (files, genotypes and spaces
+    checked) when stdout is a terminal and nothing when it is not; exit status 1 on any error,
+    and when a directory in PATHS holds no *.geno file (nothing was checked).
     """
     failed = _report_empty_directories("check", paths)
-    for path in api.expand_paths(paths):
-        for error in api.check_file(path):
+    results = [api.check_path(path) for path in api.expand_paths(paths)]
+    for result in results:
+        for error in result.errors:
             click.echo(error.render(), err=True)
             failed = True
+    if not failed and _stdout_is_terminal():
+        click.echo(_summary(results))
     raise SystemExit(1 if failed else 0)
+
+
+def _stdout_is_terminal() -> bool:
+    """Whether a person reads stdout (the summary line is for them, not for pipes or scripts)."""
+    return sys.stdout.isatty()
+
+
+def _summary(results) -> str:
+    def count(number: int, noun: str) -> str:
+        return f"{number} {noun}{'' if number == 1 else 's'}"
+
+    genotypes = sum(result.genotypes for result in results)
+    spaces = sum(result.spaces for result in results)
+    return (f"checked {count(len(results), 'file')}: {count(genotypes, 'genotype')}, "
+            f"{count(spaces, 'space')}, no problems")
 
 
 def _report_empty_directories(command: str, paths) -> bool:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from attdarts import recipes
+from attdarts.cli import ZooOrFile
 from attdarts.commands import config_file as config_files
 from attdarts.language.errors import DslError
 
@@ -130,7 +131,7 @@ _RECIPE_HELP = " (default: set by --recipe)"
 
 
 @click.command()
-@click.argument("space_file", required=False, type=click.Path(path_type=Path))
+@click.argument("space_file", required=False, type=ZooOrFile("space", dir_okay=True))
 @click.option("--space", "space_name", help="Space name when the file defines several.")
 @click.option("--recipe", type=click.Choice(list(recipes.SEARCH)), default=_PAPER["recipe"],
               show_default=True,
@@ -194,7 +195,9 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/search-SPACE-TIME).")
 @click.option("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available).")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads of torch for this run (intra- and inter-op); default: torch's choice.")
+              help="CPU threads of torch for this run (intra- and inter-op); default: "
+                   "OMP_NUM_THREADS when set, else 1 for a small supernet and the free cores "
+                   "(at most 4) for a larger one (README, \"CPU threads\").")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue the run in this directory. --device, --threads, --quiet, "
                    "--tensorboard, --data-dir, --plain, --graphs and --checkpoint-every may be "
@@ -232,6 +235,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
            max_steps_per_epoch, checkpoint_every, plain, compile_cells, graphs, quiet, together,
            tensorboard, config_file) -> None:
     """Search cells on SPACE_FILE's search space (Att-DARTS, bilevel DARTS optimisation).
+    SPACE_FILE is a space file or a zoo space's name (att_darts, darts, pc_darts, ...).
 
     Writes config.json, genotype-epochNNN.geno, genotype.geno, weights.jsonl, metrics.jsonl and
     checkpoint.pt into the run directory; --resume RUN_DIR continues an interrupted run (options
@@ -242,7 +246,8 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
     """
     import pydantic
 
-    from attdarts.runs import checkpoints, data, preemption, rundir, runtime, search as api
+    from attdarts.runs import checkpoints, data, preemption, rundir, runtime
+    from attdarts.runs import search as api, threads as threads_rule
 
     # signals from here to the exit: a checkpoint at the next step boundary (README "Pre-emption")
     click.get_current_context().with_resource(preemption.command())
@@ -252,8 +257,6 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         _configure_logging()
     seed_list = _seeds(seeds)
     betas = _betas(arch_betas)
-    if threads is not None:
-        api.set_threads(threads)
     try:
         config = None
         settings = None
@@ -282,9 +285,11 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                 arch_weight_decay=arch_weight_decay, arch_betas=betas, train_portion=train_portion,
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
-        outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
-                             progress=not quiet, together=together, tensorboard=tensorboard,
-                             settings=settings)
+        sizes = config.model_dump() if config is not None else threads_rule.recorded_settings(resume)
+        with threads_rule.using(threads, threads_rule.step_units("search", sizes)):
+            outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
+                                 progress=not quiet, together=together, tensorboard=tensorboard,
+                                 settings=settings)
         config_files.record(config_files.loaded(), _outcome_dir(outcome, out))
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))
     except DslError as error:

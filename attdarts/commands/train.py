@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from attdarts.cli import ZooOrFile
 from attdarts.commands import config_file as config_files
 from attdarts.commands.search import require_tensorboard
 from attdarts.language.errors import DslError
@@ -86,8 +87,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @click.command()
-@click.argument("genotype_file", required=False,
-                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("genotype_file", required=False, type=ZooOrFile("genotype"))
 @click.option("--genotype", "genotype_name", help="Which genotype of the file (needed if it has several).")
 @click.option("--dataset", help="cifar10 (default), cifar100, imagenet, cifar10-mini (embedded subset), "
                    "folder:PATH, synthetic or a plug-in's dataset.")
@@ -128,7 +128,8 @@ def _setup_logging(verbose: bool) -> None:
                    "results, far fewer launches); --no-graphs runs it eagerly. The CPU always "
                    "runs eagerly.")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads torch uses for the run [torch's choice].")
+              help="CPU threads torch uses for the run [OMP_NUM_THREADS when set, else 1 for a "
+                   "small network and the free cores, at most 4, for a larger one].")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch log.")
 @click.option("--repeats", type=click.IntRange(min=1),
               help="Train N times, seeds SEED..SEED+N-1, into OUT/seed-K (each a run directory), "
@@ -144,7 +145,8 @@ def _setup_logging(verbose: bool) -> None:
 def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | None,
           out_dir: Path | None, resume_dir: Path | None, device: str | None, threads: int | None,
           quiet: bool, repeats: int | None, **options: Any) -> None:
-    """Train a genotype from scratch with the paper's evaluation recipe.
+    """Train a genotype from scratch with the paper's evaluation recipe. GENOTYPE_FILE is a .geno
+    file or a zoo genotype's name (darts_v2, att_darts, ...).
 
     Defaults are the Att-DARTS/DARTS CIFAR settings (600 epochs, batch 96, C=36, L=20, SGD 0.025
     cosine, cutout 16, drop path 0.2, auxiliary 0.4); --dataset imagenet switches to DARTS's
@@ -157,7 +159,7 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from attdarts.files import WriteError
-    from attdarts.runs import preemption, rundir, train as training
+    from attdarts.runs import preemption, rundir, threads as threads_rule, train as training
     from attdarts.runs.checkpoints import CheckpointError
     from attdarts.runs.data import DataError
 
@@ -175,14 +177,15 @@ def train(ctx: click.Context, genotype_file: Path | None, genotype_name: str | N
     if options.pop("compile_cells"):
         overrides["compile_cells"] = True
     _check_device(device)
-    _set_threads(threads)
     _setup_logging(not quiet)
     if resume_dir is None and genotype_file is None:
         raise click.UsageError("missing argument 'GENOTYPE_FILE' (or use --resume RUN_DIR)")
     try:
         genotype = None if genotype_file is None else _read_genotype(genotype_file, genotype_name)
         progress = not quiet and sys.stderr.isatty()
-        with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]):
+        settings = threads_rule.recorded_settings(resume_dir) if resume_dir else overrides
+        with logging_redirect_tqdm(loggers=[logging.getLogger("attdarts")]), \
+                threads_rule.using(threads, threads_rule.step_units("train", settings)):
             if repeats is not None:  # --repeats: one run per seed, then the report
                 return _train_repeats(genotype, overrides, repeats, out_dir, resume_dir, device,
                                       progress)
@@ -226,12 +229,15 @@ def _continue_line(ctx: click.Context, stopped, repeats: bool, out_dir: Path | N
     return stopped.resume_line("train", arguments=shlex.join(arguments))
 
 
-def _set_threads(threads: int | None) -> None:
-    """`--threads N`: torch's intra-op threads for this process (default: torch's choice)."""
-    if threads is not None:
-        import torch
+def _set_threads(threads: int | None, checkpoint: Path) -> None:
+    """`--threads N`, or the rule of `attdarts.runs.threads` for the checkpoint's network."""
+    from attdarts.runs import threads as threads_rule
+    from attdarts.runs.runtime import set_threads
 
-        torch.set_num_threads(threads)
+    settings = threads_rule.recorded_settings(checkpoint.parent)
+    choice = threads_rule.choose(threads, threads_rule.step_units("train", settings))
+    if choice.threads is not None:
+        set_threads(choice.threads)
 
 
 def _check_device(device: str | None) -> None:
@@ -260,7 +266,7 @@ def _read_genotype(path: Path, name: str | None):
 @click.option("--device", help="cpu, cuda, ... [cuda when available].")
 @click.option("--batch-size", type=int, help="Evaluation batch size [the run's].")
 @click.option("--threads", type=click.IntRange(min=1),
-              help="CPU threads torch uses [torch's choice].")
+              help="CPU threads torch uses [as for train].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, device: str | None,
          batch_size: int | None, threads: int | None, as_json: bool) -> None:
@@ -271,7 +277,7 @@ def test(checkpoint_path: Path, dataset: str | None, data_dir: str | None, devic
     from attdarts.runs.data import DataError, parse_spec
 
     _check_device(device)
-    _set_threads(threads)
+    _set_threads(threads, checkpoint_path)
     if batch_size is not None and batch_size < 1:
         raise click.BadParameter("must be at least 1", param_hint="--batch-size")
     if dataset is not None:

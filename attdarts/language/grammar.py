@@ -13,16 +13,16 @@ from pathlib import Path
 
 import lark
 
+from attdarts.files import shipped
+
 GRAMMAR_FILE = "attdarts.lark"
 
 
 def grammar_path() -> Path:
-    here = Path(__file__).resolve().parent  # attdarts/language
-    # a wheel ships attdarts/grammar/ (force-include); a checkout has <repo>/grammar/
-    for candidate in (here.parent / "grammar" / GRAMMAR_FILE, here.parent.parent / "grammar" / GRAMMAR_FILE):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"cannot find the grammar file {GRAMMAR_FILE} near {here}")
+    path = shipped("grammar") / GRAMMAR_FILE  # attdarts/grammar/ in a wheel, <repo>/grammar/ in a checkout
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot find the grammar file {path}")
+    return path
 
 
 @functools.cache

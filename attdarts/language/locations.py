@@ -1,7 +1,7 @@
 """Attention locations: where a search space puts its attention modules, declared once.
 
-The authors' code has one knob, `location`, with six values (REFERENCE.md "Attention
-locations"); the paper's is `after_every`. Each value is a `Location` object, and every stage
+The authors' code has one knob, `location`, with six values (README, "The
+genotype language"); the paper's is `after_every`. Each value is a `Location` object, and every stage
 asks it instead of comparing strings: the IR validator (`problems`), the supernet (which
 mixtures an edge has, whether its edges can run grouped, whether the cell output has an
 attention mixture), the architecture tensors' shapes (`columns`) and derivation (`choose_edge`).

@@ -294,7 +294,8 @@ def _build_attention(call: ir.Call | None, channels: int, spatial: int) -> nn.Mo
 
 def _droppable(operation: nn.Module, attention: nn.Module | None, rule: DropPathRule,
                cell_has_attention: bool = True) -> bool:
-    """Whether drop path applies to an edge (REFERENCE.md, "Evaluation").
+    """Whether drop path applies to an edge (DARTS, Liu et al., ICLR 2019:
+    path dropout when the found cells are trained; README, "Compile a genotype").
 
     "darts" (DARTS's NetworkCIFAR, the default): every edge whose operation is not the identity.
     "authors" (the Att-DARTS code, model.py `Cell.forward`): a cell whose genotype names

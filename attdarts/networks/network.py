@@ -5,7 +5,7 @@ Every name, index and stride is resolved here, at construction: `forward` only i
 lists with precomputed integers. Nodes and edges are `nn.ModuleList`s in the genotype's text
 order, so parameter names follow the genotype (``cells.3.nodes.1.edges.0.attention...``).
 
-The skeleton follows REFERENCE.md ("Operations and network skeleton"): CIFAR stem 3C, reduction
+The skeleton follows DARTS (Liu et al., ICLR 2019, its NetworkCIFAR / NetworkImageNet): CIFAR stem 3C, reduction
 cells at L//3 and 2L//3 doubling the channels, auxiliary head after cell 2L//3; ImageNet two-conv
 stem plus one more stride-2 conv, 224 input, 7x7 final pool. Each edge is its operation (stride 2
 on the edges leaving the two inputs of a reduction cell) followed by its attention module, built

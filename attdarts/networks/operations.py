@@ -1,10 +1,10 @@
 """The DARTS candidate operations and cell preprocessing, as torch layers.
 
 The catalog (`attdarts.language.catalog`) names each factory below by its dotted path, and
-`attdarts.networks.registry` imports it on demand (STYLE.md section 5). Two signatures:
+`attdarts.networks.registry` imports it on demand. Two signatures:
 
 - operations: ``factory(channels, stride, *, affine=True, pool_bn=False) -> nn.Module``.
-  Operations are built as DARTS builds them (REFERENCE.md, "Operations and network skeleton"):
+  Operations are built as DARTS builds them (Liu et al., ICLR 2019, its operations.py):
   convolutions have no bias, BN is affine in the discrete network and not in the supernet.
   `pool_bn=True` follows each pooling with a BatchNorm, as DARTS's MixedOp does in the supernet;
   the other operations accept and ignore it so the supernet can pass one set of keywords to all.

@@ -4,7 +4,7 @@ Each `catalog.Entry` names its factory as a dotted path ("package.module:functio
 imports it the first time a network asks for the name, so the front end never loads torch and a
 plug-in adds an operation or attention with one `catalog.register(Entry(...))`. The key is
 exactly the DSL token. Candidate order in a search comes from the search-space declaration,
-never from here (STYLE.md section 5).
+never from here.
 
 Signatures, one per kind:
 - operation: ``factory(channels, stride, *, affine=True, pool_bn=False, **kwargs)``

@@ -1,6 +1,6 @@
 """What every loop needs around its steps: processes, devices, determinism, RNG state, progress.
 
-One home for the pieces that search and training share (STYLE.md section 10): joining the
+One home for the pieces that search and training share: joining the
 torchrun process group, choosing the default device, deterministic kernels (restored afterwards,
 because the setting is global), seeding and saving every random generator, a progress bar that
 is a no-op when disabled, and the collective operations of data-parallel runs.

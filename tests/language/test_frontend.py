@@ -346,6 +346,24 @@ def test_check_is_silent_on_the_zoo():
     assert result.exit_code == 0 and result.output == ""
 
 
+def test_check_prints_one_summary_line_on_a_terminal(tmp_path, monkeypatch):
+    from attdarts.commands import frontend
+
+    monkeypatch.setattr(frontend, "_stdout_is_terminal", lambda: True)
+    genotypes = sum(1 for path in ZOO if path.parent.name != "spaces")
+    result = _run("check", ROOT / "genotypes")
+    assert result.exit_code == 0
+    assert result.output == (f"checked {len(ZOO)} files: {genotypes} genotypes, "
+                             f"{len(ZOO) - genotypes} spaces, no problems\n")
+    one = _run("check", ROOT / "genotypes" / "darts_v2.geno")
+    assert one.output == "checked 1 file: 1 genotype, 0 spaces, no problems\n"
+    bad = tmp_path / "bad.geno"
+    bad.write_text("genotype g {\n    normal { n0 = sep_conv_3x4(c_k1)\n c_k = concat(n0) }\n}\n")
+    failed = _run("check", bad, ROOT / "genotypes" / "darts_v2.geno")
+    assert failed.exit_code == 1 and "checked" not in failed.output
+    assert "unknown operation 'sep_conv_3x4'" in failed.output
+
+
 @pytest.mark.parametrize("content", [
     b"", b"\x00\x01\x02\xff\xfe binary", b"genotype g {\n normal { n0 = \xe9t\xe9(c_k1) }",
     b"genotype \"unterminated", b"(((((((((((((" * 1000, b"genotype g { normal { n0 = skip_connect(c_k1",

@@ -1,8 +1,8 @@
 """The discrete network compiler (attdarts.network).
 
-The exact parameter counts of REFERENCE.md ("Numbers to reproduce exactly") are the project's
+The exact parameter counts the papers report (README, "Compile a genotype") are the project's
 fidelity anchor: they pin the skeleton, every operation and every attention module's biases.
-The genotypes are built here directly from REFERENCE.md's tuples.
+The genotypes are built here directly from the published tuples.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ GENOTYPES = {
     ),
 }
 
-# REFERENCE.md: weights without the auxiliary head
+# the published weights without the auxiliary head (CIFAR-10, CIFAR-100, ImageNet)
 EXPECTED = {
     "darts_v2": (3_349_342, 3_401_272, 4_718_752),
     "darts_v1": (3_169_414, 3_221_344, 4_510_432),

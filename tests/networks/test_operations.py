@@ -1,8 +1,8 @@
 """Operations, attention modules and their registries (attdarts.networks.registry, attdarts.networks.operations).
 
-Every registry entry goes through the same parametrised checks (STYLE.md section 5): shapes,
+Every registry entry goes through the same parametrised checks: shapes,
 tiny widths, gradients to every parameter, channels_last and bf16 autocast. Then each attention
-module is checked against its definition (REFERENCE.md, "Attention modules"), computed by hand
+module is checked against its paper's definition, computed by hand
 from the module's own weights.
 """
 

@@ -34,7 +34,7 @@ def count(parameters) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fidelity anchors: the exact sizes of the authors' search networks (REFERENCE.md)
+# Fidelity anchors: the exact sizes of the authors' search networks (README, "Search methods: the supernet side")
 
 
 def test_paper_supernet_has_exactly_the_authors_sizes():

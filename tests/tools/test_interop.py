@@ -35,7 +35,7 @@ ZOO_NAMES = {
     "PDARTS": "p_darts",
 }
 
-# The published tuples, typed in from REFERENCE.md independently of the data files.
+# The published tuples, typed in from the papers' genotypes.py files independently of the data files.
 PUBLISHED = {
     "DARTS_V2": dict(
         normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),

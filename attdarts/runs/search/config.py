@@ -67,7 +67,8 @@ RECIPE_SETTINGS = tuple(key for key, value in RECIPES["authors"].items()
 
 
 class SearchConfig(BaseModel):
-    """Every setting of a search, with the paper's defaults (REFERENCE.md, "Search defaults").
+    """Every setting of a search, with the paper's defaults (Nakai et al., IJCNN 2020, and
+    DARTS where it says nothing; README, "Searching").
 
     The defaults are the "paper" recipe (`recipes.SEARCH`): lr_min 0, zero init, exact DARTS second
     order, weights-only clipping, BAM as the space writes it (its default combine is the paper's

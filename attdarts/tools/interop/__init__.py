@@ -17,7 +17,7 @@ Export writes DARTS's 2-tuples (`darts-py`) or the authors' 3-tuples (`att-darts
 `att-darts-json`). Both use DARTS's numbering: 0 = c_{k-2}, 1 = c_{k-1}, j >= 2 = intermediate
 node j-2, and edges 2n and 2n+1 feed node n, so only nodes with exactly two edges can be written.
 
-Two choices keep the conversions faithful to the authors' code (REFERENCE.md):
+Two choices keep the conversions faithful to the authors' code (README, "Import and export"):
 
 - Their BAM combines its channel and spatial gates by product (the paper sums them), so 'BAM'
   imports as `bam(combine=product)`. Export writes `bam` with either combine as 'BAM'.

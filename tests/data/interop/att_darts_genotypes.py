@@ -1,5 +1,5 @@
 # The Att-DARTS authors' genotypes.py layout: (operation, input, attention) 3-tuples and a
-# bottleneck attention per cell ('' for none). Transcribed from REFERENCE.md.
+# bottleneck attention per cell ('' for none). Transcribed from the paper (Figure 4).
 from collections import namedtuple
 
 Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat normal_bottleneck reduce_bottleneck')
