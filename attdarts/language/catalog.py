@@ -168,7 +168,7 @@ ATTENTIONS: dict[str, Entry] = {entry.name: entry for entry in (
 
 _TABLES = {"operation": OPERATIONS, "attention": ATTENTIONS}
 
-DSL_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")  # lower_snake: a DSL token (STYLE.md section 9)
+DSL_NAME = re.compile(r"[a-z_][a-z0-9_]*\Z")  # lower_snake: a DSL token
 _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 _LOADING: list[str] = []  # the plug-in being loaded (attdarts.plugins), innermost last
 
