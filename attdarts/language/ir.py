@@ -18,6 +18,7 @@ from typing import Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from attdarts.language import methods as method_catalog
+from attdarts.language import stages as stage_catalog
 from attdarts.language.errors import DslError, Problem, Span, suggest
 from attdarts.language.locations import LOCATIONS
 from attdarts.language.locations import Location as LocationSpec
@@ -177,6 +178,26 @@ class Genotype(_Node):
         return next((m.value for m in self.meta if m.key == key), None)
 
 
+class Stage(_Node):
+    """One stage of a progressive search (`attdarts.language.stages`: what each setting means).
+    None: the run's setting (layers, epochs, warmup) or the previous stage's count."""
+
+    layers: int | None = None
+    epochs: int | None = None
+    warmup: int | None = None
+    operations: int | None = None
+    attentions: int | None = None
+    skip_dropout: float = 0.0
+    start: Literal["fresh", "keep"] = "fresh"
+
+    def call(self) -> Call:
+        """The stage as the text writes it: `stage(...)` with the settings that are not their
+        defaults, in canonical order."""
+        kwargs = tuple((key, getattr(self, key)) for key in stage_catalog.SETTINGS
+                       if getattr(self, key) != stage_catalog.DEFAULTS[key])
+        return Call(name=stage_catalog.STAGE, kwargs=kwargs, span=self.span)
+
+
 # Intermediate nodes of a search space. A supernet cell has n(n+3)/2 mixed edges (14 at the
 # papers' 4); past this limit a typing slip would build a supernet for minutes without a word.
 MAX_SPACE_NODES = 16
@@ -189,6 +210,7 @@ class Space(_Node):
     paper's); `mixing` is `sum` (Att-DARTS-S, Eq. 10) or `product` (Att-DARTS-P, Eq. 17).
     `methods` are the search methods (`attdarts.language.methods.METHODS`), one call each with
     every setting (defaults filled in, catalog order), in the order the space lists them.
+    `stages` make the search progressive (`attdarts.language.stages`); none: one search.
     """
 
     name: str
@@ -200,6 +222,7 @@ class Space(_Node):
     location: str = "after_every"  # a key of locations.LOCATIONS
     mixing: Mixing = "sum"
     methods: tuple[Call, ...] = ()
+    stages: tuple[Stage, ...] = ()
     setting_comments: tuple[tuple[str, Comments], ...] = Field(default=(), exclude=False)
     setting_spans: tuple[tuple[str, Span], ...] = Field(default=(), exclude=True, repr=False)
     comments: Comments = NO_COMMENTS
@@ -240,7 +263,7 @@ class Space(_Node):
         if not problems:
             problems = method_problems(self)
         if not problems:
-            problems = derivation_problems(self)
+            problems = derivation_problems(self) + stage_catalog.stage_problems(self)
         if problems:
             raise DslError(problems)
         return self

@@ -189,4 +189,13 @@ def _space(space: Space) -> list[str]:
             body.append(INDENT + "methods = [")
             body.extend(f"{INDENT * 2}{call}," for call in calls)
             body.append(_with_trailing(INDENT + "]", comments))
+    # search stages: always one per line, in order (`stages = []` only to keep a comment)
+    comments = space.comments_for("stages")
+    if space.stages:
+        body.extend(_comment_lines(comments.leading, 1))
+        body.append(INDENT + "stages = [")
+        body.extend(f"{INDENT * 2}{_call(stage.call())}," for stage in space.stages)
+        body.append(_with_trailing(INDENT + "]", comments))
+    elif comments != NO_COMMENTS:
+        body.extend(_statement("stages = []", comments, 1))
     return _block(f"space {space.name}", space.comments, space.closing, 0, body)

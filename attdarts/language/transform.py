@@ -17,11 +17,11 @@ import lark
 from lark import Token, Tree
 
 from attdarts.files import decode_source, read_source  # noqa: F401 - re-exported for callers
-from attdarts.language import catalog, methods
+from attdarts.language import catalog, methods, stages
 from attdarts.language.errors import DslError, Problem, Span, by_position, suggest
 from attdarts.language.grammar import parse_tree, parser
 from attdarts.language.ir import (
-    Call, Cell, Comments, Document, Edge, Genotype, Meta, NO_COMMENTS, Node, Output, Space,
+    Call, Cell, Comments, Document, Edge, Genotype, Meta, NO_COMMENTS, Node, Output, Space, Stage,
 )
 from attdarts.language.locations import LOCATIONS
 
@@ -53,7 +53,7 @@ def read_genotype(path: str | Path, name: str | None = None) -> Genotype:
 
 
 def read_space(path: str | Path, name: str | None = None) -> Space:
-    """The space `name` of a file (or its only one); every error names the file."""
+    """The space `name` of a file (or its only one), as `read_genotype`."""
     return _named(path, lambda document: document.space(name))
 
 
@@ -69,12 +69,8 @@ def _named(path, pick):
 # Syntax errors
 
 
-_TERMINAL_WORDS = {
-    "NAME": "a name",
-    "STRING": "a quoted string",
-    "SIGNED_NUMBER": "a number",
-    "$END": "end of file",
-}
+_TERMINAL_WORDS = {"NAME": "a name", "STRING": "a quoted string", "SIGNED_NUMBER": "a number",
+                   "$END": "end of file"}
 
 
 def _describe_expected(names) -> str:
@@ -287,7 +283,7 @@ class _Builder:
         legacy: dict[str, object] = {}  # `key = value` method options (the older form)
         legacy_spans: dict[str, Span | None] = {}
         known = ("operations", "attentions", "nodes", "keep", "location", "mixing", "methods",
-                 *methods.LEGACY_OPTIONS)
+                 "stages", *methods.LEGACY_OPTIONS)
         for entry in settings:
             key, value, value_tree, entry_comments = self.setting(entry)
             entry_span = _span(entry)
@@ -345,12 +341,12 @@ class _Builder:
             comments=comments, closing=closing, span=span, **values))
 
     def _space_value(self, key, value, value_tree, span):
-        if key in ("operations", "attentions", "methods"):
+        if key in ("operations", "attentions", "methods", "stages"):
             if not isinstance(value, list):
                 self.problems.append(Problem(f"'{key}' must be a list, e.g. [a, b, c]", span))
                 return None
-            if key == "methods":
-                calls = [self.method_call(c) for c in value]
+            if key in ("methods", "stages"):
+                calls = [(self.method_call if key == "methods" else self.stage)(c) for c in value]
                 return tuple(call for call in calls if call is not None)
             table = catalog.OPERATIONS if key == "operations" else catalog.ATTENTIONS
             label = "operation" if key == "operations" else "attention"
@@ -388,6 +384,15 @@ class _Builder:
             for kwarg in kwargs if kwarg is not None])
         self.problems.extend(problems)
         return Call(name=name_text, kwargs=tuple(given.items()), span=_span(tree))
+
+    def stage(self, tree: Tree) -> Stage | None:
+        """One entry of `stages = [...]`: `stage(...)` with settings (`stages.SETTINGS`)."""
+        name, *kwargs = tree.children
+        settings, problems = stages.check_settings(str(name), [
+            (str(kwarg.children[0]), self._value(kwarg.children[1]), _span(kwarg))
+            for kwarg in kwargs if kwarg is not None], _span(name))
+        self.problems.extend(problems)
+        return None if settings is None else Stage(**settings, span=_span(tree))
 
     def cell(self, tree: Tree) -> Cell | None:
         kind_tree, *nodes, output_tree, brace = tree.children
@@ -482,9 +487,8 @@ class _Builder:
 
 def _check_value(parameter: catalog.Parameter, key: str, value, span) -> Problem | None:
     message = parameter.problem(f"'{key}'", value)
-    if message is None:
-        return None
-    return Problem(message, span, suggest(str(value), parameter.choices) if parameter.choices else None)
+    hint = suggest(str(value), parameter.choices) if parameter.choices else None
+    return None if message is None else Problem(message, span, hint)
 
 
 _ESCAPES = {"n": "\n", "t": "\t"}

@@ -225,7 +225,19 @@ def diff_spaces(a: Space, b: Space, *, meta: bool = False) -> list[Change]:
         if old != new:
             changes.append(Change("space", node=key, before=_setting_text(key, old),
                                   after=_setting_text(key, new)))
-    return changes + _method_changes(a, b)
+    return changes + _method_changes(a, b) + _stage_changes(a, b)
+
+
+def _stage_changes(a: Space, b: Space) -> list[Change]:
+    """Stages (a progressive search) compared by position: one line per stage added, removed
+    or with changed settings, e.g. `space stage 2: stage(layers=11) -> stage(layers=14)`."""
+    changes = []
+    for number in range(1, max(len(a.stages), len(b.stages)) + 1):
+        before, after = (call_text(space.stages[number - 1].call())
+                         if number <= len(space.stages) else None for space in (a, b))
+        if before != after:
+            changes.append(Change("space", node=f"stage {number}", before=before, after=after))
+    return changes
 
 
 def _method_changes(a: Space, b: Space) -> list[Change]:

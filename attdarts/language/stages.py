@@ -1,0 +1,178 @@
+"""Search stages: a progressive search declared in the space (P-DARTS, Chen et al., ICCV 2019).
+
+A space may list stages; the search then runs them in order, each with its own depth, length,
+warm-up, candidates per edge and dropout on skip connections:
+
+    space pdarts {
+        operations = [none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3, ...]
+        nodes = 4
+        keep = 2
+        location = no_attention
+        mixing = sum
+        methods = [max_skip_connect(n=2)]
+        stages = [
+            stage(layers=5, epochs=25, warmup=10),
+            stage(layers=11, epochs=25, warmup=10, operations=5, skip_dropout=0.4),
+            stage(layers=17, epochs=25, warmup=10, operations=3, skip_dropout=0.7),
+        ]
+    }
+
+Each `stage(...)` call takes the settings of `SETTINGS` (`ir.Stage` holds them):
+
+- `layers`, `epochs`, `warmup`: cells of the stage's supernet, its epochs, and how many of them
+  run weight steps only; left out, the run's `--layers`, `--epochs` and `--arch-start-epoch`
+  (a `keep` stage has the depth of the supernet it keeps);
+- `operations`, `attentions`: candidates kept per edge in the operation mixture (alpha) and in
+  the attention mixtures (beta, and gamma on the cell output) from this stage on: on entering
+  the stage, each row drops its weakest candidates, by the previous stage's weights; left out,
+  the previous stage's count (the first stage searches every candidate);
+- `skip_dropout`: P-DARTS's dropout rate r on the stride-1 skip connections of the stage;
+- `start`: `fresh` (P-DARTS) builds the stage's supernet anew, weights and architecture
+  initialised again; `keep` carries the previous stage's supernet, architecture and optimiser
+  states on (DrNAS's second stage), only the candidates dropped change.
+
+This module checks a stage call's settings (`check_settings`) and a space's stages against the
+rest of the space (`stage_problems`), without torch and without the IR (the IR imports it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from attdarts import recipes
+from attdarts.language import kinds
+from attdarts.language.catalog import Parameter
+from attdarts.language.errors import Problem, Span, suggest
+
+__all__ = ["DEFAULTS", "SETTINGS", "STAGE", "STARTS", "check_settings", "planned_epochs",
+           "stage_problems"]
+
+STAGE = "stage"  # the call's name in `stages = [...]`
+STARTS = ("fresh", "keep")
+MAX_STAGES = 16
+MAX_SKIP_DROPOUT = 0.99  # a rate of 1 would divide by zero (inverted dropout scales by 1 / (1 - r))
+
+# every setting of a stage, in canonical (printed) order; the defaults of `DEFAULTS`: None
+# means "the run's setting" (layers, epochs, warmup) or "the previous stage's count"
+SETTINGS: dict[str, Parameter] = {
+    "layers": Parameter(int, recipes.SEARCH["paper"]["layers"], minimum=recipes.MIN_LAYERS,
+                        maximum=recipes.MAX_LAYERS),
+    "epochs": Parameter(int, recipes.SEARCH["paper"]["epochs"], minimum=1),
+    "warmup": Parameter(int, 0, minimum=0),
+    "operations": Parameter(int, 2, minimum=2),
+    "attentions": Parameter(int, 1, minimum=1),
+    "skip_dropout": Parameter(float, 0.0, minimum=0.0, maximum=MAX_SKIP_DROPOUT),
+    "start": Parameter(str, "fresh", choices=STARTS),
+}
+DEFAULTS: dict[str, Any] = {"layers": None, "epochs": None, "warmup": None, "operations": None,
+                            "attentions": None, "skip_dropout": 0.0, "start": "fresh"}
+
+Space = Any  # an `ir.Space`
+
+
+def check_settings(name: str, given: Sequence[tuple[str, Any, Span | None]], span: Span | None
+                   ) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """One entry of `stages = [...]` as written: its call name and its keyword arguments (key,
+    value, where). Returns the valid settings (floats as floats) or None, and a located problem
+    for every unknown, repeated or out-of-range one."""
+    problems: list[Problem] = []
+    if name != STAGE:
+        problems.append(Problem(f"'stages' lists stage(...) calls, not '{name}'", span,
+                                "write each stage as stage(layers=..., epochs=..., ...)"))
+    valid: dict[str, Any] = {}
+    for key, value, where in given:
+        if key not in SETTINGS:
+            problems.append(Problem(f"unknown stage setting '{key}'", where,
+                                    suggest(key, SETTINGS) or "a stage takes " + ", ".join(SETTINGS)))
+        elif key in valid:
+            problems.append(Problem(f"stage setting '{key}' is given twice", where))
+        else:
+            parameter = SETTINGS[key]
+            message = parameter.problem(f"'{key}' of a stage", value)
+            if message is not None:
+                problems.append(Problem(message, where, suggest(str(value), parameter.choices)
+                                        if parameter.choices else None))
+            else:
+                valid[key] = float(value) if parameter.kind is float else value
+    return (None if problems else valid), problems
+
+
+def planned_epochs(space: Space, run_epochs: int) -> int:
+    """The epochs of a search over `space` whose run setting `epochs` is `run_epochs`: every
+    stage's (a stage without `epochs` runs the run's), or the run's when there are no stages."""
+    if not space.stages:
+        return run_epochs
+    return sum(run_epochs if stage.epochs is None else stage.epochs for stage in space.stages)
+
+
+def stage_problems(space: Space) -> list[Problem]:
+    """Why `space`'s stages cannot run: counts beyond the candidates or growing again, a warm-up
+    as long as its stage, `keep` with nothing to keep or another depth, skip dropout without
+    skip_connect, a method that ends the search early."""
+    if not space.stages:
+        return []
+    where = space.span_of("stages")
+    problems: list[Problem] = []
+    if len(space.stages) > MAX_STAGES:
+        problems.append(Problem(f"{len(space.stages)} stages; a search has at most {MAX_STAGES}",
+                                where))
+    columns = space.location_spec.columns(space)
+    limits = {"operations": len(columns[kinds.OPERATION]),
+              "attentions": max((len(columns[kind]) for kind in (kinds.ATTENTION, kinds.OUTPUT)
+                                 if kind in columns), default=0)}
+    counts = dict(limits)  # candidates kept per row before each stage
+    for number, stage in enumerate(space.stages, 1):
+        span = stage.span or where
+        problems.extend(_stage_problems(space, number, stage, span, limits, counts))
+    if any(call.name == "stop_at_skips" for call in space.methods):
+        problems.append(Problem("search method 'stop_at_skips' cannot be combined with stages",
+                                space.method("stop_at_skips").span,
+                                "an early stop would end the whole progressive search; list "
+                                "only one of them"))
+    return problems
+
+
+def _stage_problems(space: Space, number: int, stage: Any, span: Span | None,
+                    limits: dict[str, int], counts: dict[str, int]) -> list[Problem]:
+    """The problems of stage `number` (1-based); `counts` (candidates kept before it) moves on."""
+    problems = []
+    label = f"stage {number}"
+    if stage.warmup is not None and stage.epochs is not None and stage.warmup >= stage.epochs:
+        problems.append(Problem(
+            f"{label}: 'warmup' is {stage.warmup} but the stage has {stage.epochs} epochs", span,
+            "the warm-up must leave epochs that train the architecture"))
+    for key, limit in limits.items():
+        count = getattr(stage, key)
+        if count is None:
+            continue
+        if limit == 0:
+            problems.append(Problem(
+                f"{label}: '{key}' counts the candidates of attention mixtures; location "
+                f"'{space.location}' has none", span, "leave 'attentions' out"))
+        elif count > limit:
+            problems.append(Problem(f"{label} keeps {count} {key} per edge; the space has "
+                                    f"{limit}", span, f"at most {limit}"))
+        elif number == 1 and count != limit:
+            problems.append(Problem(
+                f"the first stage searches every candidate ({limit} {key}); it cannot keep "
+                f"{count}", span, f"leave '{key}' out of the first stage or write {limit}"))
+        elif count > counts[key]:
+            problems.append(Problem(
+                f"{label} keeps {count} {key} per edge, more than the {counts[key]} before it",
+                span, "a dropped candidate does not come back; counts may only fall"))
+        else:
+            counts[key] = count
+    if stage.start == "keep":
+        previous = space.stages[number - 2] if number > 1 else None
+        if previous is None:
+            problems.append(Problem("the first stage has no supernet to keep", span,
+                                    "write start=keep on a later stage"))
+        elif stage.layers is not None and stage.layers != previous.layers:
+            problems.append(Problem(
+                f"{label} keeps the supernet of stage {number - 1}, so it has its depth; "
+                f"'layers' differs", span, "leave 'layers' out of the kept stage, or start fresh"))
+    if stage.skip_dropout and "skip_connect" not in [call.name for call in space.operations]:
+        problems.append(Problem(f"{label}: 'skip_dropout' acts on skip_connect, which the space "
+                                "does not list", span, "add skip_connect or drop the setting"))
+    return problems
