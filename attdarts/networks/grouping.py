@@ -65,6 +65,14 @@ class Group:
         """``(N, E*C, ...)`` -> ``(N, E, C, ...)`` (a view)."""
         return t.unflatten(1, (self.edges, -1))
 
+    def subset(self, edges: Tensor) -> Group:
+        """The group of the edges at positions `edges` (an index tensor), relu(x) with them
+        when it was computed already (a candidate that a stage dropped on the other edges)."""
+        part = Group(self.split(self.x).index_select(1, edges).flatten(1, 2), len(edges))
+        if self._relu is not None:
+            part._relu = self.split(self._relu).index_select(1, edges).flatten(1, 2)
+        return part
+
 
 # ---------------------------------------------------------------------------------------------
 # Layers over E edges

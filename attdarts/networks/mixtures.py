@@ -8,10 +8,16 @@
 one (partial channels); `first_candidates` / `mixed_candidates` build them. An attention
 mixture's output gets ``+ b * h`` when an `identity` coefficient b is passed (DARTS- carried over
 to attentions, `attdarts.networks.methods.auxiliary_identity`).
+
+Candidates dropped by a progressive search's stage (`use`: a stage's mask, P-DARTS) weigh zero
+and are not computed; on grouped edges a candidate that some edges of the wave dropped runs on
+the others only. An operation mixture's stride-1 `skip_connect` (`noisy`) is dropped out when a
+forward passes `noise` (P-DARTS's skip dropout, `attdarts.networks.noise`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -21,6 +27,7 @@ from torch import nn
 from attdarts.language import ir
 from attdarts.networks import grouping as grouped
 from attdarts.networks.attentions import IdentityAttention
+from attdarts.networks.noise import dropout
 from attdarts.networks.operations import FactorizedReduce, Zero
 from attdarts.networks.registry import build_attention, build_operation
 
@@ -32,6 +39,13 @@ __all__ = [
 
 MASK_FLOOR = 1e-6  # masks are clamped to at least this before log (Eq. 17)
 Init = Literal["zeros", "randn"]
+Noise = tuple[torch.Tensor, int]  # a pass's (key, rate) and the edge's site (`noise.dropout`)
+
+
+def _in_use(count: int, kept: Sequence[bool]) -> tuple[int, ...]:
+    """Indices of `count` candidates that a stage's mask `kept` keeps (candidates past its end,
+    a method's extra ones, are always kept)."""
+    return tuple(i for i in range(count) if i >= len(kept) or kept[i])
 
 
 class MixedOperation(nn.Module):
@@ -40,23 +54,36 @@ class MixedOperation(nn.Module):
     def __init__(self, candidates: list[nn.Module]) -> None:
         super().__init__()
         self.candidates = nn.ModuleList(candidates)
-        active = tuple(i for i, module in enumerate(candidates) if not isinstance(module, Zero))
+        # the candidates computed (`none` is zero), of those a stage keeps (`use`)
+        self.computed = tuple(i for i, module in enumerate(candidates)
+                              if not isinstance(module, Zero))
         # an all-`none` mixture still needs an output of the right shape
-        self.active = active or (0,)
+        self.active = self.computed or (0,)
+        self.noisy: int | None = None  # the stride-1 skip_connect that skip dropout drops out
+
+    def use(self, kept: Sequence[bool]) -> None:
+        """Compute only the candidates `kept` (a stage's mask over the space's columns)."""
+        computed = tuple(i for i in _in_use(len(self.candidates), kept) if i in self.computed)
+        self.active = computed or _in_use(len(self.candidates), kept)[:1]  # kept: only `none`
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                chosen: torch.Tensor | None = None) -> torch.Tensor:
+                chosen: torch.Tensor | None = None, noise: Noise | None = None) -> torch.Tensor:
         """The mixture; with `chosen` (a 0-dim index) a single path: the chosen candidate alone,
-        plus the other weights as scalars (GDAS's sampled forward, for their gradients)."""
+        plus the other weights as scalars (GDAS's sampled forward, for their gradients). With
+        `noise`, the stride-1 skip_connect's output is dropped out (`noise.dropout`)."""
         if chosen is not None:
             index = int(chosen)  # read on the host: which module runs depends on the draw
             others = weights.sum() - weights[index]
-            return weights[index] * self.candidates[index](x) + others
+            return weights[index] * self._candidate(index, x, noise) + others
         out = None
         for index in self.active:
-            term = weights[index] * self.candidates[index](x)
+            term = weights[index] * self._candidate(index, x, noise)
             out = term if out is None else out + term
         return out
+
+    def _candidate(self, index: int, x: torch.Tensor, noise: Noise | None) -> torch.Tensor:
+        out = self.candidates[index](x)
+        return out if noise is None or index != self.noisy else dropout(out, *noise)
 
 
 class MixedAttention(nn.Module):
@@ -68,6 +95,8 @@ class MixedAttention(nn.Module):
             raise ValueError(f"unknown mixing {mixing!r}; expected 'sum' or 'product'")
         self.candidates = nn.ModuleList(modules)
         self.product = mixing == "product"
+        self.active = tuple(range(len(modules)))  # those a stage keeps (`use`)
+        self.masked: tuple[int, ...] = ()
         if self.product:
             for module in modules:
                 if getattr(module, "adds_residual", False) or not hasattr(module, "mask"):
@@ -77,6 +106,12 @@ class MixedAttention(nn.Module):
             # the identity's mask is 1 and its log 0: it adds nothing to the exponent
             self.masked = tuple(
                 i for i, module in enumerate(modules) if not isinstance(module, IdentityAttention))
+        self.masking = self.masked
+
+    def use(self, kept: Sequence[bool]) -> None:
+        """Compute only the attentions `kept` (a stage's mask)."""
+        self.active = _in_use(len(self.candidates), kept)
+        self.masked = tuple(i for i in self.masking if i in self.active)
 
     def forward(
         self, h: torch.Tensor, weights: torch.Tensor, identity: torch.Tensor | None = None
@@ -91,28 +126,33 @@ class MixedAttention(nn.Module):
             out = h if exponent is None else h * torch.exp(exponent)
         else:
             out = None
-            for index, module in enumerate(self.candidates):
-                term = weights[index] * module(h)
+            for index in self.active:
+                term = weights[index] * self.candidates[index](h)
                 out = term if out is None else out + term
         return out if identity is None else out + identity * h
 
 
-def _column(weights: torch.Tensor, index: int, like: torch.Tensor) -> torch.Tensor:
-    """Column `index` of an (E, K) weight matrix, shaped to scale the (N, E, C, H, W) map `like`
-    and in its dtype: the plain path's 0-dim weight does not promote a bf16 map either."""
-    return weights[:, index].reshape(1, -1, 1, 1, 1).to(like.dtype)
+def _column(weights: torch.Tensor, index: int, like: torch.Tensor,
+            where: torch.Tensor | None = None) -> torch.Tensor:
+    """Column `index` of an (E, K) weight matrix (its rows `where` only, if given), shaped to
+    scale the (N, E, C, H, W) map `like` and in its dtype: the plain path's 0-dim weight does not
+    promote a bf16 map either."""
+    column = weights[:, index] if where is None else weights[:, index].index_select(0, where)
+    return column.reshape(1, -1, 1, 1, 1).to(like.dtype)
 
 
 def mix_operations_grouped(
-    mixtures: list[MixedOperation], group: grouped.Group, weights: torch.Tensor
+    mixtures: list[MixedOperation], group: grouped.Group, weights: torch.Tensor,
+    noise: torch.Tensor | None = None, sites: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Eq. 9 on E edges at once: `weights` is (E, K); returns (N, E, C, H', W')."""
+    """Eq. 9 on E edges at once: `weights` is (E, K); returns (N, E, C, H', W'). With `noise`
+    (a pass's key and rate), the stride-1 skip_connect is dropped out at the edges' `sites`."""
     total = None
-    for index in mixtures[0].active:
-        candidates = [mixture.candidates[index] for mixture in mixtures]
-        out = group.split(grouped.forward(candidates, group))
-        term = out * _column(weights, index, out)
-        total = term if total is None else total + term
+    for index, members in _computed_by(mixtures, "active"):
+        out, where = _run(mixtures, index, members, group, grouped.forward)
+        if noise is not None and index == mixtures[0].noisy:
+            out = dropout(out, noise, sites if where is None else sites.index_select(0, where))
+        total = _accumulate(total, out * _column(weights, index, out, where), where, group.edges)
     return total
 
 
@@ -125,21 +165,57 @@ def mix_attentions_grouped(
     first = mixtures[0]
     if first.product:
         exponent = None
-        for index in first.masked:
-            candidates = [mixture.candidates[index] for mixture in mixtures]
-            log_mask = torch.log(grouped.mask(candidates, group).clamp_min(MASK_FLOOR))
-            term = _column(weights, index, log_mask) * log_mask
-            exponent = term if exponent is None else exponent + term
+        for index, members in _computed_by(mixtures, "masked"):
+            mask, where = _run(mixtures, index, members, group, grouped.mask, split=False)
+            log_mask = torch.log(mask.clamp_min(MASK_FLOOR))
+            exponent = _accumulate(exponent, _column(weights, index, log_mask, where) * log_mask,
+                                   where, group.edges)
         h = group.split(group.x)
         total = h if exponent is None else h * torch.exp(exponent)
     else:
         total = None
-        for index in range(len(first.candidates)):
-            candidates = [mixture.candidates[index] for mixture in mixtures]
-            out = group.split(grouped.forward(candidates, group))
-            term = out * _column(weights, index, out)
-            total = term if total is None else total + term
+        for index, members in _computed_by(mixtures, "active"):
+            out, where = _run(mixtures, index, members, group, grouped.forward)
+            total = _accumulate(total, out * _column(weights, index, out, where), where,
+                                group.edges)
     return total if identity is None else total + identity * group.split(group.x)
+
+
+def _computed_by(mixtures: list, attribute: str) -> list[tuple[int, tuple[int, ...]]]:
+    """(candidate, the edges of the wave that compute it) in candidate order, from each
+    mixture's `attribute` (`active`, or `masked`: the masking attentions in use)."""
+    used = [getattr(mixture, attribute) for mixture in mixtures]
+    return [(index, tuple(edge for edge, own in enumerate(used) if index in own))
+            for index in sorted(set().union(*used))]
+
+
+_EDGES: dict[tuple, torch.Tensor] = {}  # edge index tensors of wave subsets, made once
+
+
+def _run(mixtures: list, index: int, members: tuple[int, ...], group: grouped.Group, rule,
+         split: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Candidate `index` on the edges `members` of `group` by `rule` (`grouping.forward` or
+    `grouping.mask`): (N, E', ...) and the members' index tensor (None: every edge)."""
+    if len(members) == group.edges:
+        out = rule([mixture.candidates[index] for mixture in mixtures], group)
+        return (group.split(out) if split else out), None
+    key = (members, group.x.device)
+    where = _EDGES.get(key)
+    if where is None:
+        where = _EDGES[key] = torch.tensor(members, device=group.x.device)
+    part = group.subset(where)
+    out = rule([mixtures[edge].candidates[index] for edge in members], part)
+    return (part.split(out) if split else out), where
+
+
+def _accumulate(total: torch.Tensor | None, term: torch.Tensor, where: torch.Tensor | None,
+                edges: int) -> torch.Tensor:
+    """`total + term`, where `term` holds the edges `where` only (the others add nothing)."""
+    if where is not None:
+        if total is not None and total.shape[2:] == term.shape[2:]:
+            return total.index_add(1, where, term)
+        term = term.new_zeros((term.shape[0], edges, *term.shape[2:])).index_copy(1, where, term)
+    return term if total is None else total + term
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,19 +241,22 @@ class SearchEdge(nn.Module):
     def forward(
         self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None,
         identity: torch.Tensor | None = None, chosen: torch.Tensor | None = None,
+        noise: Noise | None = None,
     ) -> torch.Tensor:
         if self.partial is None:
-            return self.mix(x, alpha, beta, identity, chosen)
+            return self.mix(x, alpha, beta, identity, chosen, noise)
         active, rest = self.partial.split(x)
-        return self.partial.join(self.mix(active, alpha, beta, identity, chosen), rest)
+        return self.partial.join(self.mix(active, alpha, beta, identity, chosen, noise), rest)
 
     def mix(
         self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None,
         identity: torch.Tensor | None = None, chosen: torch.Tensor | None = None,
+        noise: Noise | None = None,
     ) -> torch.Tensor:
         """The mixtures alone; `identity` is the auxiliary identity coefficient (or None),
-        `chosen` the first mixture's single path (or None)."""
-        h = self.first(x, alpha, chosen)
+        `chosen` the first mixture's single path (or None), `noise` the skip dropout's (or
+        None)."""
+        h = self.first(x, alpha, chosen, noise)
         if self.then is not None:
             h = self.then(h, beta) if identity is None else self.then(h, beta, identity)
         return h

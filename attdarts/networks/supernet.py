@@ -60,6 +60,7 @@ from attdarts.networks.mixtures import (  # noqa: F401 - re-exported: MASK_FLOOR
     first_candidates, mix_attentions_grouped, mix_operations_grouped, mixed_candidates,
     node_slices, normalise_edges, search_attention,
 )
+from attdarts.networks.noise import site
 from attdarts.networks.operations import preprocess_inputs
 from attdarts.networks.stacking import STEM_MULTIPLIER, halve, stack_cells
 
@@ -114,8 +115,10 @@ class SearchCell(nn.Module):
         reduction: bool,
         reduction_prev: bool,
         spatial_in: int,
+        layer: int = 0,
     ) -> None:
         super().__init__()
+        self.layer = layer  # position in the stack: names the sites of skip dropout
         self.reduction = reduction
         self.kind_index = ir.CELL_KINDS.index("reduce" if reduction else "normal")
         self.spatial_out = halve(spatial_in) if reduction else spatial_in
@@ -130,6 +133,9 @@ class SearchCell(nn.Module):
                 stride = 2 if reduction and input_index < 2 else 1
                 edges.append(self._edge(space, methods, channels, stride, input_index))
         self.edges = nn.ModuleList(edges)
+        # skip dropout's site of each edge (`noise.site`), a tensor: no constant per cell
+        sites = torch.tensor([site(layer, index) for index in range(len(edges))])
+        self.register_buffer("edge_sites", sites, persistent=False)
         # edges of node j are edges[starts[j]:starts[j] + j + 2]
         self.node_slices = node_slices(space.nodes)
         starts = [start for start, _ in self.node_slices]
@@ -144,6 +150,7 @@ class SearchCell(nn.Module):
         )
         for k, wave in enumerate(self.waves):  # indices into alpha / beta rows, on the device
             self.register_buffer(f"wave_{k}", torch.tensor(wave), persistent=False)
+            self.register_buffer(f"sites_{k}", self.edge_sites[list(wave)], persistent=False)
         self.groupable = location.groupable
         self.grouped = False  # set through `Supernet.set_grouped`
         self.channels_out = channels * space.nodes
@@ -163,6 +170,9 @@ class SearchCell(nn.Module):
         location = space.location_spec
         first = MixedOperation(first_candidates(space, width, stride, self.spatial_out)
                                + methods.extra_candidates(width, stride))
+        names = [call.name for call in space.operations]
+        if stride == 1 and "skip_connect" in names:  # skip dropout's candidate (P-DARTS)
+            first.noisy = names.index("skip_connect")
         then: nn.Module | None = None
         if location.mixes_operations_and_attentions:
             if location.then is not None:  # double_mixed: the same candidates again, at stride 1
@@ -177,7 +187,8 @@ class SearchCell(nn.Module):
         """The cell on its two inputs, with its cell type's mixture weights (`CellWeights`:
         alpha / beta / gamma, the normalised edge weights of edge normalisation or None, the
         auxiliary identity coefficient or None, the single paths or None)."""
-        alpha, beta, gamma, edges, identity, chosen = weights
+        alpha, beta, gamma, edges, identity, chosen, noise = weights
+        noise = noise if self.training else None  # skip dropout acts in training only
         if self.grouped and chosen is None:  # a single path per edge runs edge by edge
             return self.forward_grouped(s0, s1, weights)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -188,7 +199,8 @@ class SearchCell(nn.Module):
                 edge = self.edges[index]
                 out = edge(states[edge.input_index], alpha[index],
                            None if beta is None else beta[index], identity,
-                           None if chosen is None else chosen[index])
+                           None if chosen is None else chosen[index],
+                           None if noise is None else (noise, self.edge_sites[index]))
                 if edges is not None:
                     out = out * edges[index]
                 total = out if total is None else total + out
@@ -211,8 +223,8 @@ class SearchCell(nn.Module):
         candidate and wave instead of one small kernel per candidate and edge."""
         nodes = self.nodes
         x0, x1 = self.preprocess0(s0), self.preprocess1(s1)
-        alpha, beta, gamma, edges, identity, _ = weights
-        mixing = (alpha, beta, edges, identity)
+        alpha, beta, gamma, edges, identity, _, noise = weights
+        mixing = (alpha, beta, edges, identity, noise if self.training else None)
         out = self._wave(0, [x0] * nodes + [x1] * nodes, *mixing)
         partial = out[:, :nodes] + out[:, nodes:]  # (N, nodes, C, H, W): node sums so far
         states = []
@@ -227,7 +239,7 @@ class SearchCell(nn.Module):
 
     def _wave(
         self, k: int, inputs: list[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor | None,
-        edges: torch.Tensor | None, identity: torch.Tensor | None,
+        edges: torch.Tensor | None, identity: torch.Tensor | None, noise: torch.Tensor | None,
     ) -> torch.Tensor:
         """Wave k on its edges' inputs (N, C, H, W) each -> (N, E, C, H', W')."""
         wave = self.waves[k]
@@ -244,7 +256,8 @@ class SearchCell(nn.Module):
             x, rest = partial.split_grouped(inputs)
         group = grouped.Group(x, len(wave))
         out = mix_operations_grouped([edge.first for edge in modules], group,
-                                     alpha.index_select(0, index))
+                                     alpha.index_select(0, index), noise,
+                                     getattr(self, f"sites_{k}"))
         if modules[0].then is not None:
             group = grouped.Group(out.flatten(1, 2), len(wave))
             out = mix_attentions_grouped([edge.then for edge in modules], group,
@@ -254,6 +267,28 @@ class SearchCell(nn.Module):
         if edges is not None:
             out = out * edges.index_select(0, index).reshape(1, -1, 1, 1, 1).to(out.dtype)
         return out
+
+    def use(self, kept: Mapping[str, torch.Tensor]) -> None:
+        """Compute only the candidates `kept` (a bool (rows, candidates) tensor per kind of
+        this cell type, a stage's mask; a leading seed axis is reduced to any seed's keeping)."""
+        rows = {kind: mask.reshape(-1, *mask.shape[-2:]).any(0).tolist()
+                for kind, mask in kept.items()}
+        for index, edge in enumerate(self.edges):
+            if kinds.OPERATION in rows:
+                edge.first.use(rows[kinds.OPERATION][index])
+            if edge.then is not None and kinds.ATTENTION in rows:
+                edge.then.use(rows[kinds.ATTENTION][index])
+        if self.output_attention is not None and kinds.OUTPUT in rows:
+            self.output_attention.use(rows[kinds.OUTPUT][0])
+
+    def idle(self) -> list[nn.Module]:
+        """The candidates of this cell that a stage dropped (not computed)."""
+        mixtures = [edge.first for edge in self.edges]
+        mixtures += [edge.then for edge in self.edges if edge.then is not None]
+        if self.output_attention is not None:
+            mixtures.append(self.output_attention)
+        return [module for mixture in mixtures for index, module in enumerate(mixture.candidates)
+                if index not in mixture.active]
 
     def extra_repr(self) -> str:
         kind = ir.CELL_KINDS[self.kind_index]
@@ -292,7 +327,8 @@ class Supernet(nn.Module):
         )
         self.methods = build_methods(space)
         cells, channels_last = stack_cells(
-            lambda layer: SearchCell(space, self.methods, **layer.cell_arguments()),
+            lambda layer: SearchCell(space, self.methods, layer=layer.index,
+                                     **layer.cell_arguments()),
             layers=layers,
             channels=channels,
             channels_stem=stem_channels,
@@ -322,6 +358,42 @@ class Supernet(nn.Module):
         for cell in self.cells:
             cell.grouped = bool(flag) and cell.groupable
         return self
+
+    def use_candidates(self, masks: Mapping[str, Mapping[str, torch.Tensor]]) -> Supernet:
+        """Search only the candidates `masks[cell][kind]` keep (bool, the raw tensor's shape, or
+        with a leading seed axis for seeds together): their weights are masked (the stages'
+        `candidate_mask`) and the cells compute a candidate only where a seed keeps it. A space
+        with stages only (`MethodSet.progressive`)."""
+        progressive = self.methods.progressive
+        if progressive is None:
+            raise ValueError(f"space '{self.space.name}' has no stages; its candidates are fixed")
+        progressive.set_masks(masks, next(self.parameters()).device)
+        for cell in self.cells:
+            cell.use(masks[ir.CELL_KINDS[cell.kind_index]])
+        self._idle: tuple[frozenset[str], frozenset[str]] | None = None
+        return self
+
+    def idle_weights(self) -> frozenset[str]:
+        """Names of the weights of candidates no cell computes (a stage dropped them): the
+        search gives them a zero gradient, so that they move as weights with a zero gradient do
+        whatever other seeds compute (`Bilevel.weight_step`)."""
+        return self._idle_names()[0]
+
+    def idle_statistics(self) -> frozenset[str]:
+        """Names of the running statistics of candidates no cell computes: they stay as they
+        are (seeds run together do not copy theirs back, `Seeds.unload`)."""
+        return self._idle_names()[1]
+
+    def _idle_names(self) -> tuple[frozenset[str], frozenset[str]]:
+        if getattr(self, "_idle", None) is None:
+            modules = [module for cell in self.cells for module in cell.idle()]
+            weights = {id(tensor) for module in modules for tensor in module.parameters()}
+            buffers = {id(tensor) for module in modules for tensor in module.buffers()}
+            self._idle = (frozenset(name for name, tensor in self.named_weights()
+                                    if id(tensor) in weights),
+                          frozenset(name for name, tensor in self.named_buffers()
+                                    if id(tensor) in buffers))
+        return self._idle
 
     def raw_architecture(self, arch: Mapping[str, torch.Tensor] | None = None
                          ) -> list[dict[str, torch.Tensor]]:

@@ -14,18 +14,18 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `architecture()` | building: extra architecture kinds, with their labels | edge_normalisation |
 | `connector(channels, stride)` | building each edge: what enters its mixtures | partial_channels |
 | `extra_candidates(channels, stride)` | building each edge's operation mixture: candidates outside the weights' softmax | auxiliary_skip |
-| `candidate_mask(kind, cell)` | making weights: candidates switched off (P-DARTS, DrNAS pruning) | - |
+| `candidate_mask(kind, cell)` | making weights: candidates switched off (P-DARTS, DrNAS pruning) | progressive (a space's stages) |
 | `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | - (GDAS, DrNAS, FairDARTS) |
 | `draw(arch, random)` | once per step, before any forward | - (GDAS, DrNAS) |
-| `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing |
-| `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity |
+| `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing, progressive |
+| `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity, progressive |
 | `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay |
 | `weight_loss(weights)` | the weight step's objective | - (FairDARTS) |
 | `after_weight_step()` | after the weight update | - |
 | `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
-| `stage_start(stage)` | each stage of a progressive search | - (P-DARTS) |
+| `stage_start(stage)` | each stage of a progressive search (0-based; also after a resume) | - |
 | `early_stop(epoch, epochs, genotype, trained)` | after each epoch's derivation | stop_at_skips |
-| `capture_key()`, `capturable` | Python values a captured CUDA graph bakes in; whether it can be captured at all | beta_decay, smoothing |
+| `capture_key()`, `capturable` | Python values a captured CUDA graph bakes in; whether it can be captured at all | beta_decay, smoothing, progressive |
 | `derivation_weights(kind, raw)` | the weights derivation ranks (default: `normalise` without a draw) | - (FairDARTS) |
 | `edge_scales(tensors)` | derivation: a factor per edge on its ranking weight | edge_normalisation |
 | `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (FairDARTS threshold, GDAS) |
@@ -39,6 +39,11 @@ hands them to every forward; `Supernet.forward(x)` without weights makes them it
 Every tensor a hook receives may carry leading dimensions (seeds stacked together); hooks work
 over the trailing ones (rows, candidates), and `Random` draws each seed's noise from that seed's
 own generator.
+
+A space with `stages` (a progressive search, P-DARTS) also gets `progressive.Progressive` at the
+end of its set (`MethodSet.progressive`): the stage's candidate masks and skip dropout. What
+happens between stages (pruning, a fresh or kept supernet) is the search loop's
+(`attdarts.runs.search.stages`).
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class CellWeights(NamedTuple):
     `chosen` (rows,) indices make each edge's operation mixture a single path (GDAS): only the
     chosen candidate is computed, ``w_i o_i(x) + sum_{j != i} w_j`` (the other weights, zero in a
     hard one-hot, still receive their straight-through gradients); None computes the mixture.
+    `noise` is a pass's (key, rate) of skip dropout (`attdarts.networks.noise`), or None.
     """
 
     alpha: Tensor
@@ -81,6 +87,7 @@ class CellWeights(NamedTuple):
     edges: Tensor | None = None
     identity: Tensor | None = None
     chosen: Tensor | None = None
+    noise: Tensor | None = None
 
 
 MixtureWeights = tuple[CellWeights, ...]  # one per cell type, indexed like ir.CELL_KINDS
@@ -288,6 +295,9 @@ class MethodSet(nn.Module):
         self.space = space
         self.methods = nn.ModuleList(
             method_class(call.name)(space, resolved(call)) for call in space.methods)
+        if space.stages:  # a progressive search: the stages' masks and skip dropout
+            progressive = importlib.import_module(f"{__name__}.progressive")
+            self.methods.append(progressive.Progressive(space, {}))
         makers = [m for m in self.methods if type(m).normalise is not SearchMethod.normalise]
         if len(makers) > 1:
             raise ValueError("search methods " + ", ".join(f"'{_name(m)}'" for m in makers) +
@@ -296,6 +306,11 @@ class MethodSet(nn.Module):
 
     def __iter__(self):
         return iter(self.methods)
+
+    @property
+    def progressive(self) -> SearchMethod | None:
+        """The stages' component (`progressive.Progressive`) of a space with stages, or None."""
+        return self.methods[-1] if self.space.stages else None
 
     def _first(self, hook: str, *args: Any) -> Any:
         for method in self.methods:
