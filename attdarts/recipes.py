@@ -4,7 +4,8 @@
 al. 2019, Section 3.1): "paper" is what the papers state, "authors" what the authors' code runs
 where the two differ (README, "Paper, authors' code and attdarts"), "pc-darts" PC-DARTS's search
 settings (Xu et al. 2020; for a space with partial channels such as
-genotypes/spaces/pc_darts.geno). `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
+genotypes/spaces/pc_darts.geno), "pdarts" P-DARTS's (Chen et al. 2019; for a space with stages
+such as genotypes/spaces/pdarts.geno). `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
 3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile setting, 250 epochs, C=48, L=14).
 Each row is complete, so a row is a valid set of defaults.
 
@@ -39,6 +40,7 @@ _PAPER_SEARCH: dict[str, Any] = {
     "arch_betas": (0.5, 0.999),
     "arch_weight_decay": 1e-3,
     "arch_init": "zeros",
+    "arch_grad_clip": None,
     "augment": True,
     "max_steps_per_epoch": None,
     "checkpoint_every": 0,
@@ -59,6 +61,12 @@ SEARCH: dict[str, dict[str, Any]] = {
     # and 15 epochs that train the weights only before the architecture steps start
     "pc-darts": {**_PAPER_SEARCH, "recipe": "pc-darts", "batch_size": 256, "lr": 0.1,
                  "arch_lr": 6e-4, "arch_start_epoch": 15},
+    # P-DARTS (Chen et al., ICCV 2019; chenxin061/pdarts, train_search.py): batch 96, alpha Adam
+    # 6e-4 from 1e-3 randn with its gradients clipped to 5, 10 weight-only epochs (a stage's warm-up where the space's stages do
+    # not give theirs); the stages themselves (cells, epochs, candidates, skip dropout) are the
+    # space's, genotypes/spaces/pdarts.geno
+    "pdarts": {**_PAPER_SEARCH, "recipe": "pdarts", "batch_size": 96, "arch_lr": 6e-4,
+               "arch_init": "randn", "arch_grad_clip": 5.0, "arch_start_epoch": 10},
 }
 
 _CIFAR_TRAIN: dict[str, Any] = {

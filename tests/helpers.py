@@ -3,6 +3,7 @@ pythonpath)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 from pathlib import Path
@@ -108,3 +109,47 @@ def write_search_run(run: Path, genotypes: list[str], weights: list[dict] | None
                           for epoch in range(1, epochs + 1)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     return run
+
+
+@contextlib.contextmanager
+def in_float64():
+    """Supernets and images in float64: the default dtype, and the loaders' normalised images
+    cast (the same cast for a reference run and the run compared with it)."""
+    import pytest
+    import torch
+
+    from attdarts.runs.data import loaders
+
+    original = loaders.normalise
+    saved = torch.get_default_dtype()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loaders, "normalise", lambda *args: original(*args).double())
+        torch.set_default_dtype(torch.float64)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(saved)
+
+
+def assert_same_state(expected, actual, *, rtol: float, atol: float, where: str = "") -> None:
+    """Nested checkpoint values equal: tensors within the tolerance, everything else exactly."""
+    import torch
+
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and actual.shape == expected.shape, where
+        if expected.is_floating_point():
+            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{where}: {m}")
+        else:
+            assert torch.equal(actual, expected), f"{where}: {actual!r} vs {expected!r}"
+    elif isinstance(expected, dict):
+        assert set(actual) == set(expected), where
+        for key in expected:
+            assert_same_state(expected[key], actual[key], rtol=rtol, atol=atol,
+                              where=f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), where
+        for index, (e, a) in enumerate(zip(expected, actual)):
+            assert_same_state(e, a, rtol=rtol, atol=atol, where=f"{where}[{index}]")
+    else:
+        assert actual == expected, where

@@ -72,7 +72,9 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
     For a space (FILE holds spaces and no genotype, or --space): its search supernet at the
     search size (CIFAR-10, C=16, L=8 unless --channels / --layers / --dataset cifar100 say
     otherwise), with its search methods: weights, architecture parameters, multiply-adds of one
-    image through every candidate (`none` is not evaluated) and a per-cell table.
+    image through every candidate (`none` is not evaluated) and a per-cell table. A space with
+    stages (P-DARTS): its first stage's supernet, and a table of every stage (cells, candidates
+    kept, weights built and in use, fewest to most, and architecture parameters searched).
 
     C*C*L may not exceed 36*36*20*50 (about 160 M parameters); a network that does not fit in
     memory is reported as such. On a terminal, a status line per stage goes to stderr.
@@ -87,6 +89,9 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
         raise click.UsageError("a search supernet is built for cifar10 or cifar100, not imagenet")
     sizes = _SEARCH_SIZE if is_space else _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE)
     channels = channels or sizes[0]
+    stage_layers = layers or sizes[1]  # a space's stages that do not give their cells
+    if is_space and item.stages and not layers:
+        layers = item.stages[0].layers
     layers = layers or sizes[1]
     if channels * channels * layers > MAX_SIZE:
         raise click.UsageError(
@@ -97,6 +102,8 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
     try:
         if is_space:
             summary, rows = _measure_supernet(item, **options)
+            if item.stages:
+                summary["stages"] = _measure_stages(item, **{**options, "layers": stage_layers})
         else:
             summary, rows = _measure(item, auxiliary=auxiliary, **options)
     except ValueError as error:  # e.g. channels not divisible by partial_channels
@@ -153,7 +160,25 @@ def _print_supernet(summary: dict, rows: list) -> None:
                "candidate but none)")
     click.echo(f"input        {tuple(summary['input_shape'])}")
     click.echo(f"output       {tuple(summary['output_shape'])}")
+    if "stages" in summary:
+        _print_stages(summary["stages"])
     _print_cells(rows, "weights")
+
+
+def _print_stages(stages: list[dict]) -> None:
+    """One line per stage: cells, candidates kept per edge, weights built and in use (fewest to
+    most: which candidates a stage keeps is learnt), architecture parameters searched."""
+    click.echo("")
+    click.echo(f"{'stage':>5}  {'cells':>5}  {'kept per edge':<26} {'weights':>11} "
+               f"{'in use':>25}  architecture")
+    for row in stages:
+        kept = ", ".join(f"{row[key]} {key}" for key in ("operations", "attentions")
+                         if row[key] is not None) or "all"
+        fewest, most = row["weights_in_use"]
+        in_use = f"{fewest:,}" if fewest == most else f"{fewest:,} to {most:,}"
+        click.echo(f"{row['stage']:>5}  {row['layers']:>5}  {kept:<26} {row['weights']:>11,} "
+                   f"{in_use:>25}  {row['architecture_searched']:,} of "
+                   f"{row['architecture_parameters']:,}")
 
 
 def _print_cells(rows: list, label: str) -> None:
@@ -170,6 +195,13 @@ def _measure(genotype, **options):
     from attdarts.networks.measure import measure
 
     return measure(genotype, **options)
+
+
+def _measure_stages(space, **options):
+    """`networks.measure.measure_stages` (torch is imported by then)."""
+    from attdarts.networks.measure import measure_stages
+
+    return measure_stages(space, **options)
 
 
 def _measure_supernet(space, **options):

@@ -83,6 +83,7 @@ _SETTING_OPTIONS = {
     "layers": ("layers", None), "lr": ("lr", None), "lr_min": ("lr_min", None),
     "momentum": ("momentum", None), "weight_decay": ("weight_decay", None),
     "grad_clip": ("grad_clip", None), "arch_lr": ("arch_lr", None),
+    "arch_grad_clip": ("arch_grad_clip", None),
     "arch_start_epoch": ("arch_start_epoch", None),
     "arch_weight_decay": ("arch_weight_decay", None), "arch_betas": ("arch_betas", _betas),
     "train_portion": ("train_portion", None), "arch_init": ("arch_init", None),
@@ -138,9 +139,10 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="Reproduction preset: 'paper' (the paper: lr-min 0, zero init, exact DARTS "
                    "second order, clip the weights, BAM summed), 'authors' (their code: "
                    "lr-min 0.001, 1e-3 randn init, their second order and clipping, BAM gates "
-                   "multiplied) or 'pc-darts' (PC-DARTS's search: batch 256, lr 0.1, arch-lr "
-                   "6e-4, architecture steps from epoch 15; for a space with partial_channels). "
-                   "Options given explicitly win over the recipe.")
+                   "multiplied), 'pc-darts' (PC-DARTS's search: batch 256, lr 0.1, arch-lr "
+                   "6e-4, architecture steps from epoch 15; for a space with partial_channels) "
+                   "or 'pdarts' (P-DARTS: batch 96, arch-lr 6e-4, randn init, 10 warm-up epochs; "
+                   "its stages are the space's). Options given explicitly win over the recipe.")
 @click.option("--dataset", default=_PAPER["dataset"], show_default=True,
               help="cifar10, cifar100, cifar10-mini (the embedded CIFAR-10 subset), synthetic, "
                    "folder:PATH (ImageFolder with train/) or a plug-in's dataset.")
@@ -181,6 +183,9 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="Maximum gradient norm of a weight step (see --clip).")
 @click.option("--arch-lr", type=float,
               help="Adam learning rate of alpha/beta" + _RECIPE_HELP + ".")
+@click.option("--arch-grad-clip", type=float,
+              help="Clip the architecture gradients to this norm before each Adam step "
+                   "(P-DARTS: 5; default: unclipped)" + _RECIPE_HELP + ".")
 @click.option("--arch-start-epoch", type=int,
               help="Epochs of weight steps only before the architecture steps start (PC-DARTS: "
                    "15)" + _RECIPE_HELP + ".")
@@ -229,7 +234,8 @@ _RECIPE_HELP = " (default: set by --recipe)"
 })
 def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size, order,
            second_order, clip, bam_combine, seed, seeds, channels, layers, lr, lr_min, momentum,
-           weight_decay, grad_clip, arch_lr, arch_start_epoch, arch_weight_decay, arch_betas,
+           weight_decay, grad_clip, arch_lr, arch_grad_clip, arch_start_epoch, arch_weight_decay,
+           arch_betas,
            train_portion,
            arch_init, no_augment, out, device, threads, resume, deterministic,
            max_steps_per_epoch, checkpoint_every, plain, compile_cells, graphs, quiet, together,
@@ -274,6 +280,7 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
             chosen = {"second_order": second_order, "clip": clip, "bam_combine": bam_combine,
                       "lr_min": lr_min, "arch_init": arch_init, "batch_size": batch_size,
                       "lr": lr, "arch_lr": arch_lr, "arch_start_epoch": arch_start_epoch,
+                      "arch_grad_clip": arch_grad_clip,
                       "graphs": graphs, "compile_cells": compile_cells or None}
             config = api.recipe_config(
                 recipe, **{key: value for key, value in chosen.items() if value is not None},

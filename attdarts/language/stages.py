@@ -109,7 +109,8 @@ def planned_epochs(space: Space, run_epochs: int) -> int:
 def stage_problems(space: Space) -> list[Problem]:
     """Why `space`'s stages cannot run: counts beyond the candidates or growing again, a warm-up
     as long as its stage, `keep` with nothing to keep or another depth, skip dropout without
-    skip_connect, a method that ends the search early."""
+    skip_connect, a method that ends the search early or rides on a candidate a stage may drop
+    (DARTS-'s auxiliary skip on skip_connect's weight)."""
     if not space.stages:
         return []
     where = space.span_of("stages")
@@ -125,6 +126,11 @@ def stage_problems(space: Space) -> list[Problem]:
     for number, stage in enumerate(space.stages, 1):
         span = stage.span or where
         problems.extend(_stage_problems(space, number, stage, span, limits, counts))
+    if space.method("auxiliary_skip") is not None and "skip_connect" in columns[kinds.OPERATION]:
+        problems.append(Problem(
+            "search method 'auxiliary_skip' cannot be combined with stages when the space lists "
+            "skip_connect", space.method("auxiliary_skip").span,
+            "its term rides on skip_connect's weight, which a stage may drop"))
     if any(call.name == "stop_at_skips" for call in space.methods):
         problems.append(Problem("search method 'stop_at_skips' cannot be combined with stages",
                                 space.method("stop_at_skips").span,

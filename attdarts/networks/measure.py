@@ -4,7 +4,8 @@
 (default: the search size, C=16, 8 cells, CIFAR-10), counting its weights, its architecture
 parameters and the mult-adds of one supernet forward. In that forward the `none` operation is
 not evaluated (its output is zero), so it adds nothing; every other candidate of every mixture
-is counted, as the search computes it.
+is counted, as the search computes it. `measure_stages` counts each stage of a progressive
+search: which candidates a later stage keeps is learnt, so its weights in use are a range.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from attdarts.language import ir
+from attdarts.language import ir, kinds
 from attdarts.language.methods import resolved
 from attdarts.networks import network
 from attdarts.networks.network import DATASETS, Network, _stem_size
@@ -26,7 +27,7 @@ from attdarts.networks.supernet import compile_supernet
 
 __all__ = [
     "CellSummary", "count_multiply_adds", "count_parameters", "describe_network", "measure",
-    "measure_supernet",
+    "measure_stages", "measure_supernet",
 ]
 
 
@@ -199,3 +200,62 @@ def measure_supernet(
         ],
     }
     return summary, rows
+
+
+def measure_stages(
+    space: ir.Space,
+    *,
+    dataset: str,
+    channels: int,
+    layers: int,
+    progress: Callable[[str], None] = lambda message: None,
+) -> list[dict]:
+    """Each stage of a space with stages at the search size (`layers`: a stage's cells when it
+    does not say), for `attdarts compile`: its cells, the candidates it keeps per edge by kind,
+    the weights of its supernet (every candidate is built) and those in use, fewest to most
+    (each row of the architecture keeps the stage's count of candidates: the cheapest ones to
+    the dearest ones), and its architecture parameters (all; those searched, the kept ones)."""
+    shape = DATASETS[dataset]
+    counts: dict[str, int | None] = {"operations": None, "attentions": None}
+    rows = []
+    for number, stage in enumerate(space.stages, 1):
+        depth = layers if stage.layers is None else stage.layers
+        counts.update({key: getattr(stage, key) for key in counts
+                       if getattr(stage, key) is not None})
+        progress(f"building the supernet of stage {number} (C={channels}, L={depth})")
+        model = compile_supernet(space, channels=channels, layers=depth,
+                                 num_classes=shape.num_classes, input_size=shape.input_size)
+        rows.append({"stage": number, "layers": depth, **counts, **_stage_weights(model, counts)})
+    return rows
+
+
+def _stage_weights(model, counts: dict[str, int | None]) -> dict:
+    """Weights built and in use (fewest, most) and architecture parameters (all, searched) of
+    a supernet whose rows keep `counts` candidates (None: all)."""
+    keep = {kinds.OPERATION: counts["operations"], kinds.ATTENTION: counts["attentions"],
+            kinds.OUTPUT: counts["attentions"]}
+    columns = model.columns
+    costs: dict[tuple, list[int]] = {}  # (cell type, kind, row) -> weights of each candidate
+    for cell in model.cells:
+        mixtures = [(kinds.OPERATION, row, edge.first) for row, edge in enumerate(cell.edges)]
+        mixtures += [(kinds.ATTENTION, row, edge.then) for row, edge in enumerate(cell.edges)
+                     if edge.then is not None]
+        if cell.output_attention is not None:
+            mixtures.append((kinds.OUTPUT, 0, cell.output_attention))
+        for kind, row, mixture in mixtures:
+            own = costs.setdefault((cell.kind_index, kind, row), [0] * len(columns[kind]))
+            for index in range(len(own)):  # a method's extra candidates are always kept
+                own[index] += sum(p.numel() for p in mixture.candidates[index].parameters())
+    built = sum(p.numel() for p in model.weights())
+    fewest = most = built - sum(sum(own) for own in costs.values())
+    for (_, kind, _), own in costs.items():
+        count = keep[kind] or len(own)
+        fewest += sum(sorted(own)[:count])
+        most += sum(sorted(own)[len(own) - count:])
+    architecture = sum(p.numel() for p in model.architecture())
+    searched = sum(tensor.shape[0] * (keep.get(kind) or tensor.shape[1]) if kind in keep
+                   else tensor.numel()
+                   for tensors in model.architecture_tensors().values()
+                   for kind, tensor in tensors.items())
+    return {"weights": built, "weights_in_use": [fewest, most],
+            "architecture_parameters": architecture, "architecture_searched": searched}

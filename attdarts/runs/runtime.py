@@ -124,12 +124,15 @@ def set_threads(threads: int) -> None:
         log.debug("inter-op threads already fixed; --threads sets the intra-op threads only")
 
 
-def wrap_data_parallel(model: nn.Module, process: Process, device: torch.device) -> nn.Module:
-    """`model` in DistributedDataParallel under torchrun, or `model` itself in one process."""
+def wrap_data_parallel(model: nn.Module, process: Process, device: torch.device, *,
+                       every_weight: bool = True) -> nn.Module:
+    """`model` in DistributedDataParallel under torchrun, or `model` itself in one process.
+    `every_weight=False`: some weights get no gradient (a search stage's dropped candidates)."""
     if process.world_size <= 1:
         return model
     return nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None)
+        model, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=not every_weight)
 
 
 # ---------------------------------------------------------------------------------------------

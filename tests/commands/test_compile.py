@@ -159,3 +159,45 @@ def test_compile_space_options_and_clean_errors(tmp_path):
     assert [cell["channels"] for cell in summary["cells"]] == [16, 32, 64]
     result = _run(both, "--channels", "4", "--layers", "3", "--no-auxiliary")  # the genotype
     assert result.exit_code == 0 and "genotype     darts_v2" in result.output
+
+
+# P-DARTS's first search network: model_search.Network(16, 10, 5) of github.com/chenxin061/pdarts
+# (b880e87) with all eight operations on each of 2 x 14 edges: 1,275,834 weights, 224 alphas.
+P_DARTS_STAGE_ONE = 1_275_834
+
+
+def test_compile_pdarts_space_prints_every_stage():
+    """The first stage is P-DARTS's own first supernet. A later stage builds every candidate but
+    computes the kept ones: at stage 2 (5 of 8 per edge) the dearest choice keeps every candidate
+    with weights (the four convolutions, and at stride 2 the factorized-reduce skip), so it uses
+    all that is built; the cheapest keeps the parameter-free ones first."""
+    result = _run(SPACES / "pdarts.geno")
+    assert result.exit_code == 0, result.output
+    assert "(search supernet, cifar10, C=16, L=5)" in result.output
+    assert f"weights      {P_DARTS_STAGE_ONE:,}" in result.output
+    assert "architecture 224 (alpha 224)" in result.output
+    assert "weights      2,585,146" in _run(SPACES / "darts.geno", "--layers", "11").output
+    lines = result.output.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("stage  cells"))
+    assert [line.split() for line in lines[header + 1:header + 4]] == [
+        ["1", "5", "all", "1,275,834", "1,275,834", "224", "of", "224"],
+        ["2", "11", "5", "operations", "2,585,146", "535,322", "to", "2,585,146", "140", "of",
+         "224"],
+        ["3", "17", "3", "operations", "3,894,202", "228,474", "to", "3,322,586", "84", "of",
+         "224"],
+    ]
+
+
+def test_compile_att_pdarts_stages_in_json():
+    """att_pdarts keeps 6, 4, 2 attentions besides 8, 5, 3 operations; a stage builds the whole
+    supernet at its depth (stage 2: the att_darts supernet at 11 cells)."""
+    result = _run(SPACES / "att_pdarts.geno", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["weights"] == 2_115_568 and summary["layers"] == 5
+    assert [(row["layers"], row["operations"], row["attentions"], row["weights"],
+             row["weights_in_use"], row["architecture_searched"]) for row in summary["stages"]] == [
+        (5, None, None, 2_115_568, [2_115_568, 2_115_568], 392),
+        (11, 5, 4, 4_502_740, [719_324, 4_465_556], 252),
+        (17, 3, 2, 6_889_656, [284_474, 6_040_098], 140),
+    ]

@@ -128,6 +128,15 @@ def test_skip_dropout_needs_skip_connect_and_stages_refuse_an_early_stop():
         "search method 'stop_at_skips' cannot be combined with stages"]
 
 
+def test_the_auxiliary_skip_on_skip_connects_weight_is_refused_with_stages():
+    assert problems(space("stage()", methods="auxiliary_skip(decay=linear)")) == [
+        "search method 'auxiliary_skip' cannot be combined with stages when the space lists "
+        "skip_connect"]
+    without_skip = space("stage()", methods="auxiliary_skip(decay=linear)",
+                         operations="none, max_pool_3x3, sep_conv_3x3")
+    assert parse_text(without_skip).space().stages == (ir.Stage(),)  # its own candidate: kept
+
+
 def test_a_mixed_location_counts_operations_and_attentions_together():
     text = space("stage(), stage(operations=5)", location="mixed_with_operation").replace(
         "identity, ", "")

@@ -14,8 +14,10 @@ from attdarts.language import kinds
 from attdarts.language.locations import LOCATIONS
 from attdarts.language.transform import parse_text
 from attdarts.networks import noise
+from attdarts.networks.derive import derive_genotype
 from attdarts.networks.methods import Random
 from attdarts.networks.methods.progressive import Progressive, flat, prune, unflat
+from attdarts.networks.network import compile_network
 from attdarts.networks.operations import Zero
 from attdarts.networks.supernet import compile_supernet
 
@@ -256,10 +258,16 @@ def _combinations():
     return pairs
 
 
+@pytest.mark.parametrize("methods", ["", "partial_channels(k=2), edge_normalisation, "
+                                     "max_skip_connect(n=1), smoothing, beta_decay"])
 @pytest.mark.parametrize("location, mixing", _combinations())
-def test_stages_compose_with_every_location_plain_equals_grouped(location, mixing):
-    attentions = "identity, se, cbam" if mixing == "sum" else "identity, se, cbam"
-    space = make_space(location, mixing, attentions=attentions)
+def test_stages_compose_with_every_location_plain_equals_grouped(location, mixing, methods):
+    """Per-edge masks, skip dropout and (second row) the methods a staged space may list with
+    them: the same outputs and gradients edge by edge and grouped (float64), dropped candidates
+    weighing exactly 0 (random smoothing's noise on them is dropped), a genotype derived."""
+    if LOCATIONS[location].mixes_operations_and_attentions:
+        methods = methods.replace("max_skip_connect(n=1), ", "")
+    space = make_space(location, mixing, methods=methods)
     plain = tiny(space)
     plain.use_candidates(random_masks(plain, 2))
     plain.methods.progressive.rate = 0.3
@@ -273,6 +281,10 @@ def test_stages_compose_with_every_location_plain_equals_grouped(location, mixin
         out = model(images, weights)
         out.sum().backward()
         results.append((out, {name: p.grad for name, p in model.named_parameters()}))
+        kept = model.methods.progressive.masks
+        for cell, cell_weights in zip(("normal", "reduce"), weights):
+            for kind, mask in kept[cell].items():
+                assert (getattr(cell_weights, kind)[..., :mask.shape[-1]][~mask] == 0).all()
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
     for name, grad in results[0][1].items():
         other = results[1][1][name]
@@ -280,3 +292,5 @@ def test_stages_compose_with_every_location_plain_equals_grouped(location, mixin
         if grad is not None:
             torch.testing.assert_close(other, grad, rtol=1e-8, atol=1e-10, msg=name)
     assert grouped.grouped == LOCATIONS[location].groupable
+    genotype = derive_genotype(plain, space)
+    compile_network(genotype, channels=8, layers=3)

@@ -6,7 +6,8 @@ besides the methods it lists. It holds what a stage changes in the supernet:
 - the candidates still searched, one bool mask per architecture kind and cell type (rows x
   candidates, the shape of the raw tensor, so the architecture keeps its shape through the
   stages): `candidate_mask` gives them to the weights (a dropped candidate's raw weight becomes
-  -inf, its weight 0) and `Supernet.use_candidates` stops computing dropped candidates;
+  -inf, its weight 0; `adjust` keeps it 0 after methods that perturb the weights) and
+  `Supernet.use_candidates` stops computing dropped candidates;
 - P-DARTS's dropout on stride-1 skip connections at this epoch's `rate`: each pass of a step gets
   its own key, one per seed, drawn from the seed's method generator (`draw` for the
   architecture step's passes, `before_weight_step` for the weight step's), carried to the cells
@@ -115,9 +116,21 @@ class Progressive(SearchMethod):
         return weights._replace(noise=self._weight_noise)
 
     def adjust(self, weights: CellWeights, cell: int) -> CellWeights:
+        """A dropped candidate weighs exactly 0 in every pass (a method that perturbs the
+        weights, random smoothing, gave it some: the cells do not compute it, so its weight
+        says so), and the pass gets its skip dropout key."""
+        changed: dict[str, Tensor] = {}
+        for kind in kinds.MIXTURES:
+            mask, value = self.candidate_mask(kind, ir.CELL_KINDS[cell]), getattr(weights, kind)
+            if mask is None or value is None:
+                continue
+            extra = value.shape[-1] - mask.shape[-1]  # a method's own candidates: always kept
+            if extra:
+                mask = torch.cat([mask, mask.new_ones(*mask.shape[:-1], extra)], dim=-1)
+            changed[kind] = torch.where(mask, value, 0.0)
         if weights.noise is None and self._noise is not None:
-            return weights._replace(noise=self._noise)
-        return weights
+            changed["noise"] = self._noise
+        return weights._replace(**changed)
 
     def capture_key(self) -> tuple:
         return (self.rate,)

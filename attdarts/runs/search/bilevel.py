@@ -32,11 +32,9 @@ second order's eps are per seed; SGD and Adam are elementwise; each seed draws f
 generator. So a seed run together computes what it computes alone.
 
 Everything is functional (`torch.func.functional_call` on parameter dicts, no copy of the model).
-During the second-order step's extra forward passes BatchNorm normalises with batch statistics as
-usual (training mode) but its running statistics are left untouched: those passes run on a
-scratch copy of the buffers, so only real steps (the weight step, and the first-order
-architecture step as in DARTS) move them. Running statistics never affect the search itself,
-which runs in training mode throughout.
+The second-order step's extra passes normalise with batch statistics (training mode) on a scratch
+copy of the running statistics, so only real steps (the weight step, and the first-order
+architecture step as in DARTS) move them; they never affect the search (always training mode).
 
 Search methods act in the iteration through their hooks (`attdarts.networks.methods`): the
 mixture weights are made once per step (`Supernet.mixture_weights`, after each method's `draw`
@@ -65,6 +63,7 @@ from attdarts.runs.search.config import SearchConfig, SearchError
 from attdarts.runs.search.seeds import Seeds, seed_view, tree_detach
 
 ParamDict = dict[str, Tensor]
+_UNUSED_ZERO = {"allow_unused": True, "materialize_grads": True}  # weights a stage dropped: 0
 Batch = tuple[Tensor, Tensor]  # images and labels; (seeds, batch, ...) when stacked
 
 
@@ -308,6 +307,7 @@ class Bilevel:
             loss = _cross_entropy(logits, labels)
             extra = self.methods.weight_loss(weights)
             (loss.sum() if extra is None else loss.sum() + extra.sum()).backward()
+            self.seeds.zero_idle()  # the weights of candidates a stage dropped: a zero gradient
             grads = [param.grad for param in self.weight_params if param.grad is not None]
             counted = list(grads)
             if authors:
@@ -392,14 +392,14 @@ class Bilevel:
         if authors:
             leaves = {**weights, **arch}
             train_loss, _ = loss_of(weights, mixture_of(arch), weight_batch)
-            grads = torch.autograd.grad(train_loss.sum(), list(leaves.values()))
+            grads = torch.autograd.grad(train_loss.sum(), list(leaves.values()), **_UNUSED_ZERO)
             moved = virtual_step(leaves, dict(zip(leaves, grads)), eta=eta,
                                  weight_decay=config.weight_decay)
             virtual_weights = {name: moved[name] for name in self.weight_names}
             virtual = {name: moved[name].requires_grad_() for name in self.arch_names}
         else:
             train_loss, _ = loss_of(weights, tree_detach(made), weight_batch)
-            grads = torch.autograd.grad(train_loss.sum(), self.weight_params)
+            grads = torch.autograd.grad(train_loss.sum(), self.weight_params, **_UNUSED_ZERO)
             momentum_buffers = {
                 name: self.weight_optimizer.state.get(param, {}).get("momentum_buffer")
                 for name, param in weights.items()}
@@ -445,6 +445,9 @@ class Bilevel:
             grads = [g.reshape(p.shape) for g, p in zip(grads, self.arch_params)]
         for param, grad in zip(self.arch_params, grads):
             param.grad = grad.detach()
+        if getattr(self.config, "arch_grad_clip", None):  # P-DARTS: norm 5, each seed's own
+            self.seeds.clip(self.arch_params, [p.grad for p in self.arch_params],
+                            self.config.arch_grad_clip)
         if self.config.clip == "authors":
             # the gradient stays in .grad until the weight step's clipping; torch 1.0.1's Adam
             # adds its L2 term to it in place, at the values before the step

@@ -86,7 +86,7 @@ class SearchConfig(BaseModel):
     data_dir: str | None = _PAPER["data_dir"]
     epochs: int = Field(_PAPER["epochs"], ge=1)
     batch_size: int = _PAPER["batch_size"]
-    recipe: Literal["paper", "authors", "pc-darts"] = _PAPER["recipe"]
+    recipe: Literal["paper", "authors", "pc-darts", "pdarts"] = _PAPER["recipe"]
     order: Literal[1, 2] = _PAPER["order"]
     second_order: Literal["darts", "authors"] = _PAPER["second_order"]
     clip: Literal["weights", "authors"] = _PAPER["clip"]
@@ -104,6 +104,8 @@ class SearchConfig(BaseModel):
     arch_betas: tuple[float, float] = Field(_PAPER["arch_betas"], strict=False)  # a JSON list too
     arch_weight_decay: float = Field(_PAPER["arch_weight_decay"], ge=0.0)
     arch_init: Literal["zeros", "randn"] = _PAPER["arch_init"]
+    # the architecture gradients' largest norm before each Adam step (P-DARTS: 5); None: unclipped
+    arch_grad_clip: float | None = Field(_PAPER["arch_grad_clip"], gt=0.0)
     augment: bool = _PAPER["augment"]
     max_steps_per_epoch: int | None = Field(_PAPER["max_steps_per_epoch"], ge=1)
     checkpoint_every: int = Field(_PAPER["checkpoint_every"], ge=0)

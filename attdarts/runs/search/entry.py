@@ -37,6 +37,7 @@ from attdarts.runs.search.config import (
 )
 from attdarts.runs.search.loop import SearchRun
 from attdarts.runs.search.outputs import prepare_run_dir, summarise
+from attdarts.runs.search.stages import Plan
 from attdarts.runs.search.together import TogetherSearch, unsupported
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def _preflight(config: SearchConfig, space: ir.Space, *, device: str | torch.dev
         check_partial_channels(space, config.channels)
     except ValueError as error:
         raise SearchError(f"space '{space.name}': {error}") from None
+    Plan.of(space, config)  # stages that take the run's epochs and warm-up: each can train
     runtime.check_device(device)
     if _world_size() > 1 and config.order == 2:
         raise SearchError("second-order search runs in one process; use --order 1 under torchrun")
@@ -148,7 +150,7 @@ def _run(run: SearchRun, run_dir: Path, resume: bool, process: runtime.Process) 
         run.write_outputs()
         if run.stopped_early is not None:
             return run.run()  # logs that it finished early (DARTS+) and runs nothing
-        if run.epoch >= run.config.epochs:
+        if run.epoch >= run.plan.epochs:
             log.info("%s: the search is already complete (%d epochs)", run_dir, run.epoch)
             return run.result()
         log.info("%s: resuming at epoch %d, step %d", run_dir, run.epoch + 1, run.step)
@@ -166,11 +168,10 @@ def _record_environment(run: SearchRun, resumed: bool, graphs: str | None = None
     later updates it (`attdarts.runs.environment`). `graphs` overrides the step's own state."""
     if not run.process.main:
         return
-    step = run.bilevel.captured
     environment.record(run.run_dir, run.device, world_size=run.process.world_size,
-                       graphs=graphs or step.state,
+                       graphs=graphs or run.bilevel.captured.state,
                        resumed_at=(run.epoch + 1, run.step) if resumed else None)
-    step.listeners.append(lambda state: environment.note_graphs(run.run_dir, state))
+    run.listen(lambda state: environment.note_graphs(run.run_dir, state))
 
 
 def resume_search(
@@ -354,7 +355,7 @@ def run_together(config: SearchConfig, seeds: Sequence[int], out_dir: Path, *, s
                     if process.main:
                         _record_config(run.run_dir, run.config)
                     run.write_outputs()
-                if search.epoch < config.epochs:
+                if search.epoch < search.plan.epochs:
                     log.info("%s: resuming seeds %s together at epoch %d, step %d", out_dir,
                              ",".join(map(str, seeds)), search.epoch + 1, search.steps_done)
             for run in search.runs:  # the seeds' stacked step is never captured

@@ -26,6 +26,10 @@ The methods' generator (`bilevel.method_generator`) is part of the checkpoint.
 Each epoch's record also says how decided the derived genotype is (`language.decisiveness`: the
 margins of its edges, the normal cell's skip connections, the epoch it last changed), and the
 log gets its one-line summary.
+
+A space with stages (P-DARTS) searches them in turn (`stages.Plan`): entering a stage prunes the
+candidates and builds its supernet and step (`_enter_stage`); the checkpoint holds the stage and
+its candidate masks, and a resume builds that stage's supernet before loading it.
 """
 
 from __future__ import annotations
@@ -41,15 +45,17 @@ from torch import Tensor
 from attdarts.language import ir
 from attdarts.language.transform import parse_text
 from attdarts.networks.compiled import compile_cells
+from attdarts.networks.methods.progressive import Masks, flat, unflat
 from attdarts.networks.supernet import compile_supernet
 from attdarts import records
 from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.runtime import Process
-from attdarts.runs.search import outputs
-from attdarts.runs.search.bilevel import Bilevel
+from attdarts.runs.search import outputs, stages
+from attdarts.runs.search.bilevel import Bilevel, method_generator
 from attdarts.runs.search.config import (
-    CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, cosine_lr, same_run,
+    CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, same_run,
 )
+from attdarts.runs.search.seeds import Seeds
 
 log = logging.getLogger(__name__)
 
@@ -79,21 +85,14 @@ class SearchRun:
             world_size=process.world_size, max_batches=config.max_steps_per_epoch,
             shuffle_seed=SPLIT_SEED if config.dataset.startswith("folder:") else None)
         self.steps_per_epoch = min(len(self.weight_loader), len(self.arch_loader))
-        self.model = compile_supernet(
-            space, channels=config.channels, layers=config.layers,
-            num_classes=dataset.num_classes, input_size=int(dataset.images.shape[-1]),
-            init=config.arch_init, grouped=config.grouped).to(device)
-        if config.compile_cells:
-            self.model = compile_cells(self.model)
         if process.world_size > 1 and config.order == 2:
             raise SearchError("second-order search runs in one process; use --order 1 under torchrun")
-        for param in self.model.architecture():  # data parallelism syncs the weights only
-            param.requires_grad_(False)
-        network = runtime.wrap_data_parallel(self.model, process, device)
-        for param in self.model.architecture():
-            param.requires_grad_(True)
-        self.bilevel = Bilevel(self.model, config, network=network,
-                               world_size=process.world_size)
+        self.sizes = (dataset.num_classes, int(dataset.images.shape[-1]))
+        self.plan = stages.Plan.of(space, config)
+        self.generator = method_generator(config.seed, device)  # runs on through the stages
+        self.masks: Masks | None = None  # the stage's candidates (a space with stages)
+        self.listeners: list = []  # told when a captured step falls back to eager (every stage's)
+        self._build(self.plan.stages[0], None)
         # genotypes as ir.Genotype; weights and metrics as the JSON lines they are written as
         self.history: dict[str, list] = {"genotypes": [], "weights": [], "metrics": []}
         self._texts: list[str] = []  # the genotypes' texts, as written (outputs.write_outputs)
@@ -104,7 +103,52 @@ class SearchRun:
         self.counts = [0, 0]  # train and val images of this process in the current epoch
         self.elapsed = 0.0  # seconds spent in the current epoch before a resume
         self.saved_at: tuple[int, int] | None = None  # (epoch, step) that checkpoint.pt holds
+
+    def _build(self, stage: stages.Stage, masks: Masks | None, keep: bool = False) -> None:
+        """The supernet and step of `stage` with the candidates `masks` (None: all): a new
+        supernet (the first stage's from the global generator, as every search's; a later
+        stage's from its own, `stages.stage_seed`), or with `keep` the current one."""
+        config = self.config
+        if not keep:
+            with stages.drawing(config.seed, stage.number):
+                model = compile_supernet(
+                    self.space, channels=config.channels, layers=stage.layers,
+                    num_classes=self.sizes[0], input_size=self.sizes[1], init=config.arch_init,
+                    grouped=config.grouped)
+            self.model = model.to(self.device)
+        if self.plan.staged:
+            self.masks = masks or stages.first_masks(self.model)
+            self.model.use_candidates(self.masks)
+        if config.compile_cells and not keep:
+            self.model = compile_cells(self.model)
+        for param in self.model.architecture():  # data parallelism syncs the weights only
+            param.requires_grad_(False)
+        network = runtime.wrap_data_parallel(self.model, self.process, self.device,
+                                             every_weight=not self.plan.staged)
+        for param in self.model.architecture():
+            param.requires_grad_(True)
+        bilevel = Bilevel(Seeds.own(self.model, self.generator, network), config,
+                          world_size=self.process.world_size)
+        if keep:  # the optimisers go on: momentum, Adam's moments and step
+            bilevel.load_state_dict(self.bilevel.state_dict())
+        bilevel.captured.listeners.extend(self.listeners)
+        self.bilevel = bilevel
+        self.stage = stage.number
+        self.stage_record = self.model.methods.stage_start(stage.number)  # its first epoch's
         self.stepped = False  # whether this process ran a step (the first compiles the cells)
+
+    def listen(self, listener) -> None:
+        """Call `listener(state)` when the step's CUDA graph falls back to eager, in every stage."""
+        self.listeners.append(listener)
+        self.bilevel.captured.listeners.append(listener)
+
+    def _enter_stage(self, stage: stages.Stage) -> None:
+        """Prune the candidates of the stage before by its weights and build `stage`'s
+        supernet and step (`stages`: fresh or kept)."""
+        masks = stages.next_masks(self.model, stage)
+        self._build(stage, masks, keep=stage.start == "keep")
+        log.info("seed %d: stage %d/%d: %d cells, %s", self.config.seed, stage.number + 1,
+                 len(self.plan.stages), stage.layers, stages.describe(stage, masks))
 
     # -- checkpoint -----------------------------------------------------------------------------
 
@@ -135,6 +179,8 @@ class SearchRun:
             "history": self._saved_history(),
             "rng": runtime.rng_state(),
             "method_rng": self.bilevel.generator.get_state(),
+            **({"stage": {"index": self.stage, "masks": flat(self.masks)}}
+               if self.plan.staged else {}),
         })
 
     def restore(self) -> None:
@@ -151,6 +197,9 @@ class SearchRun:
             raise checkpoints.CheckpointError(
                 f"{path}: the search checkpoint was written for a different config")
         try:
+            if "stage" in state:  # that stage's supernet, with its candidates
+                saved = state["stage"]
+                self._build(self.plan.stages[int(saved["index"])], unflat(saved["masks"]))
             self.model.load_state_dict(state["model"])
             self.bilevel.load_state_dict(state["optimizers"])
             self.epoch = int(state["epoch"])
@@ -186,7 +235,10 @@ class SearchRun:
         if stopped is not None:
             log.info("%s: the search finished early at epoch %d (%s); nothing to resume",
                      self.run_dir, stopped["epoch"], stopped["reason"])
-        while self.epoch < self.config.epochs and self.stopped_early is None:
+        while self.epoch < self.plan.epochs and self.stopped_early is None:
+            stage = self.plan.at(self.epoch)
+            if stage.number != self.stage:
+                self._enter_stage(stage)
             self.run_epoch()
         return self.result()
 
@@ -204,7 +256,7 @@ class SearchRun:
 
     def run_epoch(self) -> None:
         epoch = self.epoch
-        lr = cosine_lr(self.config, epoch)
+        lr = self.plan.lr(self.config, epoch)
         self.bilevel.set_lr(lr)
         self.model.train()
         self.weight_loader.set_epoch(epoch)
@@ -218,14 +270,19 @@ class SearchRun:
         self._epoch_record(epoch, lr, self.elapsed + time.perf_counter() - started, methods)
 
     def architecture_steps(self, epoch: int) -> bool:
-        """Whether 0-based `epoch` trains the architecture (`arch_start_epoch`, PC-DARTS)."""
-        return epoch >= self.config.arch_start_epoch
+        """Whether 0-based `epoch` trains the architecture (its stage's warm-up, PC-DARTS's
+        `arch_start_epoch`)."""
+        return self.plan.at(epoch).trains_architecture(epoch)
 
     def _start_methods(self, epoch: int) -> dict:
-        """Set the per-epoch values of the space's search methods; returns those to record."""
-        config = self.config
-        record: dict = self.model.methods.epoch_start(epoch, config.epochs)
-        if config.arch_start_epoch:
+        """Set the per-epoch values of the space's search methods (and of the stage's skip
+        dropout); returns those to record."""
+        record: dict = self.plan.record(epoch)
+        if self.plan.at(epoch).epoch(epoch) == 0:
+            record.update(self.stage_record)
+        stages.start_epoch(self.model, self.plan, epoch)
+        record.update(self.model.methods.epoch_start(*self.plan.method_epoch(epoch)))
+        if self.plan.at(epoch).warmup:
             record["architecture_steps"] = self.architecture_steps(epoch)
         return record
 
@@ -234,7 +291,7 @@ class SearchRun:
         config = self.config
         skip = self.step  # batches already consumed before a mid-epoch resume: replayed, not run
         bar = runtime.progress(self.progress, self.steps_per_epoch, skip,
-                               f"seed {config.seed} epoch {epoch + 1}/{config.epochs}")
+                               f"seed {config.seed} epoch {epoch + 1}/{self.plan.epochs}")
         batches = zip(self.weight_loader, self.arch_loader)
         architecture = self.architecture_steps(epoch)  # else the arch batches are drawn, unused
         try:
@@ -315,12 +372,12 @@ class SearchRun:
         self.step = 0
         self.elapsed = 0.0
         genotype = outputs.epoch_genotype(self.model, self.space, config, self.epoch,
-                                          self.synthetic)
+                                          self.synthetic, self.plan)
         reason = self._early_stop_reason(epoch, genotype)
         if reason is not None:
             metrics["stopped_early"] = {"epoch": self.epoch, "reason": reason}
             genotype = outputs.with_meta(genotype, outputs.STOPPED_EARLY,
-                                         f"epoch {self.epoch}/{config.epochs}: {reason}")
+                                         f"epoch {self.epoch}/{self.plan.epochs}: {reason}")
         self.history["genotypes"].append(genotype)
         self.history["weights"].append(outputs.weights_record(self.model, self.epoch, self.synthetic))
         decided, decided_line = outputs.decisiveness_metrics(
@@ -336,20 +393,20 @@ class SearchRun:
                if val_count else "no architecture steps (warm-up)")
         log.info(
             "seed %d epoch %d/%d: train loss %.4f acc %.2f%% | %s | lr %.5f | %.1f s, %.1f images/s",
-            config.seed, self.epoch, config.epochs, metrics["train_loss"],
+            config.seed, self.epoch, self.plan.epochs, metrics["train_loss"],
             metrics["train_accuracy"], val, lr, seconds,
             train_count / seconds if seconds > 0 else 0.0)
         if decided_line is not None:
-            log.info("seed %d epoch %d/%d: %s", config.seed, self.epoch, config.epochs,
+            log.info("seed %d epoch %d/%d: %s", config.seed, self.epoch, self.plan.epochs,
                      decided_line)
         if reason is not None:
             log.info("seed %d: stopped early after epoch %d/%d: %s", config.seed,
-                     self.epoch, config.epochs, reason)
+                     self.epoch, self.plan.epochs, reason)
 
     def _early_stop_reason(self, epoch: int, genotype: ir.Genotype) -> str | None:
         """Why the search stops after 0-based `epoch` (None: it goes on): the methods'
         `early_stop` (DARTS+), told whether the epoch trained the architecture."""
-        return self.model.methods.early_stop(epoch, self.config.epochs, genotype,
+        return self.model.methods.early_stop(epoch, self.plan.epochs, genotype,
                                              self.architecture_steps(epoch))
 
     def _reduced_totals(self) -> Tensor:

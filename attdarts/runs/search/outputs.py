@@ -54,10 +54,15 @@ def prepare_run_dir(config: SearchConfig, run_dir: Path, space: ir.Space,
 
 
 def epoch_genotype(model: Supernet, space: ir.Space, config: SearchConfig, epoch: int,
-                   synthetic: bool) -> ir.Genotype:
-    """The genotype derived after `epoch`, its meta naming the space, epoch, seed and data."""
-    meta = {"space": space.name, "epoch": f"{epoch}/{config.epochs}",
-            "seed": str(config.seed), "dataset": config.dataset}
+                   synthetic: bool, plan=None) -> ir.Genotype:
+    """The genotype derived after `epoch`, its meta naming the space, epoch (of `plan`'s
+    epochs, `stages.Plan`; the config's without one), stage (a space with stages), seed and
+    data."""
+    epochs = config.epochs if plan is None else plan.epochs
+    meta = {"space": space.name, "epoch": f"{epoch}/{epochs}"}
+    if plan is not None and plan.staged:
+        meta["stage"] = f"{plan.at(epoch - 1).number + 1}/{len(plan.stages)}"
+    meta.update({"seed": str(config.seed), "dataset": config.dataset})
     if synthetic:
         meta["dataset"] += f" ({SYNTHETIC_NOTE})"
         meta["synthetic"] = SYNTHETIC_NOTE

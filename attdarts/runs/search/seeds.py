@@ -138,7 +138,7 @@ class Seeds:
     def _per_seed(self, weights: MixtureWeights) -> MixtureWeights:
         """`weights` with a seed axis on every tensor: those made from the stacked architecture
         have it; a method's constant (DARTS-'s coefficient b) is repeated for each seed."""
-        ranks = (2, 2, 2, 1, 0, 1)  # alpha, beta, gamma, edges, identity, chosen: one seed
+        ranks = (2, 2, 2, 1, 0, 1, 1)  # alpha, beta, gamma, edges, identity, chosen, noise
         return tuple(type(cell)(*(value if value is None or value.dim() > rank
                                   else value.expand(self.count, *value.shape)
                                   for value, rank in zip(cell, ranks))) for cell in weights)
@@ -150,6 +150,17 @@ class Seeds:
         return {name: buffer.clone() for name, buffer in self.model.named_buffers()}
 
     # -- per seed -----------------------------------------------------------------------------
+
+    def zero_idle(self) -> None:
+        """Give the weights of candidates no cell computes (`Supernet.idle_weights`: a search
+        stage dropped them) a zero gradient where they have none, so that they move as weights
+        with a zero gradient do (weight decay, momentum) whether or not other seeds run together
+        with them (a seed that dropped a candidate another seed keeps gets exactly 0 there)."""
+        idle = getattr(self.model, "idle_weights", None)
+        names = idle() if idle is not None else ()
+        for name, weight in zip(self.weight_names, self.weights):
+            if name in names and weight.grad is None:
+                weight.grad = torch.zeros_like(weight)
 
     def clip(self, parameters: list[Tensor], counted: list[Tensor], max_norm: float) -> Tensor:
         """Clip the gradients of `parameters` by each seed's norm over `counted`
@@ -185,8 +196,12 @@ class Seeds:
         with torch.no_grad():
             for seed, model in enumerate(models):
                 own = model.state_dict(keep_vars=True)
+                # a candidate this seed's stage dropped ran for the others only: its running
+                # statistics stay this seed's own (`Supernet.idle_statistics`)
+                kept = getattr(model, "idle_statistics", frozenset)()
                 for name, value in self._values():
-                    own[name].copy_(value[seed])
+                    if name not in kept:
+                        own[name].copy_(value[seed])
         for stacked, owners, values, names in self._optimizer_groups(optimizers):
             for seed, (model, owner) in enumerate(zip(models, owners)):
                 params = dict(model.named_parameters())

@@ -15,6 +15,11 @@ directory with the files of a separate run (its `SearchRun` records the epochs, 
 can also be continued alone. A seed that stops early (DARTS+) is finished: the others go on
 (its slice of the stacked step is computed and not recorded). Refused with one line: data
 parallelism. Memory grows linearly with the seeds.
+
+Stages (a progressive search): at a stage's start every seed prunes its own candidates and builds
+its own supernet, as its run does (`SearchRun._enter_stage`), and the seeds are stacked again; the
+stacked supernet computes a candidate where any seed keeps it, and each seed's weights are masked
+by its own candidates (a candidate a seed dropped weighs exactly 0 for it).
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from torch import Tensor
 from attdarts.language import ir
 from attdarts.runs import data, preemption, runtime
 from attdarts.runs.runtime import Process
+from attdarts.runs.search import stages
 from attdarts.runs.search.bilevel import Bilevel
-from attdarts.runs.search.config import SearchConfig, SearchError, SearchResult, cosine_lr
+from attdarts.runs.search.config import SearchConfig, SearchError, SearchResult
 from attdarts.runs.search.loop import SearchRun
 from attdarts.runs.search.outputs import prepare_run_dir
 from attdarts.runs.search.seeds import Seeds
@@ -85,9 +91,8 @@ class TogetherSearch:
                 run.restore()
             self.rng_states.append(runtime.rng_state())
             self.runs.append(run)
-        self.bilevel = Bilevel(Seeds.stack([run.model for run in self.runs],
-                                           [run.bilevel.generator for run in self.runs]), config)
         first = self.runs[0]
+        self.plan = first.plan
         # where the seeds stand; a resume continues together only if they all stand there
         self.aligned = all((run.epoch, run.step) == (first.epoch, first.step) for run in self.runs)
         self.epoch, self.steps_done = first.epoch, first.step  # completed epochs, steps
@@ -97,9 +102,21 @@ class TogetherSearch:
         self.elapsed = first.elapsed
         # (epoch, step) that the seeds' checkpoints hold; whether a step ran (compiles the cells)
         self.saved_at = (self.epoch, self.steps_done) if resume else None
+        self._stack()
+
+    def _stack(self) -> None:
+        """The stacked step over the seeds' supernets (built as their runs build them), with
+        their values and optimiser states; the candidates any seed keeps are computed."""
+        models = [run.model for run in self.runs]
+        self.bilevel = Bilevel(Seeds.stack(models, [run.generator for run in self.runs]),
+                               self.config)
+        if self.plan.staged:
+            masks = {cell: {kind: torch.stack([run.masks[cell][kind] for run in self.runs])
+                            for kind in by_kind} for cell, by_kind in self.runs[0].masks.items()}
+            self.bilevel.model.use_candidates(masks)
+        if self.aligned:
+            self.bilevel.seeds.load(models, self._optimizers())
         self.stepped = False
-        if resume and self.aligned:
-            self.bilevel.seeds.load([run.model for run in self.runs], self._optimizers())
 
     def _optimizers(self) -> tuple:
         """The stacked step's two optimisers, each with the seeds' own ones."""
@@ -129,13 +146,18 @@ class TogetherSearch:
         return [run for run in self.runs if run.stopped_early is None]
 
     def run(self) -> list[SearchResult]:
-        while self.epoch < self.config.epochs and self.active:
+        while self.epoch < self.plan.epochs and self.active:
+            stage = self.plan.at(self.epoch)
+            if stage.number != self.runs[0].stage:
+                for run in self.active:  # each seed prunes and builds as its own run does
+                    run._enter_stage(stage)
+                self._stack()
             self.run_epoch()
         return [run.result() for run in self.runs]
 
     def run_epoch(self) -> None:
         epoch = self.epoch
-        lr = cosine_lr(self.config, epoch)
+        lr = self.plan.lr(self.config, epoch)
         self.bilevel.set_lr(lr)
         self.bilevel.model.train()
         for run in self.runs:
@@ -148,7 +170,8 @@ class TogetherSearch:
         active = self.active
         # each seed's methods set and record the epoch's values; the template's run the step
         records = {id(run): run._start_methods(epoch) for run in active}
-        self.bilevel.methods.epoch_start(epoch, self.config.epochs)
+        stages.start_epoch(self.bilevel.model, self.plan, epoch)
+        self.bilevel.methods.epoch_start(*self.plan.method_epoch(epoch))
         started = self._steps(epoch, time.perf_counter())
         seconds = self.elapsed + time.perf_counter() - started
         self._hand_over()
@@ -167,7 +190,7 @@ class TogetherSearch:
         skip = self.steps_done  # batches consumed before a mid-epoch resume: drawn again, not run
         seeds = ",".join(str(seed) for seed in self.seeds)
         bar = runtime.progress(self.progress, self.steps_per_epoch, skip,
-                               f"seeds {seeds} epoch {epoch + 1}/{config.epochs}")
+                               f"seeds {seeds} epoch {epoch + 1}/{self.plan.epochs}")
         architecture = self.runs[0].architecture_steps(epoch)  # else arch batches drawn, unused
         try:
             if self.signals.stop_requested():  # came before this epoch's first step

@@ -7,7 +7,6 @@ compared with the together run file by file and tensor by tensor, in float64 (eq
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -20,11 +19,11 @@ from attdarts.cli import cli
 from attdarts.language.transform import parse_file, parse_text
 from attdarts.networks.supernet import compile_supernet
 from attdarts.runs import data
-from attdarts.runs.data import loaders
 from attdarts.runs.search import Bilevel, SearchConfig, resume_search, run_seeds
 from attdarts.runs.search.bilevel import method_generator
 from attdarts.runs.search.seeds import Seeds, clip_per_seed
 from attdarts.runs.search.together import TogetherSearch
+from helpers import assert_same_state, in_float64
 
 SPACE = """\
 space tiny {
@@ -40,21 +39,6 @@ SEEDS = (1, 2)
 TIMING = ("seconds", "images_per_s")  # the only metrics that differ: wall time
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@contextlib.contextmanager
-def in_float64():
-    """Supernets and images in float64: the default dtype, and the loaders' normalised images
-    cast (the same cast for the reference and the together run)."""
-    original = loaders.normalise
-    saved = torch.get_default_dtype()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(loaders, "normalise", lambda *args: original(*args).double())
-        torch.set_default_dtype(torch.float64)
-        try:
-            yield
-        finally:
-            torch.set_default_dtype(saved)
 
 
 def tiny_config(space_file: Path, **changes) -> SearchConfig:
@@ -88,26 +72,6 @@ def separate64(space_file, tmp_path_factory) -> Path:
         run_seeds(tiny_config(space_file), SEEDS, out, device="cpu", dataset=tiny_images())
     torch.set_num_threads(threads)
     return out
-
-
-def assert_same_state(expected, actual, *, rtol: float, atol: float, where: str = "") -> None:
-    """Nested checkpoint values equal: tensors within the tolerance, everything else exactly."""
-    if isinstance(expected, torch.Tensor):
-        assert isinstance(actual, torch.Tensor) and actual.shape == expected.shape, where
-        if expected.is_floating_point():
-            torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=lambda m: f"{where}: {m}")
-        else:
-            assert torch.equal(actual, expected), f"{where}: {actual!r} vs {expected!r}"
-    elif isinstance(expected, dict):
-        assert set(actual) == set(expected), where
-        for key in expected:
-            assert_same_state(expected[key], actual[key], rtol=rtol, atol=atol, where=f"{where}.{key}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), where
-        for index, (e, a) in enumerate(zip(expected, actual)):
-            assert_same_state(e, a, rtol=rtol, atol=atol, where=f"{where}[{index}]")
-    else:
-        assert actual == expected, where
 
 
 def metrics(run_dir: Path) -> list[dict]:
