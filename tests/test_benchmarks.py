@@ -42,6 +42,7 @@ def has_row(lines: list[str], *words: str) -> bool:
      [("darts_v2", "plain+graphs"), ("darts_v2", "grouped+graphs")]),
     ("search_step.py", [*SEARCH_TINY, "--paths", "grouped", "--seeds-together", "2", "--no-count"],
      [("grouped+together2", "order", "1:")]),
+    ("pdarts_stages.py", ["--quick", "--stages", "3"], [("stage", "3:")]),
 ])
 def test_benchmark_script_runs_on_the_cpu(script, arguments, expected):
     lines = run_script(script, *arguments)
