@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attdarts.language import ir
+from attdarts.language import decisiveness, ir
 from attdarts.language.errors import DslError
 from attdarts.language.printer import format_genotype
 from attdarts.language.transform import parse_text
@@ -187,6 +187,13 @@ def test_a_node_without_edges_leaves_the_cell_with_the_edges_reading_it():
     network = compile_network(genotype, channels=4, layers=3, auxiliary=False, input_size=8)
     assert network.classifier.in_features == 2 * 16  # two nodes of the last cell (C = 16)
     assert network(torch.randn(2, 3, 8, 8)).shape == (2, 10)
+    # decisiveness (and render --weights) read the nodes that remain by name
+    rows = torch.sigmoid(alpha).tolist()
+    decided = decisiveness.decide(space(), genotype, {cell: {"alpha": rows}
+                                                      for cell in ir.CELL_KINDS})
+    assert [(edge.node, edge.input) for edge in decided.edges][:2] == [("n1", "c_k2"),
+                                                                       ("n2", "n1")]
+    assert decided.edges[1].input_margin == pytest.approx(rows[8][0] - rows[7][2])
 
 
 def test_a_cell_where_nothing_reaches_the_threshold_keeps_its_strongest_input_edge():
