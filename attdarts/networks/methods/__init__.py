@@ -20,7 +20,7 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing |
 | `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity |
 | `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts |
-| `weight_loss(weights)` | the weight step's objective | - (FairDARTS) |
+| `weight_loss(weights)` | the weight step's objective | - |
 | `after_weight_step()` | after the weight update | - |
 | `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
 | `stage_start(stage)` | each stage of a progressive search | - (P-DARTS) |
