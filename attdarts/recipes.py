@@ -4,7 +4,8 @@
 al. 2019, Section 3.1): "paper" is what the papers state, "authors" what the authors' code runs
 where the two differ (README, "Paper, authors' code and attdarts"), "pc-darts" PC-DARTS's search
 settings (Xu et al. 2020; for a space with partial channels such as
-genotypes/spaces/pc_darts.geno). `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
+genotypes/spaces/pc_darts.geno), "drnas" and "fair-darts" those of DrNAS (Chen et al. 2021) and
+FairDARTS (Chu et al. 2020) for genotypes/spaces/drnas.geno and fair_darts.geno. `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
 3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile setting, 250 epochs, C=48, L=14).
 Each row is complete, so a row is a valid set of defaults.
 
@@ -59,6 +60,16 @@ SEARCH: dict[str, dict[str, Any]] = {
     # and 15 epochs that train the weights only before the architecture steps start
     "pc-darts": {**_PAPER_SEARCH, "recipe": "pc-darts", "batch_size": 256, "lr": 0.1,
                  "arch_lr": 6e-4, "arch_start_epoch": 15},
+    # DrNAS (Chen et al., ICLR 2021; xiangning-chen/DrNAS, DARTS-space/train_search.py): the full
+    # 20-cell C=36 network searched, batch 64, SGD 0.1 cosine to 0 over 50 epochs, alpha Adam
+    # 6e-4 with 1e-3 weight decay (its L2 regulariser), randn alpha, 10 weight-only epochs (its
+    # first stage's; the second stage needs search stages)
+    "drnas": {**_PAPER_SEARCH, "recipe": "drnas", "channels": 36, "layers": 20, "lr": 0.1,
+              "arch_lr": 6e-4, "arch_init": "randn", "arch_start_epoch": 10},
+    # FairDARTS (Chu et al., ECCV 2020; xiaomi-automl/FairDARTS, fairdarts/train_search.py):
+    # batch 128, SGD 0.005 cosine to 0.001, alpha Adam 3e-3 with betas (0.9, 0.999), zero alpha
+    "fair-darts": {**_PAPER_SEARCH, "recipe": "fair-darts", "batch_size": 128, "lr": 0.005,
+                   "lr_min": 0.001, "arch_lr": 3e-3, "arch_betas": (0.9, 0.999)},
 }
 
 _CIFAR_TRAIN: dict[str, Any] = {

@@ -21,7 +21,6 @@ _IMAGENET = recipes.TRAIN["imagenet"]
 _DEFAULT_SIZES = {"imagenet": (_IMAGENET["channels"], _IMAGENET["layers"])}
 _CIFAR_SIZE = (_CIFAR["channels"], _CIFAR["layers"])
 _SEARCH = recipes.SEARCH["paper"]
-_SEARCH_SIZE = (_SEARCH["channels"], _SEARCH["layers"])  # a space compiles at the search size
 # Far above any published network (C <= 64, L <= 30), low enough that a typo such as 100000 is
 # refused at once instead of allocating gigabytes or building for minutes (about 20 ms per cell).
 MAX_CHANNELS = 512
@@ -54,12 +53,16 @@ def _stderr_is_terminal() -> bool:
 @click.option("--layers", type=click.IntRange(min=3, max=MAX_LAYERS),
               help=f"Number of cells L, at most {MAX_LAYERS} (default {_CIFAR['layers']} for "
                    f"CIFAR, {_IMAGENET['layers']} for ImageNet).")
+@click.option("--recipe", type=click.Choice(list(recipes.SEARCH)), default=_SEARCH["recipe"],
+              show_default=True,
+              help="For a space: build it at this search recipe's size (C and L; e.g. drnas: "
+                   "C=36, L=20). --channels and --layers win.")
 @click.option("--auxiliary/--no-auxiliary", default=True, show_default=True,
               help="Build the auxiliary head after cell 2L/3.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 def compile_(file: Path, genotype_name: str | None, space_name: str | None, dataset: str,
-             channels: int | None, layers: int | None, auxiliary: bool,
+             channels: int | None, layers: int | None, recipe: str, auxiliary: bool,
              output_format: str) -> None:
     """Build the discrete network of a genotype, or the search supernet of a space, and print
     its size. FILE is a .geno file or a zoo name (darts_v2, att_darts; a space such as darts).
@@ -70,8 +73,8 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
     auxiliary head.
 
     For a space (FILE holds spaces and no genotype, or --space): its search supernet at the
-    search size (CIFAR-10, C=16, L=8 unless --channels / --layers / --dataset cifar100 say
-    otherwise), with its search methods: weights, architecture parameters, multiply-adds of one
+    search size (CIFAR-10, C=16, L=8, or --recipe's size, unless --channels / --layers /
+    --dataset cifar100 say otherwise), with its search methods: weights, architecture parameters, multiply-adds of one
     image through every candidate (`none` is not evaluated) and a per-cell table.
 
     C*C*L may not exceed 36*36*20*50 (about 160 M parameters); a network that does not fit in
@@ -85,7 +88,9 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
     is_space = isinstance(item, ir.Space)
     if is_space and dataset == "imagenet":
         raise click.UsageError("a search supernet is built for cifar10 or cifar100, not imagenet")
-    sizes = _SEARCH_SIZE if is_space else _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE)
+    searched = recipes.SEARCH[recipe]
+    sizes = ((searched["channels"], searched["layers"]) if is_space
+             else _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE))
     channels = channels or sizes[0]
     layers = layers or sizes[1]
     if channels * channels * layers > MAX_SIZE:
