@@ -273,7 +273,8 @@ def cost_table(space: Space | str | os.PathLike, *, dataset: str = "cifar10",
     size: a space file, a zoo space name ("att_darts", "darts", ...) or an `ir.Space`.
     `channels` and `layers` default to the training recipe of `dataset`; `latency` is a
     `LatencySettings` (None: counts only). Written as JSON to `output` when given."""
-    from attdarts.networks.costs import build_cost_table, write_cost_table
+    from attdarts.networks.cost_meter import build_cost_table
+    from attdarts.networks.costs import write_cost_table
 
     if not isinstance(space, Space):
         space = parse_file(_zoo_file(space, "space")).space()
@@ -292,11 +293,11 @@ def derive(run: str | os.PathLike, *, epoch: int | None = None, max_macs: float 
            costs: str | os.PathLike | None = None, dataset: str | None = None,
            channels: int | None = None, layers: int | None = None, pareto: bool = False,
            verify: bool = True, output: str | os.PathLike | None = None):
-    """The best genotype of a search run (`attdarts.tools.budget_derive`) whose cost at the
+    """The best genotype of a search run (`attdarts.networks.budget_derive`) whose cost at the
     final size is within the caps (multiply-adds and parameters as counts, latency in ms from
     the cost table `costs`); a `Derived` (genotype, score, costs, front with `pareto`). Written
     to `output` when given; `verify` compiles it and checks the table's counts."""
-    from attdarts.tools.budget_derive import derive_run
+    from attdarts.runs.search.budget import derive_run
 
     return derive_run(run, epoch=epoch, max_macs=max_macs, max_params=max_params,
                       max_latency=max_latency, costs=costs, dataset=dataset, channels=channels,

@@ -42,13 +42,17 @@ def _progress(message: str) -> None:
 @click.option("--repeats", type=click.IntRange(min=1), default=30, show_default=True,
               help="Timed runs per latency entry; the table holds their median and "
                    "interquartile range.")
+@click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
+              help="wall: the time a user waits; cpu: the thread's CPU time (one CPU thread "
+                   "only), which leaves out time other processes held the core.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               metavar="COSTS.json", help="Write the table as JSON (atomically).")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
               show_default=True, help="What to print: a summary, or the whole table as JSON.")
 def cost(file: Path, space_name: str | None, dataset: str, channels: int | None,
          layers: int | None, latency: bool, device: str, batch_size: int, threads: int,
-         warmup: int, repeats: int, output: Path | None, output_format: str) -> None:
+         warmup: int, repeats: int, clock: str, output: Path | None,
+         output_format: str) -> None:
     """Price every choice of the genotypes of the space in FILE at the final network's size.
 
     For every cell of the final network (C channels, L cells, not the search supernet) and
@@ -82,8 +86,11 @@ def cost(file: Path, space_name: str | None, dataset: str, channels: int | None,
 
     settings = None
     if latency:
-        settings = LatencySettings(device=device, batch_size=batch_size, threads=threads,
-                                   warmup=warmup, repeats=repeats)
+        try:
+            settings = LatencySettings(device=device, batch_size=batch_size, threads=threads,
+                                       warmup=warmup, repeats=repeats, clock=clock)
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
     try:
         table = api.cost_table(space, dataset=dataset, channels=channels, layers=layers,
                                latency=settings, output=output, progress=_progress)

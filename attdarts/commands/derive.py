@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from attdarts.commands.compile import MAX_CHANNELS, MAX_LAYERS
-from attdarts.tools.budget_derive import BudgetError, parse_count, parse_latency
+from attdarts.language.quantities import parse_count, parse_latency
+from attdarts.networks.budget_derive import BudgetError
 
 
 class _Quantity(click.ParamType):

@@ -138,7 +138,7 @@ class Budget(nn.Module):
             if key == "latency":
                 raise ValueError("a latency budget needs a cost table measured on the device "
                                  "(attdarts cost SPACE --latency -o costs.json)")
-            from attdarts.networks.costs import build_cost_table
+            from attdarts.networks.cost_meter import build_cost_table
 
             table = build_cost_table(space, dataset=dataset, channels=channels, layers=layers)
         return cls(space, table, measure=MEASURES[key], target=target, weight=weight, form=form)

@@ -14,9 +14,10 @@ import torch
 from attdarts.language import ir
 from attdarts.language.transform import parse_file
 from attdarts.networks.budget import Budget, expected_cost, fbnet_loss, penalty
-from attdarts.networks.costs import CostError, build_cost_table
+from attdarts.networks.budget_derive import random_genotype
+from attdarts.networks.cost_meter import build_cost_table
+from attdarts.networks.costs import CostError
 from attdarts.networks.supernet import column_names, compile_supernet
-from attdarts.tools.budget_derive import random_genotype
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACES = ROOT / "genotypes" / "spaces"

@@ -12,11 +12,12 @@ import pytest
 
 from attdarts.language import ir
 from attdarts.language.transform import parse_file, parse_text
+from attdarts.networks.budget_derive import random_genotype
+from attdarts.networks.cost_meter import build_cost_table
 from attdarts.networks.costs import (
-    COUNTS, CostError, LatencySettings, build_cost_table, read_cost_table, write_cost_table,
+    COUNTS, CostError, LatencySettings, read_cost_table, write_cost_table,
 )
 from attdarts.networks.measure import measure
-from attdarts.tools.budget_derive import random_genotype
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACES = ROOT / "genotypes" / "spaces"
