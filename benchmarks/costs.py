@@ -120,6 +120,7 @@ def run_space(name: str, args: argparse.Namespace, report) -> dict:
                "load_before": load_before, "load_after": os.getloadavg()[0],
                "genotypes": len(rows), "counts_equal": sum(r["counts_equal"] for r in rows)}
     predicted = [r["predicted_ms"] for r in rows]
+    multiply_adds = [float(r["multiply_adds"]) for r in rows]
     for path in ("plain", "grouped"):
         measured = [r[f"{path}_ms"] for r in rows]
         ratios = [m / p for m, p in zip(measured, predicted)]
@@ -127,11 +128,13 @@ def run_space(name: str, args: argparse.Namespace, report) -> dict:
             "ratio_mean": sum(ratios) / len(ratios), "ratio_min": min(ratios),
             "ratio_max": max(ratios), "pearson": _pearson(predicted, measured),
             "spearman": _pearson(_ranks(predicted), _ranks(measured)),
+            "pearson_multiply_adds": _pearson(multiply_adds, measured),
         }
         s = summary[path]
         report(f"{path}: measured / predicted {s['ratio_mean']:.3f} (min {s['ratio_min']:.3f}, "
                f"max {s['ratio_max']:.3f}); correlation Pearson {s['pearson']:.3f}, Spearman "
-               f"{s['spearman']:.3f}")
+               f"{s['spearman']:.3f}; multiply-adds against measured: Pearson "
+               f"{s['pearson_multiply_adds']:.3f}")
     report(f"counts equal for {summary['counts_equal']} of {summary['genotypes']} genotypes; "
            f"load after {summary['load_after']:.2f}")
     report("")

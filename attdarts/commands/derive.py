@@ -78,7 +78,9 @@ def derive(run: Path, epoch: int | None, max_macs: float | None, max_params: flo
     builds; --verify compiles it to check. Weights are read from RUN/weights.jsonl.
 
     The genotype is written with its score and costs as metadata. Caps take counts with an
-    optional suffix k, M or G (600M, 3.5M) and latencies with a unit (12ms, 800us).
+    optional suffix k, M or G (600M, 3.5M) and latencies with a unit (12ms, 800us). Without
+    -o the genotype goes to stdout and the summary (and --pareto's front) to stderr; with -o
+    they go to stdout.
     """
     from attdarts import api
     from attdarts.language.printer import format_checked
@@ -119,7 +121,9 @@ def _costs_text(costs: dict) -> str:
 
 
 def _summary(derived) -> list[str]:
-    caps = ", ".join(f"{cap.measure} <= {cap.limit:,.6g}" for cap in derived.caps) or "none"
+    caps = ", ".join(f"latency <= {cap.limit:g} ms" if cap.measure == "latency_ms" else
+                     f"{cap.measure.replace('_', '-')} <= {int(cap.limit):,}"
+                     for cap in derived.caps) or "none"
     lines = [f"epoch        {derived.epoch}",
              f"caps         {caps}",
              f"genotype     score {derived.score:.4f}: {_costs_text(derived.costs)}",

@@ -179,3 +179,35 @@ def test_settings_name_one_target_and_a_latency_needs_its_table(one_thread):
         Budget(space_of("att_darts"), budget.table, measure="parameters", target=1.0)
     genotype = parse_file(ROOT / "genotypes" / "darts_v2.geno").genotype()
     assert budget.real_cost(genotype) == budget.table.price(genotype)["multiply_adds"]
+
+
+def test_the_penalty_alone_moves_the_derived_genotype_under_the_budget(one_thread):
+    """Adam on the budget term only (no data): the expected cost falls to the target and the
+    genotype derivation writes from the weights gets cheaper, as a budgeted search needs."""
+    from attdarts.networks.derive import derive_genotype
+    from attdarts.networks.supernet import Architecture
+
+    space = space_of("att_darts")
+    table = build_cost_table(space, channels=4, layers=5)
+    columns = column_names(space)
+    torch.manual_seed(0)
+    arch = Architecture({"alpha": (14, len(columns["alpha"])), "beta": (14, len(columns["beta"]))},
+                        "randn", space.nodes)
+
+    def derived_cost() -> float:
+        tensors = {kind: {name: arch.tensor(name, kind).detach() for name in ("alpha", "beta")}
+                   for kind in ir.CELL_KINDS}
+        return table.price(derive_genotype(tensors, space))["multiply_adds"]
+
+    budget = Budget(space, table, measure="multiply_adds", target=1.0)
+    start = budget.expected(arch.mixture_weights()).item()
+    target = table.fixed["multiply_adds"] + 0.5 * (start - table.fixed["multiply_adds"])
+    budget = Budget(space, table, measure="multiply_adds", target=target, weight=10.0)
+    before = derived_cost()
+    optimiser = torch.optim.Adam(arch.parameters(), lr=0.05)
+    for _ in range(100):
+        optimiser.zero_grad()
+        budget.loss(arch.mixture_weights()).backward()
+        optimiser.step()
+    assert budget.expected(arch.mixture_weights()).item() <= target * 1.01
+    assert derived_cost() < before

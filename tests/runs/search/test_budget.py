@@ -81,7 +81,7 @@ def test_the_command_line(tmp_path, one_thread):
     done = runner.invoke(cli, ["derive", str(run), "--costs", str(table), "--max-macs", "3M",
                                "--pareto", "-o", str(tmp_path / "g.geno")])
     assert done.exit_code == 0, done.output
-    assert "caps         multiply_adds <= 3e+06" in done.stdout
+    assert "caps         multiply-adds <= 3,000,000" in done.stdout
     assert "front (" in done.stdout and "compiled     " in done.stdout
     assert parse_file(tmp_path / "g.geno").genotype().meta_value("caps") == \
         "multiply_adds <= 3000000"
