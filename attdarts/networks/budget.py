@@ -179,7 +179,9 @@ class Budget(nn.Module):
             raise ValueError(f"{kind} {name} has {weights.shape[-1]} columns; the space has "
                              f"{columns}")
         chosen = weights[..., :columns] * mask.to(weights.dtype)  # extra columns: not derived
-        return (chosen * cost.to(weights.dtype)).sum(dim=-1) / chosen.sum(dim=-1)
+        # a row whose choosable columns all weigh 0 (masked by a method) costs nothing
+        total = chosen.sum(dim=-1).clamp_min(torch.finfo(weights.dtype).tiny)
+        return (chosen * cost.to(weights.dtype)).sum(dim=-1) / total
 
     def _shares(self, per_edge: Tensor, edges: Tensor | None) -> Tensor:
         if self.shares == "all":

@@ -34,6 +34,8 @@ What the table assumes, and `CostTable.problems` checks before pricing a genotyp
 Every stage asks the table rather than building networks: `compile --costs` prints its
 prediction beside the measurement, `attdarts derive` finds the best genotype under caps, and
 the budget method (`attdarts.networks.budget`) weights its entries by the mixture weights.
+This module (the table, pricing, the file) is torch-free; `attdarts.networks.cost_meter`
+measures a table.
 """
 
 from __future__ import annotations
