@@ -56,7 +56,9 @@ class Method:
     (problems located at the call). `factory` is "package.module:Class", a
     `attdarts.networks.methods.SearchMethod` subclass imported when a supernet is built; `origin`
     is "attdarts" or the plug-in that registered it. `paper`, `summary` and `cost` are what
-    README's table says.
+    README's table says. `derivation` says, in a few words, how the method derives a genotype
+    when that is not DARTS's rule (each edge's strongest candidates, each node's strongest
+    edges), for the tools that rank genotypes by that rule (`attdarts derive`); None: DARTS's.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Method:
     requires: Requires | None = None
     cost: str = ""
     origin: str = "attdarts"
+    derivation: str | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -270,7 +273,8 @@ for _method in (
             "threshold": Parameter(float, 0.85, minimum=0.0, maximum=1.0)},
            excludes=("edge_normalisation", "smoothing", "max_identity"),
            requires=_refuses_none,
-           cost="a sigmoid instead of a softmax; a node may keep fewer edges, a cell fewer nodes"),
+           cost="a sigmoid instead of a softmax; a node may keep fewer edges, a cell fewer nodes",
+           derivation="edges and attentions kept only above a sigmoid threshold"),
 ):
     register(_method)
 
