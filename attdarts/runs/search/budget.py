@@ -14,7 +14,9 @@ from attdarts.files import atomic_write_text
 from attdarts.language import ir
 from attdarts.language.printer import format_checked
 from attdarts.language.transform import parse_file
-from attdarts.networks.budget_derive import BudgetError, Cap, Derived, RunWeights, budget_derive
+from attdarts.networks.budget_derive import (
+    BudgetError, Cap, Derived, RunWeights, budget_derive, derivation_problem,
+)
 from attdarts.networks.cost_meter import build_cost_table
 from attdarts.networks.costs import CostError, CostTable, read_cost_table
 from attdarts.networks.measure import measure
@@ -120,6 +122,9 @@ def derive_run(run: str | Path, *, epoch: int | None = None, max_macs: float | N
         hint = f" (a run of several seeds: derive one, e.g. {run / seeds[0]})" if seeds else ""
         raise BudgetError(f"{run}: no {SPACE}; is it a search run directory?{hint}")
     space = parse_file(run / SPACE).space()
+    problem = derivation_problem(space)
+    if problem:  # before the weights are read and a table is built (seconds to minutes)
+        raise BudgetError(problem)
     weights, warnings = read_run_weights(run, space, epoch)
     caps = [Cap(measure, float(limit)) for measure, limit in (
         ("multiply_adds", max_macs), ("parameters", max_params), ("latency_ms", max_latency))
