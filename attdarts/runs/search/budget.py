@@ -21,7 +21,7 @@ from attdarts.networks.cost_meter import build_cost_table
 from attdarts.networks.costs import CostError, CostTable, read_cost_table
 from attdarts.networks.measure import measure
 from attdarts.networks.supernet import column_names
-from attdarts.runs.search.config import CONFIG, SPACE, WEIGHTS_LOG
+from attdarts.runs.search.config import CONFIG, SPACE, SYNTHETIC_NOTE, WEIGHTS_LOG
 
 __all__ = ["derive_run", "read_run_weights"]
 
@@ -91,6 +91,16 @@ def _final_dataset(run: Path) -> str:
     return "cifar100" if dataset.startswith("cifar100") else "cifar10"
 
 
+def _synthetic(run: Path) -> bool:
+    """Whether the run searched random data: its derived genotype is labelled as the run's own
+    genotypes are (README, "Searching": every output of such a run says so)."""
+    try:
+        config = json.loads((run / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("dataset") == "synthetic"
+
+
 def _seed(run: Path) -> str | None:
     try:
         config = json.loads((run / CONFIG).read_text(encoding="utf-8"))
@@ -151,6 +161,8 @@ def derive_run(run: str | Path, *, epoch: int | None = None, max_macs: float | N
             "space": space.name, "epoch": str(weights.epoch),
             "caps": "; ".join(_cap_text(cap) for cap in caps) or "none",
             "cost_table": table.describe()}
+    if _synthetic(run):
+        meta["synthetic"] = SYNTHETIC_NOTE
     derived = budget_derive(space, weights, table, caps, pareto=pareto, name=name, meta=meta)
     derived.warnings.extend(warnings)
     extra = {"score": f"{derived.score:.6f} (unconstrained derivation: "

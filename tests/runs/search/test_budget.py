@@ -139,3 +139,16 @@ def test_a_method_that_derives_by_its_own_rule_is_refused_before_any_table_is_bu
     monkeypatch.setattr(budget, "build_cost_table", measured)
     with pytest.raises(BudgetError, match="'fair_darts' derives by its own rule"):
         derive_run(run, max_macs=600e6)
+
+
+def test_the_genotype_derived_from_a_run_on_random_data_says_so(tmp_path, one_thread):
+    """As the run's own genotypes: `render` titles it SYNTHETIC DATA, `report` flags it."""
+    from attdarts.runs.search.config import SYNTHETIC_NOTE
+
+    space = parse_file(SPACES / "darts.geno").space()
+    run, _ = make_run(tmp_path / "run", space, epochs=1)
+    assert derive_run(run, channels=4, layers=3, verify=False).genotype.meta_value(
+        "synthetic") is None
+    (run / "config.json").write_text(json.dumps({"seed": 3, "dataset": "synthetic"}))
+    derived = derive_run(run, channels=4, layers=3, verify=False)
+    assert derived.genotype.meta_value("synthetic") == SYNTHETIC_NOTE
