@@ -32,7 +32,7 @@ def read_run_weights(run_dir: str | Path, space: ir.Space, epoch: int | None = N
     the space's columns, and warnings for lines that were skipped."""
     path = Path(run_dir) / WEIGHTS_LOG
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()  # a damaged line (not UTF-8) is skipped
     except OSError as error:
         raise BudgetError(f"{path}: cannot read the search's weights "
                           f"({error.strerror or error})") from None
@@ -43,8 +43,8 @@ def read_run_weights(run_dir: str | Path, space: ir.Space, epoch: int | None = N
         if not line.strip():
             continue
         try:
-            record = _record(json.loads(line), columns)
-        except (ValueError, TypeError, KeyError) as error:
+            record = _record(json.loads(line.decode("utf-8")), columns)
+        except (ValueError, TypeError, KeyError, OverflowError) as error:
             warnings.append(f"{path.name}:{number}: skipped ({error})")
             continue
         records[record.epoch] = record  # a resumed run may repeat an epoch: keep the last
