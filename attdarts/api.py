@@ -334,3 +334,41 @@ def predict(model: str | os.PathLike, images, *, top_k: int = 5):
             f"{path}: not a model; expected a training run directory, a checkpoint (.pt) or an "
             f"exported .onnx or .pt2 file")
     return predicting.predict(predictor, [Path(image) for image in images], top_k)
+
+
+def cost_table(space: Space | str | os.PathLike, *, dataset: str = "cifar10",
+               channels: int | None = None, layers: int | None = None, latency: Any = None,
+               output: str | os.PathLike | None = None, progress: Any = None):
+    """The cost table (`attdarts.networks.costs.CostTable`) of a space's genotypes at the final
+    size: a space file, a zoo space name ("att_darts", "darts", ...) or an `ir.Space`.
+    `channels` and `layers` default to the training recipe of `dataset`; `latency` is a
+    `LatencySettings` (None: counts only). Written as JSON to `output` when given."""
+    from attdarts.networks.cost_meter import build_cost_table
+    from attdarts.networks.costs import write_cost_table
+
+    if not isinstance(space, Space):
+        space = parse_file(zoo_file(space, "space")).space()
+    recipe = recipes.TRAIN["imagenet" if dataset == "imagenet" else "cifar"]
+    table = build_cost_table(space, dataset=dataset,
+                             channels=recipe["channels"] if channels is None else channels,
+                             layers=recipe["layers"] if layers is None else layers,
+                             latency=latency, progress=progress or (lambda message: None))
+    if output is not None:
+        write_cost_table(table, output)
+    return table
+
+
+def derive(run: str | os.PathLike, *, epoch: int | None = None, max_macs: float | None = None,
+           max_params: float | None = None, max_latency: float | None = None,
+           costs: str | os.PathLike | None = None, dataset: str | None = None,
+           channels: int | None = None, layers: int | None = None, pareto: bool = False,
+           verify: bool = True, output: str | os.PathLike | None = None):
+    """The best genotype of a search run (`attdarts.networks.budget_derive`) whose cost at the
+    final size is within the caps (multiply-adds and parameters as counts, latency in ms from
+    the cost table `costs`); a `Derived` (genotype, score, costs, front with `pareto`). Written
+    to `output` when given; `verify` compiles it and checks the table's counts."""
+    from attdarts.runs.search.budget import derive_run
+
+    return derive_run(run, epoch=epoch, max_macs=max_macs, max_params=max_params,
+                      max_latency=max_latency, costs=costs, dataset=dataset, channels=channels,
+                      layers=layers, pareto=pareto, verify=verify, output=output)

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import": ("interop", "import_", "Convert DARTS-family genotype files into the DSL."),
     "export": ("interop", "export", "Write genotypes in DARTS or Att-DARTS formats."),
     "compile": ("compile", "compile_", "Build the discrete network and print its size."),
+    "cost": ("cost", "cost", "Price every choice of a space's genotypes at the final size."),
+    "derive": ("derive", "derive", "Derive a search run's best genotype within cost caps."),
     "search": ("search", "search", "Run an Att-DARTS architecture search."),
     "train": ("train", "train", "Train a genotype from scratch (evaluation recipe)."),
     "test": ("train", "test", "Evaluate a training checkpoint on the test split."),

@@ -5,7 +5,9 @@ al. 2019, Section 3.1): "paper" is what the papers state, "authors" what the aut
 where the two differ (README, "Paper, authors' code and attdarts"), "pc-darts" PC-DARTS's search
 settings (Xu et al. 2020; for a space with partial channels such as
 genotypes/spaces/pc_darts.geno), "pdarts" P-DARTS's (Chen et al. 2019; for a space with stages
-such as genotypes/spaces/pdarts.geno). `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
+such as genotypes/spaces/pdarts.geno), "drnas" and "fair-darts" those of DrNAS (Chen et al. 2021)
+and FairDARTS (Chu et al. 2020) for genotypes/spaces/drnas.geno and fair_darts.geno. `TRAIN`
+holds the evaluation protocol: "cifar" (DARTS Section
 3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile setting, 250 epochs, C=48, L=14).
 Each row is complete, so a row is a valid set of defaults.
 
@@ -62,11 +64,21 @@ SEARCH: dict[str, dict[str, Any]] = {
     "pc-darts": {**_PAPER_SEARCH, "recipe": "pc-darts", "batch_size": 256, "lr": 0.1,
                  "arch_lr": 6e-4, "arch_start_epoch": 15},
     # P-DARTS (Chen et al., ICCV 2019; chenxin061/pdarts, train_search.py): batch 96, alpha Adam
-    # 6e-4 from 1e-3 randn with its gradients clipped to 5, 10 weight-only epochs (a stage's warm-up where the space's stages do
-    # not give theirs); the stages themselves (cells, epochs, candidates, skip dropout) are the
-    # space's, genotypes/spaces/pdarts.geno
+    # 6e-4 from 1e-3 randn with its gradients clipped to 5, 10 weight-only epochs (a stage's
+    # warm-up where the space's stages do not give theirs); the stages themselves (cells, epochs,
+    # candidates, skip dropout) are the space's, genotypes/spaces/pdarts.geno
     "pdarts": {**_PAPER_SEARCH, "recipe": "pdarts", "batch_size": 96, "arch_lr": 6e-4,
                "arch_init": "randn", "arch_grad_clip": 5.0, "arch_start_epoch": 10},
+    # DrNAS (Chen et al., ICLR 2021; xiangning-chen/DrNAS, DARTS-space/train_search.py): the full
+    # 20-cell C=36 network searched, batch 64, SGD 0.1 cosine to 0 over 50 epochs, alpha Adam
+    # 6e-4 with 1e-3 weight decay (its L2 regulariser), randn alpha, 10 weight-only epochs (its
+    # first stage's; the second stage needs search stages)
+    "drnas": {**_PAPER_SEARCH, "recipe": "drnas", "channels": 36, "layers": 20, "lr": 0.1,
+              "arch_lr": 6e-4, "arch_init": "randn", "arch_start_epoch": 10},
+    # FairDARTS (Chu et al., ECCV 2020; xiaomi-automl/FairDARTS, fairdarts/train_search.py):
+    # batch 128, SGD 0.005 cosine to 0.001, alpha Adam 3e-3 with betas (0.9, 0.999), zero alpha
+    "fair-darts": {**_PAPER_SEARCH, "recipe": "fair-darts", "batch_size": 128, "lr": 0.005,
+                   "lr_min": 0.001, "arch_lr": 3e-3, "arch_betas": (0.9, 0.999)},
 }
 
 _CIFAR_TRAIN: dict[str, Any] = {

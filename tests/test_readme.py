@@ -26,10 +26,10 @@ from attdarts.cli import cli
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 
-# Cheap front-end commands: run. `compile` builds a full-size network (seconds each), so its lines
-# run in a test marked slow.
+# Cheap front-end commands: run. `compile` builds a full-size network (seconds each) and `cost`
+# measures one, so their lines run in a test marked slow.
 FRONT_END = frozenset({"check", "fmt", "import", "export", "render", "diff", "plot"})
-SLOW = frozenset({"compile"})
+SLOW = frozenset({"compile", "cost"})
 
 # Why the other commands are not run here. Other tests cover them on tiny inputs.
 SKIPPED = {
@@ -46,6 +46,8 @@ SKIPPED = {
                "tests/commands/test_predict.py covers it",
     "consensus": "needs the run directories of several search seeds; tests/tools/test_consensus.py "
                  "covers it",
+    "derive": "needs a search run directory (made by `search`, skipped above); "
+              "tests/runs/search/test_budget.py covers it on a tiny run",
 }
 # Lines that run other programs (the setup scripts, benchmarks on a GPU, `git config`) are not
 # attdarts commands and are not run here.
@@ -261,5 +263,5 @@ def test_readme_front_end_commands_run_as_written(tmp_path, monkeypatch):
 def test_readme_compile_commands_run_as_written(tmp_path, monkeypatch, one_thread):
     copy = _copy_of_the_repository(tmp_path)
     commands = [c for c in _commands() if c.subcommand in SLOW]
-    assert commands, "README.md shows no attdarts compile command"
+    assert commands, "README.md shows no attdarts compile or cost command"
     _run_in(copy, commands, monkeypatch)

@@ -21,7 +21,6 @@ _IMAGENET = recipes.TRAIN["imagenet"]
 _DEFAULT_SIZES = {"imagenet": (_IMAGENET["channels"], _IMAGENET["layers"])}
 _CIFAR_SIZE = (_CIFAR["channels"], _CIFAR["layers"])
 _SEARCH = recipes.SEARCH["paper"]
-_SEARCH_SIZE = (_SEARCH["channels"], _SEARCH["layers"])  # a space compiles at the search size
 # Far above any published network (C <= 64, L <= 30), low enough that a typo such as 100000 is
 # refused at once instead of allocating gigabytes or building for minutes (about 20 ms per cell).
 MAX_CHANNELS = 512
@@ -54,13 +53,21 @@ def _stderr_is_terminal() -> bool:
 @click.option("--layers", type=click.IntRange(min=3, max=MAX_LAYERS),
               help=f"Number of cells L, at most {MAX_LAYERS} (default {_CIFAR['layers']} for "
                    f"CIFAR, {_IMAGENET['layers']} for ImageNet).")
+@click.option("--recipe", type=click.Choice(list(recipes.SEARCH)), default=_SEARCH["recipe"],
+              show_default=True,
+              help="For a space: build it at this search recipe's size (C and L; e.g. drnas: "
+                   "C=36, L=20). --channels and --layers win.")
 @click.option("--auxiliary/--no-auxiliary", default=True, show_default=True,
               help="Build the auxiliary head after cell 2L/3.")
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
+@click.option("--costs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              metavar="COSTS.json",
+              help="A cost table (attdarts cost): print its predicted totals beside the "
+                   "measured ones; sizes default to the table's.")
 def compile_(file: Path, genotype_name: str | None, space_name: str | None, dataset: str,
-             channels: int | None, layers: int | None, auxiliary: bool,
-             output_format: str) -> None:
+             channels: int | None, layers: int | None, recipe: str, auxiliary: bool,
+             output_format: str, costs: Path | None) -> None:
     """Build the discrete network of a genotype, or the search supernet of a space, and print
     its size. FILE is a .geno file or a zoo name (darts_v2, att_darts; a space such as darts).
 
@@ -70,11 +77,12 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
     auxiliary head.
 
     For a space (FILE holds spaces and no genotype, or --space): its search supernet at the
-    search size (CIFAR-10, C=16, L=8 unless --channels / --layers / --dataset cifar100 say
-    otherwise), with its search methods: weights, architecture parameters, multiply-adds of one
-    image through every candidate (`none` is not evaluated) and a per-cell table. A space with
-    stages (P-DARTS): its first stage's supernet, and a table of every stage (cells, candidates
-    kept, weights built and in use, fewest to most, and architecture parameters searched).
+    search size (CIFAR-10, C=16, L=8, or --recipe's size, unless --channels / --layers /
+    --dataset cifar100 say otherwise), with its search methods: weights, architecture
+    parameters, multiply-adds of one image through every candidate (`none` is not evaluated)
+    and a per-cell table. A space with stages (P-DARTS): its first stage's supernet, and a table
+    of every stage (cells, candidates kept, weights built and in use, fewest to most, and
+    architecture parameters searched).
 
     C*C*L may not exceed 36*36*20*50 (about 160 M parameters); a network that does not fit in
     memory is reported as such. On a terminal, a status line per stage goes to stderr.
@@ -87,7 +95,15 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
     is_space = isinstance(item, ir.Space)
     if is_space and dataset == "imagenet":
         raise click.UsageError("a search supernet is built for cifar10 or cifar100, not imagenet")
-    sizes = _SEARCH_SIZE if is_space else _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE)
+    table = None
+    if costs is not None:
+        if is_space:
+            raise click.UsageError("--costs prices a genotype, not a space's supernet")
+        table = _read_costs(costs)
+        channels, layers = channels or table.channels, layers or table.layers
+    searched = recipes.SEARCH[recipe]
+    sizes = ((searched["channels"], searched["layers"]) if is_space
+             else _DEFAULT_SIZES.get(dataset, _CIFAR_SIZE))
     channels = channels or sizes[0]
     stage_layers = layers or sizes[1]  # a space's stages that do not give their cells
     if is_space and item.stages and not layers:
@@ -114,6 +130,8 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
         raise click.ClickException(
             f"not enough memory to build {item.name} with C={channels}, L={layers}; "
             "try smaller --channels or --layers") from None
+    if table is not None:
+        summary["predicted"] = _predict(table, item, costs, dataset, channels, layers)
     if output_format == "json":
         click.echo(json.dumps(summary, indent=2))
     elif is_space:
@@ -139,9 +157,51 @@ def _print_network(summary: dict, rows: list, auxiliary: bool) -> None:
     if auxiliary:
         click.echo(f"             {summary['parameters_with_auxiliary']:,} (with auxiliary head)")
     click.echo(f"mult-adds    {multiply_adds / 1e6:,.1f} M per image ({multiply_adds:,})")
+    predicted = summary.get("predicted")
+    if predicted is not None:
+        click.echo(f"predicted    {predicted['parameters']:,} parameters, "
+                   f"{predicted['multiply_adds']:,} mult-adds by the cost table "
+                   f"({_agreement(summary, predicted)})")
+        if "latency_ms" in predicted:
+            click.echo(f"             {predicted['latency_ms']:.3f} ms on "
+                       f"{predicted['latency_device']} (batch {predicted['latency_batch_size']}; "
+                       "not measured here)")
     click.echo(f"input        {tuple(summary['input_shape'])}")
     click.echo(f"output       {tuple(summary['output_shape'])}")
     _print_cells(rows, "parameters")
+
+
+def _agreement(summary: dict, predicted: dict) -> str:
+    same = all(summary[key] == predicted[key] for key in ("parameters", "multiply_adds"))
+    return "equal to the measured counts" if same else "DIFFERENT from the measured counts"
+
+
+def _read_costs(path: Path):
+    from attdarts.networks.costs import CostError, read_cost_table
+
+    try:
+        return read_cost_table(path)
+    except CostError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _predict(table, genotype: ir.Genotype, path: Path, dataset: str, channels: int,
+             layers: int) -> dict:
+    """The table's totals for `genotype` (the same size and dataset, or a one-line error)."""
+    from attdarts.networks.costs import CostError
+
+    problem = table.matches(table.space, dataset=dataset, channels=channels, layers=layers)
+    if problem:
+        raise click.ClickException(f"{path}: {problem}; compile at the table's size or build "
+                                   "another table")
+    try:
+        predicted = table.price(genotype)
+    except CostError as error:
+        raise click.ClickException(str(error)) from None
+    if table.latency is not None:
+        predicted["latency_device"] = table.environment.get("device_name", table.latency.device)
+        predicted["latency_batch_size"] = table.latency.batch_size
+    return predicted
 
 
 def _print_supernet(summary: dict, rows: list) -> None:

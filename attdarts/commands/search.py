@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -140,9 +141,12 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "second order, clip the weights, BAM summed), 'authors' (their code: "
                    "lr-min 0.001, 1e-3 randn init, their second order and clipping, BAM gates "
                    "multiplied), 'pc-darts' (PC-DARTS's search: batch 256, lr 0.1, arch-lr "
-                   "6e-4, architecture steps from epoch 15; for a space with partial_channels) "
-                   "or 'pdarts' (P-DARTS: batch 96, arch-lr 6e-4, randn init, 10 warm-up epochs; "
-                   "its stages are the space's). Options given explicitly win over the recipe.")
+                   "6e-4, architecture steps from epoch 15; for a space with partial_channels), "
+                   "'pdarts' (P-DARTS: batch 96, arch-lr 6e-4, randn init, 10 warm-up epochs; its "
+                   "stages are the space's), 'drnas' (DrNAS: C=36, 20 cells, lr 0.1, arch-lr 6e-4, "
+                   "randn init, architecture steps from epoch 10) or 'fair-darts' (FairDARTS: "
+                   "batch 128, lr 0.005 to 0.001, arch-lr 3e-3, arch-betas 0.9,0.999). Options "
+                   "given explicitly win over the recipe.")
 @click.option("--dataset", default=_PAPER["dataset"], show_default=True,
               help="cifar10, cifar100, cifar10-mini (the embedded CIFAR-10 subset), synthetic, "
                    "folder:PATH (ImageFolder with train/) or a plug-in's dataset.")
@@ -170,8 +174,10 @@ _RECIPE_HELP = " (default: set by --recipe)"
               help="Run the --seeds as one batched model: one kernel does every seed's work; "
                    "the same results and files as one after another; memory grows with the "
                    "seeds.")
-@click.option("--channels", type=int, default=_PAPER["channels"], show_default=True)
-@click.option("--layers", type=int, default=_PAPER["layers"], show_default=True)
+@click.option("--channels", type=int,
+              help=f"Initial channels C (paper: {_PAPER['channels']})" + _RECIPE_HELP + ".")
+@click.option("--layers", type=int,
+              help=f"Cells L (paper: {_PAPER['layers']})" + _RECIPE_HELP + ".")
 @click.option("--lr", type=float,
               help="Initial SGD learning rate of the weights" + _RECIPE_HELP + ".")
 @click.option("--lr-min", type=float,
@@ -191,7 +197,9 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "15)" + _RECIPE_HELP + ".")
 @click.option("--arch-weight-decay", type=float, default=_PAPER["arch_weight_decay"], show_default=True,
               help="Adam weight decay of alpha/beta.")
-@click.option("--arch-betas", default=",".join(map(str, _PAPER["arch_betas"])), show_default=True, help="Adam betas of alpha/beta.")
+@click.option("--arch-betas",
+              help="Adam betas of alpha/beta, e.g. " + ",".join(map(str, _PAPER["arch_betas"]))
+                   + _RECIPE_HELP + ".")
 @click.option("--train-portion", type=float, default=_PAPER["train_portion"], show_default=True,
               help="Share of the training set for the weights; the rest trains the architecture.")
 @click.option("--arch-init", type=click.Choice(["zeros", "randn"]),
@@ -281,21 +289,22 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                       "lr_min": lr_min, "arch_init": arch_init, "batch_size": batch_size,
                       "lr": lr, "arch_lr": arch_lr, "arch_start_epoch": arch_start_epoch,
                       "arch_grad_clip": arch_grad_clip,
-                      "graphs": graphs, "compile_cells": compile_cells or None}
+                      "graphs": graphs, "compile_cells": compile_cells or None,
+                      "channels": channels, "layers": layers, "arch_betas": betas}
             config = api.recipe_config(
                 recipe, **{key: value for key, value in chosen.items() if value is not None},
                 space_file=str(space_file.resolve()), space=space_name, dataset=dataset,
                 data_dir=None if data_dir is None else str(data_dir.resolve()), epochs=epochs,
                 order=int(order), seed=seed_list[0] if seed_list else seed,
-                channels=channels, layers=layers, momentum=momentum,
-                weight_decay=weight_decay, grad_clip=grad_clip,
-                arch_weight_decay=arch_weight_decay, arch_betas=betas, train_portion=train_portion,
+                momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
+                arch_weight_decay=arch_weight_decay, train_portion=train_portion,
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)
         sizes = config.model_dump() if config is not None else threads_rule.recorded_settings(resume)
         with threads_rule.using(threads, threads_rule.step_units("search", sizes)):
             outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
-                                 progress=not quiet, together=together, tensorboard=tensorboard,
+                                 progress=not quiet and sys.stderr.isatty(),
+                                 together=together, tensorboard=tensorboard,
                                  settings=settings)
         config_files.record(config_files.loaded(), _outcome_dir(outcome, out))
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))

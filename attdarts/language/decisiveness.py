@@ -270,7 +270,8 @@ def _check_width(row: Sequence[float], width: int, kind: str, where: str) -> Non
 def _cell(space: ir.Space, cell: ir.Cell, weights: CellWeights
           ) -> tuple[list[EdgeDecision], Choice | None]:
     kind = cell.kind
-    if len(cell.nodes) != space.nodes:
+    positions = _positions(cell, space.nodes)
+    if positions is None:
         raise DecisivenessError(
             f"the {kind} cell has {len(cell.nodes)} nodes, the space '{space.name}' has "
             f"{space.nodes}")
@@ -287,11 +288,11 @@ def _cell(space: ir.Space, cell: ir.Cell, weights: CellWeights
     width = len(space.location_spec.columns(space)["alpha"])
     labels = _labels(space)
     rankings = _rankings(space, alpha, scales)
-    # node names of the genotype -> the supernet's n0, n1, ... (position decides)
-    supernet_name = {node.name: f"n{position}" for position, node in enumerate(cell.nodes)}
+    # node names of the genotype -> the supernet's n0, n1, ...
+    supernet_name = {node.name: f"n{position}" for node, position in zip(cell.nodes, positions)}
     supernet_name.update({name: name for name in ir.INPUTS})
     decisions: list[EdgeDecision] = []
-    for position, node in enumerate(cell.nodes):
+    for node, position in zip(cell.nodes, positions):
         incoming = [index for index, name in enumerate(names)
                     if name.startswith(f"n{position}<-")]
         ranking = {index: rankings[index] for index in incoming}
@@ -325,11 +326,28 @@ def _cell(space: ir.Space, cell: ir.Cell, weights: CellWeights
     return decisions, output
 
 
+def _positions(cell: ir.Cell, nodes: int) -> list[int] | None:
+    """The supernet node of each of the cell's nodes: by position when the cell has the space's
+    number of nodes; by name (n0, n2, n3) when a derivation left nodes out (FairDARTS's
+    threshold); None when neither fits."""
+    if len(cell.nodes) == nodes:
+        return list(range(nodes))
+    allowed = {f"n{position}": position for position in range(nodes)}
+    if len(cell.nodes) < nodes and all(node.name in allowed for node in cell.nodes):
+        return [allowed[node.name] for node in cell.nodes]
+    return None
+
+
 def _rankings(space: ir.Space, alpha: list[list[float]], scales: list[float]) -> list[float]:
     """Per edge the weight Eq. 14 ranks it by: its best eligible operation weight, times its
     normalised edge weight under edge normalisation."""
+    if len(scales) != len(alpha):
+        raise DecisivenessError(f"the weights have {len(scales)} edge weights for "
+                                f"{len(alpha)} edges")
+    width = len(space.location_spec.columns(space)["alpha"])
     result = []
-    for row, scale in zip(alpha, scales):
+    for name, row, scale in zip(edge_names(space.nodes), alpha, scales):
+        _check_width(row, width, "alpha", f"edge {name}")  # another space's weights
         eligible, _ = _operation_choice(space, row, None, "")
         result.append(max(row[column] for column in eligible) * scale)
     return result

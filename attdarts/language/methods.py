@@ -56,7 +56,9 @@ class Method:
     (problems located at the call). `factory` is "package.module:Class", a
     `attdarts.networks.methods.SearchMethod` subclass imported when a supernet is built; `origin`
     is "attdarts" or the plug-in that registered it. `paper`, `summary` and `cost` are what
-    README's table says.
+    README's table says. `derivation` says, in a few words, how the method derives a genotype
+    when that is not DARTS's rule (each edge's strongest candidates, each node's strongest
+    edges), for the tools that rank genotypes by that rule (`attdarts derive`); None: DARTS's.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Method:
     requires: Requires | None = None
     cost: str = ""
     origin: str = "attdarts"
+    derivation: str | None = None
 
 
 METHODS: dict[str, Method] = {}
@@ -177,6 +180,14 @@ def _needs_identity_attention(space: Space, call: Call) -> list[Problem]:
     return []
 
 
+def _refuses_none(space: Space, call: Call) -> list[Problem]:
+    """FairDARTS weighs each candidate by its own sigmoid: `none` (always zero) has no place."""
+    return [Problem(f"'{call.name}' weighs every candidate by its own sigmoid and searches "
+                    "without 'none' (FairDARTS)", operation.span or call.span,
+                    "remove 'none' from the operations")
+            for operation in space.operations if operation.name == "none"]
+
+
 def _needs_attention_mixture(space: Space, call: Call) -> list[Problem]:
     location = space.location_spec
     if location.then == ATTENTION_MIXTURE or location.output_attention:
@@ -243,6 +254,27 @@ for _method in (
            {"start": Parameter(float, 0.03, minimum=0.0, maximum=1.0),
             "end": Parameter(float, 0.3, minimum=0.0, maximum=1.0)},
            cost="one uniform draw per architecture weight and weight step"),
+    Method("drnas", "DrNAS (Chen et al., ICLR 2021)",
+           "every row's mixture weights (alpha, beta, gamma) are one sample of Dirichlet(ELU(row) "
+           "+ 1), drawn once per step, with pathwise gradients; without a draw (derivation, "
+           "weights.jsonl, a forward without weights) softmax; kl > 0 adds kl * KL(Dirichlet "
+           "|| Dirichlet(1, ..., 1)) of every row to the architecture loss",
+           f"{_PACKAGE}.drnas:DrNAS", {"kl": Parameter(float, 0.0, minimum=0.0)},
+           excludes=("fair_darts",),
+           cost="one Dirichlet draw per architecture row and step; the forward as DARTS's"),
+    Method("fair_darts", "FairDARTS (Chu et al., ECCV 2020)",
+           "every candidate weighs sigmoid(raw) on its own (alpha, beta, gamma; no softmax, no "
+           "none); the architecture loss adds zero_one * (-mean (sigmoid - 1/2)^2) per kind; "
+           "derivation keeps each of a node's keep strongest edges only if its operation's "
+           "sigmoid reaches threshold, and an attention only if its sigmoid does (else no "
+           "attention)",
+           f"{_PACKAGE}.fair_darts:FairDarts",
+           {"zero_one": Parameter(float, 10.0, minimum=0.0),
+            "threshold": Parameter(float, 0.85, minimum=0.0, maximum=1.0)},
+           excludes=("edge_normalisation", "smoothing", "max_identity"),
+           requires=_refuses_none,
+           cost="a sigmoid instead of a softmax; a node may keep fewer edges, a cell fewer nodes",
+           derivation="edges and attentions kept only above a sigmoid threshold"),
 ):
     register(_method)
 

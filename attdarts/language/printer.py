@@ -133,6 +133,11 @@ def _output(output: Output, depth: int) -> list[str]:
     return _statement(text, output.comments, depth)
 
 
+def format_call(call: Call) -> str:
+    """An operation or attention as the DSL writes it: `sep_conv_3x3`, `bam(combine=product)`."""
+    return _call(call)
+
+
 def _call(call: Call) -> str:
     if not call.kwargs:
         return call.name

@@ -28,12 +28,17 @@ search methods act through their derivation hooks (`attdarts.networks.methods`):
   softmax of `edges` over its node's incoming edges); the choice of operation and attention is
   unchanged;
 - `keep`: which incoming edges a node keeps (default: the `keep` strongest);
+- `threshold`: the least weight a kept edge (its operation weight) or an attention needs
+  (FairDARTS): an edge below it is dropped, an attention below it becomes no attention. A node
+  left without edges leaves the cell, with the edges reading it, and the output concatenates the
+  nodes that remain (`_keep`);
 - `cap`: caps on the derived cell (`max_skip_connect`, P-DARTS; `max_identity`), each taking one
   candidate from one edge at a time until it holds, in the order the space lists them (`_select`).
   The auxiliary skip and identity (DARTS-) are not part of the genotype: derivation ignores them.
 - `count_skip_connect` / `count_identity` count a derived cell's skips and identities.
 
-Output is canonical: nodes n0, n1, ...; within a node, the kept edges sorted by input index
+Output is canonical: nodes n0, n1, ... (a node that left the cell leaves a gap: n0, n2, n3, so
+every node keeps the supernet's name); within a node, the kept edges sorted by input index
 (c_k2, c_k1, n0, ...). Successive epochs and runs therefore diff line by line. Ties go to the
 lower index (the candidate order of the space, then the lower input index), deterministically.
 """
@@ -46,7 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from attdarts.language import ir, kinds
-from attdarts.language.locations import strongest
+from attdarts.language.locations import BOTH, strongest
 from attdarts.networks.methods import Ban, Derivation, MethodSet, build_methods
 from attdarts.networks.supernet import Supernet, column_names, node_slices
 
@@ -91,11 +96,12 @@ class _Choice:
     weight: float
 
 
-def _choose(space: ir.Space, index: int, alpha: list[float], beta: list[float] | None,
-            scale: float, banned: set[Ban]) -> _Choice:
+def _choose(space: ir.Space, methods: MethodSet, index: int, alpha: list[float],
+            beta: list[float] | None, scale: float, banned: set[Ban]) -> _Choice:
     """Edge `index` as its location chooses it (`Location.choose_edge`), its weight times the
     ranking factor `scale`; a candidate a cap banned from this edge is passed over for the
-    edge's strongest other (never `none`)."""
+    edge's strongest other (never `none`); an attention below the methods' threshold becomes
+    no attention."""
     operation, attention, weight = space.location_spec.choose_edge(space, alpha, beta)
     no_operations = {ban.candidate for ban in banned
                      if ban.edge == index and ban.kind == kinds.OPERATION}
@@ -109,22 +115,55 @@ def _choose(space: ir.Space, index: int, alpha: list[float], beta: list[float] |
     if no_attentions and beta is not None:
         allowed = [i for i, call in enumerate(space.attentions) if call.name not in no_attentions]
         attention = strongest(beta, allowed)
+    if attention is not None and beta is not None:
+        offset = len(space.operations) if space.location_spec.then == BOTH else 0
+        if _below(methods, kinds.ATTENTION, beta[offset + attention]):
+            attention = None
     return _Choice(index, operation, attention, weight * scale)
+
+
+def _below(methods: MethodSet, kind: str, weight: float) -> bool:
+    """Whether `weight` misses the methods' threshold for mixture `kind` (FairDARTS)."""
+    threshold = methods.threshold(kind)
+    return threshold is not None and weight < threshold
 
 
 def _keep(space: ir.Space, methods: MethodSet, choices: list[_Choice]) -> list[list[_Choice]]:
     """Per node the edges it keeps, in input order: a method's `keep` rule, or the `keep`
-    strongest (Eq. 14); ties go to the lower input index (Python's sort is stable)."""
-    kept = []
-    for start, count in node_slices(space.nodes):
+    strongest (Eq. 14); ties go to the lower input index (Python's sort is stable).
+
+    With a threshold on operations (FairDARTS) a kept edge whose weight misses it is dropped, so
+    a node may keep fewer edges or none. A node without edges leaves the cell, and so do the
+    edges reading it (a later node may lose all its edges that way too; FairDARTS's evaluation
+    cell skips such edges). If no node is left, the cell keeps its single strongest edge that
+    reads c_k2 or c_k1 (ties: the lower edge index), whatever its weight: a cell computes
+    something (the DSL has no empty cell; FairDARTS's code cannot build one either).
+    """
+    kept: list[list[_Choice]] = []
+    for node, (start, count) in enumerate(node_slices(space.nodes)):
         incoming = choices[start:start + count]
         chosen = methods.keep([choice.weight for choice in incoming], space.keep)
         if chosen is None:
             strongest_first = sorted(incoming, key=lambda choice: -choice.weight)[:space.keep]
         else:
             strongest_first = [incoming[position] for position in chosen]
-        kept.append(sorted(strongest_first, key=lambda choice: choice.index))
+        live = [choice for choice in strongest_first
+                if not _below(methods, kinds.OPERATION, choice.weight)
+                and _reads_a_live_input(choice.index - start, kept)]
+        kept.append(sorted(live, key=lambda choice: choice.index))
+    if not any(kept):
+        reading_inputs = [(start + position, node)
+                          for node, (start, _) in enumerate(node_slices(space.nodes))
+                          for position in range(len(ir.INPUTS))]
+        index, node = max(reading_inputs, key=lambda pair: (choices[pair[0]].weight, -pair[0]))
+        kept[node] = [choices[index]]
     return kept
+
+
+def _reads_a_live_input(position: int, kept: list[list[_Choice]]) -> bool:
+    """Whether the edge at `position` among its node's inputs (c_k2, c_k1, n0, ...) reads a cell
+    input or an earlier node that kept an edge (`kept` holds the earlier nodes)."""
+    return position < len(ir.INPUTS) or bool(kept[position - len(ir.INPUTS)])
 
 
 def _select(space: ir.Space, methods: MethodSet, kind: str, weights: dict[str, list[list[float]]],
@@ -142,8 +181,8 @@ def _select(space: ir.Space, methods: MethodSet, kind: str, weights: dict[str, l
     banned: set[Ban] = set()
 
     def choose_all() -> list[list[_Choice]]:
-        choices = [_choose(space, i, alpha[i], None if beta is None else beta[i], scales[i],
-                           banned) for i in range(len(alpha))]
+        choices = [_choose(space, methods, i, alpha[i], None if beta is None else beta[i],
+                           scales[i], banned) for i in range(len(alpha))]
         return _keep(space, methods, choices)
 
     kept = choose_all()
@@ -182,12 +221,14 @@ def derive_cell(space: ir.Space, kind: str, tensors: Mapping[str, torch.Tensor],
     for node, kept in enumerate(_select(space, methods, kind, weights, scales)):
         edges = tuple(ir.Edge(operation=_operation_call(space, choice), input=inputs[choice.index],
                               attention=_attention_call(space, choice)) for choice in kept)
-        nodes.append(ir.Node(name=f"n{node}", edges=edges))
+        if edges:  # a node that kept no edge (a threshold) leaves the cell
+            nodes.append(ir.Node(name=f"n{node}", edges=edges))
     output_attention = None
     if kinds.OUTPUT in weights:
         gamma = weights[kinds.OUTPUT][0]
-        output_attention = _no_identity(
-            space.attentions[strongest(gamma, list(range(len(space.attentions))))])
+        best = strongest(gamma, list(range(len(space.attentions))))
+        if not _below(methods, kinds.OUTPUT, gamma[best]):
+            output_attention = _no_identity(space.attentions[best])
     output = ir.Output(nodes=tuple(node.name for node in nodes), attention=output_attention)
     return ir.Cell(kind=kind, nodes=tuple(nodes), output=output)
 

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from attdarts.cli import cli
@@ -201,3 +202,53 @@ def test_compile_att_pdarts_stages_in_json():
         (11, 5, 4, 4_502_740, [719_324, 4_465_556], 252),
         (17, 3, 2, 6_889_656, [284_474, 6_040_098], 140),
     ]
+
+
+def test_compile_drnas_space_needs_its_recipes_size():
+    result = _run(SPACES / "drnas.geno")  # the paper's C=16 is not divisible by 6
+    assert result.exit_code == 1 and "C=16 is not (try C=18)" in result.output
+
+
+@pytest.mark.slow
+def test_compile_drnas_space_at_its_recipe_size_has_drnas_counts(tmp_path):
+    """DrNAS's search model (xiangning-chen/DrNAS, DARTS-space/model_search.py `Network(36, 10,
+    20, k=K)`, 7 candidates without none): stage 1 at partial channels K=6 has 2,221,750
+    weights and 196 alpha; stage 2, its candidates widened to K=4, 2,986,462 (the same shapes as
+    a K=4 supernet). About 25 s on a loaded 2-core CPU (mult-adds of two full-size supernets);
+    tests/networks/test_supernet.py counts the same without the command."""
+    result = _run(SPACES / "drnas.geno", "--recipe", "drnas", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert (summary["channels"], summary["layers"]) == (36, 20)
+    assert summary["weights"] == 2_221_750 and summary["architecture"] == {"alpha": 196}
+    assert summary["methods"] == {"partial_channels": {"k": 6}, "drnas": {"kl": 0.0}}
+    second = tmp_path / "drnas_stage2.geno"
+    second.write_text((SPACES / "drnas.geno").read_text().replace("partial_channels(k=6)",
+                                                                  "partial_channels(k=4)"))
+    result = _run(second, "--recipe", "drnas", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["weights"] == 2_986_462
+
+
+def test_compile_fair_darts_spaces_have_dartss_counts():
+    """FairDARTS's search model is DARTS's without none (which has no weights): 1,930,618
+    weights at C=16, 8 cells, 2 x 14 x 7 alpha; the attention space adds the paper's beta."""
+    result = _run(SPACES / "fair_darts.geno", "--recipe", "fair-darts", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["weights"] == 1_930_618 and summary["architecture"] == {"alpha": 196}
+    result = _run(SPACES / "att_fair_darts.geno", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["weights"] == 3_309_282
+    assert summary["architecture"] == {"alpha": 196, "beta": 168}
+
+
+def test_compile_fair_darts_a_with_a_node_left_out_has_fair_darts_count():
+    """FairDARTS-a's normal cell has three nodes (n1 kept no edge); FairDARTS's NetworkCIFAR(36,
+    10, 20, genotype=FairDARTS_a, parse_method='threshold') has 2,360,782 parameters without its
+    auxiliary head and 2,837,208 with it (built on a CPU from xiaomi-automl/FairDARTS)."""
+    result = _run(ROOT / "genotypes" / "fair_darts_a.geno")
+    assert result.exit_code == 0, result.output
+    assert "2,360,782 (without auxiliary head)" in result.output
+    assert "2,837,208 (with auxiliary head)" in result.output

@@ -21,6 +21,7 @@ from attdarts.language.locations import LOCATIONS
 from attdarts.language.printer import format_genotype
 from attdarts.language.transform import parse_text
 from attdarts.networks.derive import count_identity, count_skip_connect, derive_genotype
+from attdarts.networks.methods import Random
 from attdarts.networks.methods.auxiliary_identity import AuxiliaryIdentity
 from attdarts.networks.methods.auxiliary_skip import AuxiliarySkip
 from attdarts.networks.methods.partial_channels import channel_shuffle
@@ -378,6 +379,15 @@ OPTION_SETS = {
     "identity": {"auxiliary_identity": "cosine"},
     "all": {"partial_channels": 2, "edge_normalisation": True, "auxiliary_skip": "linear",
             "auxiliary_identity": "cosine", "max_skip_connect": 1, "max_identity": 1},
+    # the samplers: their weights come from one draw (DrNAS) or a sigmoid (FairDARTS)
+    "drnas": {"methods": "[drnas(kl=0.001)]"},
+    "drnas-all": {"methods": "[drnas(kl=0.001)]", "partial_channels": 2,
+                  "edge_normalisation": True, "auxiliary_skip": "linear",
+                  "auxiliary_identity": "cosine", "max_skip_connect": 1, "max_identity": 1},
+    "fair": {"methods": "[fair_darts]"},
+    "fair-all": {"methods": "[fair_darts(threshold=0.5)]", "partial_channels": 2,
+                 "auxiliary_skip": "linear", "auxiliary_identity": "cosine",
+                 "max_skip_connect": 1},
 }
 
 
@@ -400,15 +410,26 @@ def _cases():
                 yield pytest.param(location, mixing, options, id=f"{location}-{mixing}-{name}")
 
 
+def step_weights(model):
+    """The mixture weights of a search step: every method's draw (DrNAS's Dirichlet sample) from
+    one seeded generator, so that the plain and the grouped copy see the same draw."""
+    arch = dict(model.named_architecture())
+    draw = model.methods.draw(arch, Random([torch.Generator().manual_seed(3)]))
+    return model.mixture_weights(draw=draw)
+
+
 @pytest.mark.parametrize("location, mixing, options", list(_cases()))
 def test_every_option_composes(location, mixing, options):
-    space = make_space(location, mixing, **options)
+    fair = "fair_darts" in str(options.get("methods"))
+    space = make_space(location, mixing, **options,
+                       **({"operations": OPERATIONS.removeprefix("none, ")} if fair else {}))
     plain = set_auxiliary(tiny(space, channels=4), 0.7, 0.3)
     fast = copy.deepcopy(plain).set_grouped(True)
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(3, 3, 8, 8, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 10, (3,), generator=generator)
-    losses = [F.cross_entropy(model(images), labels) for model in (plain, fast)]
+    losses = [F.cross_entropy(model(images, step_weights(model)), labels)
+              for model in (plain, fast)]
     for loss in losses:
         loss.backward()
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-9, atol=1e-12)

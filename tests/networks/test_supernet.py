@@ -12,6 +12,7 @@ from attdarts.language.errors import DslError
 from attdarts.language.printer import format_genotype
 from attdarts.language.transform import parse_file, parse_text
 from attdarts.networks.derive import derive_genotype
+from attdarts.networks.methods import build_methods
 from attdarts.networks.network import compile_network
 from attdarts.networks.supernet import (
     MixedAttention, compile_supernet, edge_names, node_slices,
@@ -50,6 +51,25 @@ def test_darts_supernet_has_exactly_darts_size():
     model = compile_supernet(space("darts"))
     assert count(model.weights()) == 1_930_618
     assert count(model.architecture()) == 2 * 14 * 8
+
+
+@pytest.mark.parametrize("k, weights", [(6, 2_221_750), (4, 2_986_462)])
+def test_drnas_supernet_has_exactly_drnas_stage_sizes(k, weights):
+    """DrNAS's search model (github.com/xiangning-chen/DrNAS, DARTS-space/model_search.py,
+    `Network(36, 10, 20, k=K)`, 7 candidates without none, no edge normalisation): its first
+    stage (K=6) and its second (every candidate widened to K=4: the shapes of a K=4 build)."""
+    text = (SPACES / "drnas.geno").read_text()
+    drnas = parse_text(text.replace("partial_channels(k=6)", f"partial_channels(k={k})")).space()
+    model = compile_supernet(drnas, channels=36, layers=20)
+    assert count(model.weights()) == weights
+    assert count(model.architecture()) == 2 * 14 * 7
+
+
+def test_fair_darts_supernet_has_exactly_dartss_size():
+    """FairDARTS's search model is DARTS's without `none`, which has no weights."""
+    model = compile_supernet(space("fair_darts"))
+    assert count(model.weights()) == 1_930_618
+    assert count(model.architecture()) == 2 * 14 * 7
 
 
 def test_pc_darts_supernet_has_exactly_pc_darts_size():
@@ -94,14 +114,21 @@ def test_edge_names_follow_darts_order():
 def test_every_space_builds_steps_and_derives(name):
     torch.manual_seed(0)
     search_space = space(name)
-    model = compile_supernet(search_space, channels=4, layers=5, input_size=8, init="randn")
+    # DrNAS's partial channels K=6 need C divisible by 6 (and 2 channels per factorized reduce)
+    channels = 12 if build_methods(search_space).size_problem(4) else 4
+    model = compile_supernet(search_space, channels=channels, layers=5, input_size=8,
+                             init="randn")
     images, labels = torch.randn(2, 3, 8, 8), torch.tensor([1, 7])
     logits = model(images)
     assert logits.shape == (2, 10)
+    # FairDARTS weighs each candidate by its own sigmoid; the others by a softmax per row
+    sigmoid = any(call.name == "fair_darts" for call in search_space.methods)
     for weights in model.mixture_weights():
         mixtures, edges = (weights.alpha, weights.beta, weights.gamma), weights.edges
         for tensor in mixtures:
-            if tensor is not None:
+            if tensor is not None and sigmoid:
+                assert ((tensor > 0) & (tensor < 1)).all()
+            elif tensor is not None:
                 torch.testing.assert_close(tensor.sum(-1), torch.ones(tensor.shape[0]))
         if edges is not None:  # edge normalisation: the edges entering each node sum to 1
             sums = [edges[start:start + count].sum() for start, count in node_slices(4)]
@@ -122,12 +149,17 @@ def test_every_space_builds_steps_and_derives(name):
     genotype = derive_genotype(model)
     assert parse_text(format_genotype(genotype)).genotype() == genotype
     for cell in (genotype.normal, genotype.reduce):
-        assert [node.name for node in cell.nodes] == ["n0", "n1", "n2", "n3"]
-        assert all(len(node.edges) == 2 for node in cell.nodes)
+        if sigmoid:  # FairDARTS's threshold: a node may keep fewer edges, a cell fewer nodes
+            assert set(cell.node_names) <= {"n0", "n1", "n2", "n3"} and cell.nodes
+            assert all(1 <= len(node.edges) <= 2 for node in cell.nodes)
+        else:
+            assert [node.name for node in cell.nodes] == ["n0", "n1", "n2", "n3"]
+            assert all(len(node.edges) == 2 for node in cell.nodes)
         assert all(edge.operation.name != "none" for node in cell.nodes for edge in node.edges)
         if search_space.location == "no_attention":
             assert all(edge.attention is None for node in cell.nodes for edge in node.edges)
-    network = compile_network(genotype, channels=4, layers=5, auxiliary=False, input_size=8)
+    network = compile_network(genotype, channels=channels, layers=5, auxiliary=False,
+                              input_size=8)
     network.eval()
     assert network(images).shape == (2, 10)
 

@@ -170,6 +170,11 @@ def test_zoo_files_export_to_the_published_tuples():
 @pytest.mark.parametrize("path", sorted(ZOO.glob("*.geno")), ids=lambda p: p.stem)
 def test_every_zoo_genotype_round_trips_through_every_format(path, format):
     genotype = parse_file(path).genotype()
+    if any(len(node.edges) != 2 for node in genotype.normal.nodes + genotype.reduce.nodes):
+        # a thresholded cell (FairDARTS-a: a node left out, nodes of one edge) is refused
+        with pytest.raises(DslError, match="DARTS-style genotypes cannot hold it"):
+            interop.export_genotypes([genotype], format, drop_attention=True)
+        return
     text = interop.export_genotypes([genotype], format, drop_attention=True)
     suffix = ".json" if format.endswith("json") else ".py"
     again = interop.import_text(text, "exported" + suffix, name=genotype.name).genotype()

@@ -174,7 +174,7 @@ def test_no_edge_crosses_an_unrelated_box_or_passes_the_other_input(path: Path, 
     """Issue 11, item 21: amoebanet_a's reduce `sep_conv_7x7 -> 2` ran from c_k2 down past c_k1."""
     genotype = parse_file(path).genotype()
     boxes, edges = _layout(dot, genotype_dot(genotype, cells))
-    assert edges and len(boxes) > 10
+    assert edges and len(boxes) >= 10  # FairDARTS-a's normal cell alone: 3 nodes, 10 boxes
     for tail, head, points in edges:
         assert points, (tail, head)
         for name, box in boxes.items():

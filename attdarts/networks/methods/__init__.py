@@ -15,20 +15,21 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `connector(channels, stride)` | building each edge: what enters its mixtures | partial_channels |
 | `extra_candidates(channels, stride)` | building each edge's operation mixture: candidates outside the weights' softmax | auxiliary_skip |
 | `candidate_mask(kind, cell)` | making weights: candidates switched off (P-DARTS, DrNAS pruning) | progressive (a space's stages) |
-| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | - (GDAS, DrNAS, FairDARTS) |
-| `draw(arch, random)` | once per step, before any forward | - (GDAS, DrNAS) |
+| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | drnas, fair_darts (- GDAS) |
+| `draw(arch, random)` | once per step, before any forward | drnas (- GDAS) |
 | `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing, progressive |
 | `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity, progressive |
-| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay |
-| `weight_loss(weights)` | the weight step's objective | - (FairDARTS) |
+| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts |
+| `weight_loss(weights)` | the weight step's objective | - |
 | `after_weight_step()` | after the weight update | - |
 | `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
 | `stage_start(stage)` | each stage of a progressive search (0-based; also after a resume) | - |
 | `early_stop(epoch, epochs, genotype, trained)` | after each epoch's derivation | stop_at_skips |
 | `capture_key()`, `capturable` | Python values a captured CUDA graph bakes in; whether it can be captured at all | beta_decay, smoothing, progressive |
-| `derivation_weights(kind, raw)` | the weights derivation ranks (default: `normalise` without a draw) | - (FairDARTS) |
+| `derivation_weights(kind, raw)` | the weights derivation ranks (default: `normalise` without a draw) | - |
 | `edge_scales(tensors)` | derivation: a factor per edge on its ranking weight | edge_normalisation |
-| `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (FairDARTS threshold, GDAS) |
+| `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (GDAS) |
+| `threshold(kind)` | derivation: the least weight a kept edge (alpha) or attention (beta, gamma) needs | fair_darts |
 | `cap(derivation)` | derivation: one candidate to take from one edge, until satisfied | max_skip_connect, max_identity |
 
 Weights flow as `CellWeights` (one per cell type, in `ir.CELL_KINDS` order): the supernet makes
@@ -157,6 +158,20 @@ class Random:
         return torch.stack([fill(torch.empty_like(part, requires_grad=False), generator)
                             for part, generator in zip(tensor, self.generators)])
 
+    def sample(self, tensor: Tensor, sampler: Callable[[Tensor, torch.Generator], Tensor]
+               ) -> Tensor:
+        """``sampler(tensor, generator)`` without gradient: numbers whose distribution depends
+        on `tensor` (DrNAS: a Dirichlet sample of concentrations `tensor`). Stacked, seed s's
+        slice is ``sampler(tensor[s], generator s)``."""
+        tensor = tensor.detach()
+        if not self.stacked:
+            return sampler(tensor, self.generators[0])
+        if tensor.shape[0] != len(self.generators):
+            raise ValueError(f"{len(self.generators)} seeds, but the tensor's leading dimension "
+                             f"is {tensor.shape[0]}")
+        return torch.stack([sampler(part, generator)
+                            for part, generator in zip(tensor, self.generators)])
+
 
 class SearchMethod(nn.Module):
     """One search method of a space. Subclasses fill the hooks they need (module docstring);
@@ -267,6 +282,12 @@ class SearchMethod(nn.Module):
 
     def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
         """Positions of a node's incoming edges to keep, given their ranking scores, or None."""
+        return None
+
+    def threshold(self, kind: str) -> float | None:
+        """The least weight a derived choice of mixture `kind` needs, or None (no threshold): a
+        kept edge whose operation weight (alpha) is below it is dropped, and an attention (beta,
+        gamma) below it becomes no attention."""
         return None
 
     def cap(self, derivation: Derivation) -> Ban | None:
@@ -444,6 +465,9 @@ class MethodSet(nn.Module):
 
     def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
         return self._first("keep", scores, keep)
+
+    def threshold(self, kind: str) -> float | None:
+        return self._first("threshold", kind)
 
     def caps(self) -> list[SearchMethod]:
         """The methods with a derivation cap, in the space's order."""

@@ -346,6 +346,62 @@ def test_stacked_step_with_every_method_equals_bilevel_steps(tmp_path):
         assert torch.equal(seeds.generators[seed].get_state(), bilevel.generator.get_state())
 
 
+# The methods that make the mixture weights themselves (samplers): each in the stacked step,
+# every seed drawing from its own generator; spaces without `none` where a method refuses it.
+SAMPLERS = {
+    "drnas": SPACE.replace("mixing = sum", "mixing = sum\n    methods = [drnas(kl=0.5)]"),
+    "fair_darts": SPACE.replace("mixing = sum", "mixing = sum\n    methods = [fair_darts]")
+                       .replace("[none, ", "["),
+}
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_stacked_step_with_each_sampler_equals_bilevel_steps(tmp_path, name):
+    """A sampler in the stacked step: two iterations, float64, against one `Bilevel` per seed
+    (the draws of seed s come from seed s's generator in both)."""
+    space = parse_text(SAMPLERS[name]).space()
+    config = tiny_config(tmp_path / "unused.geno")
+    models = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        models.append(compile_supernet(space, channels=4, layers=3, input_size=8,
+                                       init="randn").double())
+    stacked = stacked_bilevel(models, config)
+    separate = [Bilevel(model, config) for model in models]
+    for bilevel in (stacked, *separate):
+        bilevel.methods.epoch_start(1, 3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        weight_batch, arch_batch = ((torch.randn(2, 4, 3, 8, 8, generator=generator,
+                                                 dtype=torch.float64),
+                                     torch.randint(0, 10, (2, 4), generator=generator))
+                                    for _ in range(2))
+        stats = torch.stack(stacked.step(weight_batch, arch_batch))
+        for seed, bilevel in enumerate(separate):
+            own = bilevel.step(*((x[seed], y[seed]) for x, y in (weight_batch, arch_batch)))
+            torch.testing.assert_close(stats[:, seed], torch.stack([v.double() for v in own]))
+    seeds = stacked.seeds
+    for seed, model in enumerate(models):
+        state = model.state_dict()
+        for name_, value in zip(seeds.arch_names, seeds.arch):
+            torch.testing.assert_close(value[seed].detach(), state[name_], rtol=1e-10,
+                                       atol=1e-12, msg=name_)
+
+
+@pytest.mark.slow  # two runs of two seeds per sampler
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_each_sampler_together_equals_separate_runs_in_float64(tmp_path, name):
+    """`--together` with a sampler: each seed's files and checkpoint are its own run's."""
+    space_file = tmp_path / f"{name}.geno"
+    space_file.write_text(SAMPLERS[name])
+    config = tiny_config(space_file, epochs=2)
+    with in_float64():
+        run_seeds(config, SEEDS, tmp_path / "separate", device="cpu", dataset=tiny_images())
+        run_seeds(config, SEEDS, tmp_path / "together", device="cpu", dataset=tiny_images(),
+                  together=True)
+    assert_same_run(tmp_path / "separate", tmp_path / "together", rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.slow  # four runs of two seeds
 @pytest.mark.parametrize("order", [1, 2])
 def test_every_method_together_equals_separate_runs_in_float64(tmp_path, order):

@@ -1,0 +1,216 @@
+"""Budgeted derivation (`attdarts.networks.budget_derive`): exact against brute force on 2-node
+spaces (best score within caps, and the whole score/cost front), the run's own derivation
+without caps, the space's own caps, a cap no genotype meets."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from attdarts.language import ir
+from attdarts.language.transform import parse_file, parse_text
+from attdarts.networks.budget_derive import (
+    BudgetError, Cap, RunWeights, budget_derive, edge_choices, genotype_score,
+)
+from attdarts.networks.cost_meter import build_cost_table
+from attdarts.networks.derive import derive_genotype
+from attdarts.networks.supernet import column_names, normalise_edges
+
+ROOT = Path(__file__).resolve().parents[2]
+SPACES = ROOT / "genotypes" / "spaces"
+
+TWO_NODES_KEEP_ONE = """space two {
+    operations = [none, skip_connect, sep_conv_3x3, max_pool_3x3]
+    attentions = [identity, se]
+    nodes = 2
+    keep = 1
+    location = after_every
+}"""
+TWO_NODES_OUTPUT = """space two_out {
+    operations = [none, skip_connect, sep_conv_3x3]
+    attentions = [identity, se]
+    nodes = 2
+    keep = 2
+    location = after_every_and_end
+}"""
+TWO_NODES_MIXED = """space two_mixed {
+    operations = [none, sep_conv_3x3, avg_pool_3x3]
+    attentions = [identity, cbam]
+    nodes = 2
+    keep = 2
+    location = mixed_with_operation
+    edge_normalisation = true
+}"""
+
+
+def random_weights(space: ir.Space, seed: int) -> tuple[RunWeights, dict]:
+    """Softmaxed weights as weights.jsonl holds them, and the raw tensors behind them."""
+    generator = torch.Generator().manual_seed(seed)
+    edges = sum(2 + node for node in range(space.nodes))
+    cells, raw = {}, {}
+    for kind in ir.CELL_KINDS:
+        cells[kind], raw[kind] = {}, {}
+        for name, labels in column_names(space).items():
+            if name == "edges":
+                tensor = torch.randn(edges, generator=generator, dtype=torch.float64)
+                rows = [normalise_edges(tensor, space.nodes).tolist()]
+            else:
+                tensor = torch.randn(1 if name == "gamma" else edges, len(labels),
+                                     generator=generator, dtype=torch.float64)
+                rows = torch.softmax(tensor, -1).tolist()
+            raw[kind][name], cells[kind][name] = tensor, rows
+    return RunWeights(1, cells), raw
+
+
+def all_cells(space: ir.Space, weights: RunWeights, kind: str) -> list[ir.Cell]:
+    """Every cell derivation could write from `weights`: per node every `keep` inputs, every
+    candidate pair on each, every output attention."""
+    choices = edge_choices(space, [1.0] * len(column_names(space)["alpha"]),
+                           [1.0] * len(column_names(space).get("beta", [0])))
+    pairs = sorted({(c.operation, c.attention) for c in choices},
+                   key=lambda pair: (pair[0].name, "" if pair[1] is None else pair[1].name))
+    outputs = [None]
+    if space.location_spec.output_attention:
+        outputs = [None if call.name == "identity" else call for call in space.attentions]
+    per_node = []
+    for node in range(space.nodes):
+        inputs = (*ir.INPUTS, *(f"n{i}" for i in range(node)))
+        options = []
+        for subset in itertools.combinations(range(2 + node), space.keep):
+            for picked in itertools.product(pairs, repeat=space.keep):
+                options.append(ir.Node(name=f"n{node}", edges=tuple(
+                    ir.Edge(operation=op, input=inputs[i], attention=att)
+                    for i, (op, att) in zip(subset, picked))))
+        per_node.append(options)
+    names = tuple(f"n{node}" for node in range(space.nodes))
+    return [ir.Cell(kind=kind, nodes=nodes, output=ir.Output(nodes=names, attention=output))
+            for nodes in itertools.product(*per_node) for output in outputs]
+
+
+def brute_force(space, weights, table, measures):
+    """(scores, costs per measure) of every genotype of the space: every normal cell with every
+    reduce cell, each priced and scored by the table and `genotype_score` on its own."""
+    normal_cells = all_cells(space, weights, "normal")
+    reduce_cells = all_cells(space, weights, "reduce")
+
+    def genotype(normal, reduce):
+        return ir.Genotype(name="g", normal=normal, reduce=reduce)
+
+    reference = genotype(normal_cells[0], reduce_cells[0])
+    base = table.price(reference)
+    base_score = genotype_score(reference, space, weights)
+    # price and score are sums over the cells, so each cell's part is measured against the
+    # reference and every pair is a sum (numpy), still every genotype of the space
+    normal = [(genotype_score(genotype(c, reduce_cells[0]), space, weights) - base_score,
+               [table.price(genotype(c, reduce_cells[0]))[m] - base[m] for m in measures])
+              for c in normal_cells]
+    reduce = [(genotype_score(genotype(normal_cells[0], c), space, weights) - base_score,
+               [table.price(genotype(normal_cells[0], c))[m] - base[m] for m in measures])
+              for c in reduce_cells]
+    scores = base_score + np.add.outer([s for s, _ in normal], [s for s, _ in reduce])
+    costs = [base[m] + np.add.outer([c[i] for _, c in normal], [c[i] for _, c in reduce])
+             for i, m in enumerate(measures)]
+    return scores.ravel(), [c.ravel() for c in costs], len(normal_cells) * len(reduce_cells)
+
+
+@pytest.mark.parametrize("text", [TWO_NODES_KEEP_ONE, TWO_NODES_OUTPUT, TWO_NODES_MIXED])
+def test_exact_against_brute_force_on_two_node_spaces(text, one_thread):
+    space = parse_text(text).space()
+    table = build_cost_table(space, channels=4, layers=3)
+    weights, _ = random_weights(space, seed=len(text))
+    measures = ["multiply_adds", "parameters"]
+    scores, (macs, params), count = brute_force(space, weights, table, measures)
+    assert count >= 2000
+    free = budget_derive(space, weights, table)
+    assert free.score == pytest.approx(scores.max(), abs=1e-9)
+    for fraction in (0.25, 0.5, 0.8):
+        cap = macs.min() + fraction * (macs[scores.argmax()] - macs.min())
+        derived = budget_derive(space, weights, table, [Cap("multiply_adds", cap)])
+        assert derived.costs["multiply_adds"] <= cap
+        assert derived.score == pytest.approx(scores[macs <= cap].max(), abs=1e-9)
+        assert derived.score == pytest.approx(genotype_score(derived.genotype, space, weights))
+    # two caps at once
+    cap_macs = np.median(macs)
+    cap_params = np.median(params)
+    both = budget_derive(space, weights, table, [Cap("multiply_adds", cap_macs),
+                                                 Cap("parameters", cap_params)])
+    inside = (macs <= cap_macs) & (params <= cap_params)
+    assert both.score == pytest.approx(scores[inside].max(), abs=1e-9)
+    assert both.costs["parameters"] <= cap_params and both.costs["multiply_adds"] <= cap_macs
+    # the front: every genotype that no other beats in score and multiply-adds
+    order = np.lexsort((macs, -scores))
+    front, lowest = set(), np.inf
+    for index in order:
+        if macs[index] < lowest:
+            front.add((round(float(scores[index]), 9), int(macs[index])))
+            lowest = macs[index]
+    listed = budget_derive(space, weights, table, pareto=True).front
+    assert {(round(score, 9), int(costs["multiply_adds"])) for score, costs, _ in listed} == front
+
+
+@pytest.mark.parametrize("name", ["att_darts", "darts", "att_darts_end", "att_darts_mixed",
+                                  "att_darts_double_mixed", "att_pc_darts"])
+def test_without_caps_it_is_the_runs_own_derivation(name, one_thread):
+    """The score is what derivation maximises: the same genotype on the full 4-node spaces."""
+    space = parse_file(SPACES / f"{name}.geno").space()
+    table = build_cost_table(space, channels=4, layers=3)
+    for seed in range(3):
+        weights, raw = random_weights(space, seed)
+        derived = budget_derive(space, weights, table)
+        expected = derive_genotype(raw, space)
+        assert (derived.genotype.normal, derived.genotype.reduce) == \
+            (expected.normal, expected.reduce)
+        assert derived.score == derived.unconstrained_score
+        assert derived.costs == derived.unconstrained_costs == table.price(expected)
+
+
+def test_the_spaces_own_skip_cap_is_honoured(one_thread):
+    space = parse_text("""space capped {
+        operations = [none, skip_connect, sep_conv_3x3, dil_conv_3x3]
+        attentions = [identity, se]
+        max_skip_connect = 1
+    }""").space()
+    table = build_cost_table(space, channels=4, layers=3)
+    weights, raw = random_weights(space, 7)
+    for row in weights.cells["normal"]["alpha"]:  # skip_connect strongest everywhere
+        row[1] += 1.0
+    for row in raw["normal"]["alpha"]:
+        row[1] += 10.0
+    derived = budget_derive(space, weights, table)
+    skips = [e for n in derived.genotype.normal.nodes for e in n.edges
+             if e.operation.name == "skip_connect"]
+    assert len(skips) == 1
+    heuristic = derive_genotype({kind: {k: torch.log(torch.tensor(v, dtype=torch.float64))
+                                        for k, v in cells.items()}
+                                 for kind, cells in weights.cells.items()}, space)
+    assert derived.score >= genotype_score(heuristic, space, weights) - 1e-12
+
+
+def test_a_cap_no_genotype_meets_is_one_line(one_thread):
+    space = parse_text(TWO_NODES_KEEP_ONE).space()
+    table = build_cost_table(space, channels=4, layers=3)
+    weights, _ = random_weights(space, 0)
+    with pytest.raises(BudgetError, match=r"no genotype of space 'two' fits multiply_adds <= "
+                                          r"0.001M \(the cheapest genotype has [0-9.]+M\)"):
+        budget_derive(space, weights, table, [Cap("multiply_adds", 1000)])
+    with pytest.raises(BudgetError, match="has no latency_ms"):
+        budget_derive(space, weights, table, [Cap("latency_ms", 5.0)])
+
+
+def test_a_method_that_derives_by_its_own_rule_is_refused(one_thread):
+    """FairDARTS keeps edges above a threshold, not the strongest ones: ranking its genotypes by
+    DARTS's score would answer another question, so derive says so in one line."""
+    space = parse_text("""space fair {
+        operations = [skip_connect, sep_conv_3x3]
+        attentions = [identity, se]
+        nodes = 2
+        methods = [fair_darts]
+    }""").space()
+    table = build_cost_table(space, channels=4, layers=3)
+    weights, _ = random_weights(space, 0)
+    with pytest.raises(BudgetError, match="'fair_darts' derives by its own rule"):
+        budget_derive(space, weights, table, [Cap("multiply_adds", 1e12)])
