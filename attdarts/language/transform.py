@@ -16,7 +16,7 @@ from pathlib import Path
 import lark
 from lark import Token, Tree
 
-from attdarts.files import decode_source, read_source  # noqa: F401 - re-exported for callers
+from attdarts.files import decode_source, read_source  # re-exported for callers
 from attdarts.language import catalog, methods, stages
 from attdarts.language.errors import DslError, Problem, Span, by_position, suggest
 from attdarts.language.grammar import parse_tree, parser
@@ -24,6 +24,9 @@ from attdarts.language.ir import (
     Call, Cell, Comments, Document, Edge, Genotype, Meta, NO_COMMENTS, Node, Output, Space, Stage,
 )
 from attdarts.language.locations import LOCATIONS
+
+__all__ = ["decode_source", "parse_file", "parse_text", "read_genotype", "read_source",
+           "read_space"]
 
 
 def parse_text(text: str, path: str | None = None) -> Document:
@@ -84,18 +87,14 @@ def _describe_expected(names) -> str:
         else:
             words.append(name.lower())
     words = sorted(set(words))
-    if len(words) == 1:
-        return words[0]
-    return "one of " + ", ".join(words[:-1]) + " or " + words[-1]
+    return words[0] if len(words) == 1 else "one of " + ", ".join(words[:-1]) + " or " + words[-1]
 
 
 def _token_text(token: Token) -> str:
     if token.type == "$END":
         return "end of file"
     value = str(token)
-    if len(value) > 40:
-        value = value[:37] + "..."
-    return f"'{value}'"
+    return f"'{value[:37]}...'" if len(value) > 40 else f"'{value}'"
 
 
 def _syntax_problem(error: lark.exceptions.UnexpectedInput, text: str) -> Problem:
@@ -156,9 +155,8 @@ def _span(tree: Tree | Token) -> Span | None:
     if isinstance(tree, Token):
         return Span(tree.line, tree.column, tree.end_line, tree.end_column)
     meta = tree.meta
-    if getattr(meta, "empty", True):
-        return None
-    return Span(meta.line, meta.column, meta.end_line, meta.end_column)
+    return None if getattr(meta, "empty", True) else Span(meta.line, meta.column, meta.end_line,
+                                                          meta.end_column)
 
 
 class _Builder:
@@ -175,9 +173,8 @@ class _Builder:
         return tuple(taken)
 
     def _take_on(self, line: int) -> str | None:
-        if self.pending and self.pending[0].line == line:
-            return str(self.pending.pop(0)).rstrip()
-        return None
+        on_line = self.pending and self.pending[0].line == line
+        return str(self.pending.pop(0)).rstrip() if on_line else None
 
     def _statement_comments(self, span: Span | None) -> Comments:
         if span is None:
@@ -196,9 +193,8 @@ class _Builder:
         return Comments(leading=leading, trailing=trailing)
 
     def _after_brace(self, line: int) -> bool:
-        if not self.pending or self.pending[0].line != line:
-            return False
-        return self.lines[line - 1][:self.pending[0].column - 1].rstrip().endswith("{")
+        return bool(self.pending) and self.pending[0].line == line and \
+            self.lines[line - 1][:self.pending[0].column - 1].rstrip().endswith("{")
 
     def _closing_comments(self, brace: Token) -> Comments:
         return Comments(leading=self._take_before(brace.line), trailing=self._take_on(brace.line))
@@ -234,10 +230,7 @@ class _Builder:
         cells: dict[str, Cell | None] = {}
         for entry in entries:
             if entry.data == "setting":
-                setting = self.setting(entry)
-                if setting is None:
-                    continue
-                key, value, value_tree, setting_comments = setting
+                key, value, value_tree, setting_comments = self.setting(entry)
                 if not isinstance(value, str) or value_tree.type != "STRING":
                     self.problems.append(Problem(
                         f"genotype setting '{key}' must be quoted text", _span(value_tree),
@@ -427,11 +420,7 @@ class _Builder:
         operation_tree = tree.children[0]
         op_name, input_token, *kwargs = operation_tree.children
         operation = self._make_call(op_name, kwargs, catalog.OPERATIONS, "operation", _span(operation_tree))
-        attention = None
-        if len(tree.children) > 1:
-            attention = self.call(tree.children[1], catalog.ATTENTIONS, "attention")
-            if attention.name == "identity":
-                attention = None
+        attention = self._attention(tree.children[1]) if len(tree.children) > 1 else None
         return Edge(operation=operation, input=str(input_token), attention=attention,
                     span=_span(input_token))
 
@@ -439,13 +428,14 @@ class _Builder:
         *names, attention_tree = tree.children
         span = _span(tree)
         comments = self._statement_comments(span)
-        attention = None
-        if attention_tree is not None:
-            attention = self.call(attention_tree, catalog.ATTENTIONS, "attention")
-            if attention.name == "identity":
-                attention = None
+        attention = None if attention_tree is None else self._attention(attention_tree)
         return Output(nodes=tuple(str(n) for n in names), attention=attention, comments=comments,
                       span=span, name_spans=tuple(_span(n) for n in names))
+
+    def _attention(self, tree: Tree) -> Call | None:
+        """An attention call; `identity` is stored as no attention."""
+        attention = self.call(tree, catalog.ATTENTIONS, "attention")
+        return None if attention.name == "identity" else attention
 
     def call(self, tree: Tree, table, label: str) -> Call:
         name, *kwargs = tree.children
