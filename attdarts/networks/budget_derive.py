@@ -33,6 +33,10 @@ caps (P-DARTS's `max_skip_connect`, `max_identity`) are honoured as two more cap
 the normal cell (the best genotype that satisfies them, which P-DARTS's step-by-step
 replacement does not always find).
 
+A search in stages (P-DARTS) drops candidates per edge: the epoch's line of `weights.jsonl` says
+which each row still searches (`RunWeights.kept`), and only those are choices, so no cap makes
+derive pick a candidate the search dropped (the final stage's, for the last epoch).
+
 Torch-free: the weights are the softmaxed rows a search writes to `weights.jsonl`
 (`attdarts.runs.search.budget` reads a run), the costs a `CostTable`'s.
 """
@@ -80,10 +84,14 @@ class Cap:
 
 @dataclass(frozen=True)
 class RunWeights:
-    """The softmaxed weights of one epoch: cell type -> kind (alpha, beta, gamma, edges) -> rows."""
+    """The softmaxed weights of one epoch: cell type -> kind (alpha, beta, gamma, edges) -> rows.
+    `kept`: the candidates the epoch's stage searched (a space with stages, P-DARTS), cell type
+    -> kind -> rows of bools in the weights' shape; a kind it leaves out keeps every candidate.
+    A dropped candidate is no choice at all, whatever a cap asks."""
 
     epoch: int
     cells: Mapping[str, Mapping[str, list[list[float]]]]
+    kept: Mapping[str, Mapping[str, list[list[bool]]]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,35 +113,42 @@ def _attention_call(call: ir.Call) -> ir.Call | None:
 
 
 def edge_choices(space: ir.Space, alpha: Sequence[float], beta: Sequence[float] | None,
-                 scale: float = 1.0) -> list[EdgeChoice]:
+                 scale: float = 1.0, kept_alpha: Sequence[bool] | None = None,
+                 kept_beta: Sequence[bool] | None = None) -> list[EdgeChoice]:
     """Every candidate pair derivation could give an edge with these weights, with its score:
-    per location as `Location.choose_edge` reads the mixtures."""
+    per location as `Location.choose_edge` reads the mixtures. `kept_alpha` / `kept_beta`: the
+    columns a stage still searches (None: all); the others are no choice."""
     location = space.location_spec
     count = len(space.operations)
-    operations = [(i, call) for i, call in enumerate(space.operations) if call.name != "none"]
+    kept_alpha = kept_alpha or [True] * len(alpha)
+    operations = [(i, call) for i, call in enumerate(space.operations)
+                  if call.name != "none" and kept_alpha[i]]
     if location.edge_mixture == BOTH and location.then is None:  # mixed_with_operation
         choices = [EdgeChoice(call, None, alpha[i] * scale) for i, call in operations]
         choices += [EdgeChoice(SKIP, _attention_call(call), alpha[count + i] * scale)
-                    for i, call in enumerate(space.attentions)]
+                    for i, call in enumerate(space.attentions) if kept_alpha[count + i]]
         return choices
     attentions: list[tuple[ir.Call | None, float]] = [(None, 0.0)]
     if location.then in (ATTENTIONS, BOTH):
         assert beta is not None
         offset = count if location.then == BOTH else 0
-        weights = [beta[offset + i] for i in range(len(space.attentions))]
-        best = max(weights)
-        attentions = [(_attention_call(call), weight - best)
-                      for call, weight in zip(space.attentions, weights)]
+        kept_beta = kept_beta or [True] * len(beta)
+        searched = [(call, beta[offset + i]) for i, call in enumerate(space.attentions)
+                    if kept_beta[offset + i]]
+        best = max(weight for _, weight in searched)
+        attentions = [(_attention_call(call), weight - best) for call, weight in searched]
     return [EdgeChoice(call, attention, alpha[i] * scale + regret)
             for i, call in operations for attention, regret in attentions]
 
 
-def _output_choices(space: ir.Space, gamma: Sequence[float] | None
-                    ) -> list[tuple[ir.Call | None, float]]:
+def _output_choices(space: ir.Space, gamma: Sequence[float] | None,
+                    kept: Sequence[bool] | None = None) -> list[tuple[ir.Call | None, float]]:
     if gamma is None:
         return [(None, 0.0)]
-    best = max(gamma)
-    return [(_attention_call(call), weight - best) for call, weight in zip(space.attentions, gamma)]
+    searched = [(call, weight) for index, (call, weight) in enumerate(zip(space.attentions, gamma))
+                if kept is None or kept[index]]
+    best = max(weight for _, weight in searched)
+    return [(_attention_call(call), weight - best) for call, weight in searched]
 
 
 def _scales(space: ir.Space, tensors: Mapping[str, list[list[float]]]) -> list[float]:
@@ -145,14 +160,20 @@ def _scales(space: ir.Space, tensors: Mapping[str, list[list[float]]]) -> list[f
     return [1.0] * edges
 
 
-def _cell_choices(space: ir.Space, tensors: Mapping[str, list[list[float]]]
+def _cell_choices(space: ir.Space, weights: RunWeights, kind: str
                   ) -> tuple[list[list[EdgeChoice]], list[tuple[ir.Call | None, float]]]:
+    tensors, kept = weights.cells[kind], weights.kept.get(kind, {})
     scales = _scales(space, tensors)
     beta = tensors.get("beta")
-    edges = [edge_choices(space, row, None if beta is None else beta[index], scales[index])
-             for index, row in enumerate(tensors["alpha"])]
+
+    def row(name: str, index: int) -> Sequence[bool] | None:
+        return kept[name][index] if name in kept else None
+
+    edges = [edge_choices(space, alpha, None if beta is None else beta[index], scales[index],
+                          row("alpha", index), row("beta", index))
+             for index, alpha in enumerate(tensors["alpha"])]
     gamma = tensors.get("gamma")
-    return edges, _output_choices(space, None if gamma is None else gamma[0])
+    return edges, _output_choices(space, None if gamma is None else gamma[0], row("gamma", 0))
 
 
 def genotype_score(genotype: ir.Genotype, space: ir.Space, weights: RunWeights) -> float:
@@ -162,7 +183,7 @@ def genotype_score(genotype: ir.Genotype, space: ir.Space, weights: RunWeights) 
     total = 0.0
     for kind in ir.CELL_KINDS:
         cell = genotype.cell(kind)
-        edges, outputs = _cell_choices(space, weights.cells[kind])
+        edges, outputs = _cell_choices(space, weights, kind)
         starts = [sum(2 + k for k in range(node)) for node in range(space.nodes)]
         for position, node in enumerate(cell.nodes):
             for edge in node.edges:
@@ -313,7 +334,7 @@ def _groups(space: ir.Space, table: CostTable, weights: RunWeights, dims: Sequen
     starts = [sum(2 + k for k in range(node)) for node in range(space.nodes)]
     groups = []
     for kind in ir.CELL_KINDS:
-        edges, outputs = _cell_choices(space, weights.cells[kind])
+        edges, outputs = _cell_choices(space, weights, kind)
 
         def edge_cost(position: int, choice: EdgeChoice, dim: str) -> float:
             if dim == SKIP_COUNT:

@@ -214,3 +214,97 @@ def test_a_method_that_derives_by_its_own_rule_is_refused(one_thread):
     weights, _ = random_weights(space, 0)
     with pytest.raises(BudgetError, match="'fair_darts' derives by its own rule"):
         budget_derive(space, weights, table, [Cap("multiply_adds", 1e12)])
+
+
+TWO_NODES_THREE_ATTENTIONS = """space two_three {
+    operations = [none, skip_connect, sep_conv_3x3, max_pool_3x3]
+    attentions = [identity, se, cbam]
+    nodes = 2
+    keep = 1
+    location = after_every_and_end
+}"""
+
+
+def staged_weights(space: ir.Space, seed: int, counts: dict[str, int],
+                   dropped: set[tuple[str, int]]) -> RunWeights:
+    """Weights as a stage that searches `counts[kind]` candidates of each row writes them
+    (P-DARTS): the masked softmax, with the masks as `kept`. The `dropped` (kind, column)s are
+    dropped from every row (the cheapest choices), the others at random."""
+    weights, raw = random_weights(space, seed)
+    generator = torch.Generator().manual_seed(seed)
+    kept: dict[str, dict[str, list]] = {}
+    for kind in ir.CELL_KINDS:
+        kept[kind] = {}
+        for name, count in counts.items():
+            tensor = raw[kind][name]
+            mask = torch.zeros_like(tensor, dtype=torch.bool)
+            for row in range(tensor.shape[0]):
+                order = torch.randperm(tensor.shape[1], generator=generator).tolist()
+                order = [i for i in order if (name, i) not in dropped]
+                mask[row, order[:count]] = True
+            weights.cells[kind][name] = torch.softmax(
+                tensor.masked_fill(~mask, float("-inf")), -1).tolist()
+            kept[kind][name] = mask.tolist()
+    return RunWeights(1, weights.cells, kept)
+
+
+def searched(space: ir.Space, cell: ir.Cell, kept: dict[str, list[list[bool]]]) -> bool:
+    """Whether every choice of `cell` is a candidate its stage still searches: the operation and
+    attention columns of each kept edge, and the output attention's."""
+    attentions = [call.name for call in space.attentions]
+    mixed = space.location_spec.then is None and "beta" not in kept
+    starts = [sum(2 + k for k in range(node)) for node in range(space.nodes)]
+    for position, node in enumerate(cell.nodes):
+        for edge in node.edges:
+            row = starts[position] + cell.index_of(edge.input)
+            attention = attentions.index(edge.attention.name if edge.attention else "identity")
+            if mixed and edge.operation.name == "skip_connect":  # an attention's column
+                columns = [("alpha", len(space.operations) + attention)]
+            else:
+                columns = [("alpha", space.operations.index(edge.operation))]
+                columns += [("beta", attention)] if "beta" in kept else []
+            if not all(kept[name][row][column] for name, column in columns):
+                return False
+    output = cell.output.attention
+    return "gamma" not in kept or kept["gamma"][0][
+        attentions.index(output.name if output else "identity")]
+
+
+@pytest.mark.parametrize("text, counts, dropped", [
+    (TWO_NODES_THREE_ATTENTIONS, {"alpha": 2, "beta": 2, "gamma": 2}, {("beta", 0)}),
+    (TWO_NODES_MIXED, {"alpha": 2}, {("alpha", 2), ("alpha", 3)}),
+])
+def test_a_stages_dropped_candidates_are_never_chosen(text, counts, dropped, one_thread):
+    """A staged search's last stage keeps a few candidates per row (P-DARTS): derive chooses
+    among those only, whatever the cap, exactly as brute force over the genotypes that use
+    searched candidates only; a cap only dropped candidates could meet is refused. The same
+    weights without the masks (dropped candidates weighing 0) would pick a dropped one."""
+    space = parse_text(text).space()
+    table = build_cost_table(space, channels=4, layers=3)
+    staged = staged_weights(space, seed=len(text), counts=counts, dropped=dropped)
+    unmasked = RunWeights(1, staged.cells)
+    scores, (macs,), count = brute_force(space, unmasked, table, ["multiply_adds"])
+    flags = {kind: np.array([searched(space, cell, staged.kept[kind])
+                             for cell in all_cells(space, unmasked, kind)])
+             for kind in ir.CELL_KINDS}
+    valid = np.logical_and.outer(flags["normal"], flags["reduce"]).ravel()
+    assert count >= 2000 and 0 < valid.sum() < count
+
+    def uses_searched_only(genotype: ir.Genotype) -> bool:
+        return all(searched(space, genotype.cell(kind), staged.kept[kind])
+                   for kind in ir.CELL_KINDS)
+
+    free = budget_derive(space, staged, table)
+    assert uses_searched_only(free.genotype)
+    assert free.score == pytest.approx(scores[valid].max(), abs=1e-9)
+    cheapest = macs[valid].min()
+    for fraction in (0.0, 0.3, 0.7):
+        cap = cheapest + fraction * (free.costs["multiply_adds"] - cheapest)
+        derived = budget_derive(space, staged, table, [Cap("multiply_adds", cap)])
+        assert uses_searched_only(derived.genotype)
+        assert derived.score == pytest.approx(scores[valid & (macs <= cap)].max(), abs=1e-9)
+    assert macs.min() < cheapest  # the cheapest choices (no attention, a pool) were dropped
+    with pytest.raises(BudgetError, match="no genotype of space"):
+        budget_derive(space, staged, table, [Cap("multiply_adds", macs.min())])
+    assert not uses_searched_only(
+        budget_derive(space, unmasked, table, [Cap("multiply_adds", macs.min())]).genotype)

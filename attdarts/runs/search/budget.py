@@ -64,7 +64,11 @@ def _record(data: dict, columns: Mapping[str, list[str]]) -> RunWeights:
     if data.get("operations") != columns["alpha"]:
         raise ValueError(f"its operations {data.get('operations')} are not the space's columns "
                          f"{columns['alpha']}")
-    cells = {}
+    cells, kept = {}, {}
+    stage = data.get("kept", {})  # a stage's searched candidates (a space with stages)
+    if not isinstance(stage, dict) or not all(isinstance(stage.get(kind, {}), dict)
+                                              for kind in ir.CELL_KINDS):
+        raise ValueError("its 'kept' must map each cell type to its kinds' rows")
     for kind in ir.CELL_KINDS:
         tensors = {}
         for name, labels in columns.items():
@@ -75,7 +79,20 @@ def _record(data: dict, columns: Mapping[str, list[str]]) -> RunWeights:
                 raise ValueError(f"{kind} {name} rows do not have {len(labels)} columns")
             tensors[name] = rows
         cells[kind] = tensors
-    return RunWeights(int(data["epoch"]), cells)
+        kept[kind] = {name: _kept_rows(stage, kind, name, tensors[name])
+                      for name in tensors if name in stage.get(kind, {})}
+    return RunWeights(int(data["epoch"]), cells, kept)
+
+
+def _kept_rows(stage: dict, kind: str, name: str, weights: list[list[float]]
+               ) -> list[list[bool]]:
+    """A line's "kept" rows of one kind (weights.jsonl), in the weights' shape, each keeping a
+    candidate."""
+    rows = stage[kind][name]
+    kept = [[bool(value) for value in row] for row in rows] if isinstance(rows, list) else []
+    if [len(row) for row in kept] != [len(row) for row in weights] or not all(map(any, kept)):
+        raise ValueError(f"its kept {kind} {name} rows do not match the weights")
+    return kept
 
 
 
@@ -167,19 +184,19 @@ def derive_run(run: str | Path, *, epoch: int | None = None, max_macs: float | N
     derived.warnings.extend(warnings)
     extra = {"score": f"{derived.score:.6f} (unconstrained derivation: "
                       f"{derived.unconstrained_score:.6f})"}
-    for measure in table.measures:
-        value = derived.costs[measure]
-        extra[measure] = f"{value:.3f}" if measure == "latency_ms" else str(int(value))
+    for counted in table.measures:
+        value = derived.costs[counted]
+        extra[counted] = f"{value:.3f}" if counted == "latency_ms" else str(int(value))
     genotype = derived.genotype.model_copy(update={"meta": (*derived.genotype.meta, *(
         ir.Meta(key=key, value=value) for key, value in extra.items()))})
     derived.genotype = genotype
     if verify:
         derived.measured = _measure(genotype, table)
-        for measure in ("multiply_adds", "parameters"):
-            if derived.measured[measure] != derived.costs[measure]:
+        for counted in ("multiply_adds", "parameters"):
+            if derived.measured[counted] != derived.costs[counted]:
                 raise BudgetError(
-                    f"internal error: the compiled network has {derived.measured[measure]} "
-                    f"{measure}, the table predicted {derived.costs[measure]} (please report)")
+                    f"internal error: the compiled network has {derived.measured[counted]} "
+                    f"{counted}, the table predicted {derived.costs[counted]} (please report)")
     if output is not None:
         atomic_write_text(output, format_checked(genotype, what="the derived genotype"))
     return derived

@@ -33,6 +33,11 @@ def dump_json(value: object) -> str:
     return json.dumps(value, separators=(", ", ": "))
 
 
+def _rows(values: Tensor) -> list:
+    """A tensor as rows (the last axis), as weights.jsonl writes every kind."""
+    return values.reshape(-1, values.shape[-1]).tolist()
+
+
 def _short(values: Tensor) -> list:
     """float32 tensor -> nested lists of the shortest decimals that identify each float32."""
     array = values.detach().to("cpu", torch.float32).numpy()
@@ -93,7 +98,10 @@ def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
 
     Each kind as the forward uses it (`Supernet.normalised_architecture`): alpha / beta / gamma
     softmaxed over each row; edge weights (edge normalisation) softmaxed over the edges entering
-    each node, written as one row in edge order.
+    each node, written as one row in edge order. In a stage that has dropped candidates (a space
+    with stages), "kept" gives the stage's masks, {cell: {kind: rows of 1 (searched) and 0
+    (dropped)}}, in the weights' shape: a dropped candidate weighs 0, and `attdarts derive` never
+    chooses it.
     """
     record: dict = {"epoch": epoch}
     if synthetic:
@@ -102,6 +110,12 @@ def weights_record(model: Supernet, epoch: int, synthetic: bool) -> str:
     for cell in ir.CELL_KINDS:
         record[cell] = {kind: _short(tensor.float().reshape(-1, tensor.shape[-1]))
                         for kind, tensor in normalised[cell].items()}
+    progressive = model.methods.progressive
+    masks = {} if progressive is None else progressive.masks
+    if any(not bool(mask.all()) for by_kind in masks.values() for mask in by_kind.values()):
+        record["kept"] = {cell: {kind: _rows(masks[cell][kind].int())
+                                 for kind in normalised[cell] if kind in masks.get(cell, {})}
+                          for cell in ir.CELL_KINDS}
     columns = model.columns
     record["edges"] = list(model.edge_names)
     record["operations"] = columns[kinds.OPERATION]

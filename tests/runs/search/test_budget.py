@@ -152,3 +152,20 @@ def test_the_genotype_derived_from_a_run_on_random_data_says_so(tmp_path, one_th
     (run / "config.json").write_text(json.dumps({"seed": 3, "dataset": "synthetic"}))
     derived = derive_run(run, channels=4, layers=3, verify=False)
     assert derived.genotype.meta_value("synthetic") == SYNTHETIC_NOTE
+
+
+def test_a_stages_kept_candidates_are_read_and_a_line_that_does_not_fit_is_skipped(tmp_path):
+    """A pruned stage's line of weights.jsonl says which candidates it searched ("kept", in the
+    weights' shape); kept rows of another shape make the line a skipped one."""
+    space = parse_file(SPACES / "darts.geno").space()
+    run, _ = make_run(tmp_path / "run", space)
+    first, second = [json.loads(line) for line in
+                     (run / "weights.jsonl").read_text().splitlines()[:2]]
+    rows = [[1, 0, 1, 1, 0, 0, 1, 0]] * len(second["normal"]["alpha"])
+    second["kept"] = {"normal": {"alpha": rows}, "reduce": {"alpha": rows}}
+    first["kept"] = {"normal": {"alpha": [[1, 0]]}}
+    (run / "weights.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n")
+    weights, warnings = read_run_weights(run, space)
+    assert weights.kept["reduce"] == {"alpha": [[bool(value) for value in row] for row in rows]}
+    assert warnings == ["weights.jsonl:1: skipped (its kept normal alpha rows do not match the "
+                        "weights)"]

@@ -24,6 +24,7 @@ from attdarts.runs.search import (
     Bilevel, SearchConfig, recipe_config, resume_search, run_search, run_seeds,
 )
 from attdarts.runs.search import stages
+from attdarts.runs.search.budget import derive_run
 from attdarts.runs.search.loop import SearchRun
 from helpers import assert_same_state, in_float64, metrics_without_timings
 
@@ -259,6 +260,32 @@ def test_a_kept_stage_goes_on_with_its_supernet_and_optimiser_states(tmp_path):
                                momentum[name])
     assert {float(s["step"]) for s in run.bilevel.arch_optimizer.state.values()} == adam_step
     assert (run.masks["normal"][kinds.OPERATION].sum(-1) == 2).all()
+
+
+def test_derive_on_a_staged_run_chooses_only_the_last_stages_candidates(whole):
+    """weights.jsonl names each pruned stage's candidates ("kept", the checkpoint's masks), and
+    `attdarts derive` chooses among them only: every genotype of its front, the cheapest
+    included, uses candidates the last stage still searched."""
+    lines = [json.loads(line) for line in (whole / "weights.jsonl").read_text().splitlines()]
+    assert ["kept" in line for line in lines] == [False, False, True, True, True]
+    masks = torch.load(whole / "checkpoint.pt", weights_only=False)["stage"]["masks"]
+    for cell in ("normal", "reduce"):
+        for kind in ("alpha", "beta"):
+            assert lines[-1]["kept"][cell][kind] == masks[f"{kind}_{cell}"].int().tolist()
+    space = parse_text(STAGED).space()
+    attentions = [call.name for call in space.attentions]
+    derived = derive_run(whole, channels=4, layers=3, pareto=True, verify=False)
+    assert len(derived.front) > 1
+    for _, _, genotype in derived.front:
+        for cell in ("normal", "reduce"):
+            derived_cell = genotype.cell(cell)
+            for node in range(space.nodes):  # node n's edges are rows 2 + 3 + ... onwards
+                first_row = sum(2 + k for k in range(node))
+                for edge in derived_cell.nodes[node].edges:
+                    row = first_row + derived_cell.index_of(edge.input)
+                    attention = edge.attention.name if edge.attention else "identity"
+                    assert masks[f"alpha_{cell}"][row, space.operations.index(edge.operation)]
+                    assert masks[f"beta_{cell}"][row, attentions.index(attention)]
 
 
 # ---------------------------------------------------------------------------------------------
