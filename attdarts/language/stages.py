@@ -110,7 +110,8 @@ def stage_problems(space: Space) -> list[Problem]:
     """Why `space`'s stages cannot run: counts beyond the candidates or growing again, a warm-up
     as long as its stage, `keep` with nothing to keep or another depth, skip dropout without
     skip_connect, a method that ends the search early or rides on a candidate a stage may drop
-    (DARTS-'s auxiliary skip on skip_connect's weight)."""
+    (DARTS-'s auxiliary skip on skip_connect's weight), a skip cap with no operation left to
+    replace a skip, a location whose derivation reads part of a pruned mixture (double_mixed)."""
     if not space.stages:
         return []
     where = space.span_of("stages")
@@ -131,6 +132,14 @@ def stage_problems(space: Space) -> list[Problem]:
             "search method 'auxiliary_skip' cannot be combined with stages when the space lists "
             "skip_connect", space.method("auxiliary_skip").span,
             "its term rides on skip_connect's weight, which a stage may drop"))
+    problems.extend(_cap_problems(space, counts["operations"], where))
+    location = space.location_spec
+    if location.mixes_operations_and_attentions and location.then is not None:
+        problems.append(Problem(
+            f"location '{space.location}' cannot be searched in stages: its edges take the "
+            "operation and the attention from separate columns of mixtures that hold both, and "
+            "a stage's pruning by weight may drop every candidate of one",
+            space.span_of("location"), "use mixed_with_operation or after_every"))
     if any(call.name == "stop_at_skips" for call in space.methods):
         problems.append(Problem("search method 'stop_at_skips' cannot be combined with stages",
                                 space.method("stop_at_skips").span,
@@ -182,3 +191,18 @@ def _stage_problems(space: Space, number: int, stage: Any, span: Span | None,
         problems.append(Problem(f"{label}: 'skip_dropout' acts on skip_connect, which the space "
                                 "does not list", span, "add skip_connect or drop the setting"))
     return problems
+
+
+def _cap_problems(space: Space, kept: int, where: Span | None) -> list[Problem]:
+    """P-DARTS's skip cap gives a capped edge its strongest other searched operation, never
+    `none`: the last stage must leave one besides none and skip_connect (P-DARTS keeps 3)."""
+    names = [call.name for call in space.operations]
+    needed = 1 + ("none" in names) + ("skip_connect" in names)
+    if space.method("max_skip_connect") is None or kept >= needed:
+        return []
+    last = next((stage for stage in reversed(space.stages) if stage.operations is not None), None)
+    return [Problem(
+        f"the last stage keeps {kept} operations per edge; with 'max_skip_connect' an edge "
+        "that keeps only " + " and ".join(n for n in ("none", "skip_connect") if n in names) +
+        " has no operation to take skip_connect's place",
+        (last.span if last is not None else None) or where, f"keep at least {needed}")]

@@ -97,23 +97,29 @@ class _Choice:
 
 
 def _choose(space: ir.Space, methods: MethodSet, index: int, alpha: list[float],
-            beta: list[float] | None, scale: float, banned: set[Ban]) -> _Choice:
+            beta: list[float] | None, scale: float, banned: set[Ban],
+            searched: Mapping[str, list[list[bool]]]) -> _Choice:
     """Edge `index` as its location chooses it (`Location.choose_edge`), its weight times the
     ranking factor `scale`; a candidate a cap banned from this edge is passed over for the
-    edge's strongest other (never `none`); an attention below the methods' threshold becomes
-    no attention."""
+    edge's strongest other (never `none`, nor a candidate a stage dropped: `searched` rows by
+    kind, absent: all); an attention below the methods' threshold becomes no attention."""
     operation, attention, weight = space.location_spec.choose_edge(space, alpha, beta)
     no_operations = {ban.candidate for ban in banned
                      if ban.edge == index and ban.kind == kinds.OPERATION}
     no_attentions = {ban.candidate for ban in banned
                      if ban.edge == index and ban.kind == kinds.ATTENTION}
+
+    def open_to(kind: str, column: int) -> bool:
+        return kind not in searched or searched[kind][index][column]
+
     if no_operations:
-        allowed = [i for i, call in enumerate(space.operations)
-                   if call.name != "none" and call.name not in no_operations]
+        allowed = [i for i, call in enumerate(space.operations) if call.name != "none"
+                   and call.name not in no_operations and open_to(kinds.OPERATION, i)]
         operation = strongest(alpha, allowed)
         weight = alpha[operation]
     if no_attentions and beta is not None:
-        allowed = [i for i, call in enumerate(space.attentions) if call.name not in no_attentions]
+        allowed = [i for i, call in enumerate(space.attentions)
+                   if call.name not in no_attentions and open_to(kinds.ATTENTION, i)]
         attention = strongest(beta, allowed)
     if attention is not None and beta is not None:
         offset = len(space.operations) if space.location_spec.then == BOTH else 0
@@ -179,10 +185,13 @@ def _select(space: ir.Space, methods: MethodSet, kind: str, weights: dict[str, l
     alpha = weights[kinds.OPERATION]
     beta = weights.get(kinds.ATTENTION)
     banned: set[Ban] = set()
+    searched = {name: mask.reshape(-1, mask.shape[-1]).tolist()
+                for name in (kinds.OPERATION, kinds.ATTENTION)
+                for mask in [methods.searched(name, kind)] if mask is not None}
 
     def choose_all() -> list[list[_Choice]]:
         choices = [_choose(space, methods, i, alpha[i], None if beta is None else beta[i],
-                           scales[i], banned) for i in range(len(alpha))]
+                           scales[i], banned, searched) for i in range(len(alpha))]
         return _keep(space, methods, choices)
 
     kept = choose_all()
@@ -201,8 +210,7 @@ def derivation_weights(source: Supernet | ArchTensors, space: ir.Space | None = 
     """The architecture weights as derivation ranks them, per cell type and kind (float64, CPU):
     each row of alpha / beta / gamma normalised as the space's methods make weights (softmax
     unless a method says otherwise), edge weights softmaxed over each node's incoming edges."""
-    space, tensors = _source(source, space)
-    methods = build_methods(space)
+    space, tensors, methods = _source(source, space)
     return {cell: {kind: methods.derivation_weights(kind, tensor, cell)
                    for kind, tensor in tensors[cell].items()} for cell in ir.CELL_KINDS}
 
@@ -266,10 +274,11 @@ def derive_genotype(
     `source` is a `Supernet` (its space is used unless `space` is given) or a mapping
     ``{"normal": {"alpha": T, "beta": T, "gamma": T}, "reduce": {...}}`` of raw (pre-softmax)
     tensors, with the keys the space's location has. `meta` becomes the genotype's `key = "value"`
-    lines, in the given order.
+    lines, in the given order. A supernet of its own space derives with its own methods, so a
+    stage's candidate masks hold (a dropped candidate weighs 0 and is never chosen); raw tensors
+    carry no masks: every candidate is one.
     """
-    space, tensors = _source(source, space)
-    methods = build_methods(space)
+    space, tensors, methods = _source(source, space)
     cells = {kind: derive_cell(space, kind, tensors[kind], methods) for kind in ir.CELL_KINDS}
     entries = tuple(ir.Meta(key=key, value=value) for key, value in (meta or {}).items())
     return ir.Genotype(name=name or space.name, meta=entries, normal=cells["normal"],
@@ -277,9 +286,14 @@ def derive_genotype(
 
 
 def _source(source: Supernet | ArchTensors, space: ir.Space | None
-            ) -> tuple[ir.Space, ArchTensors]:
-    """The space and raw tensors of `derive_genotype`'s arguments, checked."""
+            ) -> tuple[ir.Space, ArchTensors, MethodSet]:
+    """The space, raw tensors and methods of `derive_genotype`'s arguments, checked: a supernet
+    derived in its own space brings its own methods (a stage's candidate masks hold), anything
+    else gets the space's."""
+    methods = None
     if isinstance(source, Supernet):
+        if space in (None, source.space):
+            methods = source.methods
         space = space or source.space
         tensors: ArchTensors = source.architecture_tensors()
     else:
@@ -294,4 +308,4 @@ def _source(source: Supernet | ArchTensors, space: ir.Space | None
             raise ValueError(
                 f"the {kind} cell needs architecture tensors {sorted(expected)} for location "
                 f"'{space.location}', got {found}")
-    return space, tensors
+    return space, tensors, methods or build_methods(space)

@@ -137,6 +137,35 @@ def test_the_auxiliary_skip_on_skip_connects_weight_is_refused_with_stages():
     assert parse_text(without_skip).space().stages == (ir.Stage(),)  # its own candidate: kept
 
 
+def test_the_skip_cap_needs_an_operation_to_replace_a_skip_in_the_last_stage():
+    """P-DARTS's cap gives a capped skip edge its strongest other searched operation, never
+    none: with none and skip_connect listed, the last stage keeps at least 3 (P-DARTS does)."""
+    capped = space("stage(), stage(operations=3), stage(operations=2)",
+                   methods="max_skip_connect(n=1)")
+    with pytest.raises(DslError) as error:
+        parse_text(capped, "tiny.geno")
+    [problem] = error.value.problems
+    assert problem.message == (
+        "the last stage keeps 2 operations per edge; with 'max_skip_connect' an edge that keeps "
+        "only none and skip_connect has no operation to take skip_connect's place")
+    assert problem.hint == "keep at least 3" and problem.span.line == 9  # the stages line
+    assert parse_text(capped.replace("stage(operations=2)", "stage(operations=3)")).space()
+    without_none = capped.replace("[none, ", "[")
+    assert parse_text(without_none).space().stages[-1].operations == 2
+
+
+def test_double_mixed_is_refused_with_stages():
+    """double_mixed derives an edge's operation from alpha's operation columns and its
+    attention from beta's attention columns; pruning a mixture by weight could leave one of
+    them no candidate, so stages refuse it (mixed_with_operation chooses over all of alpha)."""
+    text = space("stage(), stage(operations=3)", location="double_mixed").replace(
+        "identity, ", "")
+    assert problems(text) == [
+        "location 'double_mixed' cannot be searched in stages: its edges take the operation and "
+        "the attention from separate columns of mixtures that hold both, and a stage's pruning "
+        "by weight may drop every candidate of one"]
+
+
 def test_a_mixed_location_counts_operations_and_attentions_together():
     text = space("stage(), stage(operations=5)", location="mixed_with_operation").replace(
         "identity, ", "")

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from attdarts.language import kinds
-from attdarts.language.locations import LOCATIONS
+from attdarts.language.errors import DslError
+from attdarts.language.locations import BOTH, LOCATIONS
+from attdarts.language.methods import METHODS
 from attdarts.language.transform import parse_text
 from attdarts.networks import noise
 from attdarts.networks.derive import derive_genotype
@@ -29,7 +31,8 @@ OPERATIONS = "none, max_pool_3x3, skip_connect, sep_conv_3x3"
 def make_space(location: str = "after_every", mixing: str = "sum",
                stages: str = "stage(layers=3), stage(operations=2, attentions=2, "
                              "skip_dropout=0.3)",
-               attentions: str = "identity, se, cbam", methods: str = ""):
+               attentions: str = "identity, se, cbam", methods: str = "",
+               operations: str = OPERATIONS):
     if LOCATIONS[location].mixes_operations_and_attentions:
         attentions = "se, cbam"
     if location != "no_attention" and "attentions=2" in stages and \
@@ -39,7 +42,7 @@ def make_space(location: str = "after_every", mixing: str = "sum",
         stages = stages.replace(", attentions=2", "")
     listed = "" if location == "no_attention" else f"attentions = [{attentions}]"
     methods = f"methods = [{methods}]" if methods else ""
-    return parse_text(f"space s {{ operations = [{OPERATIONS}] {listed} nodes = 4 keep = 2 "
+    return parse_text(f"space s {{ operations = [{operations}] {listed} nodes = 4 keep = 2 "
                       f"location = {location} mixing = {mixing} {methods} "
                       f"stages = [{stages}] }}").space()
 
@@ -49,15 +52,17 @@ def tiny(space, seed: int = 0):
     return compile_supernet(space, channels=8, layers=3, input_size=8, init="randn").double()
 
 
-def random_masks(model, keep: int, seed: int = 1):
-    """Each row keeps `keep` random candidates (different rows keep different ones)."""
+def random_masks(model, keep: int, seed: int = 1, operations: int | None = None):
+    """Each row keeps `keep` random candidates (`operations` of alpha's, when given; different
+    rows keep different ones)."""
     generator = torch.Generator().manual_seed(seed)
     masks = {}
     for cell, tensors in model.architecture_tensors().items():
         masks[cell] = {}
         for kind, raw in tensors.items():
             if kind in kinds.MIXTURES:
-                count = min(keep, raw.shape[-1])
+                wanted = operations if operations and kind == kinds.OPERATION else keep
+                count = min(wanted, raw.shape[-1])
                 order = torch.rand(raw.shape, generator=generator).argsort(-1)[..., :count]
                 masks[cell][kind] = torch.zeros(raw.shape, dtype=torch.bool).scatter(
                     -1, order, True)
@@ -252,32 +257,71 @@ def test_each_step_draws_one_key_for_the_architecture_passes_and_one_for_the_wei
 
 
 def _combinations():
-    pairs = [(location, "sum") for location in LOCATIONS]
-    pairs += [(location, "product") for location, spec in LOCATIONS.items()
+    """Every location and mixing stages allow (not double_mixed: tests/language/test_stages.py)."""
+    staged = {location: spec for location, spec in LOCATIONS.items()
+              if not (spec.mixes_operations_and_attentions and spec.then is not None)}
+    pairs = [(location, "sum") for location in staged]
+    pairs += [(location, "product") for location, spec in staged.items()
               if spec.product_allowed and location != "no_attention"]
     return pairs
 
 
-@pytest.mark.parametrize("methods", ["", "partial_channels(k=2), edge_normalisation, "
-                                     "max_skip_connect(n=1), smoothing, beta_decay"])
-@pytest.mark.parametrize("location, mixing", _combinations())
-def test_stages_compose_with_every_location_plain_equals_grouped(location, mixing, methods):
-    """Per-edge masks, skip dropout and (second row) the methods a staged space may list with
-    them: the same outputs and gradients edge by edge and grouped (float64), dropped candidates
-    weighing exactly 0 (random smoothing's noise on them is dropped), a genotype derived."""
-    if LOCATIONS[location].mixes_operations_and_attentions:
-        methods = methods.replace("max_skip_connect(n=1), ", "")
-    space = make_space(location, mixing, methods=methods)
+def derived_columns(space, genotype, threshold: bool = False):
+    """(cell, kind, row, column) of every choice of a derived genotype: the architecture entry
+    whose weight chose it (`Location.choose_edge`). No attention is the identity's column, unless
+    the space lists no identity or a `threshold` (FairDARTS) may have left it out."""
+    location, count = space.location_spec, len(space.operations)
+    names = [call.name for call in space.attentions]
+
+    def attention_column(call):
+        if call is None and threshold:
+            return None
+        name = "identity" if call is None else call.name
+        return names.index(name) if name in names else None
+
+    columns = []
+    for cell_kind in ("normal", "reduce"):
+        cell = genotype.cell(cell_kind)
+        for node in cell.nodes:
+            number = int(node.name[1:])  # a node a threshold removed leaves a gap
+            for edge in node.edges:
+                row = sum(2 + k for k in range(number)) + cell.index_of(edge.input)
+                attention = attention_column(edge.attention)
+                if location.mixes_operations_and_attentions and location.then is None:
+                    column = (space.operations.index(edge.operation) if edge.attention is None
+                              else count + attention)
+                    columns.append((cell_kind, kinds.OPERATION, row, column))
+                    continue
+                columns.append((cell_kind, kinds.OPERATION, row,
+                                space.operations.index(edge.operation)))
+                if location.then is not None and attention is not None:
+                    offset = count if location.then == BOTH else 0
+                    columns.append((cell_kind, kinds.ATTENTION, row, offset + attention))
+        output = attention_column(cell.output.attention)
+        if location.output_attention and output is not None:
+            columns.append((cell_kind, kinds.OUTPUT, 0, output))
+    return columns
+
+
+STAGED_OPERATIONS = "none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3"
+TWO_STAGES = "stage(layers=3), stage(operations=3, attentions=2)"
+
+
+def check_staged(space) -> None:
+    """A staged supernet of `space` with random per-edge masks (3 operations, 2 attentions kept)
+    and skip dropout: the same outputs and gradients edge by edge and grouped (float64),
+    dropped candidates weighing exactly 0, a genotype derived that chooses no dropped
+    candidate and compiles."""
     plain = tiny(space)
-    plain.use_candidates(random_masks(plain, 2))
+    plain.use_candidates(random_masks(plain, 2, operations=3))
     plain.methods.progressive.rate = 0.3
     grouped = copy.deepcopy(plain).set_grouped(True)
     images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     results = []
     for model in (plain, grouped):
         random = Random([torch.Generator().manual_seed(5)])
-        model.methods.draw(dict(model.named_architecture()), random)
-        weights = model.mixture_weights(weight_step=random)
+        draws = model.methods.draw(dict(model.named_architecture()), random)
+        weights = model.mixture_weights(None, draws, weight_step=random)
         out = model(images, weights)
         out.sum().backward()
         results.append((out, {name: p.grad for name, p in model.named_parameters()}))
@@ -291,6 +335,56 @@ def test_stages_compose_with_every_location_plain_equals_grouped(location, mixin
         assert (grad is None) == (other is None), name
         if grad is not None:
             torch.testing.assert_close(other, grad, rtol=1e-8, atol=1e-10, msg=name)
-    assert grouped.grouped == LOCATIONS[location].groupable
+    assert grouped.grouped == space.location_spec.groupable
     genotype = derive_genotype(plain, space)
     compile_network(genotype, channels=8, layers=3)
+    kept = plain.methods.progressive.masks
+    threshold = plain.methods.threshold(kinds.ATTENTION) is not None
+    for cell, kind, row, column in derived_columns(space, genotype, threshold):
+        assert kept[cell][kind].reshape(-1, kept[cell][kind].shape[-1])[row, column], (
+            cell, kind, row, column)
+
+
+@pytest.mark.parametrize("methods", ["", "partial_channels(k=2), edge_normalisation, "
+                                     "max_skip_connect(n=1), smoothing, beta_decay",
+                                     "drnas(kl=0.1), max_skip_connect(n=1)",
+                                     "fair_darts(threshold=0.3), partial_channels(k=2)"])
+@pytest.mark.parametrize("location, mixing", _combinations())
+def test_stages_compose_with_every_location_plain_equals_grouped(location, mixing, methods):
+    """Per-edge masks, skip dropout and (second to fourth rows) the methods a staged space may
+    list with them, the samplers that make the weights included (DrNAS's Dirichlet draw, over
+    the kept candidates; FairDARTS's sigmoid), in every location and mixing (`check_staged`;
+    random smoothing's noise on a dropped candidate is dropped)."""
+    if LOCATIONS[location].mixes_operations_and_attentions:
+        methods = methods.replace("max_skip_connect(n=1), ", "").replace(
+            ", max_skip_connect(n=1)", "")
+    operations = STAGED_OPERATIONS
+    if "fair_darts" in methods:
+        operations = operations.replace("none, ", "")
+    check_staged(make_space(location, mixing, methods=methods, operations=operations,
+                            stages=TWO_STAGES))
+
+
+# the methods stages refuse (attdarts.language.stages), and why
+REFUSED_WITH_STAGES = {
+    "stop_at_skips": "an early stop would end the whole progressive search",
+    "auxiliary_skip": "its term rides on skip_connect's weight, which a stage may drop",
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_catalog_method_with_stages_is_refused_or_composes(name):
+    """What stages refuse matches what works: each method of the catalog, listed with stages
+    (the paper's location, its settings' defaults), is refused in one line saying why, or runs
+    a staged step and derives within the masks (`check_staged`). FairDARTS takes a space
+    without none, as it always does."""
+    operations = STAGED_OPERATIONS.replace("none, ", "") if name == "fair_darts" \
+        else STAGED_OPERATIONS
+    if name not in REFUSED_WITH_STAGES:
+        check_staged(make_space(methods=name, operations=operations, stages=TWO_STAGES))
+        return
+    with pytest.raises(DslError) as error:
+        make_space(methods=name, operations=operations, stages=TWO_STAGES)
+    [problem] = error.value.problems
+    assert problem.message.startswith(f"search method '{name}' cannot be combined with stages")
+    assert REFUSED_WITH_STAGES[name] in problem.hint

@@ -366,16 +366,25 @@ class MethodSet(nn.Module):
         weights (or the softmax per row; edge weights: per node)."""
         if kind == kinds.EDGE:
             return normalise_edges(raw, self.space.nodes)
-        for method in self.methods:
-            mask = method.candidate_mask(kind, cell)
-            if mask is not None:
-                raw = raw.masked_fill(~mask.to(raw.device), float("-inf"))
+        mask = self.searched(kind, cell)
+        if mask is not None:
+            raw = raw.masked_fill(~mask.to(raw.device), float("-inf"))
         if self._maker is not None:
             index = list(self.methods).index(self._maker)
             made = self._maker.normalise(kind, raw, cell, None if draw is None else draw.get(index))
             if made is not None:
                 return made
         return F.softmax(raw, dim=-1)
+
+    def searched(self, kind: str, cell: str) -> Tensor | None:
+        """The candidates of mixture `kind` of cell type `cell` still searched (bool, the raw
+        tensor's shape: every method's `candidate_mask` at once), or None: all of them."""
+        mask = None
+        for method in self.methods:
+            own = method.candidate_mask(kind, cell)
+            if own is not None:
+                mask = own if mask is None else mask & own.to(mask.device)
+        return mask
 
     def mixture_weights(self, raw: Sequence[Mapping[str, Tensor]], draw: Mapping[int, Any] | None
                         = None, *, weight_step: Random | None = None) -> MixtureWeights:
@@ -475,11 +484,8 @@ class MethodSet(nn.Module):
 
 
 def _total(terms) -> Tensor | None:
-    total = None
-    for term in terms:
-        if term is not None:
-            total = term if total is None else total + term
-    return total
+    present = [term for term in terms if term is not None]  # summed in order: t0 + t1 + ...
+    return sum(present[1:], present[0]) if present else None
 
 
 def _name(method: SearchMethod) -> str:

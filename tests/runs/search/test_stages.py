@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from attdarts.cli import cli
 from attdarts.language import kinds
-from attdarts.language.transform import parse_text, read_space
+from attdarts.language.transform import parse_text, read_genotype, read_space
 from attdarts.networks.methods.progressive import prune
 from attdarts.networks.supernet import compile_supernet
 from attdarts.runs import data, preemption, runtime
@@ -31,11 +31,12 @@ from helpers import assert_same_state, in_float64, metrics_without_timings
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[3]
 
-# three stages: 3 cells, then a fresh 4-cell supernet keeping 3 of 4 operations and 2 of 3
-# attentions with skip dropout, then that supernet kept, down to 2 operations
+# three stages: 3 cells, then a fresh 4-cell supernet keeping 4 of 5 operations and 2 of 3
+# attentions with skip dropout, then that supernet kept, down to 3 operations (the skip cap
+# needs one besides none and skip_connect)
 STAGED = """\
 space tiny {
-    operations = [none, max_pool_3x3, skip_connect, sep_conv_3x3]
+    operations = [none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x3]
     attentions = [identity, se, cbam]
     nodes = 2
     keep = 2
@@ -44,8 +45,8 @@ space tiny {
     methods = [max_skip_connect(n=1)]
     stages = [
         stage(layers=3, epochs=2, warmup=1),
-        stage(layers=4, epochs=2, warmup=1, operations=3, attentions=2, skip_dropout=0.4),
-        stage(epochs=1, operations=2, skip_dropout=0.7, start=keep),
+        stage(layers=4, epochs=2, warmup=1, operations=4, attentions=2, skip_dropout=0.4),
+        stage(epochs=1, operations=3, skip_dropout=0.7, start=keep),
     ]
 }
 """
@@ -207,11 +208,11 @@ def test_a_staged_search_records_its_stages(whole):
     state = torch.load(whole / "checkpoint.pt", weights_only=False)
     assert state["stage"]["index"] == 2
     masks = state["stage"]["masks"]
-    assert (masks["alpha_normal"].sum(-1) == 2).all() and (masks["beta_reduce"].sum(-1) == 2).all()
+    assert (masks["alpha_normal"].sum(-1) == 3).all() and (masks["beta_reduce"].sum(-1) == 2).all()
     assert sum(name.startswith("cells.") and name.endswith("preprocess1.1.weight")
                for name in state["model"]) == 4  # the kept 4-cell supernet
     weights = [json.loads(line) for line in (whole / "weights.jsonl").read_text().splitlines()]
-    for record, kept in ((weights[2], 3), (weights[4], 2)):  # dropped candidates weigh 0
+    for record, kept in ((weights[2], 4), (weights[4], 3)):  # dropped candidates weigh 0
         assert all(sum(value > 0 for value in row) == kept for row in record["normal"]["alpha"])
     assert all(value > 0 for row in weights[1]["normal"]["alpha"] for value in row)
 
@@ -259,13 +260,30 @@ def test_a_kept_stage_goes_on_with_its_supernet_and_optimiser_states(tmp_path):
             assert torch.equal(run.bilevel.weight_optimizer.state[parameter]["momentum_buffer"],
                                momentum[name])
     assert {float(s["step"]) for s in run.bilevel.arch_optimizer.state.values()} == adam_step
-    assert (run.masks["normal"][kinds.OPERATION].sum(-1) == 2).all()
+    assert (run.masks["normal"][kinds.OPERATION].sum(-1) == 3).all()
 
 
-def test_derive_on_a_staged_run_chooses_only_the_last_stages_candidates(whole):
-    """weights.jsonl names each pruned stage's candidates ("kept", the checkpoint's masks), and
-    `attdarts derive` chooses among them only: every genotype of its front, the cheapest
-    included, uses candidates the last stage still searched."""
+def searched_only(space, genotype, kept) -> bool:
+    """Whether every edge of `genotype` (of the tiny after_every space) chose an operation and
+    an attention that `kept` (weights.jsonl's rows per cell type and kind) still searched."""
+    attentions = [call.name for call in space.attentions]
+    for cell in ("normal", "reduce"):
+        derived = genotype.cell(cell)
+        for node in range(space.nodes):  # node n's edges are rows 2 + 3 + ... onwards
+            first_row = sum(2 + k for k in range(node))
+            for edge in derived.nodes[node].edges:
+                row = first_row + derived.index_of(edge.input)
+                attention = edge.attention.name if edge.attention else "identity"
+                if not (kept[cell]["alpha"][row][space.operations.index(edge.operation)]
+                        and kept[cell]["beta"][row][attentions.index(attention)]):
+                    return False
+    return True
+
+
+def test_a_staged_run_derives_only_searched_candidates(whole):
+    """weights.jsonl names each pruned stage's candidates ("kept", the checkpoint's masks); the
+    genotype of every such epoch chooses among them (derivation reads the supernet's masks), and
+    so does `attdarts derive`: every genotype of its front, the cheapest included."""
     lines = [json.loads(line) for line in (whole / "weights.jsonl").read_text().splitlines()]
     assert ["kept" in line for line in lines] == [False, False, True, True, True]
     masks = torch.load(whole / "checkpoint.pt", weights_only=False)["stage"]["masks"]
@@ -273,19 +291,13 @@ def test_derive_on_a_staged_run_chooses_only_the_last_stages_candidates(whole):
         for kind in ("alpha", "beta"):
             assert lines[-1]["kept"][cell][kind] == masks[f"{kind}_{cell}"].int().tolist()
     space = parse_text(STAGED).space()
-    attentions = [call.name for call in space.attentions]
+    for epoch, line in enumerate(lines[2:], 3):
+        genotype = read_genotype(whole / f"genotype-epoch{epoch:03d}.geno")
+        assert searched_only(space, genotype, line["kept"]), epoch
     derived = derive_run(whole, channels=4, layers=3, pareto=True, verify=False)
     assert len(derived.front) > 1
-    for _, _, genotype in derived.front:
-        for cell in ("normal", "reduce"):
-            derived_cell = genotype.cell(cell)
-            for node in range(space.nodes):  # node n's edges are rows 2 + 3 + ... onwards
-                first_row = sum(2 + k for k in range(node))
-                for edge in derived_cell.nodes[node].edges:
-                    row = first_row + derived_cell.index_of(edge.input)
-                    attention = edge.attention.name if edge.attention else "identity"
-                    assert masks[f"alpha_{cell}"][row, space.operations.index(edge.operation)]
-                    assert masks[f"beta_{cell}"][row, attentions.index(attention)]
+    assert all(searched_only(space, genotype, lines[-1]["kept"])
+               for _, _, genotype in derived.front)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,20 +357,49 @@ def test_a_sigterm_mid_stage_checkpoints_and_the_resume_matches(space_file, whol
     same_files(whole, tmp_path / "run")
 
 
+def test_resume_mid_stage_with_drnas_is_byte_identical(tmp_path, monkeypatch):
+    """DrNAS's draws come from the run's method generator through the stages: a run killed in
+    stage 2 resumes to the uninterrupted run's files."""
+    space_file = write(tmp_path, STAGED.replace("methods = [max_skip_connect(n=1)]",
+                                                "methods = [drnas(kl=0.1), max_skip_connect(n=1)]"))
+    run_search(tiny_config(space_file), tmp_path / "whole", device="cpu", dataset=tiny_images())
+    step, calls = Bilevel.step, []
+
+    def failing(self, weight_batch, arch_batch):
+        calls.append(1)
+        if len(calls) == 6:
+            raise Interrupted
+        return step(self, weight_batch, arch_batch)
+
+    monkeypatch.setattr(Bilevel, "step", failing)
+    with pytest.raises(Interrupted):
+        run_search(tiny_config(space_file), tmp_path / "run", device="cpu", dataset=tiny_images())
+    monkeypatch.setattr(Bilevel, "step", step)
+    resume_search(tmp_path / "run", device="cpu", dataset=tiny_images())
+    same_files(tmp_path / "whole", tmp_path / "run")
+
+
 # ---------------------------------------------------------------------------------------------
 # Seeds together
 
 
-def test_seeds_together_equal_separate_runs_in_float64(tmp_path):
+@pytest.mark.parametrize("methods", [
+    "partial_channels(k=2), edge_normalisation, max_skip_connect(n=1), "
+    "beta_decay(lambda=0.5, schedule=linear), smoothing(start=0.1, end=0.3)",
+    "drnas(kl=0.1), max_skip_connect(n=1)",
+    "fair_darts(threshold=0.3), max_skip_connect(n=1)",
+])
+def test_seeds_together_equal_separate_runs_in_float64(tmp_path, methods):
     """Each seed prunes its own candidates (they differ between the seeds), draws its own skip
     dropout keys and builds its own stage supernets: its files and checkpoint are those of its
     own run, in float64; with the methods a staged space may list besides (partial channels,
     edge normalisation, beta-decay, random smoothing, whose noise on a candidate one seed
-    dropped and another keeps must not reach the first)."""
-    methods = ("methods = [partial_channels(k=2), edge_normalisation, max_skip_connect(n=1), "
-               "beta_decay(lambda=0.5, schedule=linear), smoothing(start=0.1, end=0.3)]")
-    config = tiny_config(write(tmp_path, STAGED.replace("methods = [max_skip_connect(n=1)]",
-                                                        methods)))
+    dropped and another keeps must not reach the first; DrNAS's Dirichlet draws over each
+    seed's kept candidates; FairDARTS's sigmoids, on a space without none)."""
+    text = STAGED.replace("methods = [max_skip_connect(n=1)]", f"methods = [{methods}]")
+    if "fair_darts" in methods:
+        text = text.replace("[none, ", "[")
+    config = tiny_config(write(tmp_path, text))
     with in_float64():
         run_seeds(config, SEEDS, tmp_path / "separate", device="cpu", dataset=tiny_images())
         run_seeds(config, SEEDS, tmp_path / "together", device="cpu", dataset=tiny_images(),
