@@ -109,8 +109,8 @@ def test_the_plan_resolves_stages_against_the_run_settings(tmp_path):
     assert [(s.layers, s.epochs, s.warmup, s.counts, s.first, s.life, s.life_epochs)
             for s in plan.stages] == [
         (3, 2, 1, {}, 0, 0, 2),
-        (4, 2, 1, {kinds.OPERATION: 3, kinds.ATTENTION: 2, kinds.OUTPUT: 2}, 2, 2, 3),
-        (4, 1, 3 * 0 + 0, {kinds.OPERATION: 2}, 4, 2, 3),  # keep: the depth it keeps
+        (4, 2, 1, {kinds.OPERATION: 4, kinds.ATTENTION: 2, kinds.OUTPUT: 2}, 2, 2, 3),
+        (4, 1, 3 * 0 + 0, {kinds.OPERATION: 3}, 4, 2, 3),  # keep: the depth it keeps
     ]
     assert plan.epochs == 5 and [plan.at(e).number for e in range(5)] == [0, 0, 1, 1, 2]
     plain = stages.Plan.of(read_space(ROOT / "genotypes/spaces/darts.geno"),
