@@ -4,7 +4,8 @@
 al. 2019, Section 3.1): "paper" is what the papers state, "authors" what the authors' code runs
 where the two differ (README, "Paper, authors' code and attdarts"), "pc-darts" PC-DARTS's search
 settings (Xu et al. 2020; for a space with partial channels such as
-genotypes/spaces/pc_darts.geno). `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
+genotypes/spaces/pc_darts.geno), "gdas" GDAS's (Dong and Yang 2019; for a space with the gdas
+sampler such as genotypes/spaces/gdas.geno). `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
 3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile setting, 250 epochs, C=48, L=14).
 Each row is complete, so a row is a valid set of defaults.
 
@@ -59,6 +60,12 @@ SEARCH: dict[str, dict[str, Any]] = {
     # and 15 epochs that train the weights only before the architecture steps start
     "pc-darts": {**_PAPER_SEARCH, "recipe": "pc-darts", "batch_size": 256, "lr": 0.1,
                  "arch_lr": 6e-4, "arch_start_epoch": 15},
+    # GDAS (Dong and Yang, CVPR 2019, configs/search-opts/GDAS-NASNet-CIFAR.config and the
+    # search script): 250 epochs of batch 256, weight decay 5e-4, cosine to 0.001, 1e-3 randn
+    # alphas, the clip norm over every parameter (alphas included). For a space with gdas
+    # (genotypes/spaces/gdas.geno); what the settings cannot say is in README's differences
+    "gdas": {**_PAPER_SEARCH, "recipe": "gdas", "epochs": 250, "batch_size": 256,
+             "lr_min": 0.001, "weight_decay": 5e-4, "arch_init": "randn", "clip": "authors"},
 }
 
 _CIFAR_TRAIN: dict[str, Any] = {

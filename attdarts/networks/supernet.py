@@ -54,7 +54,10 @@ from torch import nn
 from attdarts import recipes
 from attdarts.language import ir, kinds
 from attdarts.networks import grouping as grouped
-from attdarts.networks.methods import CellWeights, MethodSet, MixtureWeights, Random, build_methods
+from attdarts.networks import single_path
+from attdarts.networks.methods import (
+    CellWeights, MethodSet, MixtureWeights, Paths, Random, build_methods,
+)
 from attdarts.networks.mixtures import (  # noqa: F401 - re-exported: MASK_FLOOR, SearchEdge, ...
     MASK_FLOOR, Architecture, Init, MixedAttention, MixedOperation, SearchEdge, edge_names,
     first_candidates, mix_attentions_grouped, mix_operations_grouped, mixed_candidates,
@@ -179,7 +182,7 @@ class SearchCell(nn.Module):
         auxiliary identity coefficient or None)."""
         if self.grouped:
             return self.forward_grouped(s0, s1, weights)
-        alpha, beta, gamma, edges, identity = weights
+        alpha, beta, gamma, edges, identity, paths = weights
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for start, count in self.node_slices:
             total = None
@@ -187,21 +190,25 @@ class SearchCell(nn.Module):
                 index = start + offset
                 edge = self.edges[index]
                 out = edge(states[edge.input_index], alpha[index],
-                           None if beta is None else beta[index], identity)
+                           None if beta is None else beta[index], identity,
+                           _edge_path(paths, index))
                 if edges is not None:
                     out = out * edges[index]
                 total = out if total is None else total + out
             states.append(total)
-        return self._output(states[2:], gamma, identity)
+        return self._output(states[2:], gamma, identity, paths)
 
     def _output(
         self, nodes: list[torch.Tensor], gamma: torch.Tensor | None,
-        identity: torch.Tensor | None = None,
+        identity: torch.Tensor | None = None, paths: Paths | None = None,
     ) -> torch.Tensor:
-        """Concatenate every intermediate node; mix attentions on it when the space says so."""
+        """Concatenate every intermediate node; mix attentions on it when the space says so
+        (its single path when `paths` gives one)."""
         out = torch.cat(nodes, dim=1)
         if self.output_attention is not None:
-            out = self.output_attention(out, gamma[0], identity)
+            chosen = None if paths is None or paths.gamma is None else paths.gamma[0]
+            unchosen = paths is not None and paths.unchosen
+            out = self.output_attention(out, gamma[0], identity, chosen, unchosen)
         return out
 
     def forward_grouped(self, s0: torch.Tensor, s1: torch.Tensor, weights: CellWeights
@@ -210,8 +217,8 @@ class SearchCell(nn.Module):
         candidate and wave instead of one small kernel per candidate and edge."""
         nodes = self.nodes
         x0, x1 = self.preprocess0(s0), self.preprocess1(s1)
-        alpha, beta, gamma, edges, identity = weights
-        mixing = (alpha, beta, edges, identity)
+        alpha, beta, gamma, edges, identity, paths = weights
+        mixing = (alpha, beta, edges, identity, paths)
         out = self._wave(0, [x0] * nodes + [x1] * nodes, *mixing)
         partial = out[:, :nodes] + out[:, nodes:]  # (N, nodes, C, H, W): node sums so far
         states = []
@@ -222,32 +229,38 @@ class SearchCell(nn.Module):
                 readers = nodes - k - 1  # nodes k+1 .. reading node k
                 out = self._wave(k + 1, [state] * readers, *mixing)
                 partial = partial[:, 1:] + out
-        return self._output(states, gamma, identity)
+        return self._output(states, gamma, identity, paths)
 
     def _wave(
         self, k: int, inputs: list[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor | None,
-        edges: torch.Tensor | None, identity: torch.Tensor | None,
+        edges: torch.Tensor | None, identity: torch.Tensor | None, paths: Paths | None = None,
     ) -> torch.Tensor:
-        """Wave k on its edges' inputs (N, C, H, W) each -> (N, E, C, H', W')."""
+        """Wave k on its edges' inputs (N, C, H, W) each -> (N, E, C, H', W'); on the single
+        paths of `paths` when given (GDAS: `attdarts.networks.single_path`)."""
         wave = self.waves[k]
         index = getattr(self, f"wave_{k}")
         modules = [self.edges[i] for i in wave]
         partial = modules[0].partial
-        if partial is None:  # stacked edge-major: (N, E*C, H, W)
-            # one input read by every edge is repeated: its gradient is then summed in the same
-            # order as before partial channels existed, so runs reproduce bit for bit
-            same = all(x is inputs[0] for x in inputs)
-            x = inputs[0].repeat(1, len(inputs), 1, 1) if same else torch.cat(inputs, dim=1)
-            rest = None
+        alpha = alpha.index_select(0, index)
+        beta = None if beta is None else beta.index_select(0, index)
+        if paths is not None:
+            out, rest = single_path.wave(modules, inputs, alpha, beta, identity,
+                                         *single_path.wave_paths(paths, wave))
         else:
-            x, rest = partial.split_grouped(inputs)
-        group = grouped.Group(x, len(wave))
-        out = mix_operations_grouped([edge.first for edge in modules], group,
-                                     alpha.index_select(0, index))
-        if modules[0].then is not None:
-            group = grouped.Group(out.flatten(1, 2), len(wave))
-            out = mix_attentions_grouped([edge.then for edge in modules], group,
-                                         beta.index_select(0, index), identity)
+            if partial is None:  # stacked edge-major: (N, E*C, H, W)
+                # one input read by every edge is repeated: its gradient is then summed in the
+                # same order as before partial channels existed, so runs reproduce bit for bit
+                same = all(x is inputs[0] for x in inputs)
+                x = inputs[0].repeat(1, len(inputs), 1, 1) if same else torch.cat(inputs, dim=1)
+                rest = None
+            else:
+                x, rest = partial.split_grouped(inputs)
+            group = grouped.Group(x, len(wave))
+            out = mix_operations_grouped([edge.first for edge in modules], group, alpha)
+            if modules[0].then is not None:
+                group = grouped.Group(out.flatten(1, 2), len(wave))
+                out = mix_attentions_grouped([edge.then for edge in modules], group, beta,
+                                             identity)
         if rest is not None:
             out = partial.join_grouped(out, rest)
         if edges is not None:
@@ -257,6 +270,14 @@ class SearchCell(nn.Module):
     def extra_repr(self) -> str:
         kind = ir.CELL_KINDS[self.kind_index]
         return f"{kind}, channels_out={self.channels_out}, spatial_out={self.spatial_out}"
+
+
+def _edge_path(paths: Paths | None, index: int) -> tuple[int, int | None, bool] | None:
+    """Edge `index`'s single path (operation, attention or second mixture, unchosen), or None."""
+    if paths is None:
+        return None
+    return (paths.alpha[index], None if paths.beta is None else paths.beta[index],
+            paths.unchosen)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `connector(channels, stride)` | building each edge: what enters its mixtures | partial_channels |
 | `extra_candidates(channels, stride)` | building each edge's operation mixture: candidates outside the weights' softmax | auxiliary_skip |
 | `candidate_mask(kind, cell)` | making weights: candidates switched off (P-DARTS, DrNAS pruning) | - |
-| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | - (GDAS, DrNAS, FairDARTS) |
-| `draw(arch, random)` | once per step, before any forward | - (GDAS, DrNAS) |
+| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | gdas (- DrNAS, FairDARTS) |
+| `paths(weights, draw)` | after `normalise`: the one candidate each row computes (single path) | gdas |
+| `draw(arch, random)` | once per step, before any forward | gdas (- DrNAS) |
 | `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing |
 | `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity |
 | `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay |
@@ -25,16 +26,22 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
 | `stage_start(stage)` | each stage of a progressive search | - (P-DARTS) |
 | `early_stop(epoch, epochs, genotype, trained)` | after each epoch's derivation | stop_at_skips |
-| `capture_key()` | Python values a captured CUDA graph bakes in | beta_decay, smoothing |
+| `capture_key()` | Python values a captured CUDA graph bakes in | beta_decay, smoothing, gdas |
+| `capture_problem()` | why the step cannot be captured as a CUDA graph at all (it reads the device on the host) | gdas |
 | `derivation_weights(kind, raw)` | the weights derivation ranks (default: `normalise` without a draw) | - (FairDARTS) |
 | `edge_scales(tensors)` | derivation: a factor per edge on its ranking weight | edge_normalisation |
-| `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (FairDARTS threshold, GDAS) |
+| `edge_choices()` | derivation: how many different candidates one edge may give its node | gdas |
+| `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (FairDARTS threshold) |
 | `cap(derivation)` | derivation: one candidate to take from one edge, until satisfied | max_skip_connect, max_identity |
 
 Weights flow as `CellWeights` (one per cell type, in `ir.CELL_KINDS` order): the supernet makes
 them from the raw architecture tensors (mask, normalise, adjust), the search step makes them once
 per step (so a sampler draws once per step and the second-order step's passes see one draw) and
-hands them to every forward; `Supernet.forward(x)` without weights makes them itself.
+hands them to every forward; `Supernet.forward(x)` without weights makes them itself. A method
+whose weights are one-hot samples (GDAS) also names, through `paths`, the one candidate each row
+computes: `MethodSet.mixture_weights` moves those indices to the host in one transfer (a host
+synchronisation per step, which is why such a method also fills `capture_problem`) and the cells
+compute that candidate alone (`CellWeights.paths`, `attdarts.networks.single_path`).
 
 Every tensor a hook receives may carry leading dimensions (seeds stacked together); hooks work
 over the trailing ones (rows, candidates), and `Random` draws each seed's noise from that seed's
@@ -57,9 +64,27 @@ from attdarts.language.methods import METHODS, resolved
 from attdarts.networks.mixtures import normalise_edges
 
 __all__ = [
-    "Ban", "CellWeights", "Derivation", "MethodSet", "Random", "SearchMethod", "build_methods",
-    "method_class",
+    "Ban", "CellWeights", "Derivation", "MethodSet", "Paths", "Random", "SearchMethod",
+    "build_methods", "method_class",
 ]
+
+
+class Paths(NamedTuple):
+    """Single-path sampling (GDAS): the one candidate each row of a mixture computes.
+
+    `alpha`, `beta`, `gamma` give, per row of that kind's weights, the index of the candidate
+    computed (a tuple of ints on the host, as the cells take them; a `paths` hook returns index
+    tensors, which `MethodSet.mixture_weights` moves to the host), or None where the kind has
+    no mixture. The other candidates are not computed; with `unchosen` their weights (0 in
+    value) are still added to the mixture's output, so that each gets the output's summed
+    gradient (GDAS's NAS-Bench-201 cell); without, they contribute nothing (its DARTS-space
+    cell).
+    """
+
+    alpha: Any = None
+    beta: Any = None
+    gamma: Any = None
+    unchosen: bool = False
 
 
 class CellWeights(NamedTuple):
@@ -69,7 +94,8 @@ class CellWeights(NamedTuple):
     `OUTPUT` (rows x candidates; None where the location has no such mixture); `edges` the
     normalised edge weights (edge normalisation) or None; `identity` a coefficient b adding
     ``b * h`` to every attention mixture, or None. A method's `extra_candidates` take the last
-    columns of `alpha`, past the space's candidates.
+    columns of `alpha`, past the space's candidates. `paths`: the single path of each mixture
+    (`Paths`, GDAS), or None: every candidate is computed.
     """
 
     alpha: Tensor
@@ -77,6 +103,7 @@ class CellWeights(NamedTuple):
     gamma: Tensor | None = None
     edges: Tensor | None = None
     identity: Tensor | None = None
+    paths: Paths | None = None
 
 
 MixtureWeights = tuple[CellWeights, ...]  # one per cell type, indexed like ir.CELL_KINDS
@@ -200,6 +227,12 @@ class SearchMethod(nn.Module):
         """This step's random numbers (anything `normalise` understands), drawn once per step."""
         return None
 
+    def paths(self, weights: CellWeights, draw: Any) -> Paths | None:
+        """Single path: the candidate each row of `weights` (one cell type's, made by this
+        method's `normalise` from `draw`) computes alone, as index tensors (rows,) in a `Paths`,
+        or None: every candidate is computed. Asked of the method that makes the weights only."""
+        return None
+
     def adjust(self, weights: CellWeights, cell: int) -> CellWeights:
         """The weights of cell type `cell` (index into `ir.CELL_KINDS`) after `normalise`."""
         return weights
@@ -242,6 +275,11 @@ class SearchMethod(nn.Module):
         """The Python values the step reads from this method that change during a search."""
         return ()
 
+    def capture_problem(self) -> str | None:
+        """Why a step with this method cannot be captured as a CUDA graph (one line: it reads
+        device values on the host, say), or None."""
+        return None
+
     # -- derivation -----------------------------------------------------------------------------
 
     def derivation_weights(self, kind: str, raw: Tensor) -> Tensor | None:
@@ -252,8 +290,14 @@ class SearchMethod(nn.Module):
         """A factor per edge on its ranking weight (one cell's raw tensors), or None."""
         return None
 
+    def edge_choices(self) -> int | None:
+        """How many different candidates one edge may give its node at derivation, or None: one
+        (DARTS). GDAS ranks every (operation, input) pair of a node, so an input may be chosen
+        twice, with two operations."""
+        return None
+
     def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
-        """Positions of a node's incoming edges to keep, given their ranking scores, or None."""
+        """Positions of a node's incoming choices to keep, given their ranking scores, or None."""
         return None
 
     def cap(self, derivation: Derivation) -> Ban | None:
@@ -287,6 +331,7 @@ class MethodSet(nn.Module):
             raise ValueError("search methods " + ", ".join(f"'{_name(m)}'" for m in makers) +
                              " each make the mixture weights; a space may list one of them")
         self._maker = makers[0] if makers else None
+        self._index = list(self.methods).index(self._maker) if makers else None
 
     def __iter__(self):
         return iter(self.methods)
@@ -329,8 +374,8 @@ class MethodSet(nn.Module):
             if mask is not None:
                 raw = raw.masked_fill(~mask.to(raw.device), float("-inf"))
         if self._maker is not None:
-            index = list(self.methods).index(self._maker)
-            made = self._maker.normalise(kind, raw, cell, None if draw is None else draw.get(index))
+            made = self._maker.normalise(kind, raw, cell,
+                                         None if draw is None else draw.get(self._index))
             if made is not None:
                 return made
         return F.softmax(raw, dim=-1)
@@ -346,13 +391,16 @@ class MethodSet(nn.Module):
             cell_weights = CellWeights(
                 alpha=made[kinds.OPERATION], beta=made.get(kinds.ATTENTION),
                 gamma=made.get(kinds.OUTPUT), edges=made.get(kinds.EDGE))
+            if self._maker is not None and draw is not None:
+                paths = self._maker.paths(cell_weights, draw.get(self._index))
+                cell_weights = cell_weights._replace(paths=paths)
             if weight_step is not None:
                 for method in self.methods:
                     cell_weights = method.before_weight_step(cell_weights, index, weight_step)
             for method in self.methods:
                 cell_weights = method.adjust(cell_weights, index)
             weights.append(cell_weights)
-        return tuple(weights)
+        return _paths_on_host(tuple(weights))
 
     def draw(self, arch: Mapping[str, Tensor], random: Random) -> dict[int, Any]:
         """Every method's draw for this step, by position in the space's list."""
@@ -397,6 +445,9 @@ class MethodSet(nn.Module):
     def capture_key(self) -> tuple:
         return tuple(method.capture_key() for method in self.methods)
 
+    def capture_problem(self) -> str | None:
+        return self._first("capture_problem")
+
     # -- derivation -----------------------------------------------------------------------------
 
     def derivation_weights(self, kind: str, raw: Tensor, cell: str) -> Tensor:
@@ -416,12 +467,40 @@ class MethodSet(nn.Module):
                 scales = factor if scales is None else scales * factor
         return None if scales is None else scales.tolist()
 
+    def edge_choices(self) -> int:
+        return self._first("edge_choices") or 1
+
     def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
         return self._first("keep", scores, keep)
 
     def caps(self) -> list[SearchMethod]:
         """The methods with a derivation cap, in the space's order."""
         return [method for method in self.methods if type(method).cap is not SearchMethod.cap]
+
+
+def _paths_on_host(weights: MixtureWeights) -> MixtureWeights:
+    """`weights` with the index tensors of their `paths` replaced by tuples of ints, every cell
+    type's moved to the host in one transfer (the step's one synchronisation for them)."""
+    slots = [(cell, kind) for cell, cell_weights in enumerate(weights)
+             if cell_weights.paths is not None
+             for kind in kinds.MIXTURES if isinstance(getattr(cell_weights.paths, kind), Tensor)]
+    if not slots:
+        return weights
+    tensors = [getattr(weights[cell].paths, kind) for cell, kind in slots]
+    if any(tensor.dim() != 1 for tensor in tensors):
+        raise ValueError("a single-path sampler runs one seed at a time: its paths cannot carry "
+                         "a seed dimension")
+    flat = torch.cat([tensor.reshape(-1) for tensor in tensors]).tolist()
+    found: dict[tuple[int, str], tuple[int, ...]] = {}
+    start = 0
+    for slot, tensor in zip(slots, tensors):
+        found[slot] = tuple(flat[start:start + tensor.numel()])
+        start += tensor.numel()
+    return tuple(
+        cell_weights if cell_weights.paths is None else cell_weights._replace(
+            paths=cell_weights.paths._replace(
+                **{kind: found[(cell, kind)] for kind in kinds.MIXTURES if (cell, kind) in found}))
+        for cell, cell_weights in enumerate(weights))
 
 
 def _total(terms) -> Tensor | None:

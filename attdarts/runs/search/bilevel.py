@@ -159,7 +159,9 @@ class Bilevel:
 
     `step` runs as one CUDA graph replay (`attdarts.runs.graphs.CapturedStep`) when `graphs`
     (default: `config.graphs`, True when the config has no such field) and the model is on CUDA
-    in one process; otherwise the same step runs eagerly. The weight update reads the learning
+    in one process, unless a search method says the step cannot be captured
+    (`capture_problem`: GDAS reads its sampled paths on the host); otherwise the same step runs
+    eagerly. The weight update reads the learning
     rate from a device tensor that `set_lr` writes, so the schedule never forces a re-capture;
     Adam is `capturable` when captured.
     """
@@ -196,9 +198,11 @@ class Bilevel:
             weight_decay=config.arch_weight_decay, foreach=True)
         self.weight_update = captured.CapturableSGD(self.weight_optimizer)
         wanted = getattr(config, "graphs", True) if graphs is None else graphs
+        possible = wanted and captured.capture_possible(device, world_size=world_size)
+        refusal = self.methods.capture_problem() if possible else None  # GDAS: host reads
         self.captured = captured.CapturedStep(
-            self._step, enabled=wanted and captured.capture_possible(device, world_size=world_size),
-            generators=(self.generator,))
+            self._step, enabled=possible and refusal is None, generators=(self.generator,),
+            off_reason=refusal)
         captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
         # a capture that fails goes on eagerly (attdarts.runs.graphs), Adam as eager runs have it
         self.captured.listeners.append(
