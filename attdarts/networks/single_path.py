@@ -42,15 +42,15 @@ def _weights(weights: Tensor, positions: list[int], candidate: int, like: Tensor
 
 
 def _in_order(parts: list[Tensor], groups: list[tuple[int, list[int]]]) -> Tensor:
-    """The groups' outputs (N, E', ...) as one (N, E, ...) tensor in the wave's edge order."""
+    """The groups' outputs (N, E', ...) as one (N, E, ...) tensor in the wave's edge order: one
+    stack of the per-edge maps (its backward splits the gradient without a zero fill)."""
     if len(parts) == 1:
         return parts[0]
-    order = [position for _, positions in groups for position in positions]
-    inverse = [0] * len(order)
-    for place, position in enumerate(order):
-        inverse[position] = place
-    joined = torch.cat(parts, dim=1)
-    return joined.index_select(1, torch.tensor(inverse, device=joined.device))
+    edges: list[Tensor | None] = [None] * sum(part.shape[1] for part in parts)
+    for part, (_, positions) in zip(parts, groups):
+        for position, edge in zip(positions, part.unbind(1)):
+            edges[position] = edge
+    return torch.stack(edges, dim=1)
 
 
 def _unchosen(total: Tensor, weights: Tensor, chosen: Sequence[int]) -> Tensor:
@@ -83,10 +83,11 @@ def attentions(mixtures: list[MixedAttention], h: Tensor, weights: Tensor, chose
     shape; plus ``identity * h`` when given (auxiliary identity)."""
     groups = positions_by_candidate(chosen)
     everything = len(groups) == 1
+    edges = None if everything else h.unbind(1)
     parts = []
     first = mixtures[0]
     for candidate, positions in groups:
-        part = h if everything else h.index_select(1, torch.tensor(positions, device=h.device))
+        part = h if everything else torch.stack([edges[p] for p in positions], dim=1)
         group = grouped.Group(part.flatten(1, 2), len(positions))
         modules = [mixtures[position].candidates[candidate] for position in positions]
         weight = _weights(weights, positions, candidate, part)

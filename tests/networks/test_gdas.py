@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,13 +17,12 @@ from attdarts.language import ir
 from attdarts.language.errors import DslError
 from attdarts.language.transform import parse_text
 from attdarts.networks.derive import derive_genotype
-from attdarts.networks.methods import Paths, Random
+from attdarts.networks.methods import Random
 from attdarts.networks.methods.gdas import Gdas, gumbel_noise, straight_through, temperature
 from attdarts.networks.network import compile_network
 from attdarts.networks.supernet import column_names, compile_supernet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-ROOT = Path(__file__).resolve().parents[2]
 OPERATIONS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
 
 
