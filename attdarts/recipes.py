@@ -5,8 +5,9 @@ al. 2019, Section 3.1): "paper" is what the papers state, "authors" what the aut
 where the two differ (README, "Paper, authors' code and attdarts"), "pc-darts" PC-DARTS's search
 settings (Xu et al. 2020; for a space with partial channels such as
 genotypes/spaces/pc_darts.geno), "gdas" GDAS's (Dong and Yang 2019; for a space with the gdas
-sampler such as genotypes/spaces/gdas.geno). `TRAIN` holds the evaluation protocol: "cifar" (DARTS Section
-3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile setting, 250 epochs, C=48, L=14).
+sampler such as genotypes/spaces/gdas.geno). `TRAIN` holds the evaluation protocol: "cifar"
+(DARTS Section 3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile setting, 250 epochs,
+C=48, L=14).
 Each row is complete, so a row is a valid set of defaults.
 
 The run's inputs (space file, genotype, run directory) and the machine's settings (device,

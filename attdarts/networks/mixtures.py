@@ -213,7 +213,8 @@ class SearchEdge(nn.Module):
         return h
 
 
-EdgePath = tuple[int, "int | None", bool]  # single path of an edge: (alpha index, beta index, unchosen)
+# the single path of an edge: (alpha index, beta index or None, unchosen)
+EdgePath = tuple[int, int | None, bool]
 
 
 def search_operation(call: ir.Call, channels: int, stride: int) -> nn.Module:

@@ -32,7 +32,10 @@ still receives its gradient through the softmax of the other terms).
 Grouped cells (`grouped=True`, what `attdarts search` uses unless `--plain`): a cell runs its edges
 in waves, every edge reading c_k2 or c_k1 first, then every edge reading n0, n1, ...; within a
 wave each candidate runs once over the stacked edges (`attdarts.networks.grouping`). The sums are the same
-(tests compare both paths in float64), with about a third of the kernels.
+(tests compare both paths in float64), with about a third of the kernels. When the weights carry
+single paths (`CellWeights.paths`: a sampler such as GDAS), each edge computes its sampled
+candidates alone, on both paths (`attdarts.networks.single_path` groups a wave's edges by their
+sampled candidate).
 
 Search methods of the space (`space.methods`; README, "Search methods") are components
 (`attdarts.networks.methods`): the supernet asks its `MethodSet` what enters an edge's mixtures
