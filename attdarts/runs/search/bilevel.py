@@ -371,7 +371,9 @@ class Bilevel:
             leaves = {**weights, **arch}
             train_loss = _cross_entropy(forward(weights, mixture_of(arch), train_images),
                                         train_labels)
-            grads = torch.autograd.grad(train_loss, list(leaves.values()))
+            # materialised: a single-path sampler (GDAS) leaves the unsampled candidates out
+            grads = torch.autograd.grad(train_loss, list(leaves.values()), allow_unused=True,
+                                        materialize_grads=True)
             moved = virtual_step(leaves, dict(zip(leaves, grads)), eta=eta,
                                  weight_decay=config.weight_decay)
             virtual_weights = {name: moved[name] for name in self.weight_names}
@@ -379,7 +381,8 @@ class Bilevel:
         else:
             detached = pytree.tree_map_only(Tensor, lambda t: t.detach(), made)
             train_loss = _cross_entropy(forward(weights, detached, train_images), train_labels)
-            grads = torch.autograd.grad(train_loss, self.weight_params)
+            grads = torch.autograd.grad(train_loss, self.weight_params, allow_unused=True,
+                                        materialize_grads=True)  # as above
             momentum_buffers = {
                 name: self.weight_optimizer.state.get(param, {}).get("momentum_buffer")
                 for name, param in weights.items()}

@@ -214,3 +214,25 @@ def test_cli_recipe_gdas_sets_epochs_and_weight_decay_unless_given(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert (config["recipe"], config["weight_decay"]) == ("paper", 0.001)
+
+
+@pytest.mark.parametrize("second_order", ["darts", "authors"])
+def test_second_order_runs_on_single_paths_plain_equals_grouped(second_order):
+    """GDAS's own search is first order; a second-order step also runs (the unsampled weights get
+    zero gradients in the virtual step), the same on both paths."""
+    results = []
+    for grouped in (False, True):
+        torch.manual_seed(0)
+        model = compile_supernet(parse_text(space_text()).space(), channels=4, layers=3,
+                                 input_size=8, init="randn", grouped=grouped).double()
+        bilevel = Bilevel(model, tiny_config("unused.geno", order=2, second_order=second_order))
+        batches = torch.Generator().manual_seed(1)
+        weight_batch = (torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=batches),
+                        torch.tensor([0, 1, 2, 3]))
+        arch_batch = (torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=batches),
+                      torch.tensor([3, 2, 1, 0]))
+        losses = [float(value) for value in bilevel.step(weight_batch, arch_batch)]
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-10)
+    for plain, grouped in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(grouped, plain, rtol=1e-9, atol=1e-12)
