@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 DECAYS = ("linear", "cosine")  # how DARTS-'s auxiliary coefficient b falls from 1 to 0
+UNCHOSEN = ("nothing", "weight")  # what GDAS's candidates off the sampled path add
 MAX_PARTIAL_CHANNELS = 64
 Space = Any  # an `ir.Space`; the IR imports this module
 Call = Any  # an `ir.Call`: `name` and `kwargs`
@@ -196,6 +197,15 @@ def _needs_attention_mixture(space: Space, call: Call) -> list[Problem]:
                     "none", call.span, "use location after_every, end or after_every_and_end")]
 
 
+def _tau_order(space: Space, call: Call) -> list[Problem]:
+    settings = resolved(call)
+    if settings["tau_min"] <= settings["tau_max"]:
+        return []
+    return [Problem(f"'{call.name}' anneals tau from tau_max down to tau_min, but tau_min "
+                    f"({settings['tau_min']}) exceeds tau_max ({settings['tau_max']})", call.span,
+                    "GDAS: tau_max=10, tau_min=0.1")]
+
+
 # ---------------------------------------------------------------------------------------------
 # attdarts's methods (README, "Search methods"): one entry and one module each
 
@@ -275,6 +285,20 @@ for _method in (
            requires=_refuses_none,
            cost="a sigmoid instead of a softmax; a node may keep fewer edges, a cell fewer nodes",
            derivation="edges and attentions kept only above a sigmoid threshold"),
+    Method("gdas", "GDAS (Dong and Yang, CVPR 2019)",
+           "per cell type and step, a Gumbel-max sample of one candidate per row of alpha, beta "
+           "and gamma (softmax((log_softmax(raw) + g) / tau)); one-hot weights with the "
+           "softmax's gradient (straight-through); only the sampled candidate is computed; tau "
+           "linear from tau_max (first epoch) to tau_min (last); derivation keeps each node's "
+           "top (operation, input) pairs, an input possibly twice",
+           f"{_PACKAGE}.gdas:Gdas",
+           {"tau_max": Parameter(float, 10.0, minimum=0.001),
+            "tau_min": Parameter(float, 0.1, minimum=0.001),
+            "unchosen": Parameter(str, "nothing", choices=UNCHOSEN)},
+           excludes=("smoothing", "auxiliary_skip", "drnas", "fair_darts"), requires=_tau_order,
+           cost="one candidate per edge instead of all: a fraction of DARTS's time and memory; "
+                "one host synchronisation per step (no CUDA graphs)",
+           derivation="each node's strongest (operation, input) pairs, an input possibly twice"),
 ):
     register(_method)
 

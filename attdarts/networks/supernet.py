@@ -32,7 +32,10 @@ still receives its gradient through the softmax of the other terms).
 Grouped cells (`grouped=True`, what `attdarts search` uses unless `--plain`): a cell runs its edges
 in waves, every edge reading c_k2 or c_k1 first, then every edge reading n0, n1, ...; within a
 wave each candidate runs once over the stacked edges (`attdarts.networks.grouping`). The sums are the same
-(tests compare both paths in float64), with about a third of the kernels.
+(tests compare both paths in float64), with about a third of the kernels. When the weights carry
+single paths (`CellWeights.paths`: a sampler such as GDAS), each edge computes its sampled
+candidates alone, on both paths (`attdarts.networks.single_path` groups a wave's edges by their
+sampled candidate).
 
 Search methods of the space (`space.methods`; README, "Search methods") are components
 (`attdarts.networks.methods`): the supernet asks its `MethodSet` what enters an edge's mixtures
@@ -54,7 +57,10 @@ from torch import nn
 from attdarts import recipes
 from attdarts.language import ir, kinds
 from attdarts.networks import grouping as grouped
-from attdarts.networks.methods import CellWeights, MethodSet, MixtureWeights, Random, build_methods
+from attdarts.networks import single_path
+from attdarts.networks.methods import (
+    CellWeights, MethodSet, MixtureWeights, Paths, Random, build_methods,
+)
 from attdarts.networks.mixtures import (  # noqa: F401 - re-exported: MASK_FLOOR, SearchEdge, ...
     MASK_FLOOR, Architecture, Init, MixedAttention, MixedOperation, SearchEdge, edge_names,
     first_candidates, mix_attentions_grouped, mix_operations_grouped, mixed_candidates,
@@ -177,9 +183,9 @@ class SearchCell(nn.Module):
         """The cell on its two inputs, with its cell type's mixture weights (`CellWeights`:
         alpha / beta / gamma, the normalised edge weights of edge normalisation or None, the
         auxiliary identity coefficient or None, the single paths or None)."""
-        alpha, beta, gamma, edges, identity, chosen = weights
-        if self.grouped and chosen is None:  # a single path per edge runs edge by edge
+        if self.grouped:
             return self.forward_grouped(s0, s1, weights)
+        alpha, beta, gamma, edges, identity, paths = weights
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for start, count in self.node_slices:
             total = None
@@ -188,21 +194,24 @@ class SearchCell(nn.Module):
                 edge = self.edges[index]
                 out = edge(states[edge.input_index], alpha[index],
                            None if beta is None else beta[index], identity,
-                           None if chosen is None else chosen[index])
+                           _edge_path(paths, index))
                 if edges is not None:
                     out = out * edges[index]
                 total = out if total is None else total + out
             states.append(total)
-        return self._output(states[2:], gamma, identity)
+        return self._output(states[2:], gamma, identity, paths)
 
     def _output(
         self, nodes: list[torch.Tensor], gamma: torch.Tensor | None,
-        identity: torch.Tensor | None = None,
+        identity: torch.Tensor | None = None, paths: Paths | None = None,
     ) -> torch.Tensor:
-        """Concatenate every intermediate node; mix attentions on it when the space says so."""
+        """Concatenate every intermediate node; mix attentions on it when the space says so
+        (its single path when `paths` gives one)."""
         out = torch.cat(nodes, dim=1)
         if self.output_attention is not None:
-            out = self.output_attention(out, gamma[0], identity)
+            chosen = None if paths is None or paths.gamma is None else paths.gamma[0]
+            unchosen = paths is not None and paths.unchosen
+            out = self.output_attention(out, gamma[0], identity, chosen, unchosen)
         return out
 
     def forward_grouped(self, s0: torch.Tensor, s1: torch.Tensor, weights: CellWeights
@@ -211,8 +220,8 @@ class SearchCell(nn.Module):
         candidate and wave instead of one small kernel per candidate and edge."""
         nodes = self.nodes
         x0, x1 = self.preprocess0(s0), self.preprocess1(s1)
-        alpha, beta, gamma, edges, identity, _ = weights
-        mixing = (alpha, beta, edges, identity)
+        alpha, beta, gamma, edges, identity, paths = weights
+        mixing = (alpha, beta, edges, identity, paths)
         out = self._wave(0, [x0] * nodes + [x1] * nodes, *mixing)
         partial = out[:, :nodes] + out[:, nodes:]  # (N, nodes, C, H, W): node sums so far
         states = []
@@ -223,32 +232,38 @@ class SearchCell(nn.Module):
                 readers = nodes - k - 1  # nodes k+1 .. reading node k
                 out = self._wave(k + 1, [state] * readers, *mixing)
                 partial = partial[:, 1:] + out
-        return self._output(states, gamma, identity)
+        return self._output(states, gamma, identity, paths)
 
     def _wave(
         self, k: int, inputs: list[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor | None,
-        edges: torch.Tensor | None, identity: torch.Tensor | None,
+        edges: torch.Tensor | None, identity: torch.Tensor | None, paths: Paths | None = None,
     ) -> torch.Tensor:
-        """Wave k on its edges' inputs (N, C, H, W) each -> (N, E, C, H', W')."""
+        """Wave k on its edges' inputs (N, C, H, W) each -> (N, E, C, H', W'); on the single
+        paths of `paths` when given (GDAS: `attdarts.networks.single_path`)."""
         wave = self.waves[k]
         index = getattr(self, f"wave_{k}")
         modules = [self.edges[i] for i in wave]
         partial = modules[0].partial
-        if partial is None:  # stacked edge-major: (N, E*C, H, W)
-            # one input read by every edge is repeated: its gradient is then summed in the same
-            # order as before partial channels existed, so runs reproduce bit for bit
-            same = all(x is inputs[0] for x in inputs)
-            x = inputs[0].repeat(1, len(inputs), 1, 1) if same else torch.cat(inputs, dim=1)
-            rest = None
+        alpha = alpha.index_select(0, index)
+        beta = None if beta is None else beta.index_select(0, index)
+        if paths is not None:
+            out, rest = single_path.wave(modules, inputs, alpha, beta, identity,
+                                         *single_path.wave_paths(paths, wave))
         else:
-            x, rest = partial.split_grouped(inputs)
-        group = grouped.Group(x, len(wave))
-        out = mix_operations_grouped([edge.first for edge in modules], group,
-                                     alpha.index_select(0, index))
-        if modules[0].then is not None:
-            group = grouped.Group(out.flatten(1, 2), len(wave))
-            out = mix_attentions_grouped([edge.then for edge in modules], group,
-                                         beta.index_select(0, index), identity)
+            if partial is None:  # stacked edge-major: (N, E*C, H, W)
+                # one input read by every edge is repeated: its gradient is then summed in the
+                # same order as before partial channels existed, so runs reproduce bit for bit
+                same = all(x is inputs[0] for x in inputs)
+                x = inputs[0].repeat(1, len(inputs), 1, 1) if same else torch.cat(inputs, dim=1)
+                rest = None
+            else:
+                x, rest = partial.split_grouped(inputs)
+            group = grouped.Group(x, len(wave))
+            out = mix_operations_grouped([edge.first for edge in modules], group, alpha)
+            if modules[0].then is not None:
+                group = grouped.Group(out.flatten(1, 2), len(wave))
+                out = mix_attentions_grouped([edge.then for edge in modules], group, beta,
+                                             identity)
         if rest is not None:
             out = partial.join_grouped(out, rest)
         if edges is not None:
@@ -258,6 +273,14 @@ class SearchCell(nn.Module):
     def extra_repr(self) -> str:
         kind = ir.CELL_KINDS[self.kind_index]
         return f"{kind}, channels_out={self.channels_out}, spatial_out={self.spatial_out}"
+
+
+def _edge_path(paths: Paths | None, index: int) -> tuple[int, int | None, bool] | None:
+    """Edge `index`'s single path (operation, attention or second mixture, unchosen), or None."""
+    if paths is None:
+        return None
+    return (None if paths.alpha is None else paths.alpha[index],
+            None if paths.beta is None else paths.beta[index], paths.unchosen)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `connector(channels, stride)` | building each edge: what enters its mixtures | partial_channels |
 | `extra_candidates(channels, stride)` | building each edge's operation mixture: candidates outside the weights' softmax | auxiliary_skip |
 | `candidate_mask(kind, cell)` | making weights: candidates switched off (P-DARTS, DrNAS pruning) | - |
-| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | drnas, fair_darts (- GDAS) |
-| `draw(arch, random)` | once per step, before any forward | drnas (- GDAS) |
+| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | drnas, fair_darts, gdas |
+| `paths(weights, draw)` | after `normalise`: the one candidate each row computes (single path) | gdas |
+| `draw(arch, random)` | once per step, before any forward | drnas, gdas |
 | `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing |
 | `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity |
 | `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts |
@@ -25,17 +26,23 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
 | `stage_start(stage)` | each stage of a progressive search | - (P-DARTS) |
 | `early_stop(epoch, epochs, genotype, trained)` | after each epoch's derivation | stop_at_skips |
-| `capture_key()`, `capturable` | Python values a captured CUDA graph bakes in; whether it can be captured at all | beta_decay, smoothing |
+| `capture_key()` | Python values a captured CUDA graph bakes in | beta_decay, smoothing, gdas |
+| `capture_problem()` | why the step cannot be captured as a CUDA graph at all (it reads the device on the host) | gdas |
 | `derivation_weights(kind, raw)` | the weights derivation ranks (default: `normalise` without a draw) | - |
 | `edge_scales(tensors)` | derivation: a factor per edge on its ranking weight | edge_normalisation |
-| `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (GDAS) |
+| `edge_choices()` | derivation: how many different candidates one edge may give its node | gdas |
+| `keep(scores, keep)` | derivation: which incoming choices a node keeps | - |
 | `threshold(kind)` | derivation: the least weight a kept edge (alpha) or attention (beta, gamma) needs | fair_darts |
 | `cap(derivation)` | derivation: one candidate to take from one edge, until satisfied | max_skip_connect, max_identity |
 
 Weights flow as `CellWeights` (one per cell type, in `ir.CELL_KINDS` order): the supernet makes
 them from the raw architecture tensors (mask, normalise, adjust), the search step makes them once
 per step (so a sampler draws once per step and the second-order step's passes see one draw) and
-hands them to every forward; `Supernet.forward(x)` without weights makes them itself.
+hands them to every forward; `Supernet.forward(x)` without weights makes them itself. A method
+whose weights are one-hot samples (GDAS) names through `paths` the one candidate each row
+computes: `MethodSet.mixture_weights` moves them to the host (one synchronisation per step, so
+it fills `capture_problem` too) and the cells compute that candidate alone (`CellWeights.paths`,
+`attdarts.networks.single_path`).
 
 Every tensor a hook receives may carry leading dimensions (seeds stacked together); hooks work
 over the trailing ones (rows, candidates), and `Random` draws each seed's noise from that seed's
@@ -56,10 +63,11 @@ from torch import Tensor, nn
 from attdarts.language import ir, kinds
 from attdarts.language.methods import METHODS, resolved
 from attdarts.networks.mixtures import normalise_edges
+from attdarts.networks.single_path import Paths, on_host
 
 __all__ = [
-    "Ban", "CellWeights", "Derivation", "MethodSet", "Random", "SearchMethod", "build_methods",
-    "method_class",
+    "Ban", "CellWeights", "Derivation", "MethodSet", "Paths", "Random", "SearchMethod",
+    "build_methods", "method_class",
 ]
 
 
@@ -70,10 +78,8 @@ class CellWeights(NamedTuple):
     `OUTPUT` (rows x candidates; None where the location has no such mixture; the fields are
     named after the kinds); `edges` the normalised edge weights (edge normalisation) or None;
     `identity` a coefficient b adding ``b * h`` to every attention mixture, or None. A method's
-    `extra_candidates` take the last columns of `alpha`, past the space's candidates.
-    `chosen` (rows,) indices make each edge's operation mixture a single path (GDAS): only the
-    chosen candidate is computed, ``w_i o_i(x) + sum_{j != i} w_j`` (the other weights, zero in a
-    hard one-hot, still receive their straight-through gradients); None computes the mixture.
+    `extra_candidates` take the last columns of `alpha`, past the space's candidates. `paths`:
+    the single path of each mixture (`Paths`, GDAS), or None: every candidate is computed.
     """
 
     alpha: Tensor
@@ -81,7 +87,7 @@ class CellWeights(NamedTuple):
     gamma: Tensor | None = None
     edges: Tensor | None = None
     identity: Tensor | None = None
-    chosen: Tensor | None = None
+    paths: Paths | None = None
 
 
 MixtureWeights = tuple[CellWeights, ...]  # one per cell type, indexed like ir.CELL_KINDS
@@ -143,13 +149,7 @@ class Random:
 
     def draw_like(self, tensor: Tensor, fill: Callable[[Tensor, torch.Generator], Tensor]) -> Tensor:
         """A tensor like `tensor` (no gradient), filled in place by ``fill(out, generator)``."""
-        if not self.stacked:
-            return fill(torch.empty_like(tensor, requires_grad=False), self.generators[0])
-        if tensor.shape[0] != len(self.generators):
-            raise ValueError(f"{len(self.generators)} seeds, but the tensor's leading dimension "
-                             f"is {tensor.shape[0]}")
-        return torch.stack([fill(torch.empty_like(part, requires_grad=False), generator)
-                            for part, generator in zip(tensor, self.generators)])
+        return self.sample(tensor, lambda part, generator: fill(torch.empty_like(part), generator))
 
     def sample(self, tensor: Tensor, sampler: Callable[[Tensor, torch.Generator], Tensor]
                ) -> Tensor:
@@ -175,8 +175,6 @@ class SearchMethod(nn.Module):
     the forward (coefficients, masks) moves with the supernet; such buffers are non-persistent:
     checkpoints hold weights and architecture only, and `epoch_start` sets them again.
     """
-
-    capturable = True  # False: the step reads a draw on the host (a single path), never captured
 
     def __init__(self, space: ir.Space, settings: Mapping[str, Any]) -> None:
         super().__init__()
@@ -221,6 +219,12 @@ class SearchMethod(nn.Module):
         """This step's random numbers (anything `normalise` understands), drawn once per step."""
         return None
 
+    def paths(self, weights: CellWeights, draw: Any) -> Paths | None:
+        """Single path: the candidate each row of `weights` (one cell type's, made by this
+        method's `normalise` from `draw`) computes alone, as index tensors (rows,) in a `Paths`,
+        or None: every candidate is computed. Asked of the method that makes the weights only."""
+        return None
+
     def adjust(self, weights: CellWeights, cell: int) -> CellWeights:
         """The weights of cell type `cell` (index into `ir.CELL_KINDS`) after `normalise`."""
         return weights
@@ -263,6 +267,11 @@ class SearchMethod(nn.Module):
         """The Python values the step reads from this method that change during a search."""
         return ()
 
+    def capture_problem(self) -> str | None:
+        """Why a step with this method cannot be captured as a CUDA graph (one line: it reads
+        device values on the host, say), or None."""
+        return None
+
     # -- derivation -----------------------------------------------------------------------------
 
     def derivation_weights(self, kind: str, raw: Tensor) -> Tensor | None:
@@ -273,8 +282,14 @@ class SearchMethod(nn.Module):
         """A factor per edge on its ranking weight (one cell's raw tensors), or None."""
         return None
 
+    def edge_choices(self) -> int | None:
+        """How many different candidates one edge may give its node at derivation, or None: one
+        (DARTS). GDAS ranks every (operation, input) pair of a node, so an input may be chosen
+        twice, with two operations."""
+        return None
+
     def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
-        """Positions of a node's incoming edges to keep, given their ranking scores, or None."""
+        """Positions of a node's incoming choices to keep, given their ranking scores, or None."""
         return None
 
     def threshold(self, kind: str) -> float | None:
@@ -314,6 +329,7 @@ class MethodSet(nn.Module):
             raise ValueError("search methods " + ", ".join(f"'{_name(m)}'" for m in makers) +
                              " each make the mixture weights; a space may list one of them")
         self._maker = makers[0] if makers else None
+        self._index = list(self.methods).index(self._maker) if makers else None
 
     def __iter__(self):
         return iter(self.methods)
@@ -356,8 +372,8 @@ class MethodSet(nn.Module):
             if mask is not None:
                 raw = raw.masked_fill(~mask.to(raw.device), float("-inf"))
         if self._maker is not None:
-            index = list(self.methods).index(self._maker)
-            made = self._maker.normalise(kind, raw, cell, None if draw is None else draw.get(index))
+            made = self._maker.normalise(kind, raw, cell,
+                                         None if draw is None else draw.get(self._index))
             if made is not None:
                 return made
         return F.softmax(raw, dim=-1)
@@ -373,13 +389,17 @@ class MethodSet(nn.Module):
             cell_weights = CellWeights(
                 alpha=made[kinds.OPERATION], beta=made.get(kinds.ATTENTION),
                 gamma=made.get(kinds.OUTPUT), edges=made.get(kinds.EDGE))
+            if self._maker is not None:
+                paths = self._maker.paths(cell_weights,
+                                          None if draw is None else draw.get(self._index))
+                cell_weights = cell_weights._replace(paths=paths)
             if weight_step is not None:
                 for method in self.methods:
                     cell_weights = method.before_weight_step(cell_weights, index, weight_step)
             for method in self.methods:
                 cell_weights = method.adjust(cell_weights, index)
             weights.append(cell_weights)
-        return tuple(weights)
+        return on_host(tuple(weights))
 
     def draw(self, arch: Mapping[str, Tensor], random: Random) -> dict[int, Any]:
         """Every method's draw for this step, by position in the space's list."""
@@ -424,10 +444,9 @@ class MethodSet(nn.Module):
     def capture_key(self) -> tuple:
         return tuple(method.capture_key() for method in self.methods)
 
-    @property
-    def capturable(self) -> bool:
-        """Whether a step with these methods can be captured as a CUDA graph."""
-        return all(method.capturable for method in self.methods)
+    def capture_problem(self) -> str | None:
+        """Why a step with these methods cannot be captured as a CUDA graph, or None."""
+        return self._first("capture_problem")
 
     # -- derivation -----------------------------------------------------------------------------
 
@@ -447,6 +466,9 @@ class MethodSet(nn.Module):
             if factor is not None:
                 scales = factor if scales is None else scales * factor
         return None if scales is None else scales.tolist()
+
+    def edge_choices(self) -> int:
+        return self._first("edge_choices") or 1
 
     def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
         return self._first("keep", scores, keep)

@@ -41,12 +41,11 @@ which runs in training mode throughout.
 Search methods act in the iteration through their hooks (`attdarts.networks.methods`): the
 mixture weights are made once per step (`Supernet.mixture_weights`, after each method's `draw`
 from the run's method generator) and every forward of the step uses them; in the second-order
-step they are made once as a graph from the architecture, the passes take gradients with
-respect to the weights themselves, and one backward through the graph turns the combination
-into the architecture gradient (the "authors" variant moves the architecture itself, so its
-passes make the weights again, from the same draw). The architecture loss gets the methods'
-`architecture_loss` terms (beta-decay), the weight step's weights go through
-`before_weight_step` (random smoothing) and its loss gets `weight_loss`.
+step they are made once as a graph from the architecture, the passes differentiate with respect
+to the weights themselves, and one backward through the graph turns the combination into the
+architecture gradient (the "authors" variant moves the architecture, so its passes make the
+weights again, from the same draw). The methods add `architecture_loss` (beta-decay) and
+`weight_loss` terms; the weight step's weights go through `before_weight_step` (smoothing).
 """
 
 from __future__ import annotations
@@ -75,6 +74,12 @@ def _cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     seeds, batch = labels.shape
     losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
     return losses.view(seeds, batch).mean(dim=1)
+
+
+def _grad(outputs: Any, inputs: Any, **options: Any) -> tuple[Tensor, ...]:
+    """`torch.autograd.grad`, zeros for inputs not reached (GDAS: candidates off its paths)."""
+    return torch.autograd.grad(outputs, inputs, allow_unused=True, materialize_grads=True,
+                               **options)
 
 
 def method_generator(seed: int, device: torch.device | str) -> torch.Generator:
@@ -166,7 +171,7 @@ def hessian_vector_product(
             arch_values = [value.requires_grad_() for value in
                            torch._foreach_add(arch_base, arch_scaled, alpha=sign)]
         value = loss(dict(zip(names, moved)), dict(zip(arch_names, arch_values)))
-        return torch.autograd.grad(value, arch_values, allow_unused=True, materialize_grads=True)
+        return _grad(value, arch_values)
 
     plus = arch_gradient(1.0)
     minus = arch_gradient(-1.0)
@@ -184,10 +189,10 @@ class Bilevel:
     averaged across ranks with one all-reduce. `hvp_scale` is DARTS's r in eps = r / ||v||.
 
     `step` runs as one CUDA graph replay (`attdarts.runs.graphs.CapturedStep`) when `graphs`
-    (default: `config.graphs`, True when the config has no such field) and a plain model is on
-    CUDA in one process; otherwise the same step runs eagerly. The weight update reads the
-    learning rate from a device tensor that `set_lr` writes, so the schedule never forces a
-    re-capture; Adam is `capturable` when captured.
+    (default: `config.graphs`, else True) and a plain model is on CUDA in one process, unless a
+    method says why not (`capture_problem`: GDAS reads its paths on the host); otherwise
+    eagerly. The weight update reads the learning rate from a device tensor that `set_lr`
+    writes, so the schedule never forces a re-capture; Adam is `capturable` when captured.
     """
 
     hvp_scale = 0.01
@@ -226,11 +231,12 @@ class Bilevel:
             weight_decay=config.arch_weight_decay, foreach=True)
         self.weight_update = captured.CapturableSGD(self.weight_optimizer)
         wanted = getattr(config, "graphs", True) if graphs is None else graphs
-        device = self.weight_params[0].device
-        possible = (captured.capture_possible(device, world_size=world_size)
-                    and not seeds.stacked and self.methods.capturable)
-        self.captured = captured.CapturedStep(self._step, enabled=wanted and possible,
-                                              generators=tuple(seeds.generators))
+        possible = wanted and not seeds.stacked and captured.capture_possible(
+            self.weight_params[0].device, world_size=world_size)
+        refusal = self.methods.capture_problem() if possible else None  # GDAS: host reads
+        self.captured = captured.CapturedStep(
+            self._step, enabled=possible and refusal is None, generators=tuple(seeds.generators),
+            off_reason=refusal)
         captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
         # a capture that fails goes on eagerly (attdarts.runs.graphs), Adam as eager runs have it
         self.captured.listeners.append(
@@ -313,7 +319,8 @@ class Bilevel:
             if authors:
                 counted += self._arch_gradients_held()
             self.grad_norm = self.seeds.clip(self.weight_params, counted, self.config.grad_clip)
-            self.weight_update.step()  # torch's SGD, learning rate read from a device tensor
+            # torch's SGD, learning rate read from a device tensor (single paths: `step_weights`)
+            self.seeds.step_weights(self.weight_update.step, self.weight_optimizer)
             self.methods.after_weight_step()
         finally:
             self._arch_requires_grad(True)
@@ -340,8 +347,7 @@ class Bilevel:
         loss = _cross_entropy(logits, labels)
         extra = self.methods.architecture_loss(arch, weights)
         total = loss.sum() if extra is None else loss.sum() + extra.sum()
-        grads = torch.autograd.grad(total, self.arch_params, allow_unused=True,
-                                    materialize_grads=True)
+        grads = _grad(total, self.arch_params)
         self._apply_arch_gradient(list(grads))
         return loss, logits.detach()
 
@@ -353,8 +359,7 @@ class Bilevel:
             extra = self.methods.architecture_loss(arch, self.model.mixture_weights(arch, draw))
         if extra is not None:  # the methods' terms do not depend on the weights
             grads = [grad + term for grad, term in
-                     zip(grads, torch.autograd.grad(extra.sum(), self.arch_params,
-                                                    allow_unused=True, materialize_grads=True))]
+                     zip(grads, _grad(extra.sum(), self.arch_params))]
         self._apply_arch_gradient(grads)
         return val_loss, val_logits
 
@@ -392,14 +397,14 @@ class Bilevel:
         if authors:
             leaves = {**weights, **arch}
             train_loss, _ = loss_of(weights, mixture_of(arch), weight_batch)
-            grads = torch.autograd.grad(train_loss.sum(), list(leaves.values()))
+            grads = _grad(train_loss.sum(), list(leaves.values()))
             moved = virtual_step(leaves, dict(zip(leaves, grads)), eta=eta,
                                  weight_decay=config.weight_decay)
             virtual_weights = {name: moved[name] for name in self.weight_names}
             virtual = {name: moved[name].requires_grad_() for name in self.arch_names}
         else:
             train_loss, _ = loss_of(weights, tree_detach(made), weight_batch)
-            grads = torch.autograd.grad(train_loss.sum(), self.weight_params)
+            grads = _grad(train_loss.sum(), self.weight_params)
             momentum_buffers = {
                 name: self.weight_optimizer.state.get(param, {}).get("momentum_buffer")
                 for name, param in weights.items()}
@@ -415,8 +420,7 @@ class Bilevel:
         val_loss, val_logits = loss_of(virtual_weights, mixture_of(virtual), arch_batch)
         names = list(virtual)
         values = [virtual[name] for name in names]
-        grads = torch.autograd.grad(val_loss.sum(), [*values, *virtual_weights.values()],
-                                    allow_unused=True, materialize_grads=True)
+        grads = _grad(val_loss.sum(), [*values, *virtual_weights.values()])
         variable_grads, vector = grads[:len(values)], grads[len(values):]
 
         # 3. finite-difference Hessian-vector product around (w, a), eps per seed; the authors'
@@ -430,8 +434,7 @@ class Bilevel:
             return total, val_loss, val_logits.detach()
         # 4. back through the weights' graph: d(weights)/d(alpha, beta) once
         outputs = _made(made, variables)
-        arch_grads = torch.autograd.grad(outputs, self.arch_params, grad_outputs=total,
-                                         allow_unused=True, materialize_grads=True)
+        arch_grads = _grad(outputs, self.arch_params, grad_outputs=total)
         return list(arch_grads), val_loss, val_logits.detach()
 
     # -- helpers --------------------------------------------------------------------------------
