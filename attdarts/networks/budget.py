@@ -47,11 +47,12 @@ from torch import Tensor, nn
 
 from attdarts.language import ir
 from attdarts.language.locations import ATTENTIONS, BOTH
+from attdarts.language.methods import BUDGET_FORMS
 from attdarts.networks.costs import LATENCY, CostError, CostTable, KindCosts
 
 __all__ = ["FORMS", "MEASURES", "Budget", "expected_cost", "fbnet_loss", "penalty"]
 
-FORMS = ("exceed", "target", "linear")
+FORMS = BUDGET_FORMS  # the catalog's (`budget(form=...)`)
 SHARES = ("kept", "all")
 # a budget's key (as the method's settings name it) -> the table's measure
 MEASURES = {"macs": "multiply_adds", "params": "parameters", "latency": LATENCY}
