@@ -19,7 +19,7 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `draw(arch, random)` | once per step, before any forward | drnas (- GDAS) |
 | `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing |
 | `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity |
-| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts |
+| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts, budget |
 | `weight_loss(weights)` | the weight step's objective | - |
 | `after_weight_step()` | after the weight update | - |
 | `search_start(context)` | once, when a search has built its supernet (also on resume): what the run is (`SearchContext`) | budget |
