@@ -29,9 +29,11 @@ def parse_count(text: str, what: str = "count") -> int:
     if not match:
         raise ValueError(f"'{text}' is not a {what}: write a number with an optional suffix "
                          "k, M or G, e.g. 600M or 3.5M")
-    number = float(match.group(1)) * 10 ** int(match.group(2) or 0) * _SCALES[match.group(3)]
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"'{text}' is not a {what}: it must be positive")
+    # float's own exponent: 1e400 is infinite (refused), not an OverflowError or a huge integer
+    number = float(f"{match.group(1)}e{match.group(2) or 0}") * _SCALES[match.group(3)]
+    if not math.isfinite(number) or round(number) <= 0:
+        raise ValueError(f"'{text}' is not a {what}: it must be positive (at least 1) and "
+                         "finite")
     return int(round(number))
 
 

@@ -194,7 +194,16 @@ class _Builder:
     def _header_comments(self, span: Span | None) -> Comments:
         if span is None:
             return NO_COMMENTS
-        return Comments(leading=self._take_before(span.line), trailing=self._take_on(span.line))
+        leading = self._take_before(span.line)
+        # a comment ends the header's line only when the line's code ends with the block's
+        # brace; otherwise it trails the statement the line ends with (`normal { n0 = ...  # x`)
+        trailing = self._take_on(span.line) if self._after_brace(span.line) else None
+        return Comments(leading=leading, trailing=trailing)
+
+    def _after_brace(self, line: int) -> bool:
+        if not self.pending or self.pending[0].line != line:
+            return False
+        return self.lines[line - 1][:self.pending[0].column - 1].rstrip().endswith("{")
 
     def _closing_comments(self, brace: Token) -> Comments:
         return Comments(leading=self._take_before(brace.line), trailing=self._take_on(brace.line))

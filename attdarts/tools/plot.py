@@ -141,13 +141,13 @@ def _marked_synthetic(directory: Path) -> bool:
 
 def read_weights(path: Path, warnings: list[str]) -> list[EpochWeights]:
     records: dict[int, EpochWeights] = {}
-    with path.open(encoding="utf-8") as lines:
+    with path.open("rb") as lines:  # a damaged line (not UTF-8) is skipped like any other
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
-                record = parse_weights_record(json.loads(line))
-            except (ValueError, TypeError, KeyError) as error:
+                record = parse_weights_record(json.loads(line.decode("utf-8")))
+            except (ValueError, TypeError, KeyError, OverflowError) as error:
                 warnings.append(f"{path.name}:{number}: skipped ({error})")
                 continue
             records[record.epoch] = record  # a restarted run may repeat an epoch: keep the last
