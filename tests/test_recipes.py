@@ -55,3 +55,18 @@ def test_readme_lists_every_search_recipe_with_its_settings():
                 assert value == ",".join(map(str, expected)), (name, option)
                 continue
             assert str(value) == str(expected) or float(value) == expected, (name, option)
+
+
+def test_a_refused_setting_that_the_recipe_chose_says_so():
+    """`--recipe drnas --epochs 2`: the 10 warm-up epochs come from the recipe, not the user."""
+    import pydantic
+    import pytest
+
+    with pytest.raises(pydantic.ValidationError, match=r"arch_start_epoch \(10, set by --recipe "
+                                                       r"drnas\) must be below epochs \(2\)"):
+        recipe_config("drnas", space_file="s.geno", epochs=2)
+    with pytest.raises(pydantic.ValidationError, match=r"lr_min \(0.001, set by --recipe "
+                                                       r"fair-darts\) must not exceed lr"):
+        recipe_config("fair-darts", space_file="s.geno", lr=0.0005)
+    with pytest.raises(pydantic.ValidationError, match=r"arch_start_epoch \(3\) must be below"):
+        recipe_config("drnas", space_file="s.geno", epochs=2, arch_start_epoch=3)

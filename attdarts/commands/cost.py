@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from attdarts.cli import ZooOrFile
 from attdarts.commands.compile import _CIFAR, _IMAGENET, MAX_CHANNELS, MAX_LAYERS, MAX_SIZE
 from attdarts.language.errors import DslError
 from attdarts.language.transform import parse_file
@@ -19,7 +20,7 @@ def _progress(message: str) -> None:
 
 
 @click.command("cost")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("file", type=ZooOrFile("space"))
 @click.option("--space", "space_name", help="Space to price (default: the only one in FILE).")
 @click.option("--dataset", type=click.Choice(["cifar10", "cifar100", "imagenet"]),
               default="cifar10", show_default=True, help="Network skeleton and classes.")
@@ -54,6 +55,7 @@ def cost(file: Path, space_name: str | None, dataset: str, channels: int | None,
          warmup: int, repeats: int, clock: str, output: Path | None,
          output_format: str) -> None:
     """Price every choice of the genotypes of the space in FILE at the final network's size.
+    FILE is a space file or a zoo space's name (att_darts, darts, ...).
 
     For every cell of the final network (C channels, L cells, not the search supernet) and
     every edge position in it (node, input; with its stride, channels and spatial size), the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import click
@@ -299,7 +300,8 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
         sizes = config.model_dump() if config is not None else threads_rule.recorded_settings(resume)
         with threads_rule.using(threads, threads_rule.step_units("search", sizes)):
             outcome = api.launch(config, out, seeds=seed_list, resume=resume, device=device,
-                                 progress=not quiet, together=together, tensorboard=tensorboard,
+                                 progress=not quiet and sys.stderr.isatty(),
+                                 together=together, tensorboard=tensorboard,
                                  settings=settings)
         config_files.record(config_files.loaded(), _outcome_dir(outcome, out))
         _report(outcome, resume if resume is not None else _outcome_dir(outcome, out))

@@ -341,8 +341,13 @@ def _positions(cell: ir.Cell, nodes: int) -> list[int] | None:
 def _rankings(space: ir.Space, alpha: list[list[float]], scales: list[float]) -> list[float]:
     """Per edge the weight Eq. 14 ranks it by: its best eligible operation weight, times its
     normalised edge weight under edge normalisation."""
+    if len(scales) != len(alpha):
+        raise DecisivenessError(f"the weights have {len(scales)} edge weights for "
+                                f"{len(alpha)} edges")
+    width = len(space.location_spec.columns(space)["alpha"])
     result = []
-    for row, scale in zip(alpha, scales):
+    for name, row, scale in zip(edge_names(space.nodes), alpha, scales):
+        _check_width(row, width, "alpha", f"edge {name}")  # another space's weights
         eligible, _ = _operation_choice(space, row, None, "")
         result.append(max(row[column] for column in eligible) * scale)
     return result

@@ -73,6 +73,7 @@ _TERMINAL_WORDS = {
     "NAME": "a name",
     "STRING": "a quoted string",
     "SIGNED_NUMBER": "a number",
+    "QUANTITY": "a quantity such as 600M or 12ms",
     "$END": "end of file",
 }
 
@@ -193,7 +194,16 @@ class _Builder:
     def _header_comments(self, span: Span | None) -> Comments:
         if span is None:
             return NO_COMMENTS
-        return Comments(leading=self._take_before(span.line), trailing=self._take_on(span.line))
+        leading = self._take_before(span.line)
+        # a comment ends the header's line only when the line's code ends with the block's
+        # brace; otherwise it trails the statement the line ends with (`normal { n0 = ...  # x`)
+        trailing = self._take_on(span.line) if self._after_brace(span.line) else None
+        return Comments(leading=leading, trailing=trailing)
+
+    def _after_brace(self, line: int) -> bool:
+        if not self.pending or self.pending[0].line != line:
+            return False
+        return self.lines[line - 1][:self.pending[0].column - 1].rstrip().endswith("{")
 
     def _closing_comments(self, brace: Token) -> Comments:
         return Comments(leading=self._take_before(brace.line), trailing=self._take_on(brace.line))
@@ -274,7 +284,7 @@ class _Builder:
         if tree.data == "number":
             text = str(token)
             return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
-        return str(token)
+        return str(token)  # a word, or a quantity as written (600M): its setting reads it
 
     def space(self, tree: Tree) -> Space | None:
         name, *settings, brace = tree.children
@@ -387,6 +397,8 @@ class _Builder:
              _span(kwarg.children[0] if str(kwarg.children[0]) not in entry.settings else kwarg))
             for kwarg in kwargs if kwarg is not None])
         self.problems.extend(problems)
+        if problems:  # reported once: not again for what the settings left out imply
+            return None
         return Call(name=name_text, kwargs=tuple(given.items()), span=_span(tree))
 
     def cell(self, tree: Tree) -> Cell | None:

@@ -52,8 +52,8 @@ from attdarts.language.methods import METHODS, resolved
 from attdarts.networks.costs import CostTable
 
 __all__ = [
-    "BudgetError", "Cap", "Derived", "EdgeChoice", "RunWeights", "budget_derive", "edge_choices",
-    "genotype_score", "random_genotype",
+    "BudgetError", "Cap", "Derived", "EdgeChoice", "RunWeights", "budget_derive",
+    "derivation_problem", "edge_choices", "genotype_score", "random_genotype",
 ]
 
 SKIP = ir.Call(name="skip_connect")
@@ -284,7 +284,7 @@ class Derived:
     measured: dict[str, int] | None = None  # compiled and counted (`derive_run`'s verify)
 
 
-def _derivation_problem(space: ir.Space) -> str | None:
+def derivation_problem(space: ir.Space) -> str | None:
     """Why genotypes of `space` cannot be ranked by DARTS's rule (a method that derives
     otherwise), or None."""
     for call in space.methods:
@@ -395,7 +395,7 @@ def budget_derive(space: ir.Space, weights: RunWeights, table: CostTable,
     """The highest-scoring genotype (module docstring) whose cost in `table` is within `caps`,
     and with `pareto` the front of score against the capped measures (multiply-adds when there
     are no caps). BudgetError when no genotype fits."""
-    problem = table.matches(space) or _derivation_problem(space)
+    problem = table.matches(space) or derivation_problem(space)
     if problem:
         raise BudgetError(problem)
     for cap in caps:

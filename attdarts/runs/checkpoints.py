@@ -25,6 +25,7 @@ from attdarts.files import (  # noqa: F401
 
 FORMAT_KEY = "attdarts_format"
 FORMAT_VERSION = 1
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6
 
 
 class CheckpointError(FileError):
@@ -63,10 +64,7 @@ def load(
     try:
         state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(
-            f"{path}: the {what} is truncated or corrupt and cannot be read ({reason})"
-        ) from None
+        raise CheckpointError(_load_failure(path, what, data, error)) from None
     if not isinstance(state, dict) or state.get(FORMAT_KEY) != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not an attdarts {what} (format marker missing)")
     state = dict(state)
@@ -79,6 +77,20 @@ def load(
                 f"{path}: the {what} was written for a different {key.replace('_', ' ')}"
             )
     return state
+
+
+def _load_failure(path: Path, what: str, data: bytes, error: Exception) -> str:
+    """Why torch could not read `data`, for a user: torch.save writes a zip archive, so anything
+    else is damaged or another kind of file; a zip of pickled objects (a whole model saved by other
+    code) fails torch's weights-only loader, whose own message advises loading unsafely."""
+    if not data.startswith(_ZIP_MAGIC):
+        return (f"{path}: the {what} is truncated or corrupt and cannot be read (not a file "
+                f"written by torch.save: damaged, or another kind of file)")
+    if "weights only load failed" in str(error).lower():
+        return (f"{path}: not an attdarts {what} (it holds Python objects, such as a whole "
+                f"model, that attdarts does not load)")
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return f"{path}: the {what} is truncated or corrupt and cannot be read ({reason})"
 
 
 # what each kind of run checkpoint is called in a refusal; the key is the checkpoint's "kind"

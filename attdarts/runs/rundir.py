@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from attdarts.files import WriteError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: runs are not locked
@@ -93,9 +95,15 @@ def claim(run_dir: str | os.PathLike, *, main: bool | None = None) -> Iterator[P
             _held[key] -= 1
         return
     existed = run_dir.is_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir / LOCK
-    handle = _lock(run_dir, lock_path)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = _lock(run_dir, lock_path)
+    except OSError as error:  # a read-only filesystem, a full disk: nothing of ours is left
+        if not existed:
+            _remove_empty(run_dir)
+        raise WriteError(f"cannot write {error.filename or lock_path}: "
+                         f"{error.strerror or error}") from None
     _held[key] = 1
     failed = False
     try:
@@ -111,10 +119,14 @@ def claim(run_dir: str | os.PathLike, *, main: bool | None = None) -> Iterator[P
             pass
         os.close(handle)  # releases the lock
         if failed and not existed:
-            try:
-                run_dir.rmdir()  # only if empty: nothing was written
-            except OSError:
-                pass
+            _remove_empty(run_dir)
+
+
+def _remove_empty(run_dir: Path) -> None:
+    try:
+        run_dir.rmdir()  # only if empty: nothing was written
+    except OSError:
+        pass
 
 
 def _lock(run_dir: Path, lock_path: Path) -> int:
@@ -139,8 +151,13 @@ def _lock(run_dir: Path, lock_path: Path) -> int:
         if current == os.fstat(handle).st_ino:
             break
         os.close(handle)
-    os.ftruncate(handle, 0)
-    os.write(handle, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, f"{os.getpid()}\n".encode())
+    except OSError:  # a full disk: the lock file goes, as when the run ends
+        lock_path.unlink(missing_ok=True)
+        os.close(handle)
+        raise
     return handle
 
 

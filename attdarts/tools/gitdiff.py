@@ -19,11 +19,13 @@ def git_diff_text(path: str, new_path: str, old_file: str, new_file: str) -> str
     old_label = DEV_NULL if old_file == DEV_NULL else f"a/{path}"
     new_label = DEV_NULL if new_file == DEV_NULL else f"b/{new_path}"
     header = f"diff --attdarts a/{path} b/{new_path}\n--- {old_label}\n+++ {new_label}\n"
-    old_text = "" if old_file == DEV_NULL else _read(old_file)
-    new_text = "" if new_file == DEV_NULL else _read(new_file)
+    old_text, old_error = ("", None) if old_file == DEV_NULL else _read(old_file, old_label)
+    new_text, new_error = ("", None) if new_file == DEV_NULL else _read(new_file, new_label)
     if old_file == DEV_NULL or new_file == DEV_NULL:
         return header + _unified(old_text, new_text)
     try:
+        if old_error or new_error:  # not text: say why, then diff the placeholders
+            raise old_error or new_error
         old = parse_text(old_text, old_label)
         new = parse_text(new_text, new_label)
     except DslError as error:
@@ -38,11 +40,14 @@ def git_diff_text(path: str, new_path: str, old_file: str, new_file: str) -> str
     return header + format_text(diffs)
 
 
-def _read(file: str) -> str:
+def _read(file: str, label: str) -> tuple[str, DslError | None]:
+    """The text of git's copy `file`, or a one-line placeholder and the reason, named by the
+    file's label (git's copy is a temporary file)."""
     try:
-        return read_source(file)
+        return read_source(file), None
     except DslError as error:
-        return f"<{error}>\n"
+        error = error.located(label, None)
+        return f"<{error.problems[0].message}>\n", error
 
 
 def _unified(old: str, new: str) -> str:

@@ -37,7 +37,7 @@ def read_weights(path: Path) -> dict[int, dict]:
         try:
             record = json.loads(line)
             records[int(record["epoch"])] = record
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):  # 1e999: inf
             continue
     return records
 

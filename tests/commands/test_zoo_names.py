@@ -41,12 +41,22 @@ def test_compile_takes_a_zoo_genotype_or_space_by_name(one_thread):
     assert _json(["compile", "att_darts", *SMALL])["genotype"] == "att_darts"
 
 
+def test_cost_takes_a_zoo_space_by_name(one_thread):
+    """README's `attdarts cost` examples name files of the checkout; outside it, by name."""
+    small = ["--channels", "4", "--layers", "3", "--format", "json"]
+    by_name = _json(["cost", "darts", *small])
+    by_path = _json(["cost", str(ROOT / "genotypes" / "spaces" / "darts.geno"), *small])
+    by_name.pop("created"), by_path.pop("created")
+    assert by_name == by_path and by_name["space"] == "darts"
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["compile", "darts_v3"], "did you mean 'darts_v2'?"),
     (["compile", "nothing/darts_v2"], "'nothing/darts_v2' does not exist"),
     (["compile", "missing.geno"], "'missing.geno' does not exist"),
     (["train", "att_dart"], "did you mean 'att_darts'?"),
     (["search", "pc_dart"], "did you mean 'pc_darts'?"),
+    (["cost", "dartz"], "did you mean 'darts'?"),
 ])
 def test_unknown_names_are_refused_in_one_line_with_the_zoo(arguments, message):
     result = CliRunner().invoke(cli, arguments)

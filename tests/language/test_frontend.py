@@ -457,3 +457,18 @@ def test_grammar_is_found_from_an_installed_layout(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(tmp_path)}, check=True).stdout
     assert Path(out.strip()) == package / "grammar" / "attdarts.lark"
+
+
+def test_a_comment_trails_the_statement_its_line_ends_with_not_the_block_opened_there():
+    """`normal { n0 = ...  # x` on one line: the comment is n0's, not the genotype's or the cell's
+    (it used to move to `genotype y {  # x` when formatted)."""
+    text = ("genotype y { normal { n0 = skip_connect(c_k1)  # on n0\n"
+            "    c_k = concat(n0) }\n"
+            "    reduce {  # on reduce\n"
+            "        n0 = skip_connect(c_k1)\n"
+            "        c_k = concat(n0) } }\n")
+    genotype = parse_text(text).genotype()
+    assert genotype.comments.trailing is None and genotype.normal.comments.trailing is None
+    assert genotype.normal.nodes[0].comments.trailing == "# on n0"
+    assert genotype.reduce.comments.trailing == "# on reduce"
+    assert "n0 = skip_connect(c_k1)  # on n0\n" in format_document(parse_text(text))

@@ -21,7 +21,7 @@ from attdarts.language.locations import LOCATIONS
 from attdarts.language.printer import format_genotype
 from attdarts.language.transform import parse_text
 from attdarts.networks.derive import count_identity, count_skip_connect, derive_genotype
-from attdarts.networks.methods import Random
+from attdarts.networks.methods import Random, SearchContext
 from attdarts.networks.methods.auxiliary_identity import AuxiliaryIdentity
 from attdarts.networks.methods.auxiliary_skip import AuxiliarySkip
 from attdarts.networks.methods.partial_channels import channel_shuffle
@@ -393,7 +393,16 @@ OPTION_SETS = {
     "gdas-all": {"partial_channels": 2, "edge_normalisation": True, "beta_decay": 0.5,
                  "auxiliary_identity": "cosine", "max_skip_connect": 1, "max_identity": 1,
                  "methods": "[gdas(unchosen=weight)]"},
+    # a budget's term in the architecture loss (priced at a final network of C=4, 3 cells)
+    "budget": {"methods": "[budget(macs=10k)]"},
+    "budget-all": {"methods": "[budget(params=1k, form=target)]", "partial_channels": 2,
+                   "edge_normalisation": True, "auxiliary_skip": "linear",
+                   "auxiliary_identity": "cosine", "max_skip_connect": 1, "max_identity": 1},
+    "budget-drnas": {"methods": "[drnas(kl=0.001), budget(macs=10k, form=linear)]",
+                     "edge_normalisation": True},
+    "budget-gdas": {"methods": "[gdas, budget(macs=10k)]"},
 }
+BUDGET_FINAL = SearchContext(channels=4, layers=3)  # what the search would tell the methods
 
 
 def _cases():
@@ -429,14 +438,21 @@ def test_every_option_composes(location, mixing, options):
     space = make_space(location, mixing, **options,
                        **({"operations": OPERATIONS.removeprefix("none, ")} if fair else {}))
     plain = set_auxiliary(tiny(space, channels=4), 0.7, 0.3)
+    plain.methods.search_start(BUDGET_FINAL)
     fast = copy.deepcopy(plain).set_grouped(True)
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(3, 3, 8, 8, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 10, (3,), generator=generator)
     # a single path (GDAS) computes one candidate per mixture: the others get no gradient
     sampled = step_weights(plain)[0].paths is not None
-    losses = [F.cross_entropy(model(images, step_weights(model)), labels)
-              for model in (plain, fast)]
+
+    def step_loss(model):  # the architecture step's: the methods' terms added (a budget's)
+        weights = step_weights(model)
+        loss = F.cross_entropy(model(images, weights), labels)
+        extra = model.methods.architecture_loss(dict(model.named_architecture()), weights)
+        return loss if extra is None else loss + extra
+
+    losses = [step_loss(model) for model in (plain, fast)]
     for loss in losses:
         loss.backward()
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-9, atol=1e-12)

@@ -137,3 +137,23 @@ def test_load_run_state_refuses_another_kind(tmp_path, one_thread):
     assert checkpoints.load_run_state(tmp_path / "last.pt", None)["epoch"] == 1
     with pytest.raises(checkpoints.CheckpointError, match="not a training checkpoint"):
         checkpoints.load_run_state(tmp_path / "last.pt", "attdarts-train")
+
+
+def test_a_foreign_file_is_named_as_such_without_torchs_advice(tmp_path, one_thread):
+    """A text file given as a checkpoint, or a whole model that other code pickled, is refused in
+    words for a user; torch's own message (which advises weights_only=False, i.e. running the
+    file's code) never reaches them."""
+    import torch
+
+    (tmp_path / "cell.geno").write_text("# a genotype, not a checkpoint\ngenotype x {\n")
+    with pytest.raises(checkpoints.CheckpointError) as refused:
+        checkpoints.load(tmp_path / "cell.geno")
+    assert "not a file written by torch.save" in str(refused.value)
+    assert "weights_only" not in str(refused.value)
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "model.pt")
+    with pytest.raises(checkpoints.CheckpointError) as refused:
+        checkpoints.load(tmp_path / "model.pt")
+    assert str(refused.value) == (f"{tmp_path / 'model.pt'}: not an attdarts checkpoint (it holds "
+                                  "Python objects, such as a whole model, that attdarts does not "
+                                  "load)")

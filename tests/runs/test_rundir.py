@@ -121,6 +121,39 @@ def test_a_refused_run_removes_the_directory_it_created(tmp_path):
     assert os.listdir(tmp_path / "wrote") == ["metrics.jsonl"]
 
 
+def test_a_full_disk_or_read_only_out_is_one_line_naming_it_and_leaves_nothing(tmp_path,
+                                                                              monkeypatch):
+    """`search --out` or `train --out` on a full disk or a read-only filesystem: a WriteError
+    naming the file (the commands print it as one line), no .lock and no directory left."""
+    import errno
+
+    from attdarts.files import WriteError
+
+    def full(handle, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rundir.os, "write", full)
+        with pytest.raises(WriteError, match=f"cannot write {tmp_path / 'run' / rundir.LOCK}: "
+                                             "No space left on device"):
+            with rundir.claim(tmp_path / "run"):
+                pass
+    assert not (tmp_path / "run").exists()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(WriteError, match="cannot write .*ro: Read-only file system"):
+        with rundir.claim(tmp_path / "ro"):
+            pass
+    result = invoke("search", ROOT / "genotypes" / "spaces" / "darts.geno", *TINY, "--out",
+                    tmp_path / "ro")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: cannot write {tmp_path / 'ro'}: Read-only file system")
+
+
 def test_only_the_writing_process_of_torchrun_takes_the_lock(tmp_path, holder, monkeypatch):
     holder(tmp_path / "run")
     monkeypatch.setenv("RANK", "1")  # rank 1 writes nothing: it takes no lock

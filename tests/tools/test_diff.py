@@ -226,6 +226,22 @@ def test_git_driver_arguments(tmp_path: Path) -> None:
     assert "+genotype darts_v2 {" in result.stdout
 
 
+def test_git_driver_on_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    """The reason names the file by its label, not git's temporary copy, and is not itself
+    parsed as a genotype ('unexpected character '<'' under the previous message)."""
+    old = tmp_path / "git-tmp-copy"
+    old.write_bytes(b"\xff\xfegenotype")
+    arguments = ["cell.geno", str(old), "a" * 40, "100644", str(ZOO / "darts_v2.geno"), "b" * 40,
+                 "100644"]
+    result = CliRunner().invoke(git_diff_driver, arguments)
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[3:6] == ["# attdarts: not a valid genotype file; plain diff follows",
+                          "# a/cell.geno:1:1: file is not UTF-8 text (byte 0xff)",
+                          "#   hint: genotype files are UTF-8 text"]
+    assert "git-tmp-copy" not in result.stdout and "+genotype darts_v2 {" in lines
+
+
 def _meta_line() -> str:
     return ('meta source: "DARTS (first order), Liu, Simonyan, Yang, ICLR 2019: DARTS_V1 in the '
             'authors\' genotypes.py" -> "DARTS (second order), Liu, Simonyan, Yang, ICLR 2019: '

@@ -292,3 +292,17 @@ def test_synthetic_runs_are_labelled(tmp_path: Path) -> None:
     assert run.synthetic
     figure = weights_figure(run.weights, "other", synthetic=run.synthetic)
     assert any(text.startswith(SYNTHETIC_LABEL) for text in _texts(figure))
+
+
+def test_damaged_lines_are_skipped_not_fatal(tmp_path: Path) -> None:
+    """A line that is not UTF-8, or holds a number JSON turns into infinity, is one skipped
+    line among the others, in plot as in derive."""
+    from attdarts.tools.plot import read_weights
+    run = _fake_run(tmp_path / "run", truncated=False)
+    path = run / "weights.jsonl"
+    good = path.read_bytes()
+    path.write_bytes(good + b'{"epoch": 1e999}\n' + b"\xff\xfe not text\n")
+    warnings: list[str] = []
+    records = read_weights(path, warnings)
+    assert len(records) == len([line for line in good.splitlines() if line.strip()])
+    assert len(warnings) == 2 and all("skipped" in warning for warning in warnings)

@@ -20,10 +20,12 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `draw(arch, random)` | once per step, before any forward | drnas, gdas |
 | `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing |
 | `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity |
-| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts |
+| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts, budget |
 | `weight_loss(weights)` | the weight step's objective | - |
 | `after_weight_step()` | after the weight update | - |
+| `search_start(context)` | once, when a search has built its supernet (also on resume): what the run is (`SearchContext`) | budget |
 | `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
+| `epoch_end(weights, genotype)` | after each epoch's derivation, with the epoch's final mixture weights (no draw); returns what to record | budget |
 | `stage_start(stage)` | each stage of a progressive search | - (P-DARTS) |
 | `early_stop(epoch, epochs, genotype, trained)` | after each epoch's derivation | stop_at_skips |
 | `capture_key()` | Python values a captured CUDA graph bakes in | beta_decay, smoothing, gdas |
@@ -54,6 +56,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
@@ -66,8 +69,8 @@ from attdarts.networks.mixtures import normalise_edges
 from attdarts.networks.single_path import Paths, on_host
 
 __all__ = [
-    "Ban", "CellWeights", "Derivation", "MethodSet", "Paths", "Random", "SearchMethod",
-    "build_methods", "method_class",
+    "Ban", "CellWeights", "Derivation", "MethodError", "MethodSet", "Paths", "Random",
+    "SearchContext", "SearchMethod", "build_methods", "method_class",
 ]
 
 
@@ -124,6 +127,32 @@ class Derivation:
 
     def attention_name(self, choice: Any) -> str | None:
         return None if choice.attention is None else self.space.attentions[choice.attention].name
+
+
+class MethodError(Exception):
+    """A method cannot serve this search (a table it names cannot be read, does not fit the
+    space): one line, which the search reports before writing anything."""
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """What a search tells its methods when it starts (`SearchMethod.search_start`).
+
+    `dataset`, `channels` and `layers` are the final network the search is for (the training
+    recipe of the search's dataset: CIFAR-10 or CIFAR-100 at C=36, 20 cells); `directory` is
+    where relative paths in the space resolve, the folder of the space file (None: the current
+    directory).
+    """
+
+    dataset: str = "cifar10"
+    channels: int = 36
+    layers: int = 20
+    directory: Path | None = None
+
+    def path(self, name: str) -> Path:
+        """`name` as the space means it: relative to `directory`."""
+        path = Path(name).expanduser()
+        return path if path.is_absolute() or self.directory is None else self.directory / path
 
 
 class Random:
@@ -250,8 +279,17 @@ class SearchMethod(nn.Module):
 
     # -- the loop -------------------------------------------------------------------------------
 
+    def search_start(self, context: SearchContext) -> None:
+        """A search is about to run with this method (`context` says what it is for); raise
+        `MethodError` (one line) when the method cannot serve it."""
+
     def epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
         """Set this epoch's values (0-based `epoch` of `epochs`); returns those to record."""
+        return {}
+
+    def epoch_end(self, weights: MixtureWeights, genotype: ir.Genotype) -> dict[str, Any]:
+        """After an epoch's derivation: `weights` are the mixture weights at its end, as a
+        forward without a draw makes them, `genotype` the one derived; returns what to record."""
         return {}
 
     def stage_start(self, stage: int) -> dict[str, Any]:
@@ -447,6 +485,16 @@ class MethodSet(nn.Module):
     def capture_problem(self) -> str | None:
         """Why a step with these methods cannot be captured as a CUDA graph, or None."""
         return self._first("capture_problem")
+
+    def search_start(self, context: SearchContext) -> None:
+        for method in self.methods:
+            method.search_start(context)
+
+    def epoch_end(self, weights: MixtureWeights, genotype: ir.Genotype) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for method in self.methods:
+            record.update(method.epoch_end(weights, genotype))
+        return record
 
     # -- derivation -----------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """`attdarts derive` on a search run: its space, its weights per epoch (`weights.jsonl`, as
 `attdarts plot` reads them), a cost table at the final size, the best genotype within the caps
-(`attdarts.networks.budget_derive`), checked by compiling it.
+(`attdarts.networks.budget_derive`), checked by compiling it. Also the final network a search
+is for (`search_context`), which the budget method prices while searching.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from attdarts.files import atomic_write_text
 from attdarts.language import ir
 from attdarts.language.printer import format_checked
 from attdarts.language.transform import parse_file
-from attdarts.networks.budget_derive import BudgetError, Cap, Derived, RunWeights, budget_derive
+from attdarts.networks.budget_derive import (
+    BudgetError, Cap, Derived, RunWeights, budget_derive, derivation_problem,
+)
 from attdarts.networks.cost_meter import build_cost_table
 from attdarts.networks.costs import CostError, CostTable, read_cost_table
 from attdarts.networks.measure import measure
+from attdarts.networks.methods import SearchContext
 from attdarts.networks.supernet import column_names
-from attdarts.runs.search.config import CONFIG, SPACE, WEIGHTS_LOG
+from attdarts.runs.search.config import CONFIG, SPACE, SYNTHETIC_NOTE, WEIGHTS_LOG, SearchConfig
 
-__all__ = ["derive_run", "read_run_weights"]
+__all__ = ["derive_run", "final_dataset", "read_run_weights", "search_context"]
 
 
 def read_run_weights(run_dir: str | Path, space: ir.Space, epoch: int | None = None
@@ -30,7 +34,7 @@ def read_run_weights(run_dir: str | Path, space: ir.Space, epoch: int | None = N
     the space's columns, and warnings for lines that were skipped."""
     path = Path(run_dir) / WEIGHTS_LOG
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_bytes().splitlines()  # a damaged line (not UTF-8) is skipped
     except OSError as error:
         raise BudgetError(f"{path}: cannot read the search's weights "
                           f"({error.strerror or error})") from None
@@ -41,8 +45,8 @@ def read_run_weights(run_dir: str | Path, space: ir.Space, epoch: int | None = N
         if not line.strip():
             continue
         try:
-            record = _record(json.loads(line), columns)
-        except (ValueError, TypeError, KeyError) as error:
+            record = _record(json.loads(line.decode("utf-8")), columns)
+        except (ValueError, TypeError, KeyError, OverflowError) as error:
             warnings.append(f"{path.name}:{number}: skipped ({error})")
             continue
         records[record.epoch] = record  # a resumed run may repeat an epoch: keep the last
@@ -78,15 +82,38 @@ def _record(data: dict, columns: Mapping[str, list[str]]) -> RunWeights:
 
 
 
+def final_dataset(dataset: str) -> str:
+    """The dataset of the final network of a search on `dataset`: CIFAR-100 stays CIFAR-100,
+    anything else (cifar10, cifar10-mini, synthetic, a folder) trains on CIFAR-10."""
+    return "cifar100" if str(dataset).startswith("cifar100") else "cifar10"
+
+
+def search_context(config: SearchConfig) -> SearchContext:
+    """What a search tells its methods (`SearchMethod.search_start`): the final network of its
+    dataset at the training recipe's size (C=36, 20 cells), and the space file's folder, where
+    the paths a space names (a budget's table) resolve."""
+    recipe = recipes.TRAIN["cifar"]
+    return SearchContext(dataset=final_dataset(config.dataset), channels=recipe["channels"],
+                         layers=recipe["layers"], directory=Path(config.space_file).parent)
+
+
 def _final_dataset(run: Path) -> str:
-    """The dataset of the final network: the run's CIFAR-100 stays CIFAR-100, anything else
-    (cifar10, cifar10-mini, synthetic) trains on CIFAR-10."""
+    """The dataset of the final network of the run in `run` (`final_dataset`)."""
     try:
         config = json.loads((run / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "cifar10"
-    dataset = str(config.get("dataset", "")) if isinstance(config, dict) else ""
-    return "cifar100" if dataset.startswith("cifar100") else "cifar10"
+    return final_dataset(str(config.get("dataset", "")) if isinstance(config, dict) else "")
+
+
+def _synthetic(run: Path) -> bool:
+    """Whether the run searched random data: its derived genotype is labelled as the run's own
+    genotypes are (README, "Searching": every output of such a run says so)."""
+    try:
+        config = json.loads((run / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("dataset") == "synthetic"
 
 
 def _seed(run: Path) -> str | None:
@@ -120,6 +147,9 @@ def derive_run(run: str | Path, *, epoch: int | None = None, max_macs: float | N
         hint = f" (a run of several seeds: derive one, e.g. {run / seeds[0]})" if seeds else ""
         raise BudgetError(f"{run}: no {SPACE}; is it a search run directory?{hint}")
     space = parse_file(run / SPACE).space()
+    problem = derivation_problem(space)
+    if problem:  # before the weights are read and a table is built (seconds to minutes)
+        raise BudgetError(problem)
     weights, warnings = read_run_weights(run, space, epoch)
     caps = [Cap(measure, float(limit)) for measure, limit in (
         ("multiply_adds", max_macs), ("parameters", max_params), ("latency_ms", max_latency))
@@ -146,6 +176,8 @@ def derive_run(run: str | Path, *, epoch: int | None = None, max_macs: float | N
             "space": space.name, "epoch": str(weights.epoch),
             "caps": "; ".join(_cap_text(cap) for cap in caps) or "none",
             "cost_table": table.describe()}
+    if _synthetic(run):
+        meta["synthetic"] = SYNTHETIC_NOTE
     derived = budget_derive(space, weights, table, caps, pareto=pareto, name=name, meta=meta)
     derived.warnings.extend(warnings)
     extra = {"score": f"{derived.score:.6f} (unconstrained derivation: "

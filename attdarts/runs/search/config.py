@@ -144,12 +144,20 @@ class SearchConfig(BaseModel):
     @model_validator(mode="after")
     def _schedule(self) -> "SearchConfig":
         if self.lr_min > self.lr:
-            raise ValueError(f"lr_min ({self.lr_min}) must not exceed lr ({self.lr}): the cosine "
-                             "schedule anneals from lr down to lr_min")
+            raise ValueError(f"lr_min ({self.lr_min}{self._by_recipe('lr_min')}) must not exceed "
+                             f"lr ({self.lr}): the cosine schedule anneals from lr down to lr_min")
         if self.arch_start_epoch >= self.epochs:
-            raise ValueError(f"arch_start_epoch ({self.arch_start_epoch}) must be below epochs "
+            raise ValueError(f"arch_start_epoch ({self.arch_start_epoch}"
+                             f"{self._by_recipe('arch_start_epoch')}) must be below epochs "
                              f"({self.epochs}): the architecture would never be trained")
         return self
+
+    def _by_recipe(self, key: str) -> str:
+        """', set by --recipe NAME' where the recipe chose a value the user may not have typed."""
+        value = RECIPES[self.recipe].get(key)
+        if value is not None and value == getattr(self, key) and value != _PAPER[key]:
+            return f", set by --recipe {self.recipe}"
+        return ""
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:

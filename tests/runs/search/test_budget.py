@@ -122,3 +122,33 @@ def test_a_run_of_several_seeds_is_named(tmp_path):
     make_run(tmp_path / "seed-1", space, epochs=1)
     with pytest.raises(BudgetError, match="derive one, e.g. .*seed-1"):
         derive_run(tmp_path)
+
+
+def test_a_method_that_derives_by_its_own_rule_is_refused_before_any_table_is_built(
+        tmp_path, monkeypatch):
+    """A FairDARTS run: refused at once, not after seconds to minutes of measuring a table."""
+    from attdarts.runs.search import budget
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "space.geno").write_text((SPACES / "fair_darts.geno").read_text())
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a cost table was built for a run derive refuses")
+
+    monkeypatch.setattr(budget, "build_cost_table", measured)
+    with pytest.raises(BudgetError, match="'fair_darts' derives by its own rule"):
+        derive_run(run, max_macs=600e6)
+
+
+def test_the_genotype_derived_from_a_run_on_random_data_says_so(tmp_path, one_thread):
+    """As the run's own genotypes: `render` titles it SYNTHETIC DATA, `report` flags it."""
+    from attdarts.runs.search.config import SYNTHETIC_NOTE
+
+    space = parse_file(SPACES / "darts.geno").space()
+    run, _ = make_run(tmp_path / "run", space, epochs=1)
+    assert derive_run(run, channels=4, layers=3, verify=False).genotype.meta_value(
+        "synthetic") is None
+    (run / "config.json").write_text(json.dumps({"seed": 3, "dataset": "synthetic"}))
+    derived = derive_run(run, channels=4, layers=3, verify=False)
+    assert derived.genotype.meta_value("synthetic") == SYNTHETIC_NOTE

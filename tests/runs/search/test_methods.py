@@ -468,7 +468,8 @@ def test_cli_recipe_pc_darts_with_explicit_options_winning(tmp_path):
     # the recipe's 15 warm-up epochs do not fit a 2-epoch search: one clean line
     refused = CliRunner().invoke(cli, [*common, "--out", str(tmp_path / "other")])
     assert refused.exit_code == 1
-    assert "--arch-start-epoch (15) must be below --epochs (2)" in refused.output
+    assert "--arch-start-epoch (15, set by --recipe pc-darts) must be below --epochs (2)" in \
+        refused.output
 
 
 # -- every loop option with every location and mixing -------------------------------------------
