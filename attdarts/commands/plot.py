@@ -8,9 +8,9 @@ from pathlib import Path
 import click
 
 from attdarts.tools.plot import (
-    SYNTHETIC_LABEL, RunError, budget_path, load_run, output_format, plot_budget, plot_weights,
-    read_budget, timeline,
+    SYNTHETIC_LABEL, RunError, load_run, output_format, plot_weights, timeline,
 )
+from attdarts.tools.plot_budget import budget_path, plot_budget, read_budget
 
 
 def _picture_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:

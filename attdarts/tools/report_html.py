@@ -330,7 +330,8 @@ def _settings(run: Path) -> str:
 
 
 def search_section(run: Path, run_id: str) -> str:
-    from attdarts.tools.plot import RunError, budget_figure, load_run, read_budget, weights_figure
+    from attdarts.tools.plot import RunError, load_run, weights_figure
+    from attdarts.tools.plot_budget import budget_figure, read_budget
 
     parts = [f'<section id="{run_id}"><h2>search <code>{_escape(run)}</code></h2>']
     records = _metrics(run / "metrics.jsonl")
