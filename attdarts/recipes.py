@@ -5,9 +5,10 @@ al. 2019, Section 3.1): "paper" is what the papers state, "authors" what the aut
 where the two differ (README, "Paper, authors' code and attdarts"), "pc-darts" PC-DARTS's search
 settings (Xu et al. 2020; for a space with partial channels such as
 genotypes/spaces/pc_darts.geno), "pdarts" P-DARTS's (Chen et al. 2019; for a space with stages
-such as genotypes/spaces/pdarts.geno), "drnas" and "fair-darts" those of DrNAS (Chen et al. 2021)
-and FairDARTS (Chu et al. 2020) for genotypes/spaces/drnas.geno and fair_darts.geno. `TRAIN`
-holds the evaluation protocol: "cifar" (DARTS Section
+such as genotypes/spaces/pdarts.geno), "drnas", "fair-darts" and "gdas" those of DrNAS (Chen et
+al. 2021), FairDARTS (Chu et al. 2020) and GDAS (Dong and Yang 2019) for
+genotypes/spaces/drnas.geno, fair_darts.geno and gdas.geno. `TRAIN` holds the evaluation
+protocol: "cifar" (DARTS Section
 3.2, 600 epochs, C=36, L=20) and "imagenet" (DARTS's mobile setting, 250 epochs, C=48, L=14).
 Each row is complete, so a row is a valid set of defaults.
 
@@ -79,6 +80,12 @@ SEARCH: dict[str, dict[str, Any]] = {
     # batch 128, SGD 0.005 cosine to 0.001, alpha Adam 3e-3 with betas (0.9, 0.999), zero alpha
     "fair-darts": {**_PAPER_SEARCH, "recipe": "fair-darts", "batch_size": 128, "lr": 0.005,
                    "lr_min": 0.001, "arch_lr": 3e-3, "arch_betas": (0.9, 0.999)},
+    # GDAS (Dong and Yang, CVPR 2019, configs/search-opts/GDAS-NASNet-CIFAR.config and the
+    # search script): 250 epochs of batch 256, weight decay 5e-4, cosine to 0.001, 1e-3 randn
+    # alphas, the clip norm over every parameter (alphas included). For a space with gdas
+    # (genotypes/spaces/gdas.geno); what the settings cannot say is in README's differences
+    "gdas": {**_PAPER_SEARCH, "recipe": "gdas", "epochs": 250, "batch_size": 256,
+             "lr_min": 0.001, "weight_decay": 5e-4, "arch_init": "randn", "clip": "authors"},
 }
 
 _CIFAR_TRAIN: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""What run directories record, read without torch: accuracy units and environment records.
+"""What run directories record, read without torch: accuracy units, a budget's keys and
+environment records.
 
 `attdarts report` (a torch-free tool) and the loops (which write the records) share these
 definitions, so both live here, below `runs` and `tools`.
@@ -45,6 +46,26 @@ def in_percent(record: Mapping[str, Any]) -> dict[str, Any]:
                 converted[key] = 100.0 * value
         converted[UNIT_KEY] = PERCENT
     return converted
+
+
+# -- a budget's records (`budget(...)` in a space; README "The budget method") -----------------
+BUDGET_PENALTY = "budget_penalty"
+
+
+def budget_keys(measure: str) -> dict[str, str]:
+    """The metrics.jsonl keys of a budget on `measure` (a cost table's: multiply_adds,
+    parameters or latency_ms), by what they hold: "expected" (the expected cost of the final network under the
+    epoch's final mixture weights), "derived" (the epoch's derived genotype's cost at the final
+    size, from the cost table: exact for counts; null where the table cannot price it),
+    "target" (the budget) and "penalty" (the penalty term at those weights)."""
+    return {"expected": f"budget_expected_{measure}", "derived": f"budget_derived_{measure}",
+            "target": f"budget_target_{measure}", "penalty": BUDGET_PENALTY}
+
+
+def budget_measure(record: Mapping[str, Any]) -> str | None:
+    """The measure a metrics record holds a budget on, or None."""
+    prefix = budget_keys("")["target"]
+    return next((key.removeprefix(prefix) for key in record if key.startswith(prefix)), None)
 
 
 # -- environment records ------------------------------------------------------------------------

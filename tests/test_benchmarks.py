@@ -84,3 +84,15 @@ def test_search_methods_benchmark_runs_quick():
     lines = done.stdout.splitlines()
     for start in ("K=1: ", "K=2: ", "K=2 vs K=1: "):
         assert any(line.startswith(start) for line in lines), done.stdout
+
+
+def test_samplers_benchmark_runs_quick():
+    """benchmarks/samplers.py --quick: GDAS against DARTS, each case in its own process, a row
+    each and the ratio; the numbers are not checked here."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "samplers.py"), "--quick",
+                           "--spaces", "darts,gdas", "--paths", "grouped"],
+                          capture_output=True, text=True, env=ENVIRONMENT, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for words in (("darts", "grouped"), ("gdas", "grouped"), ("gdas", "vs", "darts")):
+        assert has_row(lines, *words), done.stdout

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from attdarts.tools.plot import SYNTHETIC_LABEL, RunError, load_run, output_format, plot_weights, timeline
+from attdarts.tools.plot import (
+    SYNTHETIC_LABEL, RunError, load_run, output_format, plot_weights, timeline,
+)
+from attdarts.tools.plot_budget import budget_path, plot_budget, read_budget
 
 
 def _picture_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -37,6 +40,10 @@ def plot(run_dir: Path, output: Path | None) -> None:
     SYNTHETIC DATA (smoke test). The picture is written atomically. The timeline of
     genotype changes between epochs goes to stdout.
 
+    A search with a budget (budget(...) in its space) also gets budget.png beside the picture
+    (OUT-budget.png with -o OUT.png): the final network's expected cost and its derived
+    genotype's cost per epoch against the budget line; its last epoch is summed up on stdout.
+
     \b
     RUN_DIR holds weights.jsonl (one JSON object per epoch) and/or
     genotype-epoch001.geno, genotype-epoch002.geno, ...
@@ -62,3 +69,8 @@ def plot(run_dir: Path, output: Path | None) -> None:
     plot_weights(run.weights, target, title=run_dir.resolve().name, synthetic=run.synthetic)
     note = f" (labelled {SYNTHETIC_LABEL})" if run.synthetic else ""
     click.echo(f"attdarts plot: wrote {target}{note}", err=True)
+    budget = read_budget(run_dir)
+    if budget is not None:
+        click.echo(budget.summary())
+        picture = plot_budget(budget, budget_path(target), title=run_dir.resolve().name)
+        click.echo(f"attdarts plot: wrote {picture}", err=True)

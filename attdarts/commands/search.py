@@ -144,14 +144,17 @@ _RECIPE_HELP = " (default: set by --recipe)"
                    "6e-4, architecture steps from epoch 15; for a space with partial_channels), "
                    "'pdarts' (P-DARTS: batch 96, arch-lr 6e-4, randn init, 10 warm-up epochs; its "
                    "stages are the space's), 'drnas' (DrNAS: C=36, 20 cells, lr 0.1, arch-lr 6e-4, "
-                   "randn init, architecture steps from epoch 10) or 'fair-darts' (FairDARTS: "
-                   "batch 128, lr 0.005 to 0.001, arch-lr 3e-3, arch-betas 0.9,0.999). Options "
-                   "given explicitly win over the recipe.")
+                   "randn init, architecture steps from epoch 10), 'fair-darts' (FairDARTS: batch "
+                   "128, lr 0.005 to 0.001, arch-lr 3e-3, arch-betas 0.9,0.999) or 'gdas' (GDAS's "
+                   "search: 250 epochs, batch 256, wd 5e-4, lr-min 0.001, randn init, clip over "
+                   "alpha too; for a space with gdas). Options given explicitly win over the "
+                   "recipe.")
 @click.option("--dataset", default=_PAPER["dataset"], show_default=True,
               help="cifar10, cifar100, cifar10-mini (the embedded CIFAR-10 subset), synthetic, "
                    "folder:PATH (ImageFolder with train/) or a plug-in's dataset.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where CIFAR lives (default ./data).")
-@click.option("--epochs", type=int, default=_PAPER["epochs"], show_default=True)
+@click.option("--epochs", type=int,
+              help="Epochs of the search (paper: 50)" + _RECIPE_HELP + ".")
 @click.option("--batch-size", type=int,
               help="Images per step of each half, at least 2 (batch norm)" + _RECIPE_HELP + ".")
 @click.option("--order", type=click.Choice(["1", "2"]), default=str(_PAPER["order"]), show_default=True,
@@ -183,8 +186,8 @@ _RECIPE_HELP = " (default: set by --recipe)"
 @click.option("--lr-min", type=float,
               help="End of the cosine schedule (paper: 0; authors' code: 0.001)" + _RECIPE_HELP + ".")
 @click.option("--momentum", type=float, default=_PAPER["momentum"], show_default=True, help="SGD momentum, below 1.")
-@click.option("--weight-decay", type=float, default=_PAPER["weight_decay"], show_default=True,
-              help="SGD weight decay of the weights.")
+@click.option("--weight-decay", type=float,
+              help="SGD weight decay of the weights (paper: 3e-4)" + _RECIPE_HELP + ".")
 @click.option("--grad-clip", type=float, default=_PAPER["grad_clip"], show_default=True,
               help="Maximum gradient norm of a weight step (see --clip).")
 @click.option("--arch-lr", type=float,
@@ -290,13 +293,14 @@ def search(space_file, space_name, recipe, dataset, data_dir, epochs, batch_size
                       "lr": lr, "arch_lr": arch_lr, "arch_start_epoch": arch_start_epoch,
                       "arch_grad_clip": arch_grad_clip,
                       "graphs": graphs, "compile_cells": compile_cells or None,
-                      "channels": channels, "layers": layers, "arch_betas": betas}
+                      "channels": channels, "layers": layers, "arch_betas": betas,
+                      "epochs": epochs, "weight_decay": weight_decay}
             config = api.recipe_config(
                 recipe, **{key: value for key, value in chosen.items() if value is not None},
                 space_file=str(space_file.resolve()), space=space_name, dataset=dataset,
-                data_dir=None if data_dir is None else str(data_dir.resolve()), epochs=epochs,
+                data_dir=None if data_dir is None else str(data_dir.resolve()),
                 order=int(order), seed=seed_list[0] if seed_list else seed,
-                momentum=momentum, weight_decay=weight_decay, grad_clip=grad_clip,
+                momentum=momentum, grad_clip=grad_clip,
                 arch_weight_decay=arch_weight_decay, train_portion=train_portion,
                 augment=not no_augment, max_steps_per_epoch=max_steps_per_epoch,
                 checkpoint_every=checkpoint_every, deterministic=deterministic, grouped=not plain)

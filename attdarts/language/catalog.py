@@ -17,21 +17,36 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
+from attdarts.language.quantities import COUNT, parse_quantity
+
 
 @dataclass(frozen=True)
 class Parameter:
     """A keyword argument: its type, default, and (for words) the allowed choices; numbers lie
-    between `minimum` and `maximum` (None: unbounded on that side)."""
+    between `minimum` and `maximum` (None: unbounded on that side).
+
+    `quantity` ("count" or "latency", `attdarts.language.quantities`) makes it a quantity
+    written with a suffix or unit (`600M`, `12ms`): the text or a plain count is accepted and
+    `convert` gives the number (an int count, or milliseconds). A default of None means the
+    setting is optional and absent unless given (a search method's `budget(macs=...)`).
+    """
 
     kind: type
-    default: int | float | str
+    default: int | float | str | None
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     maximum: float | None = None
+    quantity: str | None = None
 
     def problem(self, name: str, value: object) -> str | None:
         """Why `value` cannot be this parameter (one line naming it as `name`, e.g. "'k' of
         partial_channels"), or None. The one check of every keyword argument and setting."""
+        if self.quantity is not None:
+            try:
+                self.convert(value)
+            except ValueError:
+                return f"{name} must be {self.range()}, got {value!r}"
+            return None
         if self.kind is str:
             if self.choices and value not in self.choices:
                 return f"{name} must be one of {', '.join(self.choices)}, got {value!r}"
@@ -46,8 +61,27 @@ class Parameter:
             return f"{name} is {value}; it must be {self.range()}"
         return None
 
+    def convert(self, value: object) -> int | float | str:
+        """The value a valid setting stands for: a quantity's number (`problem` says why one
+        is not valid: ValueError here), any other value as it is."""
+        if self.quantity is None:
+            return value  # type: ignore[return-value]
+        if isinstance(value, str):
+            return parse_quantity(value, self.quantity)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                or not math.isfinite(value):
+            raise ValueError(f"not a {self.quantity}: {value!r}")
+        if self.quantity != COUNT:
+            return float(value)  # milliseconds (a space's text writes the unit: 12ms)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"not a count: {value!r}")
+        return int(value)
+
     def range(self) -> str:
         """The values allowed, in words: "from 1 to 64", "at least 0", "any value"."""
+        if self.quantity is not None:
+            return ("a count, e.g. 600M, 3.5M or 250k" if self.quantity == COUNT
+                    else "a latency with its unit, e.g. 12ms or 800us")
         low, high = self.minimum, self.maximum
         if low is not None and high is not None:
             return f"from {_number(low)} to {_number(high)}"

@@ -362,9 +362,11 @@ def derivation_problems(space: Space) -> list[Problem]:
 
 def _canonical_method(call: Call) -> Call:
     """Every setting, in catalog order, defaults filled in, whole numbers of float settings as
-    floats: a space file states each method's settings in full, so `methods = [beta_decay]` and
-    `methods = [beta_decay(lambda=50)]` are one space and print the same. Unknown names and
-    settings are left for `method_problems` to report."""
+    floats, quantities as their numbers (`600M` as 600000000, `12ms` as 12.0; the printer writes
+    them back as 600M and 12ms), optional settings that were not given left out: a space file
+    states each method's settings in full, so `methods = [beta_decay]` and `methods =
+    [beta_decay(lambda=50)]` are one space and print the same. Unknown names and settings are
+    left for `method_problems` to report."""
     entry = method_catalog.METHODS.get(call.name)
     given = dict(call.kwargs)
     if entry is None or set(given) - set(entry.settings) or len(given) != len(call.kwargs):
@@ -372,7 +374,11 @@ def _canonical_method(call: Call) -> Call:
     kwargs = []
     for key, parameter in entry.settings.items():
         value = given.get(key, parameter.default)
-        if parameter.kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if value is None:  # an optional setting not given (budget's macs / params / latency)
+            continue
+        if parameter.quantity is not None and parameter.problem(key, value) is None:
+            value = parameter.convert(value)  # 600M -> 600000000, 12ms -> 12.0
+        elif parameter.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         kwargs.append((key, value))
     return call if tuple(kwargs) == call.kwargs else call.model_copy(update={"kwargs": tuple(kwargs)})

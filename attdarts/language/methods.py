@@ -34,13 +34,15 @@ from attdarts.language.catalog import DSL_NAME, DuplicateNameError, Parameter, p
 from attdarts.language.errors import Problem, Span, suggest
 from attdarts.language.locations import ATTENTIONS as ATTENTION_MIXTURE
 from attdarts.language.locations import OPERATIONS as OPERATION_MIXTURE
+from attdarts.language.quantities import COUNT, LATENCY, format_quantity
 
 __all__ = [
-    "DECAYS", "LEGACY_OPTIONS", "METHODS", "Method", "Option", "legacy_settings", "register",
-    "resolved", "setting_problem", "settings_hint",
+    "BUDGET_FORMS", "BUDGET_MEASURES", "DECAYS", "LEGACY_OPTIONS", "METHODS", "Method", "Option",
+    "legacy_settings", "register", "resolved", "setting_problem", "settings_hint", "value_text",
 ]
 
 DECAYS = ("linear", "cosine")  # how DARTS-'s auxiliary coefficient b falls from 1 to 0
+UNCHOSEN = ("nothing", "weight")  # what GDAS's candidates off the sampled path add
 MAX_PARTIAL_CHANNELS = 64
 Space = Any  # an `ir.Space`; the IR imports this module
 Call = Any  # an `ir.Call`: `name` and `kwargs`
@@ -122,10 +124,28 @@ def settings_hint(method: Method, key: str) -> str:
 
 
 def setting_text(key: str, parameter: Parameter) -> str:
-    """A setting as README's table shows it: `k=4` (1 to 64)."""
-    allowed = (" or ".join(parameter.choices) if parameter.choices
-               else parameter.range().removeprefix("from "))
+    """A setting as README's table shows it: `k=4` (1 to 64); an optional one without its
+    default: `macs` (a count such as 600M, ...)."""
+    if parameter.choices:
+        allowed = " or ".join(parameter.choices)
+    elif parameter.kind is str and parameter.quantity is None:
+        allowed = "a path" if key == "table" else "text"
+    else:
+        allowed = parameter.range().removeprefix("from ")
+    if parameter.default is None:
+        return f"`{key}` ({allowed})"
     return f"`{key}={parameter.default}` ({allowed})"
+
+
+def value_text(method: str, key: str, value: Any) -> str | None:
+    """How a quantity setting of `method` is written (`600M`, `12ms`), or None for any other
+    setting (the printer and `attdarts diff` write those as they write every value)."""
+    entry = METHODS.get(method)
+    parameter = entry.settings.get(key) if entry is not None else None
+    if (parameter is None or parameter.quantity is None or isinstance(value, bool)
+            or not isinstance(value, (int, float))):
+        return None
+    return format_quantity(value, parameter.quantity)
 
 
 def table() -> str:
@@ -194,6 +214,15 @@ def _needs_attention_mixture(space: Space, call: Call) -> list[Problem]:
         return []
     return [Problem(f"'{call.name}' adds to attention mixtures; location '{space.location}' has "
                     "none", call.span, "use location after_every, end or after_every_and_end")]
+
+
+def _tau_order(space: Space, call: Call) -> list[Problem]:
+    settings = resolved(call)
+    if settings["tau_min"] <= settings["tau_max"]:
+        return []
+    return [Problem(f"'{call.name}' anneals tau from tau_max down to tau_min, but tau_min "
+                    f"({settings['tau_min']}) exceeds tau_max ({settings['tau_max']})", call.span,
+                    "GDAS: tau_max=10, tau_min=0.1")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +304,20 @@ for _method in (
            requires=_refuses_none,
            cost="a sigmoid instead of a softmax; a node may keep fewer edges, a cell fewer nodes",
            derivation="edges and attentions kept only above a sigmoid threshold"),
+    Method("gdas", "GDAS (Dong and Yang, CVPR 2019)",
+           "per cell type and step, a Gumbel-max sample of one candidate per row of alpha, beta "
+           "and gamma (softmax((log_softmax(raw) + g) / tau)); one-hot weights with the "
+           "softmax's gradient (straight-through); only the sampled candidate is computed; tau "
+           "linear from tau_max (first epoch) to tau_min (last); derivation keeps each node's "
+           "top (operation, input) pairs, an input possibly twice",
+           f"{_PACKAGE}.gdas:Gdas",
+           {"tau_max": Parameter(float, 10.0, minimum=0.001),
+            "tau_min": Parameter(float, 0.1, minimum=0.001),
+            "unchosen": Parameter(str, "nothing", choices=UNCHOSEN)},
+           excludes=("smoothing", "auxiliary_skip", "drnas", "fair_darts"), requires=_tau_order,
+           cost="one candidate per edge instead of all: a fraction of DARTS's time and memory; "
+                "one host synchronisation per step (no CUDA graphs)",
+           derivation="each node's strongest (operation, input) pairs, an input possibly twice"),
 ):
     register(_method)
 
@@ -375,9 +418,57 @@ def check_settings(method: Method, given: list[tuple[str, Any, Span | None]]
         elif key in valid:
             problems.append(Problem(f"setting '{key}' is given twice", span))
         else:
-            message = setting_problem(method.name, key, method.settings[key], value)
+            parameter = method.settings[key]
+            message = setting_problem(method.name, key, parameter, value)
+            if (message is None and parameter.quantity == LATENCY
+                    and not isinstance(value, str)):  # written: the unit is part of it
+                message = (f"'{key}' of {method.name} must be {parameter.range()}, got "
+                           f"{value!r}")
             if message:
                 problems.append(Problem(message, span))
             else:
                 valid[key] = value
     return valid, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# A budget on the final network's cost (issue 21; README "The budget method")
+
+
+BUDGET_MEASURES = ("macs", "params", "latency")  # exactly one of them names the target
+BUDGET_FORMS = ("exceed", "target", "linear")  # attdarts.networks.budget.penalty
+
+
+def _one_budget(space: Space, call: Call) -> list[Problem]:
+    """`budget` names exactly one target, and a latency target needs a table measured on the
+    device (counts are built at the final size when no table is given)."""
+    given = [key for key in BUDGET_MEASURES if dict(call.kwargs).get(key) is not None]
+    if len(given) != 1:
+        found = "none" if not given else " and ".join(given)
+        return [Problem(f"'budget' needs exactly one of macs, params and latency; it has {found}",
+                        call.span, "e.g. budget(macs=600M), budget(params=3.5M) or "
+                                   'budget(latency=12ms, table="costs.json")')]
+    if given == ["latency"] and dict(call.kwargs).get("table") is None:
+        return [Problem("a latency budget needs a cost table measured on the device", call.span,
+                        'measure one with attdarts cost SPACE --latency -o costs.json, then '
+                        'budget(latency=12ms, table="costs.json")')]
+    return []
+
+
+register(Method(
+    "budget", "TF-NAS (Hu et al., ECCV 2020); ProxylessNAS (Cai et al., ICLR 2019)",
+    "adds weight x penalty(E / T) to the architecture loss: E the expected cost of the final "
+    "network under the step's mixture weights (a cost table's entries, each edge counted as its "
+    "share of its node's kept edges), T the target in macs, params (counts: 600M, 3.5M) or "
+    "latency (12ms, from table); form exceed: max(0, E/T - 1), target: |E/T - 1| (TF-NAS), "
+    "linear: E/T (ProxylessNAS); logs E and the derived genotype's cost every epoch",
+    f"{_PACKAGE}.budget:BudgetMethod",
+    {"macs": Parameter(int, None, quantity=COUNT),
+     "params": Parameter(int, None, quantity=COUNT),
+     "latency": Parameter(float, None, quantity=LATENCY),
+     "table": Parameter(str, None),
+     "weight": Parameter(float, 1.0, minimum=0.0),
+     "form": Parameter(str, "exceed", choices=BUDGET_FORMS)},
+    requires=_one_budget,
+    cost="a weighted sum over the cost table per architecture step; the table is read, or "
+         "built at the final size (seconds), when the search starts"))

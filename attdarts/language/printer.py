@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from attdarts.language.errors import DslError
+from attdarts.language.methods import value_text
 from attdarts.language.ir import NO_COMMENTS, Call, Cell, Comments, Document, Edge, Genotype, Meta, Node, Output, Space, Value
 
 INDENT = "    "
@@ -148,6 +149,15 @@ def _kwarg(key: str, value: Value) -> str:
     return f"{key}={_value(value)}"
 
 
+def _method(call: Call) -> str:
+    """A search method's call: its quantities as written (`budget(macs=600M, ...)`)."""
+    if not call.kwargs:
+        return call.name
+    return call.name + "(" + ", ".join(
+        f"{key}={value_text(call.name, key, value) or _value(value)}"
+        for key, value in call.kwargs) + ")"
+
+
 def _value(value: Value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -185,7 +195,7 @@ def _space(space: Space) -> list[str]:
     # line when they do not fit on one
     if space.methods or space.comments_for("methods") != NO_COMMENTS:
         comments = space.comments_for("methods")
-        calls = [_call(call) for call in space.methods]
+        calls = [_method(call) for call in space.methods]
         line = f"methods = [{', '.join(calls)}]"
         if len(INDENT + line) <= METHODS_WIDTH:
             body.extend(_statement(line, comments, 1))

@@ -73,7 +73,7 @@ def _named(path, pick):
 
 
 _TERMINAL_WORDS = {"NAME": "a name", "STRING": "a quoted string", "SIGNED_NUMBER": "a number",
-                   "$END": "end of file"}
+                   "QUANTITY": "a quantity such as 600M or 12ms", "$END": "end of file"}
 
 
 def _describe_expected(names) -> str:
@@ -272,7 +272,7 @@ class _Builder:
         if tree.data == "number":
             text = str(token)
             return int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
-        return str(token)
+        return str(token)  # a word, or a quantity as written (600M): its setting reads it
 
     def space(self, tree: Tree) -> Space | None:
         name, *settings, brace = tree.children
@@ -385,6 +385,8 @@ class _Builder:
              _span(kwarg.children[0] if str(kwarg.children[0]) not in entry.settings else kwarg))
             for kwarg in kwargs if kwarg is not None])
         self.problems.extend(problems)
+        if problems:  # reported once: not again for what the settings left out imply
+            return None
         return Call(name=name_text, kwargs=tuple(given.items()), span=_span(tree))
 
     def stage(self, tree: Tree) -> Stage | None:

@@ -47,11 +47,12 @@ from torch import Tensor, nn
 
 from attdarts.language import ir
 from attdarts.language.locations import ATTENTIONS, BOTH
+from attdarts.language.methods import BUDGET_FORMS
 from attdarts.networks.costs import LATENCY, CostError, CostTable, KindCosts
 
 __all__ = ["FORMS", "MEASURES", "Budget", "expected_cost", "fbnet_loss", "penalty"]
 
-FORMS = ("exceed", "target", "linear")
+FORMS = BUDGET_FORMS  # the catalog's (`budget(form=...)`)
 SHARES = ("kept", "all")
 # a budget's key (as the method's settings name it) -> the table's measure
 MEASURES = {"macs": "multiply_adds", "params": "parameters", "latency": LATENCY}
@@ -179,9 +180,13 @@ class Budget(nn.Module):
             raise ValueError(f"{kind} {name} has {weights.shape[-1]} columns; the space has "
                              f"{columns}")
         chosen = weights[..., :columns] * mask.to(weights.dtype)  # extra columns: not derived
-        # a row whose choosable columns all weigh 0 (masked by a method) costs nothing
-        total = chosen.sum(dim=-1).clamp_min(torch.finfo(weights.dtype).tiny)
-        return (chosen * cost.to(weights.dtype)).sum(dim=-1) / total
+        # a row whose choosable columns all weigh 0 (masked by a method, or GDAS's one-hot draw
+        # of `none`) costs nothing, with a zero gradient (a division by ~0 would make it NaN)
+        total = chosen.sum(dim=-1)
+        some = total > 0
+        expected = (chosen * cost.to(weights.dtype)).sum(dim=-1) / torch.where(
+            some, total, torch.ones_like(total))
+        return torch.where(some, expected, torch.zeros_like(expected))
 
     def _shares(self, per_edge: Tensor, edges: Tensor | None) -> Tensor:
         if self.shares == "all":

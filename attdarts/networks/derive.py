@@ -27,7 +27,13 @@ search methods act through their derivation hooks (`attdarts.networks.methods`):
 - `edge_scales`: a factor on each edge's ranking weight (edge normalisation, PC-DARTS: the
   softmax of `edges` over its node's incoming edges); the choice of operation and attention is
   unchanged;
-- `keep`: which incoming edges a node keeps (default: the `keep` strongest);
+- `edge_choices`: how many different candidates an edge may give its node (default one, the
+  paper's rule). GDAS (Dong and Yang, CVPR 2019) ranks every (operation, input) pair of a node,
+  `none` excluded, and keeps the `keep` strongest, so an input may be chosen twice with two
+  operations: each edge offers its candidates in order of weight (in the mixed locations the
+  first mixture's columns, an attention again as ``skip_connect(input) >> a``), each with the
+  edge's attention;
+- `keep`: which incoming choices a node keeps (default: the `keep` strongest);
 - `threshold`: the least weight a kept edge (its operation weight) or an attention needs
   (FairDARTS): an edge below it is dropped, an attention below it becomes no attention. A node
   left without edges leaves the cell, with the edges reading it, and the output concatenates the
@@ -134,9 +140,39 @@ def _below(methods: MethodSet, kind: str, weight: float) -> bool:
     return threshold is not None and weight < threshold
 
 
-def _keep(space: ir.Space, methods: MethodSet, choices: list[_Choice]) -> list[list[_Choice]]:
-    """Per node the edges it keeps, in input order: a method's `keep` rule, or the `keep`
-    strongest (Eq. 14); ties go to the lower input index (Python's sort is stable).
+def _alternatives(space: ir.Space, index: int, alpha: list[float], attention: int | None,
+                  scale: float, banned: set[Ban], count: int,
+                  searched: list[list[bool]] | None) -> list[_Choice]:
+    """Edge `index`'s `count` strongest candidates of its first mixture, strongest first (`none`,
+    the operations banned from it and the columns a stage dropped, `searched` rows, excluded),
+    each with the edge's `attention` and ranked by its own weight times the edge's factor
+    `scale`."""
+    operations = len(space.operations)
+    no_operations = {ban.candidate for ban in banned
+                     if ban.edge == index and ban.kind == kinds.OPERATION}
+    columns = [i for i, call in enumerate(space.operations)
+               if call.name != "none" and call.name not in no_operations]
+    location = space.location_spec
+    alone = location.mixes_operations_and_attentions and location.then is None
+    if alone:  # mixed_with_operation: an attention column derives to skip_connect >> it
+        columns += [operations + i for i in range(len(space.attentions))]
+    if searched is not None:
+        columns = [column for column in columns if searched[index][column]]
+    choices = []
+    for column in sorted(columns, key=lambda column: -alpha[column])[:count]:
+        if column >= operations:
+            choices.append(_Choice(index, None, column - operations, alpha[column] * scale))
+        else:
+            choices.append(_Choice(index, column, None if alone else attention,
+                                   alpha[column] * scale))
+    return choices
+
+
+def _keep(space: ir.Space, methods: MethodSet, choices: list[list[_Choice]]
+          ) -> list[list[_Choice]]:
+    """Per node the choices it keeps (each edge offers one or more, strongest first), in input
+    order: a method's `keep` rule, or the `keep` strongest (Eq. 14); ties go to the lower input
+    index, then to the edge's stronger candidate (Python's sort is stable).
 
     With a threshold on operations (FairDARTS) a kept edge whose weight misses it is dropped, so
     a node may keep fewer edges or none. A node without edges leaves the cell, and so do the
@@ -147,7 +183,7 @@ def _keep(space: ir.Space, methods: MethodSet, choices: list[_Choice]) -> list[l
     """
     kept: list[list[_Choice]] = []
     for node, (start, count) in enumerate(node_slices(space.nodes)):
-        incoming = choices[start:start + count]
+        incoming = [choice for edge in choices[start:start + count] for choice in edge]
         chosen = methods.keep([choice.weight for choice in incoming], space.keep)
         if chosen is None:
             strongest_first = sorted(incoming, key=lambda choice: -choice.weight)[:space.keep]
@@ -161,8 +197,9 @@ def _keep(space: ir.Space, methods: MethodSet, choices: list[_Choice]) -> list[l
         reading_inputs = [(start + position, node)
                           for node, (start, _) in enumerate(node_slices(space.nodes))
                           for position in range(len(ir.INPUTS))]
-        index, node = max(reading_inputs, key=lambda pair: (choices[pair[0]].weight, -pair[0]))
-        kept[node] = [choices[index]]
+        index, node = max(reading_inputs,
+                          key=lambda pair: (choices[pair[0]][0].weight, -pair[0]))
+        kept[node] = [choices[index][0]]
     return kept
 
 
@@ -188,10 +225,16 @@ def _select(space: ir.Space, methods: MethodSet, kind: str, weights: dict[str, l
     searched = {name: mask.reshape(-1, mask.shape[-1]).tolist()
                 for name in (kinds.OPERATION, kinds.ATTENTION)
                 for mask in [methods.searched(name, kind)] if mask is not None}
+    per_edge = methods.edge_choices()
 
     def choose_all() -> list[list[_Choice]]:
-        choices = [_choose(space, methods, i, alpha[i], None if beta is None else beta[i],
-                           scales[i], banned, searched) for i in range(len(alpha))]
+        choices = []
+        for i in range(len(alpha)):
+            first = _choose(space, methods, i, alpha[i], None if beta is None else beta[i],
+                            scales[i], banned, searched)
+            choices.append([first] if per_edge == 1 else _alternatives(
+                space, i, alpha[i], first.attention, scales[i], banned, per_edge,
+                searched.get(kinds.OPERATION)))
         return _keep(space, methods, choices)
 
     kept = choose_all()

@@ -13,6 +13,15 @@ Candidates dropped by a progressive search's stage (`use`: a stage's mask, P-DAR
 and are not computed; on grouped edges a candidate that some edges of the wave dropped runs on
 the others only. An operation mixture's stride-1 `skip_connect` (`noisy`) is dropped out when a
 forward passes `noise` (P-DARTS's skip dropout, `attdarts.networks.noise`).
+
+Single path (GDAS, `attdarts.networks.methods.gdas`): given `chosen`, a mixture computes that
+candidate alone, ``w_k * o_k(x)`` (an attention mixture with `product`: ``h * exp(w_k log
+mask_k(h))``, the identity ``h * exp(w_k * 0)``), which equals the full mixture when the weights
+are one-hot in value, as GDAS's straight-through weights are; with `unchosen` the other
+candidates' weights are added to the output too (`single_path.Paths`). A chosen `none` is
+computed (zeros times its weight), so the weight stays in the graph with a zero gradient, as in
+GDAS's code. A sample never chooses a candidate a stage dropped (its weight is 0), and a chosen
+stride-1 skip_connect is dropped out as in the full mixture.
 """
 
 from __future__ import annotations
@@ -66,15 +75,13 @@ class MixedOperation(nn.Module):
         computed = tuple(i for i in _in_use(len(self.candidates), kept) if i in self.computed)
         self.active = computed or _in_use(len(self.candidates), kept)[:1]  # kept: only `none`
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor,
-                chosen: torch.Tensor | None = None, noise: Noise | None = None) -> torch.Tensor:
-        """The mixture; with `chosen` (a 0-dim index) a single path: the chosen candidate alone,
-        plus the other weights as scalars (GDAS's sampled forward, for their gradients). With
-        `noise`, the stride-1 skip_connect's output is dropped out (`noise.dropout`)."""
-        if chosen is not None:
-            index = int(chosen)  # read on the host: which module runs depends on the draw
-            others = weights.sum() - weights[index]
-            return weights[index] * self._candidate(index, x, noise) + others
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, chosen: int | None = None,
+                unchosen: bool = False, noise: Noise | None = None) -> torch.Tensor:
+        """The mixture, or with `chosen` its single path (module docstring); with `noise` the
+        stride-1 skip_connect's output is dropped out (`noise.dropout`)."""
+        if chosen is not None:  # single path
+            out = weights[chosen] * self._candidate(chosen, x, noise)
+            return _with_unchosen(out, weights, chosen) if unchosen else out
         out = None
         for index in self.active:
             term = weights[index] * self._candidate(index, x, noise)
@@ -114,10 +121,16 @@ class MixedAttention(nn.Module):
         self.masked = tuple(i for i in self.masking if i in self.active)
 
     def forward(
-        self, h: torch.Tensor, weights: torch.Tensor, identity: torch.Tensor | None = None
+        self, h: torch.Tensor, weights: torch.Tensor, identity: torch.Tensor | None = None,
+        chosen: int | None = None, unchosen: bool = False,
     ) -> torch.Tensor:
-        """The mixture of `h`; plus ``identity * h`` (auxiliary identity) when given."""
-        if self.product:
+        """The mixture of `h`; plus ``identity * h`` (auxiliary identity) when given; only
+        candidate `chosen` when given (single path)."""
+        if chosen is not None:
+            out = self.single(h, weights, chosen)
+            if unchosen:
+                out = _with_unchosen(out, weights, chosen)
+        elif self.product:
             exponent = None
             for index in self.masked:
                 mask = self.candidates[index].mask(h).clamp_min(MASK_FLOOR)
@@ -130,6 +143,22 @@ class MixedAttention(nn.Module):
                 term = weights[index] * self.candidates[index](h)
                 out = term if out is None else out + term
         return out if identity is None else out + identity * h
+
+    def single(self, h: torch.Tensor, weights: torch.Tensor, chosen: int) -> torch.Tensor:
+        """Candidate `chosen` alone, with its weight (`product`: its mask raised to it)."""
+        weight = weights[chosen]
+        if not self.product:
+            return weight * self.candidates[chosen](h)
+        if chosen in self.masked:
+            mask = self.candidates[chosen].mask(h).clamp_min(MASK_FLOOR)
+            return h * torch.exp(weight * torch.log(mask))
+        return h * torch.exp(weight * 0.0)  # the identity: mask 1, log 0
+
+
+def _with_unchosen(out: torch.Tensor, weights: torch.Tensor, chosen: int) -> torch.Tensor:
+    """`out` plus the weights of the candidates not computed: 0 in value (one-hot weights), but
+    each gets the summed gradient of `out` (GDAS's NAS-Bench-201 cell)."""
+    return out + (weights.sum(-1) - weights[..., chosen]).to(out.dtype)
 
 
 def _column(weights: torch.Tensor, index: int, like: torch.Tensor,
@@ -240,26 +269,33 @@ class SearchEdge(nn.Module):
 
     def forward(
         self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None,
-        identity: torch.Tensor | None = None, chosen: torch.Tensor | None = None,
+        identity: torch.Tensor | None = None, path: EdgePath | None = None,
         noise: Noise | None = None,
     ) -> torch.Tensor:
         if self.partial is None:
-            return self.mix(x, alpha, beta, identity, chosen, noise)
+            return self.mix(x, alpha, beta, identity, path, noise)
         active, rest = self.partial.split(x)
-        return self.partial.join(self.mix(active, alpha, beta, identity, chosen, noise), rest)
+        return self.partial.join(self.mix(active, alpha, beta, identity, path, noise), rest)
 
     def mix(
         self, x: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor | None,
-        identity: torch.Tensor | None = None, chosen: torch.Tensor | None = None,
+        identity: torch.Tensor | None = None, path: EdgePath | None = None,
         noise: Noise | None = None,
     ) -> torch.Tensor:
-        """The mixtures alone; `identity` is the auxiliary identity coefficient (or None),
-        `chosen` the first mixture's single path (or None), `noise` the skip dropout's (or
+        """The mixtures alone; `identity` is the auxiliary identity coefficient (or None);
+        `path` the single path (first, then, unchosen) or None; `noise` the skip dropout's (or
         None)."""
-        h = self.first(x, alpha, chosen, noise)
-        if self.then is not None:
-            h = self.then(h, beta) if identity is None else self.then(h, beta, identity)
+        first, then, unchosen = path if path is not None else (None, None, False)
+        h = self.first(x, alpha, first, unchosen, noise)
+        if isinstance(self.then, MixedOperation):  # double_mixed's second mixture
+            h = self.then(h, beta, then, unchosen)
+        elif self.then is not None:
+            h = self.then(h, beta, identity, then, unchosen)
         return h
+
+
+# the single path of an edge: (alpha index, beta index or None, unchosen)
+EdgePath = tuple[int, int | None, bool]
 
 
 def search_operation(call: ir.Call, channels: int, stride: int) -> nn.Module:

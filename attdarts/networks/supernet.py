@@ -32,7 +32,14 @@ still receives its gradient through the softmax of the other terms).
 Grouped cells (`grouped=True`, what `attdarts search` uses unless `--plain`): a cell runs its edges
 in waves, every edge reading c_k2 or c_k1 first, then every edge reading n0, n1, ...; within a
 wave each candidate runs once over the stacked edges (`attdarts.networks.grouping`). The sums are the same
-(tests compare both paths in float64), with about a third of the kernels.
+(tests compare both paths in float64), with about a third of the kernels. When the weights carry
+single paths (`CellWeights.paths`: a sampler such as GDAS), each edge computes its sampled
+candidates alone, on both paths (`attdarts.networks.single_path` groups a wave's edges by their
+sampled candidate). The cells are `attdarts.networks.search_cell.SearchCell`.
+
+A space with stages (P-DARTS) searches a subset of its candidates at a time: `use_candidates`
+sets a stage's masks, whose dropped candidates weigh 0 and are not computed, and names the idle
+weights and statistics (`idle_weights`, `idle_statistics`) that seeds run together leave alone.
 
 Search methods of the space (`space.methods`; README, "Search methods") are components
 (`attdarts.networks.methods`): the supernet asks its `MethodSet` what enters an edge's mixtures
@@ -57,12 +64,10 @@ from attdarts.networks import grouping as grouped
 from attdarts.networks.methods import CellWeights, MethodSet, MixtureWeights, Random, build_methods
 from attdarts.networks.mixtures import (  # noqa: F401 - re-exported: MASK_FLOOR, SearchEdge, ...
     MASK_FLOOR, Architecture, Init, MixedAttention, MixedOperation, SearchEdge, edge_names,
-    first_candidates, mix_attentions_grouped, mix_operations_grouped, mixed_candidates,
-    node_slices, normalise_edges, search_attention,
+    node_slices, normalise_edges,
 )
-from attdarts.networks.noise import site
-from attdarts.networks.operations import preprocess_inputs
-from attdarts.networks.stacking import STEM_MULTIPLIER, halve, stack_cells
+from attdarts.networks.search_cell import SearchCell
+from attdarts.networks.stacking import STEM_MULTIPLIER, stack_cells
 
 __all__ = [
     "ARCHITECTURE_PREFIX",
@@ -93,206 +98,6 @@ def column_names(space: ir.Space, methods: MethodSet | None = None) -> dict[str,
     columns = space.location_spec.columns(space)
     columns.update((methods or build_methods(space)).architecture())
     return columns
-
-
-# ---------------------------------------------------------------------------------------------
-# Cells
-
-
-class SearchCell(nn.Module):
-    """A search cell: preprocess both inputs to C channels (non-affine), compute every node as the
-    sum of its mixed edges (Eq. 11), concatenate all intermediate nodes, optionally mix
-    attentions on the concatenation (gamma)."""
-
-    def __init__(
-        self,
-        space: ir.Space,
-        methods: MethodSet,
-        *,
-        channels_prev_prev: int,
-        channels_prev: int,
-        channels: int,
-        reduction: bool,
-        reduction_prev: bool,
-        spatial_in: int,
-        layer: int = 0,
-    ) -> None:
-        super().__init__()
-        self.layer = layer  # position in the stack: names the sites of skip dropout
-        self.reduction = reduction
-        self.kind_index = ir.CELL_KINDS.index("reduce" if reduction else "normal")
-        self.spatial_out = halve(spatial_in) if reduction else spatial_in
-        self.preprocess0, self.preprocess1 = preprocess_inputs(
-            channels_prev_prev, channels_prev, channels, reduction_prev=reduction_prev,
-            affine=False)
-
-        location = space.location_spec
-        edges = []
-        for node in range(space.nodes):
-            for input_index in range(2 + node):
-                stride = 2 if reduction and input_index < 2 else 1
-                edges.append(self._edge(space, methods, channels, stride, input_index))
-        self.edges = nn.ModuleList(edges)
-        # skip dropout's site of each edge (`noise.site`), a tensor: no constant per cell
-        sites = torch.tensor([site(layer, index) for index in range(len(edges))])
-        self.register_buffer("edge_sites", sites, persistent=False)
-        # edges of node j are edges[starts[j]:starts[j] + j + 2]
-        self.node_slices = node_slices(space.nodes)
-        starts = [start for start, _ in self.node_slices]
-        # Waves of edges that run as one group (`forward_grouped`): first every edge reading
-        # c_k2, then every edge reading c_k1 (one wave), then those reading n0, n1, ...
-        self.nodes = space.nodes
-        nodes = range(space.nodes)
-        self.waves = (
-            tuple(starts[j] + 0 for j in nodes) + tuple(starts[j] + 1 for j in nodes),
-            *(tuple(starts[j] + source + 1 for j in nodes[source:])
-              for source in range(1, space.nodes)),
-        )
-        for k, wave in enumerate(self.waves):  # indices into alpha / beta rows, on the device
-            self.register_buffer(f"wave_{k}", torch.tensor(wave), persistent=False)
-            self.register_buffer(f"sites_{k}", self.edge_sites[list(wave)], persistent=False)
-        self.groupable = location.groupable
-        self.grouped = False  # set through `Supernet.set_grouped`
-        self.channels_out = channels * space.nodes
-        self.output_attention: MixedAttention | None = None
-        if location.output_attention:
-            self.output_attention = MixedAttention(
-                [search_attention(call, self.channels_out, self.spatial_out)
-                 for call in space.attentions],
-                space.mixing)
-
-    def _edge(self, space: ir.Space, methods: MethodSet, channels: int, stride: int,
-              input_index: int) -> SearchEdge:
-        """The mixtures of one edge, built for the channels that enter them (the methods'
-        connector decides; all of them without one), plus the methods' extra candidates."""
-        partial = methods.connector(channels, stride)
-        width = channels if partial is None else partial.active
-        location = space.location_spec
-        first = MixedOperation(first_candidates(space, width, stride, self.spatial_out)
-                               + methods.extra_candidates(width, stride))
-        names = [call.name for call in space.operations]
-        if stride == 1 and "skip_connect" in names:  # skip dropout's candidate (P-DARTS)
-            first.noisy = names.index("skip_connect")
-        then: nn.Module | None = None
-        if location.mixes_operations_and_attentions:
-            if location.then is not None:  # double_mixed: the same candidates again, at stride 1
-                then = MixedOperation(mixed_candidates(space, width, 1, self.spatial_out))
-        elif location.then is not None:
-            then = MixedAttention(
-                [search_attention(call, width, self.spatial_out) for call in space.attentions],
-                space.mixing)
-        return SearchEdge(first, then, input_index, partial)
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: CellWeights) -> torch.Tensor:
-        """The cell on its two inputs, with its cell type's mixture weights (`CellWeights`:
-        alpha / beta / gamma, the normalised edge weights of edge normalisation or None, the
-        auxiliary identity coefficient or None, the single paths or None)."""
-        alpha, beta, gamma, edges, identity, chosen, noise = weights
-        noise = noise if self.training else None  # skip dropout acts in training only
-        if self.grouped and chosen is None:  # a single path per edge runs edge by edge
-            return self.forward_grouped(s0, s1, weights)
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for start, count in self.node_slices:
-            total = None
-            for offset in range(count):
-                index = start + offset
-                edge = self.edges[index]
-                out = edge(states[edge.input_index], alpha[index],
-                           None if beta is None else beta[index], identity,
-                           None if chosen is None else chosen[index],
-                           None if noise is None else (noise, self.edge_sites[index]))
-                if edges is not None:
-                    out = out * edges[index]
-                total = out if total is None else total + out
-            states.append(total)
-        return self._output(states[2:], gamma, identity)
-
-    def _output(
-        self, nodes: list[torch.Tensor], gamma: torch.Tensor | None,
-        identity: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Concatenate every intermediate node; mix attentions on it when the space says so."""
-        out = torch.cat(nodes, dim=1)
-        if self.output_attention is not None:
-            out = self.output_attention(out, gamma[0], identity)
-        return out
-
-    def forward_grouped(self, s0: torch.Tensor, s1: torch.Tensor, weights: CellWeights
-                        ) -> torch.Tensor:
-        """`forward` computed wave by wave (`grouped`): the same sums, a few large kernels per
-        candidate and wave instead of one small kernel per candidate and edge."""
-        nodes = self.nodes
-        x0, x1 = self.preprocess0(s0), self.preprocess1(s1)
-        alpha, beta, gamma, edges, identity, _, noise = weights
-        mixing = (alpha, beta, edges, identity, noise if self.training else None)
-        out = self._wave(0, [x0] * nodes + [x1] * nodes, *mixing)
-        partial = out[:, :nodes] + out[:, nodes:]  # (N, nodes, C, H, W): node sums so far
-        states = []
-        for k in range(nodes):
-            state = partial[:, 0]  # node k has all its edges
-            states.append(state)
-            if k + 1 < nodes:
-                readers = nodes - k - 1  # nodes k+1 .. reading node k
-                out = self._wave(k + 1, [state] * readers, *mixing)
-                partial = partial[:, 1:] + out
-        return self._output(states, gamma, identity)
-
-    def _wave(
-        self, k: int, inputs: list[torch.Tensor], alpha: torch.Tensor, beta: torch.Tensor | None,
-        edges: torch.Tensor | None, identity: torch.Tensor | None, noise: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """Wave k on its edges' inputs (N, C, H, W) each -> (N, E, C, H', W')."""
-        wave = self.waves[k]
-        index = getattr(self, f"wave_{k}")
-        modules = [self.edges[i] for i in wave]
-        partial = modules[0].partial
-        if partial is None:  # stacked edge-major: (N, E*C, H, W)
-            # one input read by every edge is repeated: its gradient is then summed in the same
-            # order as before partial channels existed, so runs reproduce bit for bit
-            same = all(x is inputs[0] for x in inputs)
-            x = inputs[0].repeat(1, len(inputs), 1, 1) if same else torch.cat(inputs, dim=1)
-            rest = None
-        else:
-            x, rest = partial.split_grouped(inputs)
-        group = grouped.Group(x, len(wave))
-        out = mix_operations_grouped([edge.first for edge in modules], group,
-                                     alpha.index_select(0, index), noise,
-                                     getattr(self, f"sites_{k}"))
-        if modules[0].then is not None:
-            group = grouped.Group(out.flatten(1, 2), len(wave))
-            out = mix_attentions_grouped([edge.then for edge in modules], group,
-                                         beta.index_select(0, index), identity)
-        if rest is not None:
-            out = partial.join_grouped(out, rest)
-        if edges is not None:
-            out = out * edges.index_select(0, index).reshape(1, -1, 1, 1, 1).to(out.dtype)
-        return out
-
-    def use(self, kept: Mapping[str, torch.Tensor]) -> None:
-        """Compute only the candidates `kept` (a bool (rows, candidates) tensor per kind of
-        this cell type, a stage's mask; a leading seed axis is reduced to any seed's keeping)."""
-        rows = {kind: mask.reshape(-1, *mask.shape[-2:]).any(0).tolist()
-                for kind, mask in kept.items()}
-        for index, edge in enumerate(self.edges):
-            if kinds.OPERATION in rows:
-                edge.first.use(rows[kinds.OPERATION][index])
-            if edge.then is not None and kinds.ATTENTION in rows:
-                edge.then.use(rows[kinds.ATTENTION][index])
-        if self.output_attention is not None and kinds.OUTPUT in rows:
-            self.output_attention.use(rows[kinds.OUTPUT][0])
-
-    def idle(self) -> list[nn.Module]:
-        """The candidates of this cell that a stage dropped (not computed)."""
-        mixtures = [edge.first for edge in self.edges]
-        mixtures += [edge.then for edge in self.edges if edge.then is not None]
-        if self.output_attention is not None:
-            mixtures.append(self.output_attention)
-        return [module for mixture in mixtures for index, module in enumerate(mixture.candidates)
-                if index not in mixture.active]
-
-    def extra_repr(self) -> str:
-        kind = ir.CELL_KINDS[self.kind_index]
-        return f"{kind}, channels_out={self.channels_out}, spatial_out={self.spatial_out}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ not). Every capture shares one memory pool.
 
 Off the GPU, with `enabled=False` (`--no-graphs`) or under data parallelism, the same function
 runs eagerly on the same static buffers: results are those of the plain loop (tested in float64).
+A step that must read device values on the host is not captured at all: the search's step says
+why (`off_reason`, from a search method's `capture_problem`: GDAS moves its sampled paths to
+the host every step) and `state` reports it, e.g. "off (gdas chooses ...)".
 
 If capturing or replaying fails on a user's GPU (an operation the driver cannot capture, a
 library that synchronises, a replay error), the run does not die: the step falls back to eager
@@ -157,8 +160,12 @@ class CapturedStep:
     """
 
     def __init__(self, step: Callable[..., Any], *, enabled: bool, warmup: int = 3,
-                 generators: tuple[torch.Generator, ...] = ()) -> None:
+                 generators: tuple[torch.Generator, ...] = (), off_reason: str | None = None
+                 ) -> None:
         self.step = step
+        self.off_reason = off_reason  # why the step is not captured at all (`state`), if known
+        if off_reason is not None:
+            log.info("captured steps (CUDA graphs) are off: %s", off_reason)
         self.generators = tuple(generators)
         self.enabled = bool(enabled) and torch.cuda.is_available()  # else: eager, the CPU fallback
         self.warmup = warmup
@@ -176,9 +183,12 @@ class CapturedStep:
 
     @property
     def state(self) -> str:
-        """"on" (captured), "off" (eager), or "off (capture failed: REASON)" after a fallback."""
+        """"on" (captured), "off" (eager), "off (REASON)" when the step said why it cannot be
+        captured (`off_reason`), or "off (capture failed: REASON)" after a fallback."""
         if self.fallback is not None:
             return f"off (capture failed: {self.fallback})"
+        if self.off_reason is not None and not self.enabled:
+            return f"off ({self.off_reason})"
         return "on" if self.enabled else "off"
 
     def __call__(self, *inputs: Any, key: Hashable = ()) -> Any:

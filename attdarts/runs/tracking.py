@@ -8,7 +8,8 @@ before a run starts. Only the main process of a torchrun group writes.
 Events go to RUN_DIR/tensorboard/. The step of every event is the epoch (1-based), as in
 metrics.jsonl. Scalars: the losses, accuracies and learning rate of both loops, and training's
 drop-path probability; for a search also how decided its derived genotype is (`decisiveness/`,
-`cell/`, and each kept edge's margin under `margin/`). Images (search only): per epoch and cell
+`cell/`, and each kept edge's margin under `margin/`) and, with a budget, the expected and derived
+costs, the target and the penalty (`budget/`). Images (search only): per epoch and cell
 type, the softmax of alpha (operations) and beta (attentions; gamma for an attention on the cell
 output), one row per edge and one column per candidate, drawn with the viridis colour map over
 the image's own range (`attdarts.scales`: its smallest weight dark, its largest yellow), with a
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attdarts.networks.costs import MEASURES as COST_MEASURES
+from attdarts.records import budget_keys
 from attdarts.scales import ColourScale
 
 TENSORBOARD_DIR = "tensorboard"
@@ -42,6 +45,9 @@ SEARCH_SCALARS = {
     "attention_entropy": "decisiveness/attention_entropy",
     "normal_skip_connect": "cell/normal_skip_connect", "normal_identity": "cell/normal_identity",
     "genotype_changed_epoch": "cell/genotype_changed_epoch",
+    # a budget (`budget(...)` in the space): expected and derived cost, target, penalty
+    **{key: f"budget/{key.removeprefix('budget_')}" for measure in COST_MEASURES
+       for key in budget_keys(measure).values()},
 }
 TRAIN_SCALARS = {
     "train_loss": "loss/train", "test_loss": "loss/test",

@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from attdarts.language.methods import value_text
 from attdarts.language.ir import CELL_KINDS, INPUTS, Call, Cell, Document, Edge, Genotype, Node, Output, Space
 
 
@@ -250,12 +251,12 @@ def _method_changes(a: Space, b: Space) -> list[Change]:
         before, after = old.get(name), new.get(name)
         if before != after:
             changes.append(Change("space", node=f"method {name}",
-                                  before=None if before is None else call_text(before),
-                                  after=None if after is None else call_text(after)))
+                                  before=None if before is None else method_text(before),
+                                  after=None if after is None else method_text(after)))
     kept = [name for name in old if name in new]
     if not changes and kept != [name for name in new if name in old]:
-        changes.append(Change("space", node="methods", before=_setting_text("methods", a.methods),
-                              after=_setting_text("methods", b.methods)))
+        changes.append(Change("space", node="methods", before=_methods_text(a.methods),
+                              after=_methods_text(b.methods)))
     return changes
 
 
@@ -322,6 +323,14 @@ def call_text(call: Call) -> str:
     return call.name + "(" + ", ".join(f"{k}={_value(v)}" for k, v in call.kwargs) + ")"
 
 
+def method_text(call: Call) -> str:
+    """A search method's call, its quantities as the space writes them (`macs=600M`)."""
+    if not call.kwargs:
+        return call.name
+    return call.name + "(" + ", ".join(
+        f"{k}={value_text(call.name, k, v) or _value(v)}" for k, v in call.kwargs) + ")"
+
+
 def _value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -332,6 +341,10 @@ def _setting_text(key: str, value: object) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(call_text(call) for call in value) + "]"
     return str(value)
+
+
+def _methods_text(calls: tuple[Call, ...]) -> str:
+    return "[" + ", ".join(method_text(call) for call in calls) + "]"
 
 
 def _quoted(text: str | None) -> str | None:

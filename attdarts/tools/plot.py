@@ -19,6 +19,9 @@ A search run directory holds (both optional, at least one present):
   lines (a run still being written) are skipped with a warning.
 - `genotype-epoch001.geno`, `genotype-epoch002.geno`, ...: the genotype derived at each epoch,
   one DSL file each (any number of digits).
+- `metrics.jsonl` of a search with a budget (`budget(...)` in its space): per epoch the final
+  network's expected and derived cost and the target (`records.budget_keys`), drawn as a second
+  figure (`attdarts.tools.plot_budget`).
 
 A run on random data is marked `"synthetic": true` on its weights.jsonl lines (or in config.json
 or metrics.jsonl, or by `"dataset": "synthetic"` in config.json); its picture carries the title

@@ -11,8 +11,9 @@ inline too; no network access, no script from elsewhere. It holds, in this order
   has one), its learning curves, and for a search its decisiveness over the epochs
   (`language.decisiveness`, recomputed from weights.jsonl and the genotype-epochNNN.geno files, so
   old runs get it too), a table of the last epoch's margins, the architecture weights over the
-  epochs (`attdarts plot`'s picture), and the derived cell of every epoch behind a slider, drawn
-  with its weights (`attdarts render --weights`) beside the changes from the epoch before.
+  epochs (`attdarts plot`'s picture), a budgeted search's costs against its budget (`attdarts
+  plot`'s second picture), and the derived cell of every epoch behind a slider, drawn with its
+  weights (`attdarts render --weights`) beside the changes from the epoch before.
 
 Without graphviz the cells are shown as text and the page says what to install. Accuracies are
 read as fractions or percentages (a column whose values all lie in [0, 1] is taken as fractions)
@@ -330,6 +331,7 @@ def _settings(run: Path) -> str:
 
 def search_section(run: Path, run_id: str) -> str:
     from attdarts.tools.plot import RunError, load_run, weights_figure
+    from attdarts.tools.plot_budget import budget_figure, read_budget
 
     parts = [f'<section id="{run_id}"><h2>search <code>{_escape(run)}</code></h2>']
     records = _metrics(run / "metrics.jsonl")
@@ -368,6 +370,13 @@ def search_section(run: Path, run_id: str) -> str:
         parts.append("<p class='note'>each heatmap coloured from its own smallest to its largest "
                      "weight (read the numbers off its colour bar); the kept candidate boxed.</p>")
         parts.append(png(weights_figure(loaded.weights, run.name, synthetic=loaded.synthetic)))
+    budget = read_budget(run)
+    if budget is not None:
+        parts.append("<h3>budget</h3>")
+        parts.append(f"<p class='note'>{_escape(budget.summary())}: the final network's expected "
+                     "cost under each epoch's mixture weights and the derived genotype's cost "
+                     "(README \"The budget method\").</p>")
+        parts.append(png(budget_figure(budget, run.name)))
     if epochs:
         parts.append("<h3>the derived cell, epoch by epoch</h3>")
         genotypes = [(entry.epoch, entry.genotype) for entry in epochs]

@@ -252,3 +252,43 @@ def test_compile_fair_darts_a_with_a_node_left_out_has_fair_darts_count():
     assert result.exit_code == 0, result.output
     assert "2,360,782 (without auxiliary head)" in result.output
     assert "2,837,208 (with auxiliary head)" in result.output
+
+
+def test_compile_gdas_spaces_print_their_search_counts():
+    """gdas.geno is DARTS's space with the gdas sampler, att_gdas.geno the paper's attention space
+    with it: the supernets of darts.geno and att_darts.geno (the sampler adds no weights)."""
+    for name, weights, architecture in (
+            ("gdas", 1_930_618, "architecture 224 (alpha 224)"),
+            ("att_gdas", 3_309_282, "architecture 392 (alpha 224, beta 168)")):
+        result = _run(SPACES / f"{name}.geno")
+        assert result.exit_code == 0, result.output
+        assert "(search supernet, cifar10, C=16, L=8)" in result.output
+        assert "methods      gdas(tau_max=10.0, tau_min=0.1, unchosen=nothing)" in result.output
+        assert f"weights      {weights:,}" in result.output
+        assert architecture in result.output
+
+
+def test_gdas_space_at_gdas_search_size_is_their_supernet_without_biases():
+    """GDAS's DARTS-space search supernet (D-X-Y/AutoDL-Projects `NASNetworkGDAS`, C=16, N=2:
+    6 cells N, N, R, N, R, N, as attdarts's L=6 puts them) has 1,343,034 weights + 224 alpha.
+    The same skeleton here has 1,322,490: their convolutions followed by a non-affine BN carry a
+    bias (`bias=not affine`: one per output channel of every non-depthwise convolution of the
+    cells, 20,032, counted on the supernet below) and a final BN + ReLU precedes the pooling (an
+    affine BN of 256 channels: 512)."""
+    import torch
+
+    from attdarts.language.transform import read_space
+    from attdarts.networks.supernet import compile_supernet
+
+    result = _run(SPACES / "gdas.geno", "--layers", "6", "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["weights"] == 1_322_490 and summary["architecture"] == {"alpha": 224}
+    assert [cell["type"] for cell in summary["cells"]] == ["normal", "normal", "reduce",
+                                                           "normal", "reduce", "normal"]
+    model = compile_supernet(read_space(SPACES / "gdas.geno"), channels=16, layers=6)
+    biases = sum(conv.out_channels for cell in model.cells for conv in cell.modules()
+                 if isinstance(conv, torch.nn.Conv2d) and conv.groups == 1)
+    last_norm = 2 * model.classifier.in_features
+    assert (biases, last_norm) == (20_032, 512)
+    assert summary["weights"] + biases + last_norm == 1_343_034

@@ -107,6 +107,33 @@ def test_the_weight_of_none_does_not_make_a_mixture_cheaper(one_thread):
     assert all_edges > before  # 14 edges counted instead of 8
 
 
+def test_an_edge_whose_draw_is_none_costs_nothing_with_a_finite_gradient(one_thread):
+    """GDAS's one-hot draw may pick `none`: that edge's choosable weights are all 0. It adds
+    nothing to the expected cost, and its gradient is 0, not NaN (a division by ~0)."""
+    space = space_of("att_darts")
+    table = build_cost_table(space, channels=4, layers=3)
+    weights, leaves = [], []
+    for _ in ir.CELL_KINDS:
+        alpha = torch.zeros(14, 8, dtype=torch.float64)
+        alpha[:, 4] = 1.0  # sep_conv_3x3 everywhere
+        alpha[0] = 0.0
+        alpha[0, 0] = 1.0  # none on the first edge
+        beta = torch.zeros(14, 6, dtype=torch.float64)
+        beta[:, 0] = 1.0
+        alpha.requires_grad_(True)
+        leaves.append(alpha)
+        weights.append((alpha, beta, None, None))
+    expected = expected_cost(weights, space, table)
+    expected.backward()
+    for alpha in leaves:
+        assert torch.isfinite(alpha.grad).all()
+        assert (alpha.grad[0] == 0).all() and alpha.grad[1].abs().sum() > 0
+    dropped = [(alpha.detach().clone(), beta, gamma, edges) for alpha, beta, gamma, edges in weights]
+    for alpha, *_ in dropped:
+        alpha[0] = alpha[1]  # the same edge choosing sep_conv_3x3 costs more
+    assert expected_cost(dropped, space, table) > expected
+
+
 def test_the_supernets_weights_carry_the_gradient_to_every_kind(one_thread):
     """The interface the budget method uses: the supernet's `mixture_weights()` as they are."""
     for name in ("att_darts_every_and_end", "att_pc_darts"):

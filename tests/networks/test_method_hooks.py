@@ -20,7 +20,8 @@ from attdarts.language.methods import METHODS, Method, register
 from attdarts.language.printer import format_document
 from attdarts.language.transform import parse_text
 from attdarts.networks.derive import derivation_weights, derive_genotype
-from attdarts.networks.methods import Ban, SearchMethod
+from attdarts.networks import grouping
+from attdarts.networks.methods import Ban, Paths, SearchMethod
 from attdarts.networks.supernet import compile_supernet
 from attdarts.runs import data
 from attdarts.runs.search import Bilevel, SearchConfig, run_search
@@ -86,9 +87,8 @@ class NoSepConvInNormal(SearchMethod):
 
 class ArgmaxPath(SearchMethod):
     """A single path: hard one-hot operation weights (straight-through softmax) and each edge
-    computing its strongest operation alone (GDAS's forward, without the noise)."""
-
-    capturable = False
+    computing its strongest operation alone, plus the other weights (GDAS's forward with
+    `unchosen=weight`, without the noise)."""
 
     def normalise(self, kind, raw, cell, draw):
         soft = F.softmax(raw, dim=-1)
@@ -97,8 +97,11 @@ class ArgmaxPath(SearchMethod):
         hard = torch.zeros_like(soft).scatter_(-1, soft.argmax(-1, keepdim=True), 1.0)
         return hard - soft.detach() + soft
 
-    def adjust(self, weights, cell):
-        return weights._replace(chosen=weights.alpha.argmax(dim=-1))
+    def paths(self, weights, draw):
+        return Paths(alpha=weights.alpha.argmax(dim=-1), unchosen=True)
+
+    def capture_problem(self):
+        return "argmax_path reads its paths on the host"
 
 
 @pytest.fixture(autouse=True)
@@ -285,20 +288,31 @@ def test_the_loop_records_a_methods_epoch_values_and_stops_when_it_says(tmp_path
 
 
 @pytest.mark.parametrize("grouped", [False, True])
-def test_a_single_path_computes_only_the_chosen_candidate(grouped):
-    """`CellWeights.chosen`: each edge runs one operation, ``w_i o_i(x) + sum_{j != i} w_j``, and
-    the straight-through gradient still reaches every operation weight."""
+def test_a_single_path_computes_only_the_chosen_candidate(grouped, monkeypatch):
+    """`CellWeights.paths` (a `paths` hook): each edge runs one operation, ``w_i o_i(x) +
+    sum_{j != i} w_j``, and the straight-through gradient still reaches every operation weight.
+    Grouped cells run a wave's chosen candidates through `grouping.forward`, plain cells one
+    module per edge: both are counted."""
     model = supernet("argmax_path", grouped=grouped)
-    assert not model.methods.capturable
+    assert model.methods.capture_problem() is not None  # never captured as a CUDA graph
     with torch.no_grad():
         model.arch.alpha_normal[:, OPERATIONS.index("sep_conv_3x3")] = 1.0
         model.arch.alpha_reduce[:, OPERATIONS.index("max_pool_3x3")] = 1.0
-    ran = []
+    ran, names = [], {}
     for cell in model.cells:
         for edge in cell.edges:
             for index, candidate in enumerate(edge.first.candidates):
-                candidate.register_forward_hook(
-                    lambda module, args, out, index=index: ran.append(OPERATIONS[index]))
+                names[id(candidate)] = OPERATIONS[index]
+                if not grouped:
+                    candidate.register_forward_hook(
+                        lambda module, args, out: ran.append(names[id(module)]))
+    if grouped:
+        original = grouping.forward
+
+        def counted(modules, group):
+            ran.extend(names[id(module)] for module in modules if id(module) in names)
+            return original(modules, group)
+        monkeypatch.setattr(grouping, "forward", counted)
     images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     loss = F.cross_entropy(model(images), torch.tensor([1, 2]))
     edges = sum(len(cell.edges) for cell in model.cells)
@@ -312,5 +326,6 @@ def test_a_single_path_computes_only_the_chosen_candidate(grouped):
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
     w = weights.alpha[0]
     chosen = OPERATIONS.index("sep_conv_3x3")
+    assert weights.paths.alpha[0] == chosen
     expected = w[chosen] * edge.first.candidates[chosen](x) + (w.sum() - w[chosen])
-    torch.testing.assert_close(edge.first(x, w, weights.chosen[0]), expected)
+    torch.testing.assert_close(edge.first(x, w, weights.paths.alpha[0], True), expected)

@@ -21,7 +21,7 @@ from attdarts.language.locations import LOCATIONS
 from attdarts.language.printer import format_genotype
 from attdarts.language.transform import parse_text
 from attdarts.networks.derive import count_identity, count_skip_connect, derive_genotype
-from attdarts.networks.methods import Random
+from attdarts.networks.methods import Random, SearchContext
 from attdarts.networks.methods.auxiliary_identity import AuxiliaryIdentity
 from attdarts.networks.methods.auxiliary_skip import AuxiliarySkip
 from attdarts.networks.methods.partial_channels import channel_shuffle
@@ -155,7 +155,7 @@ def test_edge_normalisation_node_sum_values_and_gradients():
     cell = model.cells[0]
     s0 = torch.randn(2, 24, 8, 8, dtype=torch.float64)
     weights = model.mixture_weights()[0]
-    alpha, beta, edges = weights.alpha, weights.beta, weights.edges
+    alpha, beta = weights.alpha, weights.beta
     out = cell(s0, s0, weights)
 
     raw = model.arch.edges_normal
@@ -379,7 +379,8 @@ OPTION_SETS = {
     "identity": {"auxiliary_identity": "cosine"},
     "all": {"partial_channels": 2, "edge_normalisation": True, "auxiliary_skip": "linear",
             "auxiliary_identity": "cosine", "max_skip_connect": 1, "max_identity": 1},
-    # the samplers: their weights come from one draw (DrNAS) or a sigmoid (FairDARTS)
+    # the samplers: their weights come from one draw (DrNAS, GDAS: single paths) or a sigmoid
+    # (FairDARTS)
     "drnas": {"methods": "[drnas(kl=0.001)]"},
     "drnas-all": {"methods": "[drnas(kl=0.001)]", "partial_channels": 2,
                   "edge_normalisation": True, "auxiliary_skip": "linear",
@@ -388,7 +389,20 @@ OPTION_SETS = {
     "fair-all": {"methods": "[fair_darts(threshold=0.5)]", "partial_channels": 2,
                  "auxiliary_skip": "linear", "auxiliary_identity": "cosine",
                  "max_skip_connect": 1},
+    "gdas": {"methods": "[gdas]"},
+    "gdas-all": {"partial_channels": 2, "edge_normalisation": True, "beta_decay": 0.5,
+                 "auxiliary_identity": "cosine", "max_skip_connect": 1, "max_identity": 1,
+                 "methods": "[gdas(unchosen=weight)]"},
+    # a budget's term in the architecture loss (priced at a final network of C=4, 3 cells)
+    "budget": {"methods": "[budget(macs=10k)]"},
+    "budget-all": {"methods": "[budget(params=1k, form=target)]", "partial_channels": 2,
+                   "edge_normalisation": True, "auxiliary_skip": "linear",
+                   "auxiliary_identity": "cosine", "max_skip_connect": 1, "max_identity": 1},
+    "budget-drnas": {"methods": "[drnas(kl=0.001), budget(macs=10k, form=linear)]",
+                     "edge_normalisation": True},
+    "budget-gdas": {"methods": "[gdas, budget(macs=10k)]"},
 }
+BUDGET_FINAL = SearchContext(channels=4, layers=3)  # what the search would tell the methods
 
 
 def _cases():
@@ -424,20 +438,35 @@ def test_every_option_composes(location, mixing, options):
     space = make_space(location, mixing, **options,
                        **({"operations": OPERATIONS.removeprefix("none, ")} if fair else {}))
     plain = set_auxiliary(tiny(space, channels=4), 0.7, 0.3)
+    plain.methods.search_start(BUDGET_FINAL)
     fast = copy.deepcopy(plain).set_grouped(True)
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(3, 3, 8, 8, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 10, (3,), generator=generator)
-    losses = [F.cross_entropy(model(images, step_weights(model)), labels)
-              for model in (plain, fast)]
+    # a single path (GDAS) computes one candidate per mixture: the others get no gradient
+    sampled = step_weights(plain)[0].paths is not None
+
+    def step_loss(model):  # the architecture step's: the methods' terms added (a budget's)
+        weights = step_weights(model)
+        loss = F.cross_entropy(model(images, weights), labels)
+        extra = model.methods.architecture_loss(dict(model.named_architecture()), weights)
+        return loss if extra is None else loss + extra
+
+    losses = [step_loss(model) for model in (plain, fast)]
     for loss in losses:
         loss.backward()
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-9, atol=1e-12)
     for (name, p), (_, q) in zip(plain.named_parameters(), fast.named_parameters()):
+        if sampled and p.grad is None:  # a candidate off the single path
+            assert q.grad is None, name
+            continue
         assert p.grad is not None, name
         scale = p.grad.abs().max().item()
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12 + 1e-9 * scale, msg=name)
-    assert all(p.grad.abs().sum() > 0 for p in plain.architecture())
+    # a sampled `none` / product-mixing identity gets a zero gradient (GDAS), so a one-row gamma
+    # may get none; alpha always does
+    assert all(p.grad.abs().sum() > 0 for name, p in plain.named_architecture()
+               if not sampled or "alpha" in name or "unchosen" in str(options))
 
     genotype = derive_genotype(plain)
     assert parse_text(format_genotype(genotype)).genotype() == genotype  # checks and prints back

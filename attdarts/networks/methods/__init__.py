@@ -15,27 +15,36 @@ perturbator, regularisers and early stopper are separate objects of one search.
 | `connector(channels, stride)` | building each edge: what enters its mixtures | partial_channels |
 | `extra_candidates(channels, stride)` | building each edge's operation mixture: candidates outside the weights' softmax | auxiliary_skip |
 | `candidate_mask(kind, cell)` | making weights: candidates switched off (P-DARTS, DrNAS pruning) | progressive (a space's stages) |
-| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | drnas, fair_darts (- GDAS) |
-| `draw(arch, random)` | once per step, before any forward | drnas (- GDAS) |
+| `normalise(kind, raw, cell, draw)` | making weights from raw tensors (default: softmax) | drnas, fair_darts, gdas |
+| `paths(weights, draw)` | after `normalise`: the one candidate each row computes (single path) | gdas |
+| `draw(arch, random)` | once per step, before any forward | drnas, gdas, progressive |
 | `before_weight_step(weights, cell, random)` | the weight step's weights, before `adjust` | smoothing, progressive |
 | `adjust(weights, cell)` | after `normalise`, every forward | auxiliary_skip, auxiliary_identity, progressive |
-| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts |
+| `architecture_loss(arch, weights)` | the architecture step's objective | beta_decay, drnas, fair_darts, budget |
 | `weight_loss(weights)` | the weight step's objective | - |
 | `after_weight_step()` | after the weight update | - |
+| `search_start(context)` | once, when a search has built its supernet (also on resume): what the run is (`SearchContext`) | budget |
 | `epoch_start(epoch, epochs)` | each epoch (also after a resume); returns what to record | auxiliary_*, beta_decay, smoothing |
+| `epoch_end(weights, genotype)` | after each epoch's derivation, with the epoch's final mixture weights (no draw); returns what to record | budget |
 | `stage_start(stage)` | each stage of a progressive search (0-based; also after a resume) | - |
 | `early_stop(epoch, epochs, genotype, trained)` | after each epoch's derivation | stop_at_skips |
-| `capture_key()`, `capturable` | Python values a captured CUDA graph bakes in; whether it can be captured at all | beta_decay, smoothing, progressive |
+| `capture_key()` | Python values a captured CUDA graph bakes in | beta_decay, smoothing, gdas, progressive |
+| `capture_problem()` | why the step cannot be captured as a CUDA graph at all (it reads the device on the host) | gdas |
 | `derivation_weights(kind, raw)` | the weights derivation ranks (default: `normalise` without a draw) | - |
 | `edge_scales(tensors)` | derivation: a factor per edge on its ranking weight | edge_normalisation |
-| `keep(scores, keep)` | derivation: which incoming edges a node keeps | - (GDAS) |
+| `edge_choices()` | derivation: how many different candidates one edge may give its node | gdas |
+| `keep(scores, keep)` | derivation: which incoming choices a node keeps | - |
 | `threshold(kind)` | derivation: the least weight a kept edge (alpha) or attention (beta, gamma) needs | fair_darts |
 | `cap(derivation)` | derivation: one candidate to take from one edge, until satisfied | max_skip_connect, max_identity |
 
 Weights flow as `CellWeights` (one per cell type, in `ir.CELL_KINDS` order): the supernet makes
 them from the raw architecture tensors (mask, normalise, adjust), the search step makes them once
 per step (so a sampler draws once per step and the second-order step's passes see one draw) and
-hands them to every forward; `Supernet.forward(x)` without weights makes them itself.
+hands them to every forward; `Supernet.forward(x)` without weights makes them itself. A method
+whose weights are one-hot samples (GDAS) names through `paths` the one candidate each row
+computes: `MethodSet.mixture_weights` moves them to the host (one synchronisation per step, so
+it fills `capture_problem` too) and the cells compute that candidate alone (`CellWeights.paths`,
+`attdarts.networks.single_path`).
 
 Every tensor a hook receives may carry leading dimensions (seeds stacked together); hooks work
 over the trailing ones (rows, candidates), and `Random` draws each seed's noise from that seed's
@@ -44,15 +53,19 @@ own generator.
 A space with `stages` (a progressive search, P-DARTS) also gets `progressive.Progressive` at the
 end of its set (`MethodSet.progressive`): the stage's candidate masks and skip dropout. What
 happens between stages (pruning, a fresh or kept supernet) is the search loop's
-(`attdarts.runs.search.stages`).
+(`attdarts.runs.search.stages`). A sampler composes with the masks: a dropped candidate's raw
+weight is -inf before `normalise`, so a sample never chooses it (GDAS's `paths` neither) and
+its weight is 0 with a zero gradient.
+
+The values hooks exchange (`CellWeights`, `Ban`, `Derivation`, `SearchContext`, `MethodError`,
+`Random`) live in `attdarts.networks.methods.base` and are re-exported here.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,117 +73,16 @@ from torch import Tensor, nn
 
 from attdarts.language import ir, kinds
 from attdarts.language.methods import METHODS, resolved
+from attdarts.networks.methods.base import (
+    Ban, CellWeights, Derivation, MethodError, MixtureWeights, Paths, Random, SearchContext,
+)
 from attdarts.networks.mixtures import normalise_edges
+from attdarts.networks.single_path import on_host
 
 __all__ = [
-    "Ban", "CellWeights", "Derivation", "MethodSet", "Random", "SearchMethod", "build_methods",
-    "method_class",
+    "Ban", "CellWeights", "Derivation", "MethodError", "MethodSet", "MixtureWeights", "Paths",
+    "Random", "SearchContext", "SearchMethod", "build_methods", "method_class",
 ]
-
-
-class CellWeights(NamedTuple):
-    """The mixture weights of one cell type, as its cells use them.
-
-    `alpha`, `beta`, `gamma` are the weights of the kinds `kinds.OPERATION`, `ATTENTION`,
-    `OUTPUT` (rows x candidates; None where the location has no such mixture; the fields are
-    named after the kinds); `edges` the normalised edge weights (edge normalisation) or None;
-    `identity` a coefficient b adding ``b * h`` to every attention mixture, or None. A method's
-    `extra_candidates` take the last columns of `alpha`, past the space's candidates.
-    `chosen` (rows,) indices make each edge's operation mixture a single path (GDAS): only the
-    chosen candidate is computed, ``w_i o_i(x) + sum_{j != i} w_j`` (the other weights, zero in a
-    hard one-hot, still receive their straight-through gradients); None computes the mixture.
-    `noise` is a pass's (key, rate) of skip dropout (`attdarts.networks.noise`), or None.
-    """
-
-    alpha: Tensor
-    beta: Tensor | None = None
-    gamma: Tensor | None = None
-    edges: Tensor | None = None
-    identity: Tensor | None = None
-    chosen: Tensor | None = None
-    noise: Tensor | None = None
-
-
-MixtureWeights = tuple[CellWeights, ...]  # one per cell type, indexed like ir.CELL_KINDS
-
-
-@dataclass(frozen=True)
-class Ban:
-    """A candidate a derivation cap takes away from one edge: edge `edge` (DARTS order) may not
-    choose `candidate` from its `kind` mixture (`kinds.OPERATION` or `kinds.ATTENTION`)."""
-
-    edge: int
-    kind: str
-    candidate: str
-
-
-@dataclass
-class Derivation:
-    """One cell's derivation as the caps see it (`attdarts.networks.derive`).
-
-    `kept[node]` are the edges node keeps, each with `.index` (edge), `.operation` and
-    `.attention` (indices into the space's operations / attentions, None: skip_connect from a
-    mixed softmax / no attention) and `.weight` (its ranking weight); `weights` the normalised
-    rows per kind (lists of floats); `scales` each edge's ranking factor.
-    """
-
-    space: ir.Space
-    cell: str
-    kept: list[list[Any]]
-    weights: dict[str, list[list[float]]]
-    scales: list[float]
-
-    def operation_name(self, choice: Any) -> str | None:
-        return None if choice.operation is None else self.space.operations[choice.operation].name
-
-    def attention_name(self, choice: Any) -> str | None:
-        return None if choice.attention is None else self.space.attentions[choice.attention].name
-
-
-class Random:
-    """The random numbers of one step: each seed draws from its own generator.
-
-    `generators` holds one `torch.Generator` per seed. With `stacked` the tensors drawn for carry
-    a leading seed dimension and seed s's slice comes from generator s, so a seed draws in a run
-    of several seeds exactly what it draws alone.
-    """
-
-    def __init__(self, generators: Sequence[torch.Generator], *, stacked: bool = False) -> None:
-        if not generators:
-            raise ValueError("a step needs at least one generator")
-        if not stacked and len(generators) != 1:
-            raise ValueError("several generators need tensors stacked along the seeds")
-        self.generators = tuple(generators)
-        self.stacked = stacked
-
-    def rand_like(self, tensor: Tensor) -> Tensor:
-        """Uniform numbers in [0, 1) shaped like `tensor`."""
-        return self.draw_like(tensor, lambda out, generator: out.uniform_(0.0, 1.0,
-                                                                          generator=generator))
-
-    def draw_like(self, tensor: Tensor, fill: Callable[[Tensor, torch.Generator], Tensor]) -> Tensor:
-        """A tensor like `tensor` (no gradient), filled in place by ``fill(out, generator)``."""
-        if not self.stacked:
-            return fill(torch.empty_like(tensor, requires_grad=False), self.generators[0])
-        if tensor.shape[0] != len(self.generators):
-            raise ValueError(f"{len(self.generators)} seeds, but the tensor's leading dimension "
-                             f"is {tensor.shape[0]}")
-        return torch.stack([fill(torch.empty_like(part, requires_grad=False), generator)
-                            for part, generator in zip(tensor, self.generators)])
-
-    def sample(self, tensor: Tensor, sampler: Callable[[Tensor, torch.Generator], Tensor]
-               ) -> Tensor:
-        """``sampler(tensor, generator)`` without gradient: numbers whose distribution depends
-        on `tensor` (DrNAS: a Dirichlet sample of concentrations `tensor`). Stacked, seed s's
-        slice is ``sampler(tensor[s], generator s)``."""
-        tensor = tensor.detach()
-        if not self.stacked:
-            return sampler(tensor, self.generators[0])
-        if tensor.shape[0] != len(self.generators):
-            raise ValueError(f"{len(self.generators)} seeds, but the tensor's leading dimension "
-                             f"is {tensor.shape[0]}")
-        return torch.stack([sampler(part, generator)
-                            for part, generator in zip(tensor, self.generators)])
 
 
 class SearchMethod(nn.Module):
@@ -182,8 +94,6 @@ class SearchMethod(nn.Module):
     the forward (coefficients, masks) moves with the supernet; such buffers are non-persistent:
     checkpoints hold weights and architecture only, and `epoch_start` sets them again.
     """
-
-    capturable = True  # False: the step reads a draw on the host (a single path), never captured
 
     def __init__(self, space: ir.Space, settings: Mapping[str, Any]) -> None:
         super().__init__()
@@ -228,6 +138,12 @@ class SearchMethod(nn.Module):
         """This step's random numbers (anything `normalise` understands), drawn once per step."""
         return None
 
+    def paths(self, weights: CellWeights, draw: Any) -> Paths | None:
+        """Single path: the candidate each row of `weights` (one cell type's, made by this
+        method's `normalise` from `draw`) computes alone, as index tensors (rows,) in a `Paths`,
+        or None: every candidate is computed. Asked of the method that makes the weights only."""
+        return None
+
     def adjust(self, weights: CellWeights, cell: int) -> CellWeights:
         """The weights of cell type `cell` (index into `ir.CELL_KINDS`) after `normalise`."""
         return weights
@@ -253,8 +169,17 @@ class SearchMethod(nn.Module):
 
     # -- the loop -------------------------------------------------------------------------------
 
+    def search_start(self, context: SearchContext) -> None:
+        """A search is about to run with this method (`context` says what it is for); raise
+        `MethodError` (one line) when the method cannot serve it."""
+
     def epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
         """Set this epoch's values (0-based `epoch` of `epochs`); returns those to record."""
+        return {}
+
+    def epoch_end(self, weights: MixtureWeights, genotype: ir.Genotype) -> dict[str, Any]:
+        """After an epoch's derivation: `weights` are the mixture weights at its end, as a
+        forward without a draw makes them, `genotype` the one derived; returns what to record."""
         return {}
 
     def stage_start(self, stage: int) -> dict[str, Any]:
@@ -270,6 +195,11 @@ class SearchMethod(nn.Module):
         """The Python values the step reads from this method that change during a search."""
         return ()
 
+    def capture_problem(self) -> str | None:
+        """Why a step with this method cannot be captured as a CUDA graph (one line: it reads
+        device values on the host, say), or None."""
+        return None
+
     # -- derivation -----------------------------------------------------------------------------
 
     def derivation_weights(self, kind: str, raw: Tensor) -> Tensor | None:
@@ -280,8 +210,14 @@ class SearchMethod(nn.Module):
         """A factor per edge on its ranking weight (one cell's raw tensors), or None."""
         return None
 
+    def edge_choices(self) -> int | None:
+        """How many different candidates one edge may give its node at derivation, or None: one
+        (DARTS). GDAS ranks every (operation, input) pair of a node, so an input may be chosen
+        twice, with two operations."""
+        return None
+
     def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
-        """Positions of a node's incoming edges to keep, given their ranking scores, or None."""
+        """Positions of a node's incoming choices to keep, given their ranking scores, or None."""
         return None
 
     def threshold(self, kind: str) -> float | None:
@@ -324,6 +260,7 @@ class MethodSet(nn.Module):
             raise ValueError("search methods " + ", ".join(f"'{_name(m)}'" for m in makers) +
                              " each make the mixture weights; a space may list one of them")
         self._maker = makers[0] if makers else None
+        self._index = list(self.methods).index(self._maker) if makers else None
 
     def __iter__(self):
         return iter(self.methods)
@@ -370,8 +307,8 @@ class MethodSet(nn.Module):
         if mask is not None:
             raw = raw.masked_fill(~mask.to(raw.device), float("-inf"))
         if self._maker is not None:
-            index = list(self.methods).index(self._maker)
-            made = self._maker.normalise(kind, raw, cell, None if draw is None else draw.get(index))
+            made = self._maker.normalise(kind, raw, cell,
+                                         None if draw is None else draw.get(self._index))
             if made is not None:
                 return made
         return F.softmax(raw, dim=-1)
@@ -397,13 +334,17 @@ class MethodSet(nn.Module):
             cell_weights = CellWeights(
                 alpha=made[kinds.OPERATION], beta=made.get(kinds.ATTENTION),
                 gamma=made.get(kinds.OUTPUT), edges=made.get(kinds.EDGE))
+            if self._maker is not None:
+                paths = self._maker.paths(cell_weights,
+                                          None if draw is None else draw.get(self._index))
+                cell_weights = cell_weights._replace(paths=paths)
             if weight_step is not None:
                 for method in self.methods:
                     cell_weights = method.before_weight_step(cell_weights, index, weight_step)
             for method in self.methods:
                 cell_weights = method.adjust(cell_weights, index)
             weights.append(cell_weights)
-        return tuple(weights)
+        return on_host(tuple(weights))
 
     def draw(self, arch: Mapping[str, Tensor], random: Random) -> dict[int, Any]:
         """Every method's draw for this step, by position in the space's list."""
@@ -448,10 +389,19 @@ class MethodSet(nn.Module):
     def capture_key(self) -> tuple:
         return tuple(method.capture_key() for method in self.methods)
 
-    @property
-    def capturable(self) -> bool:
-        """Whether a step with these methods can be captured as a CUDA graph."""
-        return all(method.capturable for method in self.methods)
+    def capture_problem(self) -> str | None:
+        """Why a step with these methods cannot be captured as a CUDA graph, or None."""
+        return self._first("capture_problem")
+
+    def search_start(self, context: SearchContext) -> None:
+        for method in self.methods:
+            method.search_start(context)
+
+    def epoch_end(self, weights: MixtureWeights, genotype: ir.Genotype) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        for method in self.methods:
+            record.update(method.epoch_end(weights, genotype))
+        return record
 
     # -- derivation -----------------------------------------------------------------------------
 
@@ -472,6 +422,9 @@ class MethodSet(nn.Module):
                 scales = factor if scales is None else scales * factor
         return None if scales is None else scales.tolist()
 
+    def edge_choices(self) -> int:
+        return self._first("edge_choices") or 1
+
     def keep(self, scores: Sequence[float], keep: int) -> list[int] | None:
         return self._first("keep", scores, keep)
 
@@ -484,8 +437,11 @@ class MethodSet(nn.Module):
 
 
 def _total(terms) -> Tensor | None:
-    present = [term for term in terms if term is not None]  # summed in order: t0 + t1 + ...
-    return sum(present[1:], present[0]) if present else None
+    total = None
+    for term in terms:
+        if term is not None:
+            total = term if total is None else total + term
+    return total
 
 
 def _name(method: SearchMethod) -> str:

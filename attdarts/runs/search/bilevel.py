@@ -35,16 +35,18 @@ Everything is functional (`torch.func.functional_call` on parameter dicts, no co
 The second-order step's extra passes normalise with batch statistics (training mode) on a scratch
 copy of the running statistics, so only real steps (the weight step, and the first-order
 architecture step as in DARTS) move them; they never affect the search (always training mode).
+The virtual step and the Hessian-vector product are `attdarts.runs.search.second_order`'s.
+A progressive search's stage (P-DARTS) gives the weights of the candidates it dropped a zero
+gradient (`Seeds.zero_idle`), and `arch_grad_clip` clips the architecture gradient per seed.
 
 Search methods act in the iteration through their hooks (`attdarts.networks.methods`): the
 mixture weights are made once per step (`Supernet.mixture_weights`, after each method's `draw`
 from the run's method generator) and every forward of the step uses them; in the second-order
-step they are made once as a graph from the architecture, the passes take gradients with
-respect to the weights themselves, and one backward through the graph turns the combination
-into the architecture gradient (the "authors" variant moves the architecture itself, so its
-passes make the weights again, from the same draw). The architecture loss gets the methods'
-`architecture_loss` terms (beta-decay), the weight step's weights go through
-`before_weight_step` (random smoothing) and its loss gets `weight_loss`.
+step they are made once as a graph from the architecture, the passes differentiate with respect
+to the weights themselves, and one backward through the graph turns the combination into the
+architecture gradient (the "authors" variant moves the architecture, so its passes make the
+weights again, from the same draw). The methods add `architecture_loss` (beta-decay) and
+`weight_loss` terms; the weight step's weights go through `before_weight_step` (smoothing).
 """
 
 from __future__ import annotations
@@ -60,10 +62,9 @@ from torch.utils import _pytree as pytree
 from attdarts.networks.methods import MixtureWeights, Random
 from attdarts.runs import graphs as captured
 from attdarts.runs.search.config import SearchConfig, SearchError
-from attdarts.runs.search.seeds import Seeds, seed_view, tree_detach
+from attdarts.runs.search.second_order import gradients, hessian_vector_product, virtual_step
+from attdarts.runs.search.seeds import Seeds, tree_detach
 
-ParamDict = dict[str, Tensor]
-_UNUSED_ZERO = {"allow_unused": True, "materialize_grads": True}  # weights a stage dropped: 0
 Batch = tuple[Tensor, Tensor]  # images and labels; (seeds, batch, ...) when stacked
 
 
@@ -84,96 +85,6 @@ def method_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return generator
 
 
-def virtual_step(
-    weights: ParamDict,
-    grads: Mapping[str, Tensor],
-    *,
-    eta: float | Tensor,
-    weight_decay: float,
-    momentum: float = 0.0,
-    buffers: Mapping[str, Tensor | None] | None = None,
-) -> ParamDict:
-    """DARTS's virtual step ``w' = w - eta (mu m + g + lambda w)``; m missing or None -> 0.
-
-    `eta` may be a 0-dim tensor (the search's learning rate on the device, so that a captured
-    step follows the schedule); it rounds as the float does. Elementwise, so stacked seeds move
-    as each would alone.
-    """
-    names = list(weights)
-    current = [weights[name].detach() for name in names]
-    update = list(torch._foreach_add([grads[name] for name in names], current, alpha=weight_decay))
-    present = [i for i, name in enumerate(names) if buffers and buffers.get(name) is not None]
-    if momentum and present:
-        added = torch._foreach_add([update[i] for i in present],
-                                   [buffers[names[i]] for i in present], alpha=momentum)
-        for index, value in zip(present, added):
-            update[index] = value
-    if isinstance(eta, Tensor):
-        moved = torch._foreach_addcmul(current, update, [eta.to(current[0].dtype)] * len(current),
-                                       value=-1)
-    else:
-        moved = torch._foreach_add(current, update, alpha=-eta)
-    return dict(zip(names, moved))
-
-
-def hessian_vector_product(
-    loss: Callable[[ParamDict, ParamDict], Tensor],
-    weights: ParamDict,
-    arch: ParamDict,
-    vector: Mapping[str, Tensor],
-    *,
-    r: float = 0.01,
-    arch_vector: Mapping[str, Tensor] | None = None,
-    seeds: Seeds | None = None,
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Finite-difference ``(d^2 L / da dw) v`` as DARTS: eps = r / ||v||, central difference.
-
-    `loss(weights, arch)` evaluates L_train (summed over the seeds when stacked). Returns the
-    product per arch name and eps. With `arch_vector` (the authors' variant, where alpha / beta
-    are model parameters) the norm counts it too and the architecture moves along it with the
-    weights: the gradient with respect to the architecture is taken at ``(w +- eps v, a +- eps
-    v_a)``. With stacked `seeds`, eps is one per seed (each seed's own ||v||).
-    """
-    names = list(weights)
-    arch_names = list(arch)
-    v = [vector[name] for name in names]
-    v_arch = [] if arch_vector is None else [arch_vector[name] for name in arch_names]
-    stacked = seeds is not None and seeds.stacked
-    if stacked:
-        eps = r / seeds.norms(v + v_arch)
-    else:
-        eps = r / torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t)
-                                                        for t in v + v_arch]))
-
-    def times_eps(tensors: list[Tensor]) -> list[Tensor]:
-        if not tensors:
-            return []
-        if stacked:
-            return [tensor * seed_view(eps, tensor) for tensor in tensors]
-        return list(torch._foreach_mul(tensors, eps))
-
-    base = [weights[name].detach() for name in names]
-    scaled = times_eps(v)
-    arch_base = [arch[name].detach() for name in arch_names]
-    arch_scaled = times_eps(v_arch)
-
-    def arch_gradient(sign: float) -> tuple[Tensor, ...]:
-        moved = torch._foreach_add(base, scaled, alpha=sign)
-        if arch_vector is None:
-            arch_values = [arch[name] for name in arch_names]
-        else:
-            arch_values = [value.requires_grad_() for value in
-                           torch._foreach_add(arch_base, arch_scaled, alpha=sign)]
-        value = loss(dict(zip(names, moved)), dict(zip(arch_names, arch_values)))
-        return torch.autograd.grad(value, arch_values, allow_unused=True, materialize_grads=True)
-
-    plus = arch_gradient(1.0)
-    minus = arch_gradient(-1.0)
-    product = {name: (p - m) / (2.0 * (seed_view(eps, p) if stacked else eps))
-               for name, p, m in zip(arch_names, plus, minus)}
-    return product, eps
-
-
 class Bilevel:
     """One search iteration: an architecture step, then a weight step, for one seed or several.
 
@@ -183,10 +94,10 @@ class Bilevel:
     averaged across ranks with one all-reduce. `hvp_scale` is DARTS's r in eps = r / ||v||.
 
     `step` runs as one CUDA graph replay (`attdarts.runs.graphs.CapturedStep`) when `graphs`
-    (default: `config.graphs`, True when the config has no such field) and a plain model is on
-    CUDA in one process; otherwise the same step runs eagerly. The weight update reads the
-    learning rate from a device tensor that `set_lr` writes, so the schedule never forces a
-    re-capture; Adam is `capturable` when captured.
+    (default: `config.graphs`, else True) and a plain model is on CUDA in one process, unless a
+    method says why not (`capture_problem`: GDAS reads its paths on the host); otherwise
+    eagerly. The weight update reads the learning rate from a device tensor that `set_lr`
+    writes, so the schedule never forces a re-capture; Adam is `capturable` when captured.
     """
 
     hvp_scale = 0.01
@@ -225,11 +136,12 @@ class Bilevel:
             weight_decay=config.arch_weight_decay, foreach=True)
         self.weight_update = captured.CapturableSGD(self.weight_optimizer)
         wanted = getattr(config, "graphs", True) if graphs is None else graphs
-        device = self.weight_params[0].device
-        possible = (captured.capture_possible(device, world_size=world_size)
-                    and not seeds.stacked and self.methods.capturable)
-        self.captured = captured.CapturedStep(self._step, enabled=wanted and possible,
-                                              generators=tuple(seeds.generators))
+        possible = wanted and not seeds.stacked and captured.capture_possible(
+            self.weight_params[0].device, world_size=world_size)
+        refusal = self.methods.capture_problem() if possible else None  # GDAS: host reads
+        self.captured = captured.CapturedStep(
+            self._step, enabled=possible and refusal is None, generators=tuple(seeds.generators),
+            off_reason=refusal)
         captured.capturable_adam(self.arch_optimizer, self.captured.enabled)
         # a capture that fails goes on eagerly (attdarts.runs.graphs), Adam as eager runs have it
         self.captured.listeners.append(
@@ -313,7 +225,8 @@ class Bilevel:
             if authors:
                 counted += self._arch_gradients_held()
             self.grad_norm = self.seeds.clip(self.weight_params, counted, self.config.grad_clip)
-            self.weight_update.step()  # torch's SGD, learning rate read from a device tensor
+            # torch's SGD, learning rate read from a device tensor (single paths: `step_weights`)
+            self.seeds.step_weights(self.weight_update.step, self.weight_optimizer)
             self.methods.after_weight_step()
         finally:
             self._arch_requires_grad(True)
@@ -340,8 +253,7 @@ class Bilevel:
         loss = _cross_entropy(logits, labels)
         extra = self.methods.architecture_loss(arch, weights)
         total = loss.sum() if extra is None else loss.sum() + extra.sum()
-        grads = torch.autograd.grad(total, self.arch_params, allow_unused=True,
-                                    materialize_grads=True)
+        grads = gradients(total, self.arch_params)
         self._apply_arch_gradient(list(grads))
         return loss, logits.detach()
 
@@ -353,8 +265,7 @@ class Bilevel:
             extra = self.methods.architecture_loss(arch, self.model.mixture_weights(arch, draw))
         if extra is not None:  # the methods' terms do not depend on the weights
             grads = [grad + term for grad, term in
-                     zip(grads, torch.autograd.grad(extra.sum(), self.arch_params,
-                                                    allow_unused=True, materialize_grads=True))]
+                     zip(grads, gradients(extra.sum(), self.arch_params))]
         self._apply_arch_gradient(grads)
         return val_loss, val_logits
 
@@ -392,14 +303,14 @@ class Bilevel:
         if authors:
             leaves = {**weights, **arch}
             train_loss, _ = loss_of(weights, mixture_of(arch), weight_batch)
-            grads = torch.autograd.grad(train_loss.sum(), list(leaves.values()), **_UNUSED_ZERO)
+            grads = gradients(train_loss.sum(), list(leaves.values()))
             moved = virtual_step(leaves, dict(zip(leaves, grads)), eta=eta,
                                  weight_decay=config.weight_decay)
             virtual_weights = {name: moved[name] for name in self.weight_names}
             virtual = {name: moved[name].requires_grad_() for name in self.arch_names}
         else:
             train_loss, _ = loss_of(weights, tree_detach(made), weight_batch)
-            grads = torch.autograd.grad(train_loss.sum(), self.weight_params, **_UNUSED_ZERO)
+            grads = gradients(train_loss.sum(), self.weight_params)
             momentum_buffers = {
                 name: self.weight_optimizer.state.get(param, {}).get("momentum_buffer")
                 for name, param in weights.items()}
@@ -415,8 +326,7 @@ class Bilevel:
         val_loss, val_logits = loss_of(virtual_weights, mixture_of(virtual), arch_batch)
         names = list(virtual)
         values = [virtual[name] for name in names]
-        grads = torch.autograd.grad(val_loss.sum(), [*values, *virtual_weights.values()],
-                                    allow_unused=True, materialize_grads=True)
+        grads = gradients(val_loss.sum(), [*values, *virtual_weights.values()])
         variable_grads, vector = grads[:len(values)], grads[len(values):]
 
         # 3. finite-difference Hessian-vector product around (w, a), eps per seed; the authors'
@@ -430,8 +340,7 @@ class Bilevel:
             return total, val_loss, val_logits.detach()
         # 4. back through the weights' graph: d(weights)/d(alpha, beta) once
         outputs = _made(made, variables)
-        arch_grads = torch.autograd.grad(outputs, self.arch_params, grad_outputs=total,
-                                         allow_unused=True, materialize_grads=True)
+        arch_grads = gradients(outputs, self.arch_params, grad_outputs=total)
         return list(arch_grads), val_loss, val_logits.detach()
 
     # -- helpers --------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`attdarts derive` on a search run: its space, its weights per epoch (`weights.jsonl`, as
 `attdarts plot` reads them), a cost table at the final size, the best genotype within the caps
-(`attdarts.networks.budget_derive`), checked by compiling it.
+(`attdarts.networks.budget_derive`), checked by compiling it. Also the final network a search
+is for (`search_context`), which the budget method prices while searching.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from attdarts.networks.budget_derive import (
 from attdarts.networks.cost_meter import build_cost_table
 from attdarts.networks.costs import CostError, CostTable, read_cost_table
 from attdarts.networks.measure import measure
+from attdarts.networks.methods import SearchContext
 from attdarts.networks.supernet import column_names
-from attdarts.runs.search.config import CONFIG, SPACE, SYNTHETIC_NOTE, WEIGHTS_LOG
+from attdarts.runs.search.config import CONFIG, SPACE, SYNTHETIC_NOTE, WEIGHTS_LOG, SearchConfig
 
-__all__ = ["derive_run", "read_run_weights"]
+__all__ = ["derive_run", "final_dataset", "read_run_weights", "search_context"]
 
 
 def read_run_weights(run_dir: str | Path, space: ir.Space, epoch: int | None = None
@@ -97,15 +99,28 @@ def _kept_rows(stage: dict, kind: str, name: str, weights: list[list[float]]
 
 
 
+def final_dataset(dataset: str) -> str:
+    """The dataset of the final network of a search on `dataset`: CIFAR-100 stays CIFAR-100,
+    anything else (cifar10, cifar10-mini, synthetic, a folder) trains on CIFAR-10."""
+    return "cifar100" if str(dataset).startswith("cifar100") else "cifar10"
+
+
+def search_context(config: SearchConfig) -> SearchContext:
+    """What a search tells its methods (`SearchMethod.search_start`): the final network of its
+    dataset at the training recipe's size (C=36, 20 cells), and the space file's folder, where
+    the paths a space names (a budget's table) resolve."""
+    recipe = recipes.TRAIN["cifar"]
+    return SearchContext(dataset=final_dataset(config.dataset), channels=recipe["channels"],
+                         layers=recipe["layers"], directory=Path(config.space_file).parent)
+
+
 def _final_dataset(run: Path) -> str:
-    """The dataset of the final network: the run's CIFAR-100 stays CIFAR-100, anything else
-    (cifar10, cifar10-mini, synthetic) trains on CIFAR-10."""
+    """The dataset of the final network of the run in `run` (`final_dataset`)."""
     try:
         config = json.loads((run / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "cifar10"
-    dataset = str(config.get("dataset", "")) if isinstance(config, dict) else ""
-    return "cifar100" if dataset.startswith("cifar100") else "cifar10"
+    return final_dataset(str(config.get("dataset", "")) if isinstance(config, dict) else "")
 
 
 def _synthetic(run: Path) -> bool:

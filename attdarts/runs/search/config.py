@@ -86,7 +86,8 @@ class SearchConfig(BaseModel):
     data_dir: str | None = _PAPER["data_dir"]
     epochs: int = Field(_PAPER["epochs"], ge=1)
     batch_size: int = _PAPER["batch_size"]
-    recipe: Literal["paper", "authors", "pc-darts", "pdarts", "drnas", "fair-darts"] = _PAPER["recipe"]
+    recipe: Literal["paper", "authors", "pc-darts", "pdarts", "drnas", "fair-darts",
+                    "gdas"] = _PAPER["recipe"]
     order: Literal[1, 2] = _PAPER["order"]
     second_order: Literal["darts", "authors"] = _PAPER["second_order"]
     clip: Literal["weights", "authors"] = _PAPER["clip"]

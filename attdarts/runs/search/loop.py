@@ -20,7 +20,12 @@ Search methods (the space's `methods`, README "Search methods") act through thei
 every epoch start (also after a resume) the loop calls `epoch_start` on the supernet's methods
 (beta-decay's lambda_t, DARTS-'s coefficients b, smoothing's eps), whose values go into that
 epoch's metrics record (only for the methods the space lists); after each epoch's derivation
-`early_stop` may end the search (DARTS+). Epochs before `arch_start_epoch` run weight steps only.
+`early_stop` may end the search (DARTS+), and `epoch_end` adds its records (a budget's expected
+and derived costs). Before the first step (and on each stage's fresh supernet),
+`search_start` tells them what the search is for
+(`budget.search_context`: the final network, the space file's folder); a method that cannot
+serve it refuses the run before anything is written. Epochs before `arch_start_epoch` run weight
+steps only.
 The methods' generator (`bilevel.method_generator`) is part of the checkpoint.
 
 Each epoch's record also says how decided the derived genotype is (`language.decisiveness`: the
@@ -45,6 +50,7 @@ from torch import Tensor
 from attdarts.language import ir
 from attdarts.language.transform import parse_text
 from attdarts.networks.compiled import compile_cells
+from attdarts.networks.methods import MethodError
 from attdarts.networks.methods.progressive import Masks, flat, unflat
 from attdarts.networks.supernet import compile_supernet
 from attdarts import records
@@ -52,6 +58,7 @@ from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.runtime import Process
 from attdarts.runs.search import outputs, stages
 from attdarts.runs.search.bilevel import Bilevel, method_generator
+from attdarts.runs.search.budget import search_context
 from attdarts.runs.search.config import (
     CHECKPOINT, SPLIT_SEED, SearchConfig, SearchError, SearchResult, same_run,
 )
@@ -115,6 +122,10 @@ class SearchRun:
                     self.space, channels=config.channels, layers=stage.layers,
                     num_classes=self.sizes[0], input_size=self.sizes[1], init=config.arch_init,
                     grouped=config.grouped)
+            try:  # what the methods hold for the search (a budget's cost table) moves with it
+                model.methods.search_start(search_context(config))
+            except MethodError as error:
+                raise SearchError(f"space '{self.space.name}': {error}") from None
             self.model = model.to(self.device)
         if self.plan.staged:
             self.masks = masks or stages.first_masks(self.model)
@@ -378,6 +389,8 @@ class SearchRun:
             metrics["stopped_early"] = {"epoch": self.epoch, "reason": reason}
             genotype = outputs.with_meta(genotype, outputs.STOPPED_EARLY,
                                          f"epoch {self.epoch}/{self.plan.epochs}: {reason}")
+        with torch.no_grad():  # the methods' records of the epoch's end (a budget's costs)
+            metrics.update(self.model.methods.epoch_end(self.model.mixture_weights(), genotype))
         self.history["genotypes"].append(genotype)
         self.history["weights"].append(outputs.weights_record(self.model, self.epoch, self.synthetic))
         decided, decided_line = outputs.decisiveness_metrics(

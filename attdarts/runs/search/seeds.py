@@ -16,12 +16,24 @@ Either way the step's arithmetic is the same: losses per seed (their sum's gradi
 own gradient), SGD and Adam elementwise, the gradient clip and the second-order eps per seed, and
 each seed's random numbers from its own generator (`Random`), so that a seed run with others
 computes what it computes alone (tests compare them in float64).
+
+Single paths (GDAS: `CellWeights.paths`) choose which modules run from each seed's own draw,
+which `vmap` cannot map: stacked, such a forward runs seed by seed on the seeds' slices, and the
+weight step notes which weights each seed's backward reaches. A seed's own run gives a weight off
+its path no gradient, and torch's SGD then skips it (no decay, no momentum); `step_weights` does
+the same to that seed's slice, and the seed's own optimiser state lacks the weights it never
+reached (`missing`: zero momentum here, which SGD treats as no momentum).
+
+Stages (P-DARTS): the weights of candidates a seed's stage dropped get a zero gradient in its own
+run (`zero_idle`), so they decay and keep their momentum as such weights do; run together, a seed
+that dropped a candidate another keeps gets exactly 0 there, and on single paths `step_weights`
+steps that seed's idle weights (`idle`, from its own supernet) as its own run does.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +43,11 @@ from torch.utils import _pytree as pytree
 from attdarts.networks.methods import MixtureWeights, Random
 
 __all__ = ["Seeds", "clip_per_seed", "seed_view"]
+
+
+# the tensors of `CellWeights` and their dimensions for one seed (the rest, `paths`, are not
+# tensors: host tuples, one per seed when stacked)
+_RANKS = (("alpha", 2), ("beta", 2), ("gamma", 2), ("edges", 1), ("identity", 0), ("noise", 1))
 
 
 def seed_view(values: Tensor, like: Tensor) -> Tensor:
@@ -76,6 +93,13 @@ class Seeds:
         self.generators = list(generators)
         self.stacked = stacked
         self.count = len(self.generators)
+        # single paths: the weights each seed's last weight backward reached (names), and the
+        # weights whose momentum a seed's own run would not hold yet
+        self.reached: list[set[str]] | None = None
+        self.missing: list[set[str]] = [set() for _ in range(self.count)]
+        # stacked stages: the weights each seed's own stage leaves idle (its supernet's
+        # `idle_weights`), which its run steps with a zero gradient
+        self.idle: list[frozenset[str]] = [frozenset() for _ in range(self.count)]
 
     @classmethod
     def own(cls, model: nn.Module, generator: torch.Generator,
@@ -99,8 +123,10 @@ class Seeds:
         weights, arch = ([_stack([own[name] for own in owned]).requires_grad_() for name in group]
                          for group in names)
         buffers = [_stack([own[name] for own in owned]).clone() for name in buffer_names]
-        return cls(template, network=None, weights=weights, arch=arch, buffers=buffers,
-                   buffer_names=buffer_names, generators=generators, stacked=True)
+        seeds = cls(template, network=None, weights=weights, arch=arch, buffers=buffers,
+                    buffer_names=buffer_names, generators=generators, stacked=True)
+        seeds.idle = [frozenset(getattr(model, "idle_weights", frozenset)()) for model in models]
+        return seeds
 
     # -- the forward --------------------------------------------------------------------------
 
@@ -130,6 +156,9 @@ class Seeds:
             return functional_call(self.model, (values, buffers), (x,), {"weights": weights})
 
         weights = self._per_seed(weights)
+        if any(cell.paths is not None for cell in weights):
+            return self._seed_by_seed(current, stats, weights, images,
+                                      record=values is None and buffers is None)
         absent = tuple(type(cell)(*(None if value is None else 0 for value in cell))
                        for cell in weights)  # no seed axis to map over where a kind is absent
         return torch.vmap(one, in_dims=(0, 0, absent, 0), randomness="error")(
@@ -137,11 +166,43 @@ class Seeds:
 
     def _per_seed(self, weights: MixtureWeights) -> MixtureWeights:
         """`weights` with a seed axis on every tensor: those made from the stacked architecture
-        have it; a method's constant (DARTS-'s coefficient b) is repeated for each seed."""
-        ranks = (2, 2, 2, 1, 0, 1, 1)  # alpha, beta, gamma, edges, identity, chosen, noise
-        return tuple(type(cell)(*(value if value is None or value.dim() > rank
-                                  else value.expand(self.count, *value.shape)
-                                  for value, rank in zip(cell, ranks))) for cell in weights)
+        have it; a method's constant (DARTS-'s coefficient b) is repeated for each seed. Paths
+        (host tuples, one per seed) stay as they are."""
+        return tuple(cell._replace(**{field: value.expand(self.count, *value.shape)
+                                      for field, rank in _RANKS
+                                      if (value := getattr(cell, field)) is not None
+                                      and value.dim() <= rank}) for cell in weights)
+
+    def _seed_by_seed(self, current: dict[str, Tensor], stats: dict[str, Tensor],
+                      weights: MixtureWeights, images: Tensor, *, record: bool) -> Tensor:
+        """The stacked forward on single paths: seed s's supernet on its slices of the values
+        and the weights, on its own paths, and on a copy of its running statistics, written
+        back after every seed's forward (a batch norm keeps its statistics for the backward: a
+        view would see the next seed's update); the logits stacked. `record` (the weight
+        step): each seed's backward notes the weights it reaches in `reached`."""
+        if record:
+            self.reached = [set() for _ in range(self.count)]
+        logits, moved = [], []
+        for seed in range(self.count):
+            values = {name: value[seed] for name, value in current.items()}
+            if record:
+                for name in self.weight_names:
+                    values[name].register_hook(
+                        lambda grad, names=self.reached[seed], name=name: names.add(name))
+            own = tuple(cell._replace(
+                **{field: getattr(cell, field)[seed] for field, _ in _RANKS
+                   if getattr(cell, field) is not None},
+                paths=None if cell.paths is None else cell.paths.of_seed(seed))
+                for cell in weights)
+            buffers = {name: value[seed].clone() for name, value in stats.items()}
+            logits.append(functional_call(self.model, (values, buffers), (images[seed],),
+                                          {"weights": own}))
+            moved.append(buffers)
+        with torch.no_grad():
+            for seed, buffers in enumerate(moved):
+                for name, value in buffers.items():
+                    stats[name][seed].copy_(value)
+        return torch.stack(logits)
 
     def scratch_buffers(self) -> dict[str, Tensor]:
         """Copies of the running statistics, for passes that must not move the real ones."""
@@ -155,9 +216,10 @@ class Seeds:
         """Give the weights of candidates no cell computes (`Supernet.idle_weights`: a search
         stage dropped them) a zero gradient where they have none, so that they move as weights
         with a zero gradient do (weight decay, momentum) whether or not other seeds run together
-        with them (a seed that dropped a candidate another seed keeps gets exactly 0 there)."""
+        with them (a seed that dropped a candidate another seed keeps gets exactly 0 there; on
+        single paths, where no seed may reach it, `step_weights` keeps the others' slices)."""
         idle = getattr(self.model, "idle_weights", None)
-        names = idle() if idle is not None else ()
+        names = set(idle() if idle is not None else ()).union(*self.idle)
         for name, weight in zip(self.weight_names, self.weights):
             if name in names and weight.grad is None:
                 weight.grad = torch.zeros_like(weight)
@@ -184,6 +246,37 @@ class Seeds:
         """`tensor` times each seed's factor (a scalar for one seed)."""
         return tensor * (seed_view(per_seed, tensor) if self.stacked else per_seed)
 
+    def step_weights(self, step: Callable[[], None], optimizer: torch.optim.Optimizer) -> None:
+        """The weight update `step` of `optimizer`. After a single-path backward (stacked,
+        `reached`), each seed's slices of the weights it did not reach keep their values and
+        momentum (a momentum started by this update is zero), as its own SGD skips them; the
+        weights its stage left idle are stepped (`zero_idle` gave them a zero gradient)."""
+        reached, self.reached = self.reached, None
+        if reached is None:
+            step()
+            return
+        reached = [names | idle for names, idle in zip(reached, self.idle)]
+        kept = []
+        for name, param in zip(self.weight_names, self.weights):
+            off = [seed for seed in range(self.count) if name not in reached[seed]]
+            if param.grad is None or not off:
+                continue
+            buffer = optimizer.state.get(param, {}).get("momentum_buffer")
+            kept.append((name, param, off, param.detach()[off].clone(),
+                         None if buffer is None else buffer[off].clone()))
+        step()
+        with torch.no_grad():
+            for name, param, off, values, buffer in kept:
+                param[off] = values
+                own = optimizer.state.get(param, {}).get("momentum_buffer")
+                if own is not None:
+                    own[off] = 0.0 if buffer is None else buffer
+                    if buffer is None:
+                        for seed in off:
+                            self.missing[seed].add(name)
+        for seed, names in enumerate(reached):
+            self.missing[seed] -= names
+
     # -- the seeds' own models and optimisers (stacked) ---------------------------------------
 
     def _values(self) -> list[tuple[str, Tensor]]:
@@ -206,14 +299,16 @@ class Seeds:
             for seed, (model, owner) in enumerate(zip(models, owners)):
                 params = dict(model.named_parameters())
                 owner.state.clear()
+                missing = self.missing[seed] if values is self.weights else set()
                 for value, name in zip(values, names):
-                    if value in stacked.state:  # Adam's step count: the same for all
+                    if value in stacked.state and name not in missing:  # Adam's step: the same
                         owner.state[params[name]] = {
                             key: item[seed].clone() if _shaped_like(item, value) else item.clone()
                             for key, item in stacked.state[value].items()}
 
     def load(self, models: Sequence[nn.Module], optimizers: Sequence[tuple]) -> None:
         """The reverse of `unload`: stack the seeds' values and optimiser states (a resume)."""
+        self.missing = [set() for _ in range(self.count)]
         owned = [model.state_dict(keep_vars=True) for model in models]
         with torch.no_grad():
             for name, value in self._values():
@@ -223,11 +318,19 @@ class Seeds:
             params = [dict(model.named_parameters()) for model in models]
             for value, name in zip(values, names):
                 states = [owner.state.get(own[name]) for owner, own in zip(owners, params)]
-                if all(state is not None for state in states):
-                    stacked.state[value] = {
-                        key: _stack([state[key] for state in states])
-                        if _shaped_like(item, value[0]) else item.clone()
-                        for key, item in states[0].items()}
+                held = [state for state in states if state is not None]
+                if not held:
+                    continue
+                # a seed whose own run never reached a weight (single paths): zero momentum
+                stacked.state[value] = {
+                    key: _stack([torch.zeros_like(item) if state is None else state[key]
+                                 for state in states])
+                    if _shaped_like(item, value[0]) else item.clone()
+                    for key, item in held[0].items()}
+                if values is self.weights:
+                    for seed, state in enumerate(states):
+                        if state is None:
+                            self.missing[seed].add(name)
 
     def _optimizer_groups(self, optimizers: Sequence[tuple]):
         """(stacked optimiser, the seeds' own, its stacked values, their names) for the weight

@@ -352,22 +352,36 @@ SAMPLERS = {
     "drnas": SPACE.replace("mixing = sum", "mixing = sum\n    methods = [drnas(kl=0.5)]"),
     "fair_darts": SPACE.replace("mixing = sum", "mixing = sum\n    methods = [fair_darts]")
                        .replace("[none, ", "["),
+    # single paths: each seed's forward on its own paths, its weights off them left alone; bam
+    # has batch norms, whose saved statistics each seed's backward needs as its forward left them
+    "gdas": SPACE.replace("mixing = sum", "mixing = sum\n    methods = [gdas]")
+                 .replace("cbam]", "cbam, bam]"),
 }
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
-def test_stacked_step_with_each_sampler_equals_bilevel_steps(tmp_path, name):
+# GDAS in a second-order step too (both variants, a clip small enough to act)
+SAMPLER_STEPS = [pytest.param(name, {}, id=name) for name in SAMPLERS] + [
+    pytest.param("gdas", {"order": 2, "second_order": variant, "clip": clip, "grad_clip": 0.05},
+                 id=f"gdas-order2-{variant}")
+    for variant, clip in (("darts", "weights"), ("authors", "authors"))]
+
+
+@pytest.mark.parametrize("name, changes", SAMPLER_STEPS)
+def test_stacked_step_with_each_sampler_equals_bilevel_steps(tmp_path, name, changes):
     """A sampler in the stacked step: two iterations, float64, against one `Bilevel` per seed
-    (the draws of seed s come from seed s's generator in both)."""
+    (the draws of seed s come from seed s's own generator in both, seeded from s: the seeds draw
+    apart, and under GDAS take different paths); weights, architecture and momentum compared."""
     space = parse_text(SAMPLERS[name]).space()
-    config = tiny_config(tmp_path / "unused.geno")
+    config = tiny_config(tmp_path / "unused.geno", **changes)
     models = []
     for seed in SEEDS:
         torch.manual_seed(seed)
         models.append(compile_supernet(space, channels=4, layers=3, input_size=8,
                                        init="randn").double())
-    stacked = stacked_bilevel(models, config)
-    separate = [Bilevel(model, config) for model in models]
+    stacked = Bilevel(Seeds.stack(models, [method_generator(seed, "cpu") for seed in SEEDS]),
+                      config)
+    separate = [Bilevel(model, config.model_copy(update={"seed": seed}))
+                for seed, model in zip(SEEDS, models)]
     for bilevel in (stacked, *separate):
         bilevel.methods.epoch_start(1, 3)
     generator = torch.Generator().manual_seed(0)
@@ -381,11 +395,26 @@ def test_stacked_step_with_each_sampler_equals_bilevel_steps(tmp_path, name):
             own = bilevel.step(*((x[seed], y[seed]) for x, y in (weight_batch, arch_batch)))
             torch.testing.assert_close(stats[:, seed], torch.stack([v.double() for v in own]))
     seeds = stacked.seeds
-    for seed, model in enumerate(models):
+    momentum = stacked.weight_optimizer.state
+    for seed, (model, bilevel) in enumerate(zip(models, separate)):
         state = model.state_dict()
-        for name_, value in zip(seeds.arch_names, seeds.arch):
+        for name_, value in zip(seeds.weight_names + seeds.arch_names,
+                                seeds.weights + seeds.arch):
             torch.testing.assert_close(value[seed].detach(), state[name_], rtol=1e-10,
                                        atol=1e-12, msg=name_)
+        # SGD's momentum: the seed's own where it has one, zero where it has none (GDAS: a
+        # weight off every path the seed drew), and `missing` names exactly those
+        own = dict(zip(seeds.weight_names, bilevel.weight_params))
+        for name_, value in zip(seeds.weight_names, seeds.weights):
+            held = bilevel.weight_optimizer.state.get(own[name_])
+            buffer = momentum[value]["momentum_buffer"][seed] if value in momentum else None
+            assert (held is None) == (name_ in seeds.missing[seed] or buffer is None), name_
+            if held is not None:
+                torch.testing.assert_close(buffer, held["momentum_buffer"], rtol=1e-10,
+                                           atol=1e-12, msg=name_)
+            elif buffer is not None:
+                assert not buffer.any(), name_
+    assert any(seeds.missing) == (name == "gdas")
 
 
 @pytest.mark.slow  # two runs of two seeds per sampler
@@ -400,6 +429,27 @@ def test_each_sampler_together_equals_separate_runs_in_float64(tmp_path, name):
         run_seeds(config, SEEDS, tmp_path / "together", device="cpu", dataset=tiny_images(),
                   together=True)
     assert_same_run(tmp_path / "separate", tmp_path / "together", rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.slow  # a separate run, a together run killed mid-epoch and its resume
+def test_gdas_together_resumed_mid_epoch_equals_separate_runs(tmp_path, monkeypatch):
+    """GDAS's seeds hold momentum for different weights (those their paths reached): the
+    checkpoints written together keep each seed's own, and a resume stacks them again (zero
+    where a seed has none) to the files of separate runs."""
+    space_file = tmp_path / "gdas.geno"
+    space_file.write_text(SAMPLERS["gdas"])
+    with in_float64():
+        run_seeds(tiny_config(space_file), SEEDS, tmp_path / "separate", device="cpu",
+                  dataset=tiny_images())
+        interrupted(space_file, tmp_path / "run", 3, monkeypatch)  # epoch 2, step 1 saved
+        held = [len(torch.load(tmp_path / "run" / f"seed-{seed}" / "checkpoint.pt",
+                               weights_only=False)["optimizers"]["weight_optimizer"]["state"])
+                for seed in SEEDS]
+        resume_search(tmp_path / "run", device="cpu", dataset=tiny_images())
+    weights = len(compile_supernet(parse_file(space_file).space(), channels=4, layers=3,
+                                   input_size=8).weights())
+    assert min(held) < weights  # some weight never on a seed's paths: no momentum
+    assert_same_run(tmp_path / "separate", tmp_path / "run", rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.slow  # four runs of two seeds
