@@ -113,7 +113,7 @@ class MixedAttention(nn.Module):
             # the identity's mask is 1 and its log 0: it adds nothing to the exponent
             self.masked = tuple(
                 i for i, module in enumerate(modules) if not isinstance(module, IdentityAttention))
-        self.masking = self.masked
+        self.masking = self.masked  # every masking attention; `masked`: those a stage keeps
 
     def use(self, kept: Sequence[bool]) -> None:
         """Compute only the attentions `kept` (a stage's mask)."""
@@ -149,7 +149,7 @@ class MixedAttention(nn.Module):
         weight = weights[chosen]
         if not self.product:
             return weight * self.candidates[chosen](h)
-        if chosen in self.masked:
+        if chosen in self.masking:  # a masking attention (a sample is never a dropped one)
             mask = self.candidates[chosen].mask(h).clamp_min(MASK_FLOOR)
             return h * torch.exp(weight * torch.log(mask))
         return h * torch.exp(weight * 0.0)  # the identity: mask 1, log 0

@@ -164,7 +164,7 @@ def attentions(mixtures: list[MixedAttention], h: Tensor, weights: Tensor, chose
         weight = _weights(weights, positions, candidate, part)
         if not first.product:
             out = group.split(grouped.forward(modules, group)) * weight
-        elif candidate in first.masked:
+        elif candidate in first.masking:  # a masking attention (not the identity), in use or not
             log_mask = torch.log(grouped.mask(modules, group).clamp_min(MASK_FLOOR))
             out = part * torch.exp(weight * log_mask)
         else:  # the identity: mask 1, log 0

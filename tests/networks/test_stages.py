@@ -17,7 +17,7 @@ from attdarts.language.methods import METHODS
 from attdarts.language.transform import parse_text
 from attdarts.networks import noise
 from attdarts.networks.derive import derive_genotype
-from attdarts.networks.methods import Random
+from attdarts.networks.methods import Random, SearchContext
 from attdarts.networks.methods.progressive import Progressive, flat, prune, unflat
 from attdarts.networks.network import compile_network
 from attdarts.networks.operations import Zero
@@ -307,12 +307,17 @@ STAGED_OPERATIONS = "none, max_pool_3x3, avg_pool_3x3, skip_connect, sep_conv_3x
 TWO_STAGES = "stage(layers=3), stage(operations=3, attentions=2)"
 
 
+SMALL = SearchContext(channels=8, layers=3)  # what the methods price (a budget): kept small
+
+
 def check_staged(space) -> None:
     """A staged supernet of `space` with random per-edge masks (3 operations, 2 attentions kept)
-    and skip dropout: the same outputs and gradients edge by edge and grouped (float64),
-    dropped candidates weighing exactly 0, a genotype derived that chooses no dropped
-    candidate and compiles."""
+    and skip dropout, the methods' architecture loss included: the same outputs and gradients
+    edge by edge and grouped (float64), all finite, dropped candidates weighing exactly 0 and
+    never on a sampler's single path, a genotype derived that chooses no dropped candidate and
+    compiles."""
     plain = tiny(space)
+    plain.methods.search_start(SMALL)
     plain.use_candidates(random_masks(plain, 2, operations=3))
     plain.methods.progressive.rate = 0.3
     grouped = copy.deepcopy(plain).set_grouped(True)
@@ -320,15 +325,23 @@ def check_staged(space) -> None:
     results = []
     for model in (plain, grouped):
         random = Random([torch.Generator().manual_seed(5)])
-        draws = model.methods.draw(dict(model.named_architecture()), random)
+        arch = dict(model.named_architecture())
+        draws = model.methods.draw(arch, random)
         weights = model.mixture_weights(None, draws, weight_step=random)
         out = model(images, weights)
-        out.sum().backward()
+        extra = model.methods.architecture_loss(arch, weights)
+        (out.sum() if extra is None else out.sum() + extra.sum()).backward()
         results.append((out, {name: p.grad for name, p in model.named_parameters()}))
         kept = model.methods.progressive.masks
         for cell, cell_weights in zip(("normal", "reduce"), weights):
             for kind, mask in kept[cell].items():
                 assert (getattr(cell_weights, kind)[..., :mask.shape[-1]][~mask] == 0).all()
+                grad = model.arch.tensor(kind, cell).grad
+                assert grad is None or torch.isfinite(grad).all(), (cell, kind)
+            paths = cell_weights.paths  # a sampler's single paths (GDAS) never choose one
+            for kind, mask in kept[cell].items() if paths is not None else ():
+                for row, column in enumerate(getattr(paths, kind) or ()):
+                    assert mask[row, column], (cell, kind, row, column)
     torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-10, atol=1e-12)
     for name, grad in results[0][1].items():
         other = results[1][1][name]
@@ -348,13 +361,17 @@ def check_staged(space) -> None:
 @pytest.mark.parametrize("methods", ["", "partial_channels(k=2), edge_normalisation, "
                                      "max_skip_connect(n=1), smoothing, beta_decay",
                                      "drnas(kl=0.1), max_skip_connect(n=1)",
-                                     "fair_darts(threshold=0.3), partial_channels(k=2)"])
+                                     "fair_darts(threshold=0.3), partial_channels(k=2)",
+                                     "gdas(unchosen=weight), partial_channels(k=2), "
+                                     "edge_normalisation, max_skip_connect(n=1), "
+                                     "budget(macs=1M, form=linear)"])
 @pytest.mark.parametrize("location, mixing", _combinations())
 def test_stages_compose_with_every_location_plain_equals_grouped(location, mixing, methods):
-    """Per-edge masks, skip dropout and (second to fourth rows) the methods a staged space may
+    """Per-edge masks, skip dropout and (second to fifth rows) the methods a staged space may
     list with them, the samplers that make the weights included (DrNAS's Dirichlet draw, over
-    the kept candidates; FairDARTS's sigmoid), in every location and mixing (`check_staged`;
-    random smoothing's noise on a dropped candidate is dropped)."""
+    the kept candidates; FairDARTS's sigmoid; GDAS's single paths, never on a dropped candidate,
+    with a budget on the sampled weights), in every location and mixing (`check_staged`; random
+    smoothing's noise on a dropped candidate is dropped)."""
     if LOCATIONS[location].mixes_operations_and_attentions:
         methods = methods.replace("max_skip_connect(n=1), ", "").replace(
             ", max_skip_connect(n=1)", "")
@@ -363,6 +380,33 @@ def test_stages_compose_with_every_location_plain_equals_grouped(location, mixin
         operations = operations.replace("none, ", "")
     check_staged(make_space(location, mixing, methods=methods, operations=operations,
                             stages=TWO_STAGES))
+
+
+def test_gdas_never_samples_a_dropped_candidate_and_gives_it_a_zero_gradient():
+    """GDAS under a stage's masks: a dropped candidate's raw weight is -inf before the Gumbel
+    softmax, so no draw chooses it (its probability is 0), its straight-through weight is 0 in
+    value, and its gradient through the sample is exactly 0 (finite, no NaN) in alpha, beta and
+    gamma; the cells compute the chosen candidates only."""
+    space = make_space("after_every_and_end", methods="gdas(unchosen=weight)",
+                       operations=STAGED_OPERATIONS, stages=TWO_STAGES)
+    model = tiny(space)
+    masks = random_masks(model, 2, operations=2)  # 2 of 5 operations, 2 of 3 attentions
+    model.use_candidates(masks)
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        model.zero_grad(set_to_none=True)
+        arch = dict(model.named_architecture())
+        weights = model.mixture_weights(None, model.methods.draw(arch, Random([generator])))
+        model(images, weights).sum().backward()
+        for cell, cell_weights in zip(("normal", "reduce"), weights):
+            for kind, mask in masks[cell].items():
+                chosen = getattr(cell_weights.paths, kind)
+                assert all(mask[row, column] for row, column in enumerate(chosen))
+                assert (getattr(cell_weights, kind)[~mask] == 0).all()
+                grad = model.arch.tensor(kind, cell).grad
+                assert torch.isfinite(grad).all() and (grad[~mask] == 0).all(), (cell, kind)
+                assert grad[mask].abs().sum() > 0  # the kept ones do get a gradient
 
 
 # the methods stages refuse (attdarts.language.stages), and why
