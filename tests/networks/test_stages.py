@@ -409,6 +409,34 @@ def test_gdas_never_samples_a_dropped_candidate_and_gives_it_a_zero_gradient():
                 assert grad[mask].abs().sum() > 0  # the kept ones do get a gradient
 
 
+def test_a_budgets_expected_cost_counts_the_searched_candidates_only():
+    """The budget method under stages prices the weights the step uses, masked: a dropped
+    candidate weighs 0 and contributes nothing to E (changing its cost changes nothing), so E is
+    the expectation over each row's searched candidates; without the masks it differs."""
+    space = make_space(methods="budget(macs=1M, form=linear)", operations=STAGED_OPERATIONS,
+                       stages=TWO_STAGES)
+    model = tiny(space)
+    model.methods.search_start(SMALL)
+    budget = next(method for method in model.methods if hasattr(method, "budget")).budget
+    unmasked = budget.expected(model.mixture_weights())
+    masks = random_masks(model, 2, operations=3)
+    model.use_candidates(masks)
+    weights = model.mixture_weights()
+    expected = budget.expected(weights)
+    for cell in ("normal", "reduce"):
+        for kind in masks[cell]:
+            cost = getattr(budget, f"{kind}_cost_{cell}")
+            cost[~masks[cell][kind][..., :cost.shape[-1]]] = 1e12  # what a dropped one costs
+    assert budget.expected(weights).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert expected.item() != pytest.approx(unmasked.item(), rel=1e-6)
+    loss = model.methods.architecture_loss(dict(model.named_architecture()), weights)
+    loss.backward()
+    for cell in ("normal", "reduce"):
+        for kind, mask in masks[cell].items():
+            grad = model.arch.tensor(kind, cell).grad
+            assert torch.isfinite(grad).all() and (grad[~mask] == 0).all(), (cell, kind)
+
+
 # the methods stages refuse (attdarts.language.stages), and why
 REFUSED_WITH_STAGES = {
     "stop_at_skips": "an early stop would end the whole progressive search",
