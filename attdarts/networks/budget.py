@@ -180,13 +180,18 @@ class Budget(nn.Module):
             raise ValueError(f"{kind} {name} has {weights.shape[-1]} columns; the space has "
                              f"{columns}")
         chosen = weights[..., :columns] * mask.to(weights.dtype)  # extra columns: not derived
+        cost = cost.to(weights.dtype).expand_as(chosen)
+        # costs relative to the row's strongest choosable column: the same E, but a row with a
+        # single choosable column (a stage kept `none` and one operation) has a constant E with
+        # an exactly zero gradient, not rounding noise (which Adam would divide by its eps)
+        reference = cost.gather(-1, chosen.detach().argmax(dim=-1, keepdim=True)).squeeze(-1)
         # a row whose choosable columns all weigh 0 (masked by a method, or GDAS's one-hot draw
         # of `none`) costs nothing, with a zero gradient (a division by ~0 would make it NaN)
         total = chosen.sum(dim=-1)
         some = total > 0
-        expected = (chosen * cost.to(weights.dtype)).sum(dim=-1) / torch.where(
+        relative = (chosen * (cost - reference.unsqueeze(-1))).sum(dim=-1) / torch.where(
             some, total, torch.ones_like(total))
-        return torch.where(some, expected, torch.zeros_like(expected))
+        return torch.where(some, relative + reference, torch.zeros_like(relative))
 
     def _shares(self, per_edge: Tensor, edges: Tensor | None) -> Tensor:
         if self.shares == "all":

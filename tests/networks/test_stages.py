@@ -437,6 +437,37 @@ def test_a_budgets_expected_cost_counts_the_searched_candidates_only():
             assert torch.isfinite(grad).all() and (grad[~mask] == 0).all(), (cell, kind)
 
 
+def test_a_row_left_with_one_choosable_candidate_has_a_constant_cost():
+    """A stage that keeps `none` and one operation on an edge leaves derivation one choice
+    there: the budget prices that row at the operation's cost whatever the weights, with an
+    exactly zero gradient (not the rounding left of ``w c / w``, which Adam would divide by
+    its eps)."""
+    space = make_space(methods="budget(macs=1M, form=linear)", operations=STAGED_OPERATIONS,
+                       stages=TWO_STAGES)
+    model = tiny(space)
+    model.methods.search_start(SMALL)
+    budget = next(method for method in model.methods if hasattr(method, "budget")).budget
+    masks = random_masks(model, 2, operations=2)
+    names = [call.name for call in space.operations]
+    for cell in ("normal", "reduce"):  # every row: none and one other operation
+        alpha = masks[cell][kinds.OPERATION]
+        alpha[:, names.index("none")] = True
+        for row in range(alpha.shape[0]):
+            alpha[row, 1:] = False
+            alpha[row, 1 + row % (len(names) - 1)] = True
+    model.use_candidates(masks)
+    for seed in range(3):
+        with torch.no_grad():
+            for parameter in model.architecture():
+                parameter.normal_(generator=torch.Generator().manual_seed(seed))
+        model.zero_grad(set_to_none=True)
+        budget.loss(model.mixture_weights()).backward()
+        for cell in ("normal", "reduce"):
+            alpha = model.arch.tensor(kinds.OPERATION, cell)
+            assert torch.equal(alpha.grad, torch.zeros_like(alpha)), (seed, cell)
+            assert model.arch.tensor(kinds.ATTENTION, cell).grad.abs().sum() > 0  # still live
+
+
 # the methods stages refuse (attdarts.language.stages), and why
 REFUSED_WITH_STAGES = {
     "stop_at_skips": "an early stop would end the whole progressive search",
