@@ -17,6 +17,8 @@ from click.testing import CliRunner
 from attdarts.cli import cli
 from attdarts.language import kinds
 from attdarts.language.transform import parse_text, read_genotype, read_space
+from attdarts.networks.cost_meter import build_cost_table
+from attdarts.networks.costs import write_cost_table
 from attdarts.networks.methods.progressive import prune
 from attdarts.networks.supernet import compile_supernet
 from attdarts.runs import data, preemption, runtime
@@ -357,11 +359,13 @@ def test_a_sigterm_mid_stage_checkpoints_and_the_resume_matches(space_file, whol
     same_files(whole, tmp_path / "run")
 
 
-def test_resume_mid_stage_with_drnas_is_byte_identical(tmp_path, monkeypatch):
-    """DrNAS's draws come from the run's method generator through the stages: a run killed in
-    stage 2 resumes to the uninterrupted run's files."""
+@pytest.mark.parametrize("sampler", ["drnas(kl=0.1)", "gdas"])
+def test_resume_mid_stage_with_a_sampler_is_byte_identical(tmp_path, monkeypatch, sampler):
+    """A sampler's draws (DrNAS's Dirichlet, GDAS's Gumbel noise and single paths) come from the
+    run's method generator through the stages: a run killed in stage 2 resumes to the
+    uninterrupted run's files."""
     space_file = write(tmp_path, STAGED.replace("methods = [max_skip_connect(n=1)]",
-                                                "methods = [drnas(kl=0.1), max_skip_connect(n=1)]"))
+                                                f"methods = [{sampler}, max_skip_connect(n=1)]"))
     run_search(tiny_config(space_file), tmp_path / "whole", device="cpu", dataset=tiny_images())
     step, calls = Bilevel.step, []
 
@@ -388,6 +392,8 @@ def test_resume_mid_stage_with_drnas_is_byte_identical(tmp_path, monkeypatch):
     "beta_decay(lambda=0.5, schedule=linear), smoothing(start=0.1, end=0.3)",
     "drnas(kl=0.1), max_skip_connect(n=1)",
     "fair_darts(threshold=0.3), max_skip_connect(n=1)",
+    "gdas, max_skip_connect(n=1)",
+    'budget(macs=1M, form=linear, table="costs.json"), max_skip_connect(n=1)',
 ])
 def test_seeds_together_equal_separate_runs_in_float64(tmp_path, methods):
     """Each seed prunes its own candidates (they differ between the seeds), draws its own skip
@@ -395,15 +401,26 @@ def test_seeds_together_equal_separate_runs_in_float64(tmp_path, methods):
     own run, in float64; with the methods a staged space may list besides (partial channels,
     edge normalisation, beta-decay, random smoothing, whose noise on a candidate one seed
     dropped and another keeps must not reach the first; DrNAS's Dirichlet draws over each
-    seed's kept candidates; FairDARTS's sigmoids, on a space without none)."""
+    seed's kept candidates; FairDARTS's sigmoids, on a space without none; GDAS's single paths,
+    run seed by seed, where a seed's weights off its paths keep their values and momentum while
+    those its stage dropped decay as in its own run; a budget, told about the search again by
+    each fresh stage's supernet, on the masked weights)."""
     text = STAGED.replace("methods = [max_skip_connect(n=1)]", f"methods = [{methods}]")
     if "fair_darts" in methods:
         text = text.replace("[none, ", "[")
+    if "budget" in methods:  # a small table beside the space file: quick to build
+        plain = parse_text(STAGED.replace("methods = [max_skip_connect(n=1)]", "")).space()
+        write_cost_table(build_cost_table(plain, channels=4, layers=3), tmp_path / "costs.json")
     config = tiny_config(write(tmp_path, text))
     with in_float64():
         run_seeds(config, SEEDS, tmp_path / "separate", device="cpu", dataset=tiny_images())
         run_seeds(config, SEEDS, tmp_path / "together", device="cpu", dataset=tiny_images(),
                   together=True)
+    # torch's CPU softmax of a row holding -inf (a dropped candidate) may round the last bit
+    # differently for stacked seeds than for one; the budget's linear term, whose gradient
+    # outweighs the loss's, carries that further (measured: 2.4e-12 at most, in a weight's
+    # momentum), so its states are compared a hundred times less tightly
+    rtol, atol = (1e-8, 1e-10) if "budget" in methods else (1e-10, 1e-12)
     masks = []
     for seed in SEEDS:
         ours, theirs = tmp_path / "separate" / f"seed-{seed}", tmp_path / "together" / f"seed-{seed}"
@@ -417,7 +434,7 @@ def test_seeds_together_equal_separate_runs_in_float64(tmp_path, methods):
         expected = torch.load(ours / "checkpoint.pt", weights_only=False)
         actual = torch.load(theirs / "checkpoint.pt", weights_only=False)
         for key in ("model", "optimizers", "stage", "rng", "method_rng"):
-            assert_same_state(expected[key], actual[key], rtol=1e-10, atol=1e-12, where=key)
+            assert_same_state(expected[key], actual[key], rtol=rtol, atol=atol, where=key)
         masks.append(expected["stage"]["masks"]["alpha_normal"])
     assert not torch.equal(masks[0], masks[1])  # the seeds kept different candidates
 
