@@ -6,7 +6,7 @@ and c_{k-1} (the stem's output for the first cells); after a reduction cell c_{k
 size of c_{k-1}, so the next cell reduces it (`reduction_prev`).
 
 This module only keeps that account. The callers build the cells (`network.CellModule`,
-`supernet.SearchCell`), and each cell says what it outputs (`channels_out`, `spatial_out`): a
+`search_cell.SearchCell`), and each cell says what it outputs (`channels_out`, `spatial_out`): a
 discrete cell concatenates as many nodes as its genotype names, and the normal and reduce cells
 of one genotype can differ.
 """
