@@ -328,6 +328,24 @@ def test_loader_workers_ignore_the_signals(tmp_path):
     assert len(list(batches)) == len(loader) - 1
 
 
+def test_a_process_exits_with_its_loader_workers_still_up(tmp_path):
+    """Workers that ignore SIGTERM would hang multiprocessing's exit handler (it terminates
+    daemon children with SIGTERM, then joins them) when a run stops by a signal while its
+    persistent loaders are still referenced: the process must end on its own, at once."""
+    root = write_imagenet(tmp_path / "imagenet")
+    code = ("import sys\n"
+            "from pathlib import Path\n"
+            "from attdarts.runs import data\n"
+            f"loader = data.ImageNetLoader(Path({str(root)!r}), train=True, batch_size=2,\n"
+            "                             device='cpu', workers=2)\n"
+            "batches = iter(loader.loader)\n"
+            "next(batches)\n"
+            "sys.exit(75)\n")
+    child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120,
+                           capture_output=True, text=True)
+    assert child.returncode == 75, child.stderr
+
+
 # -- the loops: seeds together, the start of a run, the compiling first step, Ctrl-C, repeats --
 
 

@@ -16,9 +16,11 @@ flip, colour jitter; test: resize 256, centre crop 224).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import math
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,6 +273,8 @@ class ImageNetLoader:
             # the workers leave SIGTERM / SIGUSR1 / SIGINT to the main process, which saves and
             # stops; a worker killed by the process group's signal would end the run with an error
             worker_init_fn=preemption.ignore_in_worker)
+        if workers > 0:
+            _with_workers(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -406,3 +410,29 @@ def search_loaders(
         shuffle=True, drop_last=True, mean=half.mean, std=half.std,
         seed=derive_seed(seed, role), rank=rank, world_size=world_size, max_batches=max_batches)
         for half, role in zip(halves, ("weights", "architecture")))
+
+
+# Loaders whose worker processes are still up. The workers ignore SIGTERM (above), so
+# multiprocessing's own exit handler, which terminates daemon children with SIGTERM and then
+# joins them, would wait forever for a persistent loader's workers that nothing shut down (a run
+# stopped by a signal exits with its loaders still referenced). An exit handler registered after
+# multiprocessing's runs before it and shuts those workers down the regular way.
+_OPEN_LOADERS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _with_workers(loader: torch.utils.data.DataLoader) -> None:
+    if not _OPEN_LOADERS and not getattr(_with_workers, "registered", False):
+        atexit.register(shut_down_workers)
+        _with_workers.registered = True  # type: ignore[attr-defined]
+    _OPEN_LOADERS.add(loader)
+
+
+def shut_down_workers() -> None:
+    """Stop the worker processes of every loader that still has them (torch's own shutdown:
+    each worker is told to end and joined)."""
+    for loader in list(_OPEN_LOADERS):
+        iterator = getattr(loader, "_iterator", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        _OPEN_LOADERS.discard(loader)
