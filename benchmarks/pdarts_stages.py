@@ -25,21 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _steps import time_steps  # noqa: E402
+
 SPACE = ROOT / "genotypes" / "spaces" / "pdarts.geno"
-
-
-def _resident_mib() -> float:
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _masks(model, stage, keep: str) -> dict:
@@ -96,27 +91,11 @@ def run_one(args: argparse.Namespace) -> dict:
     rate = 0.0 if args.no_skip_dropout else stage.skip_dropout
     model.methods.progressive.rate = rate  # the rate r itself (where the warm-up ends)
     bilevel = Bilevel(model, config)
-    generator = torch.Generator().manual_seed(0)
-
-    def batch():
-        images = torch.randn(args.batch_size, 3, 32, 32, generator=generator)
-        return images, torch.randint(0, 10, (args.batch_size,), generator=generator)
-
-    batches = [(batch(), batch()) for _ in range(args.warmup + args.steps)]
-    before = _resident_mib()
-    for weight_batch, arch_batch in batches[:args.warmup]:
-        bilevel.step(weight_batch, arch_batch)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for weight_batch, arch_batch in batches[args.warmup:]:
-        bilevel.step(weight_batch, arch_batch)
-    seconds = (time.perf_counter() - started) / args.steps
-    cpu_seconds = (time.process_time() - cpu_started) / args.steps
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+    timing = time_steps(bilevel, batch_size=args.batch_size, warmup=args.warmup,
+                        steps=args.steps)
     kept = {kind: int(mask[0].sum()) for kind, mask in masks["normal"].items()}
     return {"stage": args.child + 1, "layers": layers, "kept": kept,
-            "skip_dropout": rate, "keep": args.keep, "ms_per_iteration": seconds * 1000,
-            "cpu_ms_per_iteration": cpu_seconds * 1000, "peak_mib": peak,
-            "step_mib": peak - before,
+            "skip_dropout": rate, "keep": args.keep, **timing,
             "weights_in_use": sum(p.numel() for name, p in model.named_weights()
                                   if name not in model.idle_weights())}
 

@@ -25,22 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _steps import time_steps  # noqa: E402
+
 SPACE = ROOT / "genotypes" / "spaces" / "att_darts.geno"
-
-
-def _resident_mib() -> float:
-    """The current resident set of this process (Linux /proc), MiB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -63,25 +57,10 @@ def run_one(args: argparse.Namespace) -> dict:
     model = compile_supernet(space, channels=args.channels, layers=args.layers,
                              grouped=config.grouped)
     bilevel = Bilevel(model, config)
-    generator = torch.Generator().manual_seed(0)
-
-    def batch():
-        images = torch.randn(args.batch_size, 3, 32, 32, generator=generator)
-        return images, torch.randint(0, 10, (args.batch_size,), generator=generator)
-
-    batches = [(batch(), batch()) for _ in range(args.warmup + args.steps)]
-    before = _resident_mib()
-    for weight_batch, arch_batch in batches[:args.warmup]:
-        bilevel.step(weight_batch, arch_batch)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for weight_batch, arch_batch in batches[args.warmup:]:
-        bilevel.step(weight_batch, arch_batch)
-    seconds = (time.perf_counter() - started) / args.steps
-    cpu_seconds = (time.process_time() - cpu_started) / args.steps
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+    timing = time_steps(bilevel, batch_size=args.batch_size, warmup=args.warmup,
+                        steps=args.steps)
     return {"partial_channels": args.child, "edge_normalisation": args.edge_normalisation,
-            "ms_per_iteration": seconds * 1000, "cpu_ms_per_iteration": cpu_seconds * 1000,
-            "peak_mib": peak, "step_mib": peak - before,
+            **timing,
             "weights": sum(p.numel() for p in model.weights())}
 
 
