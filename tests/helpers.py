@@ -153,3 +153,22 @@ def assert_same_state(expected, actual, *, rtol: float, atol: float, where: str 
             assert_same_state(e, a, rtol=rtol, atol=atol, where=f"{where}[{index}]")
     else:
         assert actual == expected, where
+
+
+class Interrupted(Exception):
+    """A run the test kills between two steps (`interrupt_at`)."""
+
+
+def interrupt_at(monkeypatch, owner, name: str, call: int):
+    """Make `owner.name` (a method, e.g. `Bilevel.step`) raise `Interrupted` at its `call`-th
+    call, as a run killed there; returns the function that puts the method back."""
+    original, calls = getattr(owner, name), []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise Interrupted
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, failing)
+    return lambda: monkeypatch.setattr(owner, name, original)

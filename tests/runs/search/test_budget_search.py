@@ -27,6 +27,7 @@ from attdarts.networks.methods import CellWeights, SearchContext
 from runs.search.test_together import (
     SEEDS, assert_same_run, in_float64, stacked_bilevel, tiny_config, tiny_images,
 )
+from helpers import Interrupted, interrupt_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,9 +125,6 @@ def test_a_table_that_cannot_be_read_refuses_the_run_before_it_writes(tmp_path):
     assert "Traceback" not in result.output and not run_dir.exists()
 
 
-class Interrupted(Exception):
-    pass
-
 
 def test_resume_is_byte_identical(tmp_path, monkeypatch):
     """A budget with a sampler and edge normalisation, the table built at the final size
@@ -137,18 +135,10 @@ def test_resume_is_byte_identical(tmp_path, monkeypatch):
     config = config_of(space_file)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_search(config, reference, device="cpu", dataset=images())
-    step, calls = Bilevel.step, []
-
-    def failing(self, weight_batch, arch_batch):
-        calls.append(1)
-        if len(calls) == 4:  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
-            raise Interrupted
-        return step(self, weight_batch, arch_batch)
-
-    monkeypatch.setattr(Bilevel, "step", failing)
+    restore = interrupt_at(monkeypatch, Bilevel, "step", 4)  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
     with pytest.raises(Interrupted):
         run_search(config, interrupted, device="cpu", dataset=images())
-    monkeypatch.setattr(Bilevel, "step", step)
+    restore()
     resume_search(interrupted, device="cpu", dataset=images())
     names = sorted(path.name for path in reference.iterdir())
     assert names == sorted(path.name for path in interrupted.iterdir())

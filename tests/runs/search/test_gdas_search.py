@@ -21,6 +21,7 @@ from attdarts.networks.supernet import compile_supernet
 from attdarts.runs import graphs
 from attdarts.runs.search import Bilevel, SearchConfig, recipe_config, resume_search, run_search
 from attdarts.runs.search.bilevel import method_generator
+from helpers import Interrupted, interrupt_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,21 +156,10 @@ def test_resume_mid_epoch_is_byte_identical(tmp_path, monkeypatch):
                          epochs=3, checkpoint_every=1)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_search(config, reference, device="cpu", dataset=tiny_images())
-    step, calls = Bilevel.step, []
-
-    class Interrupted(Exception):
-        pass
-
-    def failing(self, weight_batch, arch_batch):
-        calls.append(1)
-        if len(calls) == 4:  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
-            raise Interrupted
-        return step(self, weight_batch, arch_batch)
-
-    monkeypatch.setattr(Bilevel, "step", failing)
+    restore = interrupt_at(monkeypatch, Bilevel, "step", 4)  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
     with pytest.raises(Interrupted):
         run_search(config, interrupted, device="cpu", dataset=tiny_images())
-    monkeypatch.setattr(Bilevel, "step", step)
+    restore()
     resume_search(interrupted, device="cpu", dataset=tiny_images())
     for name in sorted(p.name for p in reference.iterdir()):
         if name in ("checkpoint.pt", "environment.json"):

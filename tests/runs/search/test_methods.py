@@ -37,6 +37,7 @@ from attdarts.runs.search import (
 from attdarts.runs.search.bilevel import method_generator
 from attdarts.runs.search.loop import SearchRun
 from attdarts.runs.search.outputs import count_skips
+from helpers import Interrupted, interrupt_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -518,9 +519,6 @@ def test_loop_options_compose_with_every_location_plain_equals_grouped(location,
 # -- resume with every loop option on ------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    pass
-
 
 def test_resume_is_byte_identical_with_every_loop_option_on(tmp_path, monkeypatch,
                                                             recorded_auxiliary):
@@ -533,19 +531,10 @@ def test_resume_is_byte_identical_with_every_loop_option_on(tmp_path, monkeypatc
     run_search(config, reference, device="cpu", dataset=tiny_images())
     reference_calls = list(recorded_auxiliary)
 
-    step = Bilevel.step
-    calls = []
-
-    def failing(self, weight_batch, arch_batch):
-        calls.append(1)
-        if len(calls) == 4:  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
-            raise Interrupted
-        return step(self, weight_batch, arch_batch)
-
-    monkeypatch.setattr(Bilevel, "step", failing)
+    restore = interrupt_at(monkeypatch, Bilevel, "step", 4)  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
     with pytest.raises(Interrupted):
         run_search(config, interrupted, device="cpu", dataset=tiny_images())
-    monkeypatch.setattr(Bilevel, "step", step)
+    restore()
     state = torch.load(interrupted / "checkpoint.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 1)
     recorded_auxiliary.clear()
@@ -575,18 +564,10 @@ def test_resume_is_byte_identical_with_every_option_on(tmp_path, monkeypatch):
                          arch_start_epoch=1)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_search(config, reference, device="cpu", dataset=tiny_images())
-    step, calls = Bilevel.step, []
-
-    def failing(self, weight_batch, arch_batch):
-        calls.append(1)
-        if len(calls) == 4:  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
-            raise Interrupted
-        return step(self, weight_batch, arch_batch)
-
-    monkeypatch.setattr(Bilevel, "step", failing)
+    restore = interrupt_at(monkeypatch, Bilevel, "step", 4)  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
     with pytest.raises(Interrupted):
         run_search(config, interrupted, device="cpu", dataset=tiny_images())
-    monkeypatch.setattr(Bilevel, "step", step)
+    restore()
     resume_search(interrupted, device="cpu", dataset=tiny_images())
     weights = json.loads((reference / "weights.jsonl").read_text().splitlines()[-1])
     assert len(weights["normal"]["edges"][0]) == 5  # edge weights recorded (2 nodes: 5 edges)

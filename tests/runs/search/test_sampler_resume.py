@@ -10,6 +10,7 @@ import pytest
 
 from attdarts.runs import data
 from attdarts.runs.search import Bilevel, SearchConfig, resume_search, run_search
+from helpers import Interrupted, interrupt_at
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,9 +19,6 @@ METHODS = {
     "fair_darts": "fair_darts(threshold=0.6), partial_channels(k=2), auxiliary_identity",
 }
 
-
-class Interrupted(Exception):
-    pass
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -35,18 +33,10 @@ def test_resume_is_byte_identical(name, tmp_path, monkeypatch):
     images = data.synthetic_dataset(train=True, size=32, resolution=8)
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_search(config, reference, device="cpu", dataset=images)
-    step, calls = Bilevel.step, []
-
-    def failing(self, weight_batch, arch_batch):
-        calls.append(1)
-        if len(calls) == 4:  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
-            raise Interrupted
-        return step(self, weight_batch, arch_batch)
-
-    monkeypatch.setattr(Bilevel, "step", failing)
+    restore = interrupt_at(monkeypatch, Bilevel, "step", 4)  # epoch 2, step 2: the checkpoint holds epoch 2, step 1
     with pytest.raises(Interrupted):
         run_search(config, interrupted, device="cpu", dataset=images)
-    monkeypatch.setattr(Bilevel, "step", step)
+    restore()
     resume_search(interrupted, device="cpu", dataset=images)
     names = sorted(p.name for p in reference.iterdir())
     assert names == sorted(p.name for p in interrupted.iterdir())

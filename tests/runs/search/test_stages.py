@@ -28,7 +28,9 @@ from attdarts.runs.search import (
 from attdarts.runs.search import stages
 from attdarts.runs.search.budget import derive_run
 from attdarts.runs.search.loop import SearchRun
-from helpers import assert_same_state, in_float64, metrics_without_timings
+from helpers import (
+    Interrupted, assert_same_state, in_float64, interrupt_at, metrics_without_timings,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[3]
@@ -306,9 +308,6 @@ def test_a_staged_run_derives_only_searched_candidates(whole):
 # Resume and pre-emption mid-stage
 
 
-class Interrupted(Exception):
-    pass
-
 
 @pytest.mark.parametrize("call, saved", [(6, (2, 1)), (5, (2, 0)), (10, (4, 1))])
 def test_resume_mid_stage_and_at_a_stage_boundary_is_byte_identical(space_file, whole, tmp_path,
@@ -316,18 +315,10 @@ def test_resume_mid_stage_and_at_a_stage_boundary_is_byte_identical(space_file, 
     """Killed at step `call`: mid stage 2 (the checkpoint holds epoch 3, step 1), at stage 2's
     first step (it holds the end of stage 1: the resume prunes and builds stage 2 itself) and
     in the kept stage 3."""
-    step, calls = Bilevel.step, []
-
-    def failing(self, weight_batch, arch_batch):
-        calls.append(1)
-        if len(calls) == call:
-            raise Interrupted
-        return step(self, weight_batch, arch_batch)
-
-    monkeypatch.setattr(Bilevel, "step", failing)
+    restore = interrupt_at(monkeypatch, Bilevel, "step", call)
     with pytest.raises(Interrupted):
         run_search(tiny_config(space_file), tmp_path / "run", device="cpu", dataset=tiny_images())
-    monkeypatch.setattr(Bilevel, "step", step)
+    restore()
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert (state["epoch"], state["step"]) == saved
     resume_search(tmp_path / "run", device="cpu", dataset=tiny_images())
@@ -367,18 +358,10 @@ def test_resume_mid_stage_with_a_sampler_is_byte_identical(tmp_path, monkeypatch
     space_file = write(tmp_path, STAGED.replace("methods = [max_skip_connect(n=1)]",
                                                 f"methods = [{sampler}, max_skip_connect(n=1)]"))
     run_search(tiny_config(space_file), tmp_path / "whole", device="cpu", dataset=tiny_images())
-    step, calls = Bilevel.step, []
-
-    def failing(self, weight_batch, arch_batch):
-        calls.append(1)
-        if len(calls) == 6:
-            raise Interrupted
-        return step(self, weight_batch, arch_batch)
-
-    monkeypatch.setattr(Bilevel, "step", failing)
+    restore = interrupt_at(monkeypatch, Bilevel, "step", 6)
     with pytest.raises(Interrupted):
         run_search(tiny_config(space_file), tmp_path / "run", device="cpu", dataset=tiny_images())
-    monkeypatch.setattr(Bilevel, "step", step)
+    restore()
     resume_search(tmp_path / "run", device="cpu", dataset=tiny_images())
     same_files(tmp_path / "whole", tmp_path / "run")
 
