@@ -44,6 +44,7 @@ import logging
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,6 +126,11 @@ def _handler(number: int, frame) -> None:
         return
     if record.number == 0:
         record.number = number
+    if record.interruptible:
+        # a compiled step's backward is traced in autograd's anomaly mode, which prints the
+        # forward's stack ("Error detected in ...Backward0. Traceback of forward call") when the
+        # trace is abandoned: here that is the stretch the signal ends, not an error to show
+        warnings.filterwarnings("ignore", message="Error detected in ", category=UserWarning)
     if record.interruptible and not record.raised:
         record.raised = True
         raise Interrupted(record.number)

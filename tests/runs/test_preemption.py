@@ -263,6 +263,23 @@ def test_an_interruptible_stretch_ends_at_the_signal_once():
     assert reached == ["second stretch"]
 
 
+def test_a_signal_in_a_stretch_hides_the_abandoned_trace_of_autograds_anomaly_mode():
+    """torch traces a compiled step's backward in anomaly mode: abandoned by a signal, the trace
+    would print the forward's stack as a warning beside the resume line. Other warnings stay."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with preemption.watch(runtime.Process()) as signals:
+            with pytest.raises(preemption.Interrupted):
+                with signals.interruptible():
+                    os.kill(os.getpid(), signal.SIGTERM)
+            warnings.warn("Error detected in CatBackward0. Traceback of forward call that "
+                          "caused the error:", UserWarning)
+            warnings.warn("another warning", UserWarning)
+    assert [str(warning.message) for warning in shown] == ["another warning"]
+
+
 def test_a_stretch_after_a_signal_or_failing_after_one_is_interrupted():
     with preemption.watch(runtime.Process()) as signals:
         with signals.interruptible(enabled=False):
