@@ -149,7 +149,7 @@ def _entries():
         yield pytest.param(lambda n=name: ATTENTIONS.get(n)(8, spatial=SIZE), id=name)
 
 
-@pytest.mark.parametrize("build", _entries())
+@pytest.mark.parametrize("build", list(_entries()))
 def test_channels_last_matches_contiguous(build):
     torch.manual_seed(0)
     module = build().eval()
@@ -160,7 +160,7 @@ def test_channels_last_matches_contiguous(build):
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("build", _entries())
+@pytest.mark.parametrize("build", list(_entries()))
 def test_bf16_autocast_forward_and_backward(build):
     torch.manual_seed(0)
     module = build().train()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,7 +283,12 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     if not (runtime.check_finite(train_totals, test_totals)
             and runtime.check_finite(*_floating_tensors(model))):
         _diverged(run, epoch)
-    run.scheduler.step()
+    with warnings.catch_warnings():
+        # a run resumed after its epoch's last step makes no optimiser step in this process
+        # before this one; torch warns of a skipped first value, but the schedule's state came
+        # from the checkpoint and is right
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        run.scheduler.step()
     seconds = time.perf_counter() - started
     train_count, test_count = max(train_values[2], 1.0), max(test_values[3], 1.0)
     return {
