@@ -224,6 +224,15 @@ def _record_environment(run: _Run, device: torch.device, resumed: bool) -> None:
     run.step.captured.listeners.append(lambda state: environment.note_graphs(run.run_dir, state))
 
 
+def _step_schedule(run: _Run) -> None:
+    """The learning-rate schedule's step at an epoch's end. A run resumed after its epoch's last
+    step makes no optimiser step in this process before it: torch then warns of a skipped first
+    value, but the schedule's state came from the checkpoint and is right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+        run.scheduler.step()
+
+
 def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """Train one epoch (drop path ramped linearly, every stream seeded from (seed, epoch, rank)),
     score the test split, and return the epoch's metrics; a NaN or infinity stops the run."""
@@ -283,12 +292,7 @@ def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     if not (runtime.check_finite(train_totals, test_totals)
             and runtime.check_finite(*_floating_tensors(model))):
         _diverged(run, epoch)
-    with warnings.catch_warnings():
-        # a run resumed after its epoch's last step makes no optimiser step in this process
-        # before this one; torch warns of a skipped first value, but the schedule's state came
-        # from the checkpoint and is right
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-        run.scheduler.step()
+    _step_schedule(run)
     seconds = time.perf_counter() - started
     train_count, test_count = max(train_values[2], 1.0), max(test_values[3], 1.0)
     return {
