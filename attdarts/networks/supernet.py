@@ -277,7 +277,7 @@ def check_channels(space: ir.Space, channels: int) -> None:
         problem = build_methods(space.at_stage(number)).size_problem(channels)
         if problem is not None:
             where = f" (line {stage.span.line})" if stage.span is not None else ""
-            raise ValueError(f"stage {number + 1} of space '{space.name}'{where}: {problem}")
+            raise ValueError(f"stage {number + 1}{where}: {problem}")
 
 
 check_partial_channels = check_channels  # the name the search entry and `compile` know

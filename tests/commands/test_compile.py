@@ -236,7 +236,7 @@ def test_compile_prints_a_widened_stages_counts(tmp_path):
 def test_compile_refuses_channels_a_widened_stage_cannot_split():
     result = _run(SPACES / "drnas.geno", "--channels", "30", "--layers", "5")
     assert result.exit_code == 1
-    assert ("stage 2 of space 'drnas' (line 13): partial_channels(k=4) needs the channels C "
+    assert ("stage 2 (line 13): partial_channels(k=4) needs the channels C "
             "divisible by 4; C=30 is not (try C=32)") in result.output
 
 

@@ -27,6 +27,7 @@ from attdarts.runs.search import (
 )
 from attdarts.runs.search import stages
 from attdarts.runs.search.budget import derive_run
+from attdarts.runs.search.config import SearchError
 from attdarts.runs.search.loop import SearchRun
 from helpers import (
     Interrupted, assert_same_state, in_float64, interrupt_at, metrics_without_timings,
@@ -311,6 +312,18 @@ def test_a_kept_stage_with_fewer_partial_channels_widens_its_supernet(tmp_path):
     assert {float(s["step"]) for s in run.bilevel.arch_optimizer.state.values()} == adam_step
     assert (run.masks["normal"][kinds.OPERATION].sum(-1) == 3).all()
     run.run_epoch()  # the widened stage searches
+
+
+def test_a_search_refuses_channels_a_widened_stage_cannot_split(tmp_path):
+    """drnas.geno's stage 2 has K=4: C=30 (divisible by its first K=6) is refused before the run
+    directory is written, in one line naming the stage and its line."""
+    config = tiny_config(ROOT / "genotypes" / "spaces" / "drnas.geno", channels=30)
+    with pytest.raises(SearchError) as refused:
+        run_search(config, tmp_path / "run", device="cpu", dataset=tiny_images())
+    assert str(refused.value) == (
+        "space 'drnas': stage 2 (line 13): partial_channels(k=4) needs the channels C divisible "
+        "by 4; C=30 is not (try C=32)")
+    assert not (tmp_path / "run").exists()
 
 
 def searched_only(space, genotype, kept) -> bool:
