@@ -81,8 +81,9 @@ def compile_(file: Path, genotype_name: str | None, space_name: str | None, data
     --dataset cifar100 say otherwise), with its search methods: weights, architecture
     parameters, multiply-adds of one image through every candidate (`none` is not evaluated)
     and a per-cell table. A space with stages (P-DARTS): its first stage's supernet, and a table
-    of every stage (cells, candidates kept, weights built and in use, fewest to most, and
-    architecture parameters searched).
+    of every stage (cells, candidates kept and the stage's partial channels k, weights built and
+    in use, fewest to most, and architecture parameters searched; a stage that widens partial
+    channels counts its widened supernet).
 
     C*C*L may not exceed 36*36*20*50 (about 160 M parameters); a network that does not fit in
     memory is reported as such. On a terminal, a status line per stage goes to stderr.
@@ -234,6 +235,8 @@ def _print_stages(stages: list[dict]) -> None:
     for row in stages:
         kept = ", ".join(f"{row[key]} {key}" for key in ("operations", "attentions")
                          if row[key] is not None) or "all"
+        if row.get("partial_channels") is not None:
+            kept += f", k={row['partial_channels']}"
         fewest, most = row["weights_in_use"]
         in_use = f"{fewest:,}" if fewest == most else f"{fewest:,} to {most:,}"
         click.echo(f"{row['stage']:>5}  {row['layers']:>5}  {kept:<26} {row['weights']:>11,} "

@@ -189,6 +189,7 @@ class Stage(_Node):
     attentions: int | None = None
     skip_dropout: float = 0.0
     start: Literal["fresh", "keep"] = "fresh"
+    partial_channels: int | None = None
 
     def call(self) -> Call:
         """The stage as the text writes it: `stage(...)` with the settings that are not their
@@ -271,6 +272,17 @@ class Space(_Node):
     def method(self, name: str) -> Call | None:
         """The call of search method `name`, or None when the space does not list it."""
         return next((call for call in self.methods if call.name == name), None)
+
+    def at_stage(self, number: int) -> Space:
+        """The space as 0-based stage `number` builds its supernet: the space itself, or with
+        the stage's `partial_channels` k in its `partial_channels(k=...)` method."""
+        k = stage_catalog.partial_channels_at(self, number) if self.stages else None
+        if k is None or k == self.setting("partial_channels", "k"):
+            return self
+        methods = tuple(call.model_copy(update={"kwargs": tuple(
+            (key, k if key == "k" else value) for key, value in call.kwargs)})
+            if call.name == "partial_channels" else call for call in self.methods)
+        return self.model_copy(update={"methods": methods})
 
     def setting(self, name: str, key: str) -> Value:
         """Setting `key` of the listed method `name`, its default filled in."""

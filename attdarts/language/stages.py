@@ -29,7 +29,11 @@ Each `stage(...)` call takes the settings of `SETTINGS` (`ir.Stage` holds them):
 - `skip_dropout`: P-DARTS's dropout rate r on the stride-1 skip connections of the stage;
 - `start`: `fresh` (P-DARTS) builds the stage's supernet anew, weights and architecture
   initialised again; `keep` carries the previous stage's supernet, architecture and optimiser
-  states on (DrNAS's second stage), only the candidates dropped change.
+  states on (DrNAS's second stage), only the candidates dropped change;
+- `partial_channels`: the k of the space's `partial_channels(k=...)` method from this stage on
+  (left out: the stage before's). It may only fall: a `keep` stage with a smaller k widens the
+  supernet it keeps (DrNAS's K=6 then K=4: the kept candidates' weights carry over, the new
+  channels copies of old ones, `attdarts.networks.methods.drnas.widen_module`).
 
 This module checks a stage call's settings (`check_settings`) and a space's stages against the
 rest of the space (`stage_problems`), without torch and without the IR (the IR imports it).
@@ -45,8 +49,8 @@ from attdarts.language import kinds
 from attdarts.language.catalog import Parameter
 from attdarts.language.errors import Problem, Span, suggest
 
-__all__ = ["DEFAULTS", "SETTINGS", "STAGE", "STARTS", "check_settings", "planned_epochs",
-           "stage_problems"]
+__all__ = ["DEFAULTS", "SETTINGS", "STAGE", "STARTS", "check_settings", "partial_channels_at",
+           "planned_epochs", "stage_problems"]
 
 STAGE = "stage"  # the call's name in `stages = [...]`
 STARTS = ("fresh", "keep")
@@ -64,9 +68,11 @@ SETTINGS: dict[str, Parameter] = {
     "attentions": Parameter(int, 1, minimum=1),
     "skip_dropout": Parameter(float, 0.0, minimum=0.0, maximum=MAX_SKIP_DROPOUT),
     "start": Parameter(str, "fresh", choices=STARTS),
+    "partial_channels": Parameter(int, 4, minimum=1, maximum=64),
 }
 DEFAULTS: dict[str, Any] = {"layers": None, "epochs": None, "warmup": None, "operations": None,
-                            "attentions": None, "skip_dropout": 0.0, "start": "fresh"}
+                            "attentions": None, "skip_dropout": 0.0, "start": "fresh",
+                            "partial_channels": None}
 
 Space = Any  # an `ir.Space`
 
@@ -106,6 +112,17 @@ def planned_epochs(space: Space, run_epochs: int) -> int:
     return sum(run_epochs if stage.epochs is None else stage.epochs for stage in space.stages)
 
 
+def partial_channels_at(space: Space, number: int) -> int | None:
+    """The k of partial channels in 0-based stage `number` of `space`: the last `partial_channels`
+    a stage up to it gives, else the space's `partial_channels(k=...)`; None without that method."""
+    call = space.method("partial_channels")
+    if call is None:
+        return None
+    given = [stage.partial_channels for stage in space.stages[:number + 1]
+             if stage.partial_channels is not None]
+    return given[-1] if given else int(space.setting("partial_channels", "k"))
+
+
 def stage_problems(space: Space) -> list[Problem]:
     """Why `space`'s stages cannot run: counts beyond the candidates or growing again, a warm-up
     as long as its stage, `keep` with nothing to keep or another depth, skip dropout without
@@ -133,6 +150,7 @@ def stage_problems(space: Space) -> list[Problem]:
             "skip_connect", space.method("auxiliary_skip").span,
             "its term rides on skip_connect's weight, which a stage may drop"))
     problems.extend(_cap_problems(space, counts["operations"], where))
+    problems.extend(_channel_problems(space))
     location = space.location_spec
     if location.mixes_operations_and_attentions and location.then is not None:
         problems.append(Problem(
@@ -190,6 +208,36 @@ def _stage_problems(space: Space, number: int, stage: Any, span: Span | None,
     if stage.skip_dropout and "skip_connect" not in [call.name for call in space.operations]:
         problems.append(Problem(f"{label}: 'skip_dropout' acts on skip_connect, which the space "
                                 "does not list", span, "add skip_connect or drop the setting"))
+    return problems
+
+
+def _channel_problems(space: Space) -> list[Problem]:
+    """A stage's `partial_channels` needs the method, and may only fall (a kept supernet is
+    widened, never narrowed; DrNAS: K=6, then K=4)."""
+    problems = []
+    listed = space.method("partial_channels") is not None
+    before = int(space.setting("partial_channels", "k")) if listed else None
+    for number, stage in enumerate(space.stages, 1):
+        k = stage.partial_channels
+        if k is None:
+            continue
+        span = stage.span or space.span_of("stages")
+        if not listed:
+            problems.append(Problem(
+                f"stage {number}: 'partial_channels' sets the k of search method "
+                "'partial_channels', which the space does not list", span,
+                "add partial_channels(k=...) to 'methods' (the first stage's k)"))
+            continue
+        if number == 1 and k != before:
+            problems.append(Problem(
+                f"the first stage has the space's partial_channels(k={before}); it cannot say "
+                f"partial_channels={k}", span, "set k in 'methods', or leave it out of stage 1"))
+        elif k > before:
+            problems.append(Problem(
+                f"stage {number}: partial_channels={k} is more than the k={before} before it",
+                span, "a stage can only widen the edges (a smaller k: C/k channels each), "
+                "never narrow them"))
+        before = k
     return problems
 
 

@@ -212,7 +212,8 @@ def measure_stages(
 ) -> list[dict]:
     """Each stage of a space with stages at the search size (`layers`: a stage's cells when it
     does not say), for `attdarts compile`: its cells, the candidates it keeps per edge by kind,
-    the weights of its supernet (every candidate is built) and those in use, fewest to most
+    the weights of its supernet (every candidate is built, with the stage's partial channels k,
+    None without the method) and those in use, fewest to most
     (each row of the architecture keeps the stage's count of candidates: the cheapest ones to
     the dearest ones), and its architecture parameters (all; those searched, the kept ones)."""
     shape = DATASETS[dataset]
@@ -223,9 +224,12 @@ def measure_stages(
         counts.update({key: getattr(stage, key) for key in counts
                        if getattr(stage, key) is not None})
         progress(f"building the supernet of stage {number} (C={channels}, L={depth})")
-        model = compile_supernet(space, channels=channels, layers=depth,
+        built = space.at_stage(number - 1)  # its partial channels
+        model = compile_supernet(built, channels=channels, layers=depth,
                                  num_classes=shape.num_classes, input_size=shape.input_size)
-        rows.append({"stage": number, "layers": depth, **counts, **_stage_weights(model, counts)})
+        k = built.setting("partial_channels", "k") if built.method("partial_channels") else None
+        rows.append({"stage": number, "layers": depth, **counts, "partial_channels": k,
+                     **_stage_weights(model, counts)})
     return rows
 
 

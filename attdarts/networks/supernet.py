@@ -268,11 +268,16 @@ class Supernet(nn.Module):
 
 
 def check_channels(space: ir.Space, channels: int) -> None:
-    """ValueError, in one line, unless the space's search methods can be built with `channels`
-    initial channels (partial channels: C divisible by k)."""
+    """ValueError, in one line, unless the space's search methods, and those of each of its
+    stages, can be built with `channels` initial channels (partial channels: C divisible by k)."""
     problem = build_methods(space).size_problem(channels)
     if problem is not None:
         raise ValueError(problem)
+    for number, stage in enumerate(space.stages):  # a stage's own partial channels
+        problem = build_methods(space.at_stage(number)).size_problem(channels)
+        if problem is not None:
+            where = f" (line {stage.span.line})" if stage.span is not None else ""
+            raise ValueError(f"stage {number + 1}{where}: {problem}")
 
 
 check_partial_channels = check_channels  # the name the search entry and `compile` know

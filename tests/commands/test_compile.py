@@ -209,25 +209,57 @@ def test_compile_drnas_space_needs_its_recipes_size():
     assert result.exit_code == 1 and "C=16 is not (try C=18)" in result.output
 
 
+def test_compile_prints_a_widened_stages_counts(tmp_path):
+    """A kept stage with fewer partial channels (drnas.geno's stage 2, K=6 to K=4) is built
+    widened: its row counts the supernet of the space with partial_channels(k=4), at a small
+    size (C=12, 5 cells), and says its k."""
+    result = _run(SPACES / "drnas.geno", "--channels", "12", "--layers", "5")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("stage  cells"))
+    first, second = (line.split() for line in lines[header + 1:header + 3])
+    widened = tmp_path / "k4.geno"
+    text = (SPACES / "drnas.geno").read_text()
+    widened.write_text(text[:text.index("    stages")].replace("partial_channels(k=6)",
+                                                            "partial_channels(k=4)") + "}\n")
+    alone = json.loads(_run(widened, "--channels", "12", "--layers", "5", "--format",
+                            "json").output)
+    narrow = json.loads(_run(SPACES / "drnas.geno", "--channels", "12", "--layers", "5",
+                             "--format", "json").output)
+    assert first[:4] == ["1", "5", "all,", "k=6"]
+    assert first[4] == f"{narrow['weights']:,}"
+    assert second[:5] == ["2", "5", "4", "operations,", "k=4"]
+    assert second[5] == f"{alone['weights']:,}" and alone["weights"] > narrow["weights"]
+    assert [row["partial_channels"] for row in narrow["stages"]] == [6, 4]
+
+
+def test_compile_refuses_channels_a_widened_stage_cannot_split():
+    result = _run(SPACES / "drnas.geno", "--channels", "30", "--layers", "5")
+    assert result.exit_code == 1
+    assert ("stage 2 (line 13): partial_channels(k=4) needs the channels C "
+            "divisible by 4; C=30 is not (try C=32)") in result.output
+
+
 @pytest.mark.slow
-def test_compile_drnas_space_at_its_recipe_size_has_drnas_counts(tmp_path):
+def test_compile_drnas_space_at_its_recipe_size_has_drnas_counts():
     """DrNAS's search model (xiangning-chen/DrNAS, DARTS-space/model_search.py `Network(36, 10,
     20, k=K)`, 7 candidates without none): stage 1 at partial channels K=6 has 2,221,750
-    weights and 196 alpha; stage 2, its candidates widened to K=4, 2,986,462 (the same shapes as
-    a K=4 supernet). About 25 s on a loaded 2-core CPU (mult-adds of two full-size supernets);
-    tests/networks/test_supernet.py counts the same without the command."""
+    weights and 196 alpha; stage 2, 4 candidates per edge kept and widened to K=4, 2,986,462
+    (the same shapes as a K=4 supernet), of which 1,596,178 to 2,973,502 in use, 112 alpha
+    searched. About 25 s on a loaded 2-core CPU (mult-adds of the full-size supernet and two
+    stages built); tests/networks/test_supernet.py counts the same without the command."""
     result = _run(SPACES / "drnas.geno", "--recipe", "drnas", "--format", "json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert (summary["channels"], summary["layers"]) == (36, 20)
     assert summary["weights"] == 2_221_750 and summary["architecture"] == {"alpha": 196}
     assert summary["methods"] == {"partial_channels": {"k": 6}, "drnas": {"kl": 0.0}}
-    second = tmp_path / "drnas_stage2.geno"
-    second.write_text((SPACES / "drnas.geno").read_text().replace("partial_channels(k=6)",
-                                                                  "partial_channels(k=4)"))
-    result = _run(second, "--recipe", "drnas", "--format", "json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["weights"] == 2_986_462
+    assert [(row["layers"], row["operations"], row["partial_channels"], row["weights"],
+             row["weights_in_use"], row["architecture_searched"])
+            for row in summary["stages"]] == [
+        (20, None, 6, 2_221_750, [2_221_750, 2_221_750], 196),
+        (20, 4, 4, 2_986_462, [1_596_178, 2_973_502], 112),
+    ]
 
 
 def test_compile_fair_darts_spaces_have_dartss_counts():

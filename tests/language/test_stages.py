@@ -218,3 +218,52 @@ def test_a_stage_built_in_python_is_checked_as_text_is():
         ir.Space(**{**{key: getattr(base, key) for key in ("name", "operations", "nodes", "keep",
                                                            "location", "mixing")},
                     "stages": (ir.Stage(), ir.Stage(operations=3), ir.Stage(operations=4))})
+
+
+# ---------------------------------------------------------------------------------------------
+# A stage that widens partial channels (DrNAS's second stage)
+
+
+def test_a_stage_sets_partial_channels_prints_it_and_builds_with_it():
+    text = space("stage(), stage(operations=3, start=keep, partial_channels=2)",
+                 methods="partial_channels(k=4)")
+    parsed = parse_text(text).space()
+    assert [stage.partial_channels for stage in parsed.stages] == [None, 2]
+    printed = format_space(parsed)
+    assert "stage(operations=3, start=keep, partial_channels=2)," in printed
+    assert parse_text(printed).space() == parsed
+    assert parsed.at_stage(0) is parsed  # the space's own k
+    second = parsed.at_stage(1)
+    assert second.setting("partial_channels", "k") == 2 and second.stages == parsed.stages
+    assert second.methods[0].kwargs == (("k", 2),)
+
+
+@pytest.mark.parametrize("stages, methods, expected", [
+    ("stage(), stage(partial_channels=2)", "edge_normalisation",
+     "stage 2: 'partial_channels' sets the k of search method 'partial_channels', which the "
+     "space does not list"),
+    ("stage(), stage(partial_channels=8)", "partial_channels(k=4)",
+     "stage 2: partial_channels=8 is more than the k=4 before it"),
+    ("stage(), stage(partial_channels=2), stage(partial_channels=4)", "partial_channels(k=4)",
+     "stage 3: partial_channels=4 is more than the k=2 before it"),
+    ("stage(partial_channels=2)", "partial_channels(k=4)",
+     "the first stage has the space's partial_channels(k=4); it cannot say partial_channels=2"),
+    ("stage(), stage(partial_channels=0)", "partial_channels(k=4)",
+     "'partial_channels' of a stage is 0; it must be from 1 to 64"),
+])
+def test_bad_partial_channels_of_a_stage_are_located_errors(stages, methods, expected):
+    with pytest.raises(DslError) as error:
+        parse_text(space(stages, methods=methods), "tiny.geno")
+    assert [problem.message for problem in error.value.problems] == [expected]
+    span = error.value.problems[0].span
+    assert span is not None and span.line == 9  # the stages line
+
+
+def test_zoo_drnas_space_states_its_two_stages():
+    """DrNAS's train_search.py (DARTS space): 25 epochs at K=6 with every candidate, then 25
+    with 4 per edge widened to K=4, 10 warm-up epochs in each, one schedule (the kept supernet)."""
+    drnas = read_space(SPACES / "drnas.geno")
+    assert [(s.epochs, s.warmup, s.operations, s.start, s.partial_channels)
+            for s in drnas.stages] == [(25, 10, None, "fresh", None), (25, 10, 4, "keep", 4)]
+    assert drnas.setting("partial_channels", "k") == 6
+    assert drnas.at_stage(1).setting("partial_channels", "k") == 4

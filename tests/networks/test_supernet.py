@@ -53,13 +53,13 @@ def test_darts_supernet_has_exactly_darts_size():
     assert count(model.architecture()) == 2 * 14 * 8
 
 
-@pytest.mark.parametrize("k, weights", [(6, 2_221_750), (4, 2_986_462)])
-def test_drnas_supernet_has_exactly_drnas_stage_sizes(k, weights):
+@pytest.mark.parametrize("stage, weights", [(0, 2_221_750), (1, 2_986_462)])
+def test_drnas_supernet_has_exactly_drnas_stage_sizes(stage, weights):
     """DrNAS's search model (github.com/xiangning-chen/DrNAS, DARTS-space/model_search.py,
     `Network(36, 10, 20, k=K)`, 7 candidates without none, no edge normalisation): its first
-    stage (K=6) and its second (every candidate widened to K=4: the shapes of a K=4 build)."""
-    text = (SPACES / "drnas.geno").read_text()
-    drnas = parse_text(text.replace("partial_channels(k=6)", f"partial_channels(k={k})")).space()
+    stage (K=6) and its second (every candidate widened to K=4: the shapes of a K=4 build, which
+    the space's stage 2 builds)."""
+    drnas = parse_text((SPACES / "drnas.geno").read_text()).space().at_stage(stage)
     model = compile_supernet(drnas, channels=36, layers=20)
     assert count(model.weights()) == weights
     assert count(model.architecture()) == 2 * 14 * 7

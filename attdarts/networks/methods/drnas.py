@@ -27,10 +27,11 @@ to the architecture loss (their `reg_type='kl'`, `reg_scale=1e-3`, which also se
 decay to 0: give `--arch-weight-decay 0`).
 
 DrNAS's progressive schedule (two stages: partial channels K=6 with all 7 candidates, then the 4
-strongest by alpha per edge with every candidate widened to K=4) needs search stages; this
-module holds its pieces: `prune` (the top k per row) and `widen_module` / `widen_tensor` (a
-module built for C/6 channels grown to C/4 by copying random channels, and its momentum buffers
-with it).
+strongest by alpha per edge with every candidate widened to K=4) is two search stages, the second
+kept with `partial_channels=4` (genotypes/spaces/drnas.geno); this module holds its pieces:
+`prune` (the top k per row) and `widen_module` / `widen_tensor` (a module built for C/6 channels
+grown to C/4 by copying random channels, and its momentum buffers with it), which
+`attdarts.networks.widening` applies to a whole supernet.
 
 Hooks: `draw`, `normalise`, `architecture_loss`.
 """

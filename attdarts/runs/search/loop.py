@@ -53,6 +53,7 @@ from attdarts.networks.compiled import compile_cells
 from attdarts.networks.methods import MethodError
 from attdarts.networks.methods.progressive import Masks, flat, unflat
 from attdarts.networks.supernet import compile_supernet
+from attdarts.networks.widening import widen_optimizer_state, widen_supernet
 from attdarts import records
 from attdarts.runs import checkpoints, data, preemption, runtime, tracking
 from attdarts.runs.runtime import Process
@@ -98,6 +99,7 @@ class SearchRun:
         self.plan = stages.Plan.of(space, config)
         self.generator = method_generator(config.seed, device)  # runs on through the stages
         self.masks: Masks | None = None  # the stage's candidates (a space with stages)
+        self.built: ir.Space | None = None  # the space the supernet was built from (its stage's)
         self.listeners: list = []  # told when a captured step falls back to eager (every stage's)
         self._build(self.plan.stages[0], None)
         # genotypes as ir.Genotype; weights and metrics as the JSON lines they are written as
@@ -114,19 +116,27 @@ class SearchRun:
     def _build(self, stage: stages.Stage, masks: Masks | None, keep: bool = False) -> None:
         """The supernet and step of `stage` with the candidates `masks` (None: all): a new
         supernet (the first stage's from the global generator, as every search's; a later
-        stage's from its own, `stages.stage_seed`), or with `keep` the current one."""
+        stage's from its own, `stages.stage_seed`), or with `keep` the current one, widened
+        (`widening`) when the stage gives the space's partial channels a smaller k."""
         config = self.config
+        space = self.space.at_stage(stage.number)  # its partial channels
+        grown = None  # a kept supernet widened to the stage's partial channels: what grew
+        if keep and space != self.built:
+            keep, grown = False, {}
         if not keep:
             with stages.drawing(config.seed, stage.number):
                 model = compile_supernet(
-                    self.space, channels=config.channels, layers=stage.layers,
+                    space, channels=config.channels, layers=stage.layers,
                     num_classes=self.sizes[0], input_size=self.sizes[1], init=config.arch_init,
                     grouped=config.grouped)
+                if grown is not None:  # DrNAS's `wider`: the new channels copy random old ones
+                    grown = widen_supernet(self.model, model)
             try:  # what the methods hold for the search (a budget's cost table) moves with it
                 model.methods.search_start(search_context(config))
             except MethodError as error:
                 raise SearchError(f"space '{self.space.name}': {error}") from None
-            self.model = model.to(self.device)
+            old = getattr(self, "bilevel", None)  # the step of the supernet widened
+            self.model, self.built = model.to(self.device), space
         if self.plan.staged:
             self.masks = masks or stages.first_masks(self.model)
             self.model.use_candidates(self.masks)
@@ -142,6 +152,8 @@ class SearchRun:
                           world_size=self.process.world_size)
         if keep:  # the optimisers go on: momentum, Adam's moments and step
             bilevel.load_state_dict(self.bilevel.state_dict())
+        elif grown is not None:  # and grow with the weights they hold
+            bilevel.load_state_dict(_widened_state(old, bilevel, grown))
         bilevel.captured.listeners.extend(self.listeners)
         self.bilevel = bilevel
         self.stage = stage.number
@@ -434,3 +446,15 @@ class SearchRun:
             raise SearchError(
                 f"the loss became NaN or infinite in epoch {epoch + 1} of seed {self.config.seed}; "
                 f"stopped ({kept}). Try a lower --lr or check the data")
+
+
+def _widened_state(old: Bilevel, new: Bilevel, grown: dict) -> dict:
+    """`old`'s optimiser states for `new`, whose supernet is `old`'s widened
+    (`widening.widen_supernet` grew the weights `grown` names): momentum widened alike."""
+    order = list(old.weight_names)
+    if order != list(new.weight_names):
+        raise SearchError("cannot widen the supernet: its weights changed")
+    shapes = {name: param.shape for name, param in zip(order, new.weight_params)}
+    state = old.state_dict()
+    return {**state, "weight_optimizer": widen_optimizer_state(
+        state["weight_optimizer"], order, grown, shapes)}

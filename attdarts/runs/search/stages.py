@@ -25,7 +25,9 @@ builds its supernet anew, deeper, its weights and architecture initialised as a 
 supernet is (`--arch-init`), from torch's generator seeded with `stage_seed(seed, stage)` and put
 back afterwards, so the draws depend on the seed and the stage only (a resume replays them) and
 the global stream goes on as if the stage had not been built; the optimisers start anew. A keep
-stage keeps the supernet, its architecture and the optimisers' states (momentum, Adam's moments).
+stage keeps the supernet, its architecture and the optimisers' states (momentum, Adam's moments);
+one that gives partial channels a smaller k (DrNAS) builds the stage's supernet from its seed and
+widens the kept one into it, momentum grown alike (`attdarts.networks.widening`, `SearchRun`).
 The method generator (skip dropout's keys, samplers' draws) runs on through the stages.
 """
 

@@ -27,6 +27,7 @@ from attdarts.runs.search import (
 )
 from attdarts.runs.search import stages
 from attdarts.runs.search.budget import derive_run
+from attdarts.runs.search.config import SearchError
 from attdarts.runs.search.loop import SearchRun
 from helpers import (
     Interrupted, assert_same_state, in_float64, interrupt_at, metrics_without_timings,
@@ -54,6 +55,12 @@ space tiny {
     ]
 }
 """
+# the same with partial channels K=4 (C=4: one channel per edge), widened to K=2 by the kept
+# third stage (DrNAS's K=6 then K=4, `networks.widening`), with DrNAS's Dirichlet draws
+WIDENED = STAGED.replace(
+    "methods = [max_skip_connect(n=1)]",
+    "methods = [partial_channels(k=4), drnas(kl=0.1), max_skip_connect(n=1)]").replace(
+    "start=keep)", "start=keep, partial_channels=2)")
 STEPS = 2  # per epoch: stage 1 is steps 1-4, stage 2 steps 5-8, stage 3 steps 9-10
 SEEDS = (1, 2)
 
@@ -267,6 +274,58 @@ def test_a_kept_stage_goes_on_with_its_supernet_and_optimiser_states(tmp_path):
     assert (run.masks["normal"][kinds.OPERATION].sum(-1) == 3).all()
 
 
+def test_a_kept_stage_with_fewer_partial_channels_widens_its_supernet(tmp_path):
+    """Entering the kept stage 3 of WIDENED (K=4 to K=2): a new supernet of the stage's space
+    holding the old one's tensors (candidates grown, their leading channels the old ones), its
+    architecture, masks and optimiser states (momentum grown alike, Adam's step carried)."""
+    config = tiny_config(write(tmp_path, WIDENED))
+    space = parse_text(WIDENED).space()
+    run = SearchRun(config, tmp_path / "run", torch.device("cpu"), runtime.Process(), space,
+                    tiny_images(), False)
+    run.run_dir.mkdir()
+    for epoch in range(4):
+        stage = run.plan.at(epoch)
+        if stage.number != run.stage:
+            run._enter_stage(stage)
+        run.run_epoch()
+    old_model = run.model
+    state = {name: value.clone() for name, value in old_model.state_dict().items()}
+    momentum = {name: run.bilevel.weight_optimizer.state[parameter]["momentum_buffer"].clone()
+                for name, parameter in old_model.named_weights()
+                if parameter in run.bilevel.weight_optimizer.state}
+    adam_step = {float(s["step"]) for s in run.bilevel.arch_optimizer.state.values()}
+    run._enter_stage(run.plan.at(4))
+    assert run.model is not old_model and run.stage == 2
+    assert run.model.methods.space.setting("partial_channels", "k") == 2
+    grew = 0
+    for name, value in run.model.state_dict().items():
+        leading = tuple(slice(0, size) for size in state[name].shape)
+        assert torch.equal(value[leading], state[name]), name
+        grew += value.shape != state[name].shape
+    assert grew > 0
+    for name, parameter in run.model.named_weights():
+        if name in momentum:
+            buffer = run.bilevel.weight_optimizer.state[parameter]["momentum_buffer"]
+            assert buffer.shape == parameter.shape
+            assert torch.equal(buffer[tuple(slice(0, n) for n in momentum[name].shape)],
+                               momentum[name])
+    assert {float(s["step"]) for s in run.bilevel.arch_optimizer.state.values()} == adam_step
+    assert (run.masks["normal"][kinds.OPERATION].sum(-1) == 3).all()
+    run.run_epoch()  # the widened stage searches
+
+
+def test_a_search_refuses_channels_a_widened_stage_cannot_split(tmp_path):
+    """drnas.geno's stage 2 has K=4: C=30 (divisible by its first K=6) is refused before the run
+    directory is written, in one line naming the stage and its line."""
+    config = tiny_config(ROOT / "genotypes" / "spaces" / "drnas.geno", channels=30)
+    with pytest.raises(SearchError) as refused:
+        run_search(config, tmp_path / "run", device="cpu", dataset=tiny_images())
+    assert str(refused.value) == (
+        "space 'drnas': stage 2 (line 13): partial_channels(k=4) needs the channels C divisible "
+        "by 4; C=30 is not (try C=32)")
+    assert not (tmp_path / "run").exists()
+
+
 def searched_only(space, genotype, kept) -> bool:
     """Whether every edge of `genotype` (of the tiny after_every space) chose an operation and
     an attention that `kept` (weights.jsonl's rows per cell type and kind) still searched."""
@@ -350,15 +409,19 @@ def test_a_sigterm_mid_stage_checkpoints_and_the_resume_matches(space_file, whol
     same_files(whole, tmp_path / "run")
 
 
-@pytest.mark.parametrize("sampler", ["drnas(kl=0.1)", "gdas"])
-def test_resume_mid_stage_with_a_sampler_is_byte_identical(tmp_path, monkeypatch, sampler):
+@pytest.mark.parametrize("sampler, call", [("drnas(kl=0.1)", 6), ("gdas", 6), ("widened", 9),
+                                           ("widened", 10)])
+def test_resume_mid_stage_with_a_sampler_is_byte_identical(tmp_path, monkeypatch, sampler, call):
     """A sampler's draws (DrNAS's Dirichlet, GDAS's Gumbel noise and single paths) come from the
     run's method generator through the stages: a run killed in stage 2 resumes to the
-    uninterrupted run's files."""
-    space_file = write(tmp_path, STAGED.replace("methods = [max_skip_connect(n=1)]",
-                                                f"methods = [{sampler}, max_skip_connect(n=1)]"))
+    uninterrupted run's files. Widened (DrNAS's partial channels widened by the kept stage 3):
+    killed in its first step, the resume widens the checkpoint's stage-2 supernet again; killed
+    in its second, it builds the widened supernet from the checkpoint."""
+    text = WIDENED if sampler == "widened" else STAGED.replace(
+        "methods = [max_skip_connect(n=1)]", f"methods = [{sampler}, max_skip_connect(n=1)]")
+    space_file = write(tmp_path, text)
     run_search(tiny_config(space_file), tmp_path / "whole", device="cpu", dataset=tiny_images())
-    restore = interrupt_at(monkeypatch, Bilevel, "step", 6)
+    restore = interrupt_at(monkeypatch, Bilevel, "step", call)
     with pytest.raises(Interrupted):
         run_search(tiny_config(space_file), tmp_path / "run", device="cpu", dataset=tiny_images())
     restore()
@@ -374,6 +437,7 @@ def test_resume_mid_stage_with_a_sampler_is_byte_identical(tmp_path, monkeypatch
     "partial_channels(k=2), edge_normalisation, max_skip_connect(n=1), "
     "beta_decay(lambda=0.5, schedule=linear), smoothing(start=0.1, end=0.3)",
     "drnas(kl=0.1), max_skip_connect(n=1)",
+    "widened",
     "fair_darts(threshold=0.3), max_skip_connect(n=1)",
     "gdas, max_skip_connect(n=1)",
     'budget(macs=1M, form=linear, table="costs.json"), max_skip_connect(n=1)',
@@ -387,8 +451,11 @@ def test_seeds_together_equal_separate_runs_in_float64(tmp_path, methods):
     seed's kept candidates; FairDARTS's sigmoids, on a space without none; GDAS's single paths,
     run seed by seed, where a seed's weights off its paths keep their values and momentum while
     those its stage dropped decay as in its own run; a budget, told about the search again by
-    each fresh stage's supernet, on the masked weights)."""
+    each fresh stage's supernet, on the masked weights; DrNAS's partial channels widened by the
+    kept stage, each seed's channel maps drawn from its own stage seed)."""
     text = STAGED.replace("methods = [max_skip_connect(n=1)]", f"methods = [{methods}]")
+    if methods == "widened":  # DrNAS's widening of each seed's kept supernet
+        text = WIDENED
     if "fair_darts" in methods:
         text = text.replace("[none, ", "[")
     if "budget" in methods:  # a small table beside the space file: quick to build
