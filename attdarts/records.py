@@ -14,13 +14,16 @@ change, whose files hold both kinds of line) show the same numbers.
 
 Environment: `environment.json` in every run directory (written by `attdarts.runs.environment`,
 which says what each field means); `read` and `sessions` read it back.
+
+JSON-lines files (metrics.jsonl, weights.jsonl) as the torch-free tools read them, forgiving a
+run still being written: `json_objects`, and `by_epoch` for one record per epoch.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +100,36 @@ def sessions(content: dict[str, Any] | None) -> list[dict[str, Any]]:
     start = {key: value for key, value in content.items() if key != RESUMED}
     resumed = [entry for entry in content.get(RESUMED, []) if isinstance(entry, dict)]
     return ([start] if start else []) + resumed
+
+
+# -- JSON-lines files ---------------------------------------------------------------------------
+def json_objects(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file, in order; [] when it cannot be read as UTF-8 text.
+    Lines that are not JSON (a truncated last line of a run being written) and values that are
+    not objects are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def by_epoch(records: Iterable[Mapping[str, Any]]) -> dict[int, Any]:
+    """epoch -> its record: the last one of a repeated epoch (a resumed run writes it again);
+    records without a whole-number epoch (1e999 reads as infinity) are skipped."""
+    result: dict[int, Any] = {}
+    for record in records:
+        try:
+            result[int(record["epoch"])] = record
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue
+    return result
+

@@ -7,7 +7,6 @@ matplotlib is imported only to draw, with the Agg backend and no pyplot state.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,21 +49,10 @@ class BudgetCurve:
 def read_budget(directory: str | Path) -> BudgetCurve | None:
     """The budget curve of the run in `directory`, or None (no budget, no metrics.jsonl).
     Unreadable lines are skipped; a resumed run's repeated epoch keeps its last line."""
-    from attdarts.records import budget_keys, budget_measure
+    from attdarts.records import budget_keys, budget_measure, by_epoch, json_objects
 
-    path = Path(directory) / "metrics.jsonl"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    records: dict[int, dict] = {}
-    for line in lines:
-        try:
-            record = json.loads(line)
-            if isinstance(record, dict) and budget_measure(record) is not None:
-                records[int(record["epoch"])] = record
-        except (ValueError, TypeError, KeyError):
-            continue
+    records = by_epoch(record for record in json_objects(Path(directory) / "metrics.jsonl")
+                       if budget_measure(record) is not None)
     if not records:
         return None
     epochs = sorted(records)

@@ -31,6 +31,7 @@ from pathlib import Path
 from attdarts.language import ir
 from attdarts.language.errors import DslError
 from attdarts.language.printer import cell_lines
+from attdarts.records import json_objects
 from attdarts.language import decisiveness as dec
 from attdarts.tools import search_runs
 from attdarts.tools.report_plots import decisiveness_plot, learning_curves, png
@@ -158,22 +159,6 @@ def _json_file(path: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _metrics(path: Path) -> list[dict]:
-    records = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +319,7 @@ def search_section(run: Path, run_id: str) -> str:
     from attdarts.tools.plot_budget import budget_figure, read_budget
 
     parts = [f'<section id="{run_id}"><h2>search <code>{_escape(run)}</code></h2>']
-    records = _metrics(run / "metrics.jsonl")
+    records = json_objects(run / "metrics.jsonl")
     synthetic = any(record.get("synthetic") for record in records)
     if synthetic:
         parts.append("<p class='synthetic'>SYNTHETIC DATA: random images and labels, a smoke "
@@ -388,7 +373,7 @@ def search_section(run: Path, run_id: str) -> str:
 def training_section(run: Path, run_id: str) -> str:
     parts = [f'<section id="{run_id}"><h2>training <code>{_escape(run)}</code></h2>',
              _settings(run), "<h3>learning curves</h3>"]
-    curves = learning_curves(_metrics(run / "metrics.jsonl"), search=False)
+    curves = learning_curves(json_objects(run / "metrics.jsonl"), search=False)
     parts.append(curves or "<p class='note'>no epochs in metrics.jsonl</p>")
     parts.append("</section>")
     return "\n".join(parts)

@@ -5,7 +5,6 @@ old runs, written before the search recorded it, get it too. Torch-free.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from attdarts.language import ir
 from attdarts.language.decisiveness import (
     DECIDED_BY, Decisiveness, DecisivenessError, decide, same_cells,
 )
+from attdarts.records import by_epoch, json_objects
 
 GENOTYPE_FILE = re.compile(r"genotype-epoch(\d+)\.geno\Z")
 
@@ -28,18 +28,7 @@ class EpochDecisiveness:
 
 def read_weights(path: Path) -> dict[int, dict]:
     """epoch -> its weights.jsonl record (a repeated epoch: the last; a bad line is skipped)."""
-    records: dict[int, dict] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return records
-    for line in lines:
-        try:
-            record = json.loads(line)
-            records[int(record["epoch"])] = record
-        except (ValueError, TypeError, KeyError, OverflowError):  # 1e999: inf
-            continue
-    return records
+    return by_epoch(json_objects(path))
 
 
 def epoch_genotypes(run_dir: Path) -> dict[int, ir.Genotype]:

@@ -50,3 +50,29 @@ def test_report_reads_old_and_new_search_records_in_percent(tmp_path, last):
     assert entry["per_run"][0]["accuracy"] == pytest.approx(43.75)
     markdown = CliRunner().invoke(cli, ["report", str(run)]).output
     assert "| 43.75 |" in markdown
+
+
+def test_json_lines_as_the_tools_read_them(tmp_path):
+    """One reader for metrics.jsonl and weights.jsonl in the tools (report page, run tables,
+    budget figure): bad lines and non-objects skipped, one record per epoch, the last kept."""
+    from attdarts.records import by_epoch, json_objects
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "a": 1}\n\n[1, 2]\n{"epoch": 1e999}\n{"epoch": "x"}\n'
+                    '{"a": 3}\n{"epoch": 2}\n{"epoch": 1, "a": 2}\n{"epoch": 3, "a"')
+    records = json_objects(path)
+    assert records == [{"epoch": 1, "a": 1}, {"epoch": float("inf")}, {"epoch": "x"}, {"a": 3},
+                       {"epoch": 2}, {"epoch": 1, "a": 2}]
+    assert by_epoch(records) == {1: {"epoch": 1, "a": 2}, 2: {"epoch": 2}}
+    assert json_objects(tmp_path / "missing.jsonl") == []
+    path.write_bytes(b'{"epoch": 1}\n\xff\n')  # not UTF-8: nothing, as an unreadable file
+    assert json_objects(path) == []
+
+
+def test_the_budget_figure_reads_a_damaged_metrics_file_without_a_traceback(tmp_path):
+    from attdarts.tools.plot_budget import read_budget
+
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"epoch": 1}\n\xff\n')
+    assert read_budget(tmp_path) is None
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1e999, "budget_target_multiply_adds": 5}\n')
+    assert read_budget(tmp_path) is None
