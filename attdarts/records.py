@@ -13,7 +13,8 @@ A search record without that marker was written by an earlier attdarts, in fract
 change, whose files hold both kinds of line) show the same numbers.
 
 Environment: `environment.json` in every run directory (written by `attdarts.runs.environment`,
-which says what each field means); `read` and `sessions` read it back.
+which says what each field means); `read` and `sessions` read it back; `cpu_model` names the
+CPU there, in cost tables and in benchmark results.
 
 JSON-lines files (metrics.jsonl, weights.jsonl) as the torch-free tools read them, forgiving a
 run still being written: `json_objects`, and `by_epoch` for one record per epoch.
@@ -21,8 +22,12 @@ run still being written: `json_objects`, and `by_epoch` for one record per epoch
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import platform
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -133,3 +138,25 @@ def by_epoch(records: Iterable[Mapping[str, Any]]) -> dict[int, Any]:
             continue
     return result
 
+
+# -- the machine --------------------------------------------------------------------------------
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, sysctl on macOS, else what `platform` says)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
+            if name:
+                return name
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"

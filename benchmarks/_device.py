@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import platform
 import resource
 import sys
 from pathlib import Path
@@ -29,15 +28,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    from attdarts.records import cpu_model
+
+    return f"{cpu_model()} ({torch.get_num_threads()} threads)"
 
 
 def synchronize(device: torch.device) -> None:

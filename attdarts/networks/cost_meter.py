@@ -16,7 +16,6 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -33,6 +32,7 @@ from attdarts.networks.network import (
 )
 from attdarts.networks.operations import preprocess_inputs
 from attdarts.networks.registry import build_attention, build_operation
+from attdarts.records import cpu_model
 from attdarts.networks.stacking import STEM_MULTIPLIER, Layer, halve, stack_cells
 
 __all__ = ["build_cost_table", "measure_latency", "time_forward"]
@@ -359,12 +359,4 @@ def _version() -> str:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "cpu"
+    return cpu_model()

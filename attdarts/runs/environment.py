@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -40,7 +39,7 @@ from typing import Any
 
 from attdarts.files import atomic_write_text
 from attdarts.records import (  # noqa: F401 - the record's names, re-exported
-    COMPARED, ENVIRONMENT, FIELDS, RESUMED, read, sessions,
+    COMPARED, ENVIRONMENT, FIELDS, RESUMED, cpu_model, read, sessions,
 )
 
 
@@ -127,28 +126,6 @@ def _commit(root: Path) -> str | None:
 def _git(root: Path, *arguments: str) -> str:
     return subprocess.run(["git", "-C", str(root), *arguments], capture_output=True, text=True,
                           timeout=10, check=True).stdout.strip()
-
-
-@functools.cache
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, sysctl on macOS, else what `platform` says)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    if sys.platform == "darwin":
-        try:
-            name = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
-                                  text=True, timeout=10, check=True).stdout.strip()
-            if name:
-                return name
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 def _cpu_capability(torch) -> str | None:
